@@ -1,0 +1,187 @@
+"""The change event: the one contract between capture, the consumers and replay.
+
+The envelope follows Debezium's PostgreSQL connector (``before``, ``after``, ``op``,
+``ts_ms``, ``source``, ``transaction``) so tools that read Debezium JSON can read ours.
+It adds what exact replay needs: ``commit_lsn`` (the LSN of the transaction's commit
+record) and ``position`` (the change's index inside its transaction, across tables).
+``(commit_lsn, position)`` orders every event totally and is the archive's dedup key.
+
+Values in ``before``/``after``: NULL is ``None``; booleans are JSON booleans; ``smallint``
+and ``integer`` are JSON integers; json/jsonb are parsed JSON; every other type (bigint,
+numeric, floats, uuid, timestamps, arrays, text, ...) is the exact text PostgreSQL prints
+for it, so nothing is rounded and ``jsonb_populate_record`` restores the row exactly.
+``types`` maps each column to its PostgreSQL type as ``format_type`` spells it.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+CONNECTOR = "hera-guard"
+
+JSONValue = Any
+Row = dict[str, JSONValue]
+
+
+class Op(StrEnum):
+    CREATE = "c"
+    UPDATE = "u"
+    DELETE = "d"
+    READ = "r"  # a row of the initial snapshot
+    TRUNCATE = "t"
+
+
+def format_lsn(lsn: int) -> str:
+    """``0x16B3748`` -> ``'0/16B3748'`` (PostgreSQL's spelling)."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    """``'0/16B3748'`` -> int; raises ValueError with the expected form."""
+    hi, sep, lo = text.strip().partition("/")
+    if not sep:
+        raise ValueError(f"not an LSN: {text!r} (expected the form 0/16B3748)")
+    try:
+        return (int(hi, 16) << 32) | int(lo, 16)
+    except ValueError:
+        raise ValueError(f"not an LSN: {text!r} (expected the form 0/16B3748)") from None
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
+
+    version: str = "0.1.0"
+    connector: str = CONNECTOR
+    name: str  # the topic prefix, Debezium's "logical name"
+    db: str
+    schema_: str = Field(alias="schema")
+    table: str
+    txId: int | None = None
+    lsn: int | None = None  # LSN of this change's WAL record (snapshot: the slot's start)
+    ts_ms: int  # commit time of the transaction, ms since epoch UTC
+    ts_us: int  # the same commit time in microseconds: exact point-in-time replay needs it
+    snapshot: str = "false"  # "true" for op r, "last" for the final snapshot row, else "false"
+
+
+class TransactionBlock(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str  # Debezium: "<txId>:<lsn>"
+    total_order: int  # 1-based position of the event among all events of the transaction
+    data_collection_order: int  # 1-based position among events of the same table
+
+
+class ChangeEvent(BaseModel):
+    """One row change (or TRUNCATE, or snapshot read) of a captured table."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    before: Row | None = None
+    after: Row | None = None
+    op: Op
+    ts_ms: int  # when capture processed the event, ms since epoch UTC
+    source: Source
+    transaction: TransactionBlock | None = None
+    commit_lsn: int
+    position: int
+    key: Row | None = None  # primary key columns of the row (None for TRUNCATE)
+    types: dict[str, str] | None = None  # column -> PostgreSQL type; None for TRUNCATE
+
+    @property
+    def table_id(self) -> str:
+        return f"{self.source.schema_}.{self.source.table}"
+
+    @property
+    def order_key(self) -> tuple[int, int]:
+        return (self.commit_lsn, self.position)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ChangeEvent:
+        return cls.model_validate_json(data)
+
+    def kafka_key(self) -> bytes:
+        return encode_key(self.key, self.table_id)
+
+
+def encode_key(key: Row | None, table_id: str) -> bytes:
+    """The Kafka record key: the row's primary key as canonical JSON (sorted keys).
+
+    TRUNCATE has no row; its key is the table, so it lands in a deterministic partition.
+    """
+    if key is None:
+        return json.dumps({"__table__": table_id}).encode()
+    return json.dumps(key, sort_keys=True, separators=(",", ":")).encode()
+
+
+class TableCount(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_collection: str  # "schema.table"
+    event_count: int
+
+
+class TransactionEvent(BaseModel):
+    """Debezium-style transaction metadata on ``<prefix>.transaction``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    status: str  # "BEGIN" | "END"
+    id: str  # "<txId>:<commit lsn>"
+    xid: int
+    commit_lsn: int
+    ts_ms: int  # commit time, ms since epoch UTC
+    ts_us: int  # commit time, microseconds since epoch UTC
+    event_count: int | None = None  # END only
+    data_collections: tuple[TableCount, ...] | None = None  # END only
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class MarkerKind(StrEnum):
+    SNAPSHOT_START = "SNAPSHOT_START"  # a new epoch: the slot was created at ``epoch_lsn``
+    SNAPSHOT_END = "SNAPSHOT_END"  # every snapshot row of the epoch has been published
+    PROGRESS = "PROGRESS"  # every change committed at or before ``lsn`` has been published
+
+
+class StreamMarker(BaseModel):
+    """Coverage facts on ``<prefix>.transaction``, next to BEGIN/END.
+
+    An *epoch* is one replication slot's life: it starts with a snapshot at the slot's
+    consistent point (``epoch_lsn``) and continues with the stream. Within an epoch the
+    archive is gap-free from ``epoch_lsn`` up to the highest PROGRESS ``lsn``. A new epoch
+    (slot lost or re-created) after an old one leaves a gap between the old epoch's last
+    PROGRESS and the new ``epoch_lsn``: replay refuses points inside it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    status: MarkerKind
+    slot: str
+    db: str
+    epoch_lsn: int
+    lsn: int
+    ts_ms: int  # capture's clock when the marker was published, ms since epoch UTC
+    tables: tuple[str, ...] = ()  # "schema.table" captured in this epoch
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def parse_transaction_topic(data: bytes | str) -> TransactionEvent | StreamMarker:
+    """A record of ``<prefix>.transaction``: BEGIN/END metadata or a coverage marker."""
+    raw = json.loads(data)
+    if isinstance(raw, dict) and raw.get("status") in {"BEGIN", "END"}:
+        return TransactionEvent.model_validate(raw)
+    return StreamMarker.model_validate(raw)

