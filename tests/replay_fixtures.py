@@ -1,0 +1,154 @@
+"""Building change histories for replay tests without Kafka.
+
+``History`` makes ChangeEvents, END records and coverage markers the way capture publishes
+them (one epoch: snapshot at ``epoch_lsn``, then committed transactions), and
+``memory_history`` loads them into an in-memory DuckDB with the archive reader's views
+(``changes``, ``transactions``, ``markers``: the contract of consumers/archive/reader.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+
+from capture.event import (
+    ChangeEvent,
+    MarkerKind,
+    Op,
+    Row,
+    Source,
+    StreamMarker,
+    TableCount,
+    TransactionBlock,
+    TransactionEvent,
+)
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+REL_TYPES = {"id": "uuid", "org": "uuid", "kind": "text", "is_active": "boolean",
+             "n": "integer", "big": "bigint", "amount": "numeric", "data": "jsonb",
+             "tags": "text[]", "at": "timestamp with time zone"}
+
+
+def us(at: datetime) -> int:
+    return int(at.timestamp() * 1_000_000)
+
+
+@dataclass
+class History:
+    """A table's captured history; every ``commit`` is one transaction."""
+
+    schema: str = "public"
+    table: str = "rel"
+    types: dict[str, str] = field(default_factory=lambda: dict(REL_TYPES))
+    epoch_lsn: int = 0x1000
+    slot: str = "slot"
+    events: list[ChangeEvent] = field(default_factory=list)
+    ends: list[TransactionEvent] = field(default_factory=list)
+    markers: list[StreamMarker] = field(default_factory=list)
+    next_lsn: int = 0x2000
+    next_xid: int = 700
+    clock: datetime = T0
+
+    def _source(self, xid: int | None, lsn: int, at: datetime, snap: str) -> Source:
+        return Source(name="hera", db="db", schema_=self.schema, table=self.table, txId=xid,
+                      lsn=lsn, ts_ms=us(at) // 1000, ts_us=us(at), snapshot=snap)
+
+    def snapshot(self, rows: list[Row]) -> None:
+        at = self.clock
+        tid = f"{self.schema}.{self.table}"
+        self.markers.append(StreamMarker(status=MarkerKind.SNAPSHOT_START, slot=self.slot,
+                                         db="db", epoch_lsn=self.epoch_lsn,
+                                         lsn=self.epoch_lsn, ts_ms=us(at) // 1000,
+                                         tables=(tid,)))
+        for i, row in enumerate(rows):
+            self.events.append(ChangeEvent(
+                op=Op.READ, after=row, ts_ms=us(at) // 1000,
+                source=self._source(None, self.epoch_lsn, at,
+                                    "last" if i == len(rows) - 1 else "true"),
+                commit_lsn=self.epoch_lsn, position=i, key={"id": row["id"]},
+                types=self.types))
+        self.markers.append(StreamMarker(status=MarkerKind.SNAPSHOT_END, slot=self.slot,
+                                         db="db", epoch_lsn=self.epoch_lsn,
+                                         lsn=self.epoch_lsn, ts_ms=us(at) // 1000,
+                                         tables=(tid,)))
+
+    def commit(self, changes: list[tuple[str, Row | None, Row | None]]) -> tuple[int, int,
+                                                                                  datetime]:
+        """One transaction of (op, before, after); returns (xid, commit_lsn, commit time)."""
+        self.clock += timedelta(seconds=10)
+        xid, lsn, at = self.next_xid, self.next_lsn, self.clock
+        self.next_xid += 1
+        self.next_lsn += 0x100
+        for pos, (op, before, after) in enumerate(changes):
+            row = after if after is not None else before
+            key = None if op == "t" or row is None else {"id": row["id"]}
+            self.events.append(ChangeEvent(
+                op=Op(op), before=before, after=after, ts_ms=us(at) // 1000,
+                source=self._source(xid, lsn - 0x10 + pos, at, "false"),
+                transaction=TransactionBlock(id=f"{xid}:{lsn}", total_order=pos + 1,
+                                             data_collection_order=pos + 1),
+                commit_lsn=lsn, position=pos, key=key,
+                types=None if op == "t" else self.types))
+        counts = Counter(f"{self.schema}.{self.table}" for _ in changes)
+        self.ends.append(TransactionEvent(
+            status="END", id=f"{xid}:{lsn}", xid=xid, commit_lsn=lsn, ts_ms=us(at) // 1000,
+            ts_us=us(at), event_count=len(changes),
+            data_collections=tuple(TableCount(data_collection=k, event_count=v)
+                                   for k, v in counts.items())))
+        return xid, lsn, at
+
+    def progress(self, lsn: int | None = None) -> None:
+        self.markers.append(StreamMarker(
+            status=MarkerKind.PROGRESS, slot=self.slot, db="db", epoch_lsn=self.epoch_lsn,
+            lsn=self.next_lsn if lsn is None else lsn, ts_ms=us(self.clock) // 1000 + 1,
+            tables=(f"{self.schema}.{self.table}",)))
+
+
+_CHANGES_DDL = """
+CREATE TABLE changes (table_schema VARCHAR, table_name VARCHAR, op VARCHAR,
+    commit_lsn UBIGINT, position INTEGER, xid BIGINT, commit_ts TIMESTAMPTZ, key JSON,
+    before JSON, after JSON, types JSON, snapshot BOOLEAN, event_ts TIMESTAMPTZ,
+    schema_version INTEGER);
+CREATE TABLE transactions (xid BIGINT, commit_lsn UBIGINT, commit_ts TIMESTAMPTZ,
+    event_count BIGINT, data_collections JSON);
+CREATE TABLE markers (status VARCHAR, slot VARCHAR, db VARCHAR, epoch_lsn UBIGINT,
+    lsn UBIGINT, ts TIMESTAMPTZ, tables VARCHAR[]);
+"""
+
+
+def _ts(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros / 1_000_000, UTC)
+
+
+def _j(value: object) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def memory_history(*histories: History) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the reader's three views filled from ``histories``."""
+    conn = duckdb.connect()
+    conn.execute(_CHANGES_DDL)
+    for h in histories:
+        if h.events:
+            conn.executemany(
+                "INSERT INTO changes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [[e.source.schema_, e.source.table, e.op.value, e.commit_lsn, e.position,
+                  e.source.txId, _ts(e.source.ts_us), _j(e.key), _j(e.before), _j(e.after),
+                  _j(e.types), e.op == Op.READ, _ts(e.ts_ms * 1000), e.schema_version]
+                 for e in h.events])
+        if h.ends:
+            conn.executemany(
+                "INSERT INTO transactions VALUES (?,?,?,?,?)",
+                [[t.xid, t.commit_lsn, _ts(t.ts_us), t.event_count,
+                  json.dumps([c.model_dump() for c in t.data_collections or ()])]
+                 for t in h.ends])
+        if h.markers:
+            conn.executemany(
+                "INSERT INTO markers VALUES (?,?,?,?,?,?,?)",
+                [[m.status.value, m.slot, m.db, m.epoch_lsn, m.lsn, _ts(m.ts_ms * 1000),
+                  list(m.tables)] for m in h.markers])
+    return conn
