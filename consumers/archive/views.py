@@ -1,0 +1,139 @@
+"""The SQL of the archive's views and table macros, shared by ``reader`` and ``history_db``.
+
+Both define three raw relations first (``raw_changes``, ``raw_transactions``,
+``raw_markers``: the Parquet columns as written) and then run ``VIEW_SQL`` over them.
+Every view deduplicates: changes on (commit_lsn, position), transactions on commit_lsn,
+markers on their whole content. The writer already drops duplicates it can see; the views
+also hide those it cannot (e.g. a merged segment and its retired sources during the
+compaction grace period, when a view reads a glob).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from consumers.archive.segments import SCHEMAS
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal: DuckDB table functions and views take no bind parameters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def raw_relation_sql(name: str, kind: str, files: list[Path] | str) -> str:
+    """``CREATE VIEW name`` over explicit segment files or one glob pattern.
+
+    The columns are cast to the written schema, so an empty file list (no segment yet)
+    still yields a typed, empty relation.
+    """
+    if isinstance(files, str):
+        source = f"read_parquet({sql_string(files)}, union_by_name = true)"
+    elif files:
+        listed = ", ".join(sql_string(str(f)) for f in files)
+        source = f"read_parquet([{listed}], union_by_name = true)"
+    else:
+        source = None
+    cols = SCHEMAS[kind].names
+    if source is None:
+        empty = ", ".join(f"NULL::{_duck_type(kind, c)} AS {c}" for c in cols)
+        return f"CREATE OR REPLACE VIEW {name} AS SELECT {empty} WHERE false"
+    return f"CREATE OR REPLACE VIEW {name} AS SELECT {', '.join(cols)} FROM {source}"  # noqa: S608 - literals escaped by sql_string
+
+
+_DUCK_TYPES = {"string": "VARCHAR", "uint64": "UBIGINT", "int32": "INTEGER", "int64": "BIGINT",
+               "bool": "BOOLEAN", "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
+               "list<item: string>": "VARCHAR[]"}
+
+
+def _duck_type(kind: str, column: str) -> str:
+    return _DUCK_TYPES[str(SCHEMAS[kind].field(column).type)]
+
+
+VIEW_SQL = r"""
+CREATE OR REPLACE MACRO lsn_text(lsn) AS
+    printf('%X/%X', (lsn >> 32)::UBIGINT, (lsn & 4294967295)::UBIGINT);
+
+CREATE OR REPLACE VIEW changes AS
+SELECT table_schema, table_name, op, commit_lsn, position, xid, commit_ts,
+       CAST(key AS JSON) AS key, CAST(before AS JSON) AS before, CAST(after AS JSON) AS after,
+       CAST(types AS JSON) AS types, snapshot, event_ts, schema_version
+FROM (SELECT DISTINCT ON (commit_lsn, position) * FROM raw_changes);
+
+CREATE OR REPLACE VIEW transactions AS
+SELECT xid, commit_lsn, commit_ts, event_count,
+       CAST(data_collections AS JSON) AS data_collections
+FROM (SELECT DISTINCT ON (commit_lsn) * FROM raw_transactions);
+
+CREATE OR REPLACE VIEW markers AS
+SELECT DISTINCT status, slot, db, epoch_lsn, lsn, ts, tables FROM raw_markers;
+
+-- For analysts: readable names, the LSN as PostgreSQL prints it, WAL order.
+CREATE OR REPLACE VIEW change_log AS
+SELECT commit_ts, lsn_text(commit_lsn) AS lsn, xid,
+       table_schema || '.' || table_name AS "table",
+       CASE op WHEN 'c' THEN 'insert' WHEN 'u' THEN 'update' WHEN 'd' THEN 'delete'
+               WHEN 'r' THEN 'snapshot' WHEN 't' THEN 'truncate' END AS operation,
+       key, before, after, commit_lsn, position
+FROM changes;
+
+-- One row per transaction (the snapshot of an epoch counts as one, xid NULL):
+-- counts per op, and per table and op as {"schema.table": {"c": n, "d": m}}.
+CREATE OR REPLACE VIEW transaction_summary AS
+WITH per_op AS (
+    SELECT commit_lsn, xid, table_schema || '.' || table_name AS tbl, op,
+           count(*) AS n, min(commit_ts) AS commit_ts
+    FROM changes GROUP BY ALL
+), per_table AS (
+    SELECT commit_lsn, xid, tbl, json_group_object(op, n) AS ops, sum(n) AS n,
+           sum(n) FILTER (WHERE op = 'c') AS c, sum(n) FILTER (WHERE op = 'u') AS u,
+           sum(n) FILTER (WHERE op = 'd') AS d, sum(n) FILTER (WHERE op = 't') AS t,
+           sum(n) FILTER (WHERE op = 'r') AS r, min(commit_ts) AS commit_ts
+    FROM per_op GROUP BY ALL
+)
+SELECT xid, lsn_text(commit_lsn) AS lsn, min(commit_ts) AS commit_ts,
+       sum(n)::BIGINT AS changes,
+       coalesce(sum(c), 0)::BIGINT AS inserts, coalesce(sum(u), 0)::BIGINT AS updates,
+       coalesce(sum(d), 0)::BIGINT AS deletes, coalesce(sum(t), 0)::BIGINT AS truncates,
+       coalesce(sum(r), 0)::BIGINT AS snapshot_rows,
+       json_group_object(tbl, ops) AS per_table, commit_lsn
+FROM per_table GROUP BY commit_lsn, xid;
+
+-- Every change of one row of a table (by its "id" primary key), and the table's TRUNCATEs.
+CREATE OR REPLACE MACRO row_timeline(tbl, row_id) AS TABLE
+SELECT commit_ts, lsn_text(commit_lsn) AS lsn, xid, op, before, after, commit_lsn, position
+FROM changes
+WHERE (table_schema || '.' || table_name = tbl OR table_name = tbl)
+  AND (key ->> 'id' = CAST(row_id AS VARCHAR) OR op = 't')
+ORDER BY commit_lsn, position;
+
+CREATE OR REPLACE MACRO relationship_timeline(rel_id) AS TABLE
+SELECT * FROM row_timeline('public.core_relationships', rel_id);
+
+-- The rows of a table as of a point: for each key its last change at or before the point,
+-- unless that change is a delete or a later TRUNCATE (still at or before the point) emptied
+-- the table. Points inside a gap between capture epochs are not detected here; `replay`
+-- checks coverage.
+CREATE OR REPLACE MACRO _table_until(tbl, max_lsn, max_ts) AS TABLE
+WITH c AS (
+    SELECT * FROM changes
+    WHERE (table_schema || '.' || table_name = tbl OR table_name = tbl)
+      AND commit_lsn <= max_lsn AND commit_ts <= max_ts
+), last AS (
+    SELECT DISTINCT ON (key) * FROM c WHERE op <> 't'
+    ORDER BY key, commit_lsn DESC, position DESC
+), trunc AS (
+    SELECT commit_lsn, position FROM c WHERE op = 't' ORDER BY commit_lsn DESC, position DESC
+    LIMIT 1
+)
+SELECT key, after AS row, op AS last_op, commit_ts, lsn_text(commit_lsn) AS lsn, commit_lsn
+FROM last
+WHERE op <> 'd'
+  AND NOT EXISTS (SELECT 1 FROM trunc t WHERE t.commit_lsn > last.commit_lsn
+                  OR (t.commit_lsn = last.commit_lsn AND t.position > last.position));
+
+CREATE OR REPLACE MACRO table_as_of_lsn(tbl, at_lsn) AS TABLE
+SELECT * FROM _table_until(tbl, CAST(at_lsn AS UBIGINT), 'infinity'::TIMESTAMPTZ);
+
+CREATE OR REPLACE MACRO table_as_of(tbl, at_ts) AS TABLE
+SELECT * FROM _table_until(tbl, 18446744073709551615::UBIGINT, CAST(at_ts AS TIMESTAMPTZ));
+"""

@@ -1,0 +1,67 @@
+"""Builders of change events for the archive's tests (no services needed)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from capture.event import (
+    ChangeEvent,
+    MarkerKind,
+    Op,
+    Source,
+    StreamMarker,
+    TableCount,
+    TransactionBlock,
+    TransactionEvent,
+)
+
+BASE_US = 1_700_000_000_000_000  # a fixed commit time, µs since epoch
+
+
+def change(commit_lsn: int, position: int, *, op: Op = Op.CREATE, table: str = "core_relationships",
+           row_id: str | None = None, xid: int | None = None,
+           row: dict[str, Any] | None = None, before: dict[str, Any] | None = None,
+           ts_us: int | None = None) -> ChangeEvent:
+    rid = row_id or str(uuid.UUID(int=commit_lsn * 100_000 + position))
+    ts = ts_us if ts_us is not None else BASE_US + commit_lsn
+    after_row = None if op in (Op.DELETE, Op.TRUNCATE) else (row or {"id": rid, "n": position})
+    before_row = before if op in (Op.UPDATE, Op.DELETE) else None
+    if op is Op.DELETE and before_row is None:
+        before_row = {"id": rid}
+    snapshot = op is Op.READ
+    return ChangeEvent(
+        op=op, ts_ms=ts // 1000 + 5,
+        source=Source(name="hera", db="db", schema="public", table=table,
+                      txId=None if snapshot else (xid if xid is not None else commit_lsn),
+                      lsn=commit_lsn, ts_ms=ts // 1000, ts_us=ts,
+                      snapshot="true" if snapshot else "false"),
+        transaction=None if snapshot else TransactionBlock(
+            id=f"{xid or commit_lsn}:{commit_lsn}", total_order=position + 1,
+            data_collection_order=position + 1),
+        commit_lsn=commit_lsn, position=position,
+        key=None if op is Op.TRUNCATE else {"id": rid},
+        before=before_row, after=after_row,
+        types=None if op is Op.TRUNCATE else {"id": "uuid", "n": "integer"},
+    )
+
+
+def end(commit_lsn: int, count: int, xid: int | None = None,
+        table: str = "public.core_relationships") -> TransactionEvent:
+    x = xid if xid is not None else commit_lsn
+    return TransactionEvent(status="END", id=f"{x}:{commit_lsn}", xid=x, commit_lsn=commit_lsn,
+                            ts_ms=(BASE_US + commit_lsn) // 1000, ts_us=BASE_US + commit_lsn,
+                            event_count=count,
+                            data_collections=(TableCount(data_collection=table,
+                                                         event_count=count),))
+
+
+def begin(commit_lsn: int, xid: int | None = None) -> TransactionEvent:
+    x = xid if xid is not None else commit_lsn
+    return TransactionEvent(status="BEGIN", id=f"{x}:{commit_lsn}", xid=x, commit_lsn=commit_lsn,
+                            ts_ms=(BASE_US + commit_lsn) // 1000, ts_us=BASE_US + commit_lsn)
+
+
+def marker(kind: MarkerKind, lsn: int, epoch_lsn: int = 1) -> StreamMarker:
+    return StreamMarker(status=kind, slot="slot", db="db", epoch_lsn=epoch_lsn, lsn=lsn,
+                        ts_ms=BASE_US // 1000, tables=("public.core_relationships",))
