@@ -1,0 +1,222 @@
+"""Which points the archive can answer, and resolving the user's point to an LSN.
+
+An epoch is one slot's life: SNAPSHOT_START/SNAPSHOT_END at ``epoch_lsn``, then the stream.
+Within an epoch the archive reaches the highest PROGRESS ``lsn`` or the latest archived
+commit, whichever is higher. A point X is answerable iff an epoch with a finished snapshot
+of the table has ``epoch_lsn <= X``, reaches X, and every transaction of that epoch committed
+at or before X is complete in the archive (archived events per table equal the END counts).
+
+These functions only read the given DuckDB connection (views ``changes``, ``transactions``,
+``markers`` as consumers/archive/reader.py provides them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from capture.event import format_lsn
+from replay.errors import NotCovered, UnknownTransaction
+from replay.point import BeforeXid, LsnPoint, Point, TimePoint
+from replay.tables import TableId
+
+
+@dataclass(frozen=True)
+class Epoch:
+    slot: str
+    epoch_lsn: int
+    started: datetime
+    snapshot_done: bool
+    tables: frozenset[str]
+    reach_lsn: int  # everything committed at or before it is archived
+    reach_ts: datetime | None  # latest commit time or PROGRESS time seen in the epoch
+    end_lsn: int | None  # the next epoch's epoch_lsn: commits from there belong to it
+
+    def covers_table(self, table: TableId) -> bool:
+        return not self.tables or str(table) in self.tables
+
+    def describe(self) -> str:
+        return f"{format_lsn(self.epoch_lsn)}..{format_lsn(self.reach_lsn)} (slot {self.slot})"
+
+
+@dataclass(frozen=True)
+class Base:
+    """A base snapshot's position: its rows are the state at ``lsn``, taken at ``taken``."""
+
+    lsn: int
+    taken: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    upto_lsn: int
+    epoch: Epoch | None  # None: a base snapshot alone answers (point == its LSN)
+
+
+def epochs(conn: duckdb.DuckDBPyConnection) -> list[Epoch]:
+    """Every epoch in the archive, oldest first, with how far it reaches."""
+    rows = conn.execute(
+        """
+        SELECT slot, epoch_lsn, min(ts),
+               bool_or(status = 'SNAPSHOT_END'),
+               list_distinct(flatten(list(tables))),
+               max(lsn) FILTER (WHERE status = 'PROGRESS'),
+               max(ts) FILTER (WHERE status = 'PROGRESS')
+        FROM markers GROUP BY slot, epoch_lsn ORDER BY epoch_lsn, slot
+        """
+    ).fetchall()
+    starts = [int(r[1]) for r in rows]
+    out: list[Epoch] = []
+    for i, (slot, elsn, started, done, tables, plsn, pts) in enumerate(rows):
+        nxt = next((s for s in starts[i + 1:] if s > int(elsn)), None)
+        last = conn.execute(
+            "SELECT max(commit_lsn), max(commit_ts) FROM transactions "
+            "WHERE commit_lsn > $lo AND ($hi IS NULL OR commit_lsn < $hi)",
+            {"lo": int(elsn), "hi": nxt},
+        ).fetchone()
+        last_lsn, last_ts = (last or (None, None))
+        reach = max(int(elsn), int(plsn or 0), int(last_lsn or 0))
+        stamps = [t for t in (pts, last_ts) if t is not None]
+        out.append(Epoch(slot=slot, epoch_lsn=int(elsn), started=started,
+                         snapshot_done=bool(done), tables=frozenset(tables or ()),
+                         reach_lsn=reach, reach_ts=max(stamps) if stamps else None,
+                         end_lsn=nxt))
+    return out
+
+
+def describe_coverage(eps: list[Epoch], table: TableId) -> str:
+    usable = [e for e in eps if e.snapshot_done and e.covers_table(table)]
+    if not usable:
+        return f"the archive holds no finished snapshot of {table}"
+    return "the archive covers " + ", ".join(e.describe() for e in usable)
+
+
+def resolve_point(conn: duckdb.DuckDBPyConnection, point: Point, table: TableId,
+                  base: Base | None = None) -> int:
+    """The LSN (inclusive) a point stands for."""
+    if isinstance(point, LsnPoint):
+        return point.lsn
+    if isinstance(point, BeforeXid):
+        return commit_of(conn, point.xid) - 1
+    return _resolve_time(conn, point, table, base)
+
+
+def commit_of(conn: duckdb.DuckDBPyConnection, xid: int) -> int:
+    """The commit LSN of transaction ``xid`` (refuses unknown or ambiguous ids)."""
+    found = [int(r[0]) for r in conn.execute(
+        "SELECT DISTINCT commit_lsn FROM transactions WHERE xid = $x "
+        "UNION SELECT DISTINCT commit_lsn FROM changes WHERE xid = $x ORDER BY 1",
+        {"x": xid}).fetchall()]
+    if not found:
+        span = conn.execute("SELECT min(xid), max(xid) FROM transactions").fetchone()
+        held = f"archived ids {span[0]}..{span[1]}" if span and span[0] is not None else \
+            "no transactions archived"
+        raise UnknownTransaction(f"transaction {xid} is not in the archive ({held}); "
+                                 "check the id with `consumers history`")
+    if len(found) > 1:
+        raise UnknownTransaction(
+            f"transaction id {xid} occurs more than once (xid wraparound or a new cluster): "
+            f"commits at {', '.join(map(format_lsn, found))}; use --until LSN instead")
+    return found[0]
+
+
+def _resolve_time(conn: duckdb.DuckDBPyConnection, point: TimePoint, table: TableId,
+                  base: Base | None) -> int:
+    at = point.at
+    row = conn.execute(
+        "SELECT max(commit_lsn) FROM transactions WHERE commit_ts <= $at", {"at": at}
+    ).fetchone()
+    candidates = [int(row[0])] if row and row[0] is not None else []
+    eps = epochs(conn)
+    candidates += [e.epoch_lsn for e in eps if e.snapshot_done and e.started <= at]
+    if base is not None and base.taken is not None and base.taken <= at:
+        candidates.append(base.lsn)
+    if not candidates:
+        first = min((e.started for e in eps), default=None)
+        raise NotCovered(
+            f"{point.describe()} is before the oldest snapshot"
+            + (f" ({first.isoformat()})" if first else "")
+            + f"; {describe_coverage(eps, table)}; use --base-snapshot with an older backup")
+    lsn = max(candidates)
+    # The archive must show nothing else committed until the requested time.
+    ep = _epoch_at(eps, lsn, table)
+    if ep is not None and (ep.reach_ts is None or ep.reach_ts < at):
+        later = conn.execute(
+            "SELECT 1 FROM transactions WHERE commit_ts > $at AND commit_lsn > $l LIMIT 1",
+            {"at": at, "l": lsn}).fetchone()
+        if later is None:
+            seen = ep.reach_ts.isoformat() if ep.reach_ts else ep.started.isoformat()
+            raise NotCovered(
+                f"{point.describe()} is beyond the archive: it reaches {seen} "
+                f"(LSN {format_lsn(ep.reach_lsn)}); wait for capture to catch up or pick "
+                "an earlier time")
+    return lsn
+
+
+def _epoch_at(eps: list[Epoch], lsn: int, table: TableId) -> Epoch | None:
+    usable = [e for e in eps if e.snapshot_done and e.covers_table(table) and e.epoch_lsn <= lsn]
+    return usable[-1] if usable else None
+
+
+def check_coverage(conn: duckdb.DuckDBPyConnection, upto: int, table: TableId,
+                   base: Base | None = None) -> Resolved:
+    """Refuse points the archive cannot answer exactly; return the epoch that answers."""
+    eps = epochs(conn)
+    if base is not None:
+        if upto < base.lsn:
+            raise NotCovered(f"the point {format_lsn(upto)} is before the base snapshot's LSN "
+                             f"{format_lsn(base.lsn)}; pick an older backup")
+        if upto == base.lsn:
+            return Resolved(upto, None)
+    start = base.lsn if base is not None else upto
+    ep = _epoch_at(eps, start, table)
+    if ep is None:
+        oldest = min((e.epoch_lsn for e in eps if e.covers_table(table)), default=None)
+        where = "base snapshot's LSN" if base is not None else "point"
+        raise NotCovered(
+            f"the {where} {format_lsn(start)} is before the oldest snapshot"
+            + (f" at {format_lsn(oldest)}" if oldest is not None else "")
+            + f"; {describe_coverage(eps, table)}"
+            + ("" if base is not None else "; use --base-snapshot with an older backup"))
+    if ep.reach_lsn < upto or (ep.end_lsn is not None and upto >= ep.end_lsn):
+        nxt = next((e for e in eps if e.epoch_lsn > ep.epoch_lsn), None)
+        gap = (f"; gap from {format_lsn(ep.reach_lsn)} to {format_lsn(nxt.epoch_lsn)} "
+               "(slot lost or re-created)") if nxt is not None and upto < nxt.epoch_lsn else ""
+        raise NotCovered(f"the archive does not cover {format_lsn(upto)}: "
+                         f"{describe_coverage(eps, table)}{gap}")
+    _check_complete(conn, lo=base.lsn if base is not None else ep.epoch_lsn, hi=upto)
+    return Resolved(upto, ep)
+
+
+def _check_complete(conn: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
+    bad = conn.execute(
+        """
+        WITH expected AS (
+            SELECT t.commit_lsn, t.xid, d.data_collection AS tbl, d.event_count AS n
+            FROM transactions t,
+                 unnest(from_json(t.data_collections,
+                        '[{"data_collection":"VARCHAR","event_count":"BIGINT"}]')) AS u(d)
+            WHERE t.commit_lsn > $lo AND t.commit_lsn <= $hi
+        ),
+        actual AS (
+            SELECT commit_lsn, table_schema || '.' || table_name AS tbl, count(*) AS n
+            FROM changes WHERE NOT snapshot AND commit_lsn > $lo AND commit_lsn <= $hi
+            GROUP BY ALL
+        )
+        SELECT coalesce(e.commit_lsn, a.commit_lsn) AS c, e.xid, coalesce(e.tbl, a.tbl),
+               coalesce(e.n, 0), coalesce(a.n, 0)
+        FROM expected e FULL JOIN actual a ON e.commit_lsn = a.commit_lsn AND e.tbl = a.tbl
+        WHERE e.n IS DISTINCT FROM a.n
+        ORDER BY c LIMIT 3
+        """,
+        {"lo": lo, "hi": hi},
+    ).fetchall()
+    if bad:
+        c, xid, tbl, want, got = bad[0]
+        raise NotCovered(
+            f"the archive has a gap at {format_lsn(int(c))}: transaction "
+            f"{xid if xid is not None else '(no END record)'} has {got} of {want} events of "
+            f"{tbl}; pick a point before {format_lsn(int(c))} or re-archive from Kafka")
+

@@ -1,0 +1,140 @@
+"""Parsing and resolving the user's point: time with zone, LSN, just before transaction N."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from replay.coverage import Base, check_coverage, resolve_point
+from replay.errors import BadPoint, NotCovered, UnknownTransaction
+from replay.point import BeforeXid, LsnPoint, TimePoint, choose_point, parse_until
+from replay.tables import TableId
+from tests.replay_fixtures import History, memory_history
+
+TABLE = TableId("public", "rel")
+
+
+def r(i: int) -> dict[str, object]:
+    return {"id": f"id-{i}", "n": i}
+
+
+def test_an_lsn_is_parsed_in_postgres_spelling() -> None:
+    assert parse_until("0/16B3748") == LsnPoint(0x16B3748)
+    assert parse_until("1/0") == LsnPoint(1 << 32)
+
+
+def test_a_time_with_zone_is_accepted_in_iso_form() -> None:
+    assert parse_until("2025-03-01T12:00:00Z") == TimePoint(datetime(2025, 3, 1, 12, tzinfo=UTC))
+    p = parse_until("2025-03-01 14:00:00+02:00")
+    assert isinstance(p, TimePoint) and p.at == datetime(2025, 3, 1, 12, tzinfo=UTC)
+
+
+def test_a_time_without_zone_is_refused_with_a_hint() -> None:
+    with pytest.raises(BadPoint, match="has no zone"):
+        parse_until("2025-03-01T12:00:00")
+
+
+def test_garbage_is_refused_naming_both_forms() -> None:
+    with pytest.raises(BadPoint, match="0/16B3748"):
+        parse_until("yesterday")
+
+
+def test_exactly_one_of_until_and_before_xid_is_required() -> None:
+    with pytest.raises(BadPoint):
+        choose_point(None, None)
+    with pytest.raises(BadPoint):
+        choose_point("0/1", 5)
+    assert choose_point(None, 5) == BeforeXid(5)
+
+
+def history() -> History:
+    h = History()
+    h.snapshot([r(1)])
+    return h
+
+
+def test_before_xid_is_just_before_that_transactions_commit() -> None:
+    h = history()
+    h.commit([("c", None, r(2))])
+    xid, lsn, _ = h.commit([("c", None, r(3))])
+    assert resolve_point(memory_history(h), BeforeXid(xid), TABLE) == lsn - 1
+
+
+def test_an_unknown_xid_is_refused() -> None:
+    h = history()
+    h.commit([("c", None, r(2))])
+    with pytest.raises(UnknownTransaction, match="not in the archive"):
+        resolve_point(memory_history(h), BeforeXid(12345), TABLE)
+
+
+def test_a_time_resolves_to_the_last_commit_at_or_before_it() -> None:
+    h = history()
+    _, l1, t1 = h.commit([("c", None, r(2))])
+    _, _, t2 = h.commit([("c", None, r(3))])
+    conn = memory_history(h)
+    assert resolve_point(conn, TimePoint(t1), TABLE) == l1
+    assert resolve_point(conn, TimePoint(t2 - timedelta(microseconds=1)), TABLE) == l1
+    assert resolve_point(conn, TimePoint(t1 - timedelta(seconds=1)), TABLE) == h.epoch_lsn
+
+
+def test_a_time_before_the_oldest_snapshot_is_refused() -> None:
+    h = history()
+    h.commit([("c", None, r(2))])
+    with pytest.raises(NotCovered, match="before the oldest snapshot"):
+        resolve_point(memory_history(h), TimePoint(h.clock - timedelta(days=1)), TABLE)
+
+
+def test_a_time_beyond_what_the_archive_saw_is_refused() -> None:
+    h = history()
+    h.commit([("c", None, r(2))])
+    with pytest.raises(NotCovered, match="beyond the archive"):
+        resolve_point(memory_history(h), TimePoint(h.clock + timedelta(hours=1)), TABLE)
+
+
+def test_a_point_covered_by_progress_is_answerable() -> None:
+    h = history()
+    _, lsn, _ = h.commit([("c", None, r(2))])
+    h.progress(lsn + 0x500)
+    assert check_coverage(memory_history(h), lsn + 0x400, TABLE).upto_lsn == lsn + 0x400
+
+
+def test_a_point_past_the_coverage_is_refused_saying_what_is_covered() -> None:
+    h = history()
+    _, lsn, _ = h.commit([("c", None, r(2))])
+    with pytest.raises(NotCovered, match=r"covers 0/1000\.\.0/2000"):
+        check_coverage(memory_history(h), lsn + 1, TABLE)
+
+
+def test_a_point_before_the_oldest_snapshot_is_refused() -> None:
+    h = history()
+    with pytest.raises(NotCovered, match="before the oldest snapshot at 0/1000"):
+        check_coverage(memory_history(h), 0x500, TABLE)
+
+
+def test_a_point_in_the_gap_between_two_epochs_is_refused_naming_the_gap() -> None:
+    old = history()
+    old.commit([("c", None, r(2))])
+    new = History(epoch_lsn=0x9000, next_lsn=0xA000, slot="slot2")
+    new.snapshot([r(1), r(2), r(3)])
+    conn = memory_history(old, new)
+    with pytest.raises(NotCovered, match="gap from 0/2000 to 0/9000"):
+        check_coverage(conn, 0x5000, TABLE)
+    assert check_coverage(conn, 0x9000, TABLE).epoch is not None
+
+
+def test_a_transaction_with_missing_events_is_a_gap() -> None:
+    h = history()
+    _, lsn, _ = h.commit([("c", None, r(2)), ("c", None, r(3))])
+    h.events.pop()  # lose one archived event of the transaction
+    conn = memory_history(h)
+    with pytest.raises(NotCovered, match="has 1 of 2 events"):
+        check_coverage(conn, lsn, TABLE)
+    assert check_coverage(conn, lsn - 1, TABLE).upto_lsn == lsn - 1
+
+
+def test_a_base_snapshot_answers_its_own_lsn_without_the_archive() -> None:
+    conn = memory_history(History())
+    assert check_coverage(conn, 0x5000, TABLE, Base(0x5000)).epoch is None
+    with pytest.raises(NotCovered, match="before the base snapshot"):
+        check_coverage(conn, 0x4000, TABLE, Base(0x5000))
