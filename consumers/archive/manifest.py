@@ -48,6 +48,7 @@ class Manifest(BaseModel):
     retired: list[Retired] = Field(default_factory=list)
     # topic -> partition (as a string, JSON keys are strings) -> next offset to consume
     offsets: dict[str, dict[str, int]] = Field(default_factory=dict)
+    counters: dict[str, int] = Field(default_factory=dict)  # e.g. "dead_letters"
 
     def of_kind(self, kind: str) -> list[Segment]:
         return [s for s in self.segments if s.kind == kind]

@@ -148,18 +148,23 @@ class ArchiveStore:
     def append(self, changes: Sequence[ChangeEvent] = (),
                transactions: Sequence[TransactionEvent] = (),
                markers: Sequence[StreamMarker] = (),
-               offsets: Offsets | None = None) -> AppendResult:
-        """Archive the events not archived yet and record ``offsets``, in one atomic commit."""
+               offsets: Offsets | None = None, dead_letters: int = 0) -> AppendResult:
+        """Archive the events not archived yet and record ``offsets``, in one atomic commit.
+
+        ``dead_letters`` (records sent to the dead-letter topic in this batch) is added to the
+        manifest's ``counters["dead_letters"]`` in the same commit, so the count is exact.
+        """
         if self._broken:
             raise ArchiveError("a previous commit failed; reopen the archive")
         try:
-            return self._append(changes, transactions, markers, offsets or {})
+            return self._append(changes, transactions, markers, offsets or {}, dead_letters)
         except BaseException:
             self._broken = True  # in-memory dedup state may be ahead of the disk
             raise
 
     def _append(self, changes: Sequence[ChangeEvent], transactions: Sequence[TransactionEvent],
-                markers: Sequence[StreamMarker], offsets: Offsets) -> AppendResult:
+                markers: Sequence[StreamMarker], offsets: Offsets,
+                dead_letters: int) -> AppendResult:
         keep = self._changes.filter_new([(e.commit_lsn, e.position) for e in changes])
         new_changes = [e for e, k in zip(changes, keep, strict=True) if k]
         ends = [t for t in transactions if t.status == "END"]
@@ -176,13 +181,15 @@ class ArchiveStore:
         tables = {"changes": changes_table(new_changes) if new_changes else None,
                   "transactions": transactions_table(new_txns) if new_txns else None,
                   "markers": markers_table(new_markers) if new_markers else None}
-        if not offsets and all(t is None for t in tables.values()):
+        if not offsets and not dead_letters and all(t is None for t in tables.values()):
             return AppendResult(self._manifest.generation, 0, len(changes), 0, 0)
         added = [self._write(kind, t) for kind, t in tables.items() if t is not None]
         m = self._next_manifest()
         m.segments.extend(added)
         for (topic, partition), offset in offsets.items():
             m.offsets.setdefault(topic, {})[str(partition)] = offset
+        if dead_letters:
+            m.counters["dead_letters"] = m.counters.get("dead_letters", 0) + dead_letters
         self._commit(m)
         self._changes.evict()
         self._txns.evict()

@@ -1,0 +1,161 @@
+"""The archiver loop: Kafka records -> parsed events -> one atomic store commit per batch.
+
+A batch is committed when it holds ``batch_events`` records or ``flush_interval_s`` has
+passed since the last commit. Records that do not parse (bad JSON, unknown fields, a newer
+``schema_version``, an empty value) go to ``<prefix>.deadletter`` with the reason; the
+dead-letter producer is flushed before the commit that moves the offsets past them, so a
+crash re-sends them rather than losing them. ``stop`` (set by SIGTERM/SIGINT) ends the loop
+after a final commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from capture.event import (
+    SCHEMA_VERSION,
+    ChangeEvent,
+    StreamMarker,
+    TransactionEvent,
+    parse_transaction_topic,
+)
+from capture.topics import transaction_topic
+from consumers.archive.compaction import CompactionPolicy, compact
+from consumers.archive.store import ArchiveStore, Offsets
+from consumers.kafka_source import KafkaSource, Record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArchiverTuning:
+    batch_events: int = 50_000
+    flush_interval_s: float = 1.0
+    refresh_interval_s: float = 5.0  # look for new table topics
+    compact_interval_s: float = 30.0
+    compaction: CompactionPolicy = field(default_factory=CompactionPolicy)
+
+
+@dataclass
+class ArchiverStats:
+    records: int = 0
+    changes_written: int = 0
+    duplicates: int = 0
+    transactions_written: int = 0
+    markers_written: int = 0
+    dead_letters: int = 0
+    commits: int = 0
+
+
+@dataclass
+class _Batch:
+    changes: list[ChangeEvent] = field(default_factory=list)
+    transactions: list[TransactionEvent] = field(default_factory=list)
+    markers: list[StreamMarker] = field(default_factory=list)
+    offsets: Offsets = field(default_factory=dict)
+    records: int = 0
+    dead_letters: int = 0
+
+
+def parse_record(record: Record, txn_topic: str) -> ChangeEvent | TransactionEvent | StreamMarker:
+    """Raises ValueError with the reason for the dead-letter topic."""
+    if record.value is None:
+        raise ValueError("empty record value (tombstone)")
+    try:
+        if record.topic == txn_topic:
+            event: ChangeEvent | TransactionEvent | StreamMarker = (
+                parse_transaction_topic(record.value))
+        else:
+            event = ChangeEvent.model_validate_json(record.value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "record"
+        raise ValueError(f"not a valid event: {loc}: {first['msg']}"
+                         f" ({exc.error_count()} error(s))") from None
+    except ValueError as exc:  # json.JSONDecodeError from parse_transaction_topic
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if event.schema_version > SCHEMA_VERSION:
+        raise ValueError(f"unknown schema_version {event.schema_version} "
+                         f"(this archiver reads up to {SCHEMA_VERSION})")
+    return event
+
+
+class Archiver:
+    def __init__(self, store: ArchiveStore, source: KafkaSource, tuning: ArchiverTuning,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 on_commit: Callable[[ArchiverStats], None] | None = None) -> None:
+        self.store = store
+        self.source = source
+        self.tuning = tuning
+        self.stats = ArchiverStats()
+        self._monotonic = monotonic
+        self._txn_topic = transaction_topic(source.prefix)
+        self._on_commit = on_commit
+
+    def run(self, stop: threading.Event) -> ArchiverStats:
+        offsets = self.store.offsets()
+        self.source.assign(offsets)
+        batch = _Batch()
+        now = self._monotonic()
+        last_commit = last_refresh = last_compact = now
+        while not stop.is_set():
+            for rec in self.source.poll(timeout_ms=100):
+                self._add(batch, rec)
+            now = self._monotonic()
+            due = now - last_commit >= self.tuning.flush_interval_s
+            if batch.records >= self.tuning.batch_events or (due and batch.records):
+                self._commit(batch)
+                batch = _Batch()
+                last_commit = now
+            if now - last_refresh >= self.tuning.refresh_interval_s:
+                self.source.refresh(self.store.offsets() | batch.offsets)
+                last_refresh = now
+            if now - last_compact >= self.tuning.compact_interval_s:
+                compact(self.store, self.tuning.compaction)
+                self.store.delete_expired()
+                last_compact = now
+        if batch.records:
+            self._commit(batch)
+        log.info("archiver stopped: %s", self.stats)
+        return self.stats
+
+    def _add(self, batch: _Batch, rec: Record) -> None:
+        batch.records += 1
+        batch.offsets[(rec.topic, rec.partition)] = rec.offset + 1
+        try:
+            event = parse_record(rec, self._txn_topic)
+        except ValueError as exc:
+            log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc)
+            self.source.dead_letter(rec, str(exc))
+            batch.dead_letters += 1
+            return
+        if isinstance(event, ChangeEvent):
+            batch.changes.append(event)
+        elif isinstance(event, TransactionEvent):
+            batch.transactions.append(event)
+        else:
+            batch.markers.append(event)
+
+    def _commit(self, batch: _Batch) -> None:
+        if batch.dead_letters:
+            self.source.flush()  # the dead letters are durable before their offsets move
+        r = self.store.append(batch.changes, batch.transactions, batch.markers, batch.offsets,
+                              dead_letters=batch.dead_letters)
+        s = self.stats
+        s.records += batch.records
+        s.changes_written += r.changes_written
+        s.duplicates += r.duplicates
+        s.transactions_written += r.transactions_written
+        s.markers_written += r.markers_written
+        s.dead_letters += batch.dead_letters
+        s.commits += 1
+        if self._on_commit is not None:
+            self._on_commit(s)
+
+
