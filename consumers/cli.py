@@ -16,9 +16,11 @@ def main() -> None:
 
 def _register() -> None:
     from consumers.archive.command import archive, history
+    from consumers.detect.command import detect
 
     main.add_command(archive)
     main.add_command(history)
+    main.add_command(detect)
 
 
 _register()

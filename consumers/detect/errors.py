@@ -1,0 +1,23 @@
+"""The detector's own named errors: the CLI maps each to one clear line on stderr."""
+
+from __future__ import annotations
+
+
+class DetectError(Exception):
+    """Base class: the message says what is wrong and how to fix it."""
+
+
+class RulesFileError(DetectError):
+    """The rules file cannot be read or does not validate."""
+
+
+class AlertsTableMissing(DetectError):
+    """``critical_system_alerts`` is not in the target database."""
+
+
+class StateFileError(DetectError):
+    """The state file is not a detector state file, or was written by a newer version."""
+
+
+class SinkError(DetectError):
+    """An alert sink (Kafka, PostgreSQL) refused or could not be reached."""
