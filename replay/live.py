@@ -1,0 +1,125 @@
+"""Reading PostgreSQL: a table's columns, primary key, privileges, and rows in the
+change-event encoding (so they compare with, and restore like, archived rows).
+
+The session uses capture's settings (UTC, ISO dates, extra_float_digits=1): a value's text
+is then exactly what capture archived for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from replay.errors import PrivilegeError, UnknownTable
+from replay.tables import TableId
+
+# The same session settings as capture's snapshot and stream (capture/snapshot.py).
+SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,MDY -c extra_float_digits=1"
+
+_NATIVE_JSON = {"json", "jsonb", "boolean", "smallint", "integer"}
+# json_build_object takes at most 100 arguments: 50 columns per call, merged beyond that.
+_MAX_PAIRS = 50
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # format_type spelling, as capture's ``types``
+    generated: bool = False
+
+
+def connect(dsn: str) -> Conn:
+    return psycopg.connect(dsn, options=SESSION_OPTIONS, autocommit=False)
+
+
+def regclass(conn: Conn, table: TableId) -> int | None:
+    row = conn.execute("SELECT to_regclass(%s)::oid",
+                       (sql.Identifier(table.schema, table.name).as_string(conn),)).fetchone()
+    return None if row is None or row[0] is None else int(str(row[0]))
+
+
+def columns(conn: Conn, table: TableId) -> list[Column]:
+    """The table's columns in attnum order; UnknownTable if it does not exist."""
+    oid = regclass(conn, table)
+    if oid is None:
+        raise UnknownTable(f"table {table} does not exist in the database; check --table "
+                           "and the DSN's database")
+    rows = conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod), attgenerated <> '' "
+        "FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
+        "ORDER BY attnum", (oid,)).fetchall()
+    return [Column(str(n), str(t), bool(g)) for n, t, g in rows]
+
+
+def primary_key(conn: Conn, table: TableId) -> list[str]:
+    oid = regclass(conn, table)
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i "
+        "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.n", (oid,)).fetchall()
+    if not rows:
+        raise UnknownTable(f"table {table} has no primary key; replay restores rows by key")
+    return [str(r[0]) for r in rows]
+
+
+def require_privileges(conn: Conn, table: TableId, privileges: Iterable[str]) -> None:
+    """PrivilegeError naming the first missing privilege (checked before any change)."""
+    name = sql.Identifier(table.schema, table.name).as_string(conn)
+    for priv in privileges:
+        row = conn.execute("SELECT has_table_privilege(%s, %s)", (name, priv)).fetchone()
+        if not (row and row[0]):
+            who = conn.execute("SELECT current_user").fetchone()
+            raise PrivilegeError(
+                f"role {who[0] if who else '?'} lacks {priv} on {table}; grant it "
+                f"(GRANT {priv} ON {table} TO ...) or use a DSN with that privilege")
+
+
+def require_schema_create(conn: Conn, schema: str) -> None:
+    row = conn.execute("SELECT has_schema_privilege(%s, 'CREATE')", (schema,)).fetchone()
+    if not (row and row[0]):
+        who = conn.execute("SELECT current_user").fetchone()
+        raise PrivilegeError(f"role {who[0] if who else '?'} cannot create tables in schema "
+                             f"{schema}; grant CREATE on it or use another DSN")
+
+
+def _encoded(col: Column) -> sql.Composable:
+    ident = sql.Identifier(col.name)
+    if col.type in _NATIVE_JSON:
+        return ident
+    return sql.SQL("{}::text").format(ident)
+
+
+def row_json_sql(cols: list[Column]) -> sql.Composable:
+    """An expression building the row as JSON text in the change-event encoding."""
+    parts: list[sql.Composable] = []
+    for i in range(0, len(cols), _MAX_PAIRS):
+        pairs = sql.SQL(", ").join(
+            sql.SQL("{}, {}").format(sql.Literal(c.name), _encoded(c))
+            for c in cols[i:i + _MAX_PAIRS])
+        parts.append(sql.SQL("json_build_object({})").format(pairs))
+    if len(parts) == 1:
+        return sql.SQL("{}::text").format(parts[0])
+    return sql.SQL("({})::text").format(
+        sql.SQL(" || ").join(sql.SQL("{}::jsonb").format(p) for p in parts))
+
+
+def read_rows(conn: Conn, table: TableId, cols: list[Column],
+              where: sql.Composable | None = None, params: tuple[object, ...] = ()) -> pa.Table:
+    """All rows of ``table`` (optionally filtered) as an Arrow table with one ``row`` column."""
+    query = sql.SQL("SELECT {} FROM {}").format(row_json_sql(cols),
+                                                sql.Identifier(table.schema, table.name))
+    if where is not None:
+        query = sql.SQL("{} WHERE {}").format(query, where)
+    out: list[str] = []
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        while batch := cur.fetchmany(50_000):
+            out.extend(str(r[0]) for r in batch)
+    return pa.table({"row": pa.array(out, type=pa.string())})
