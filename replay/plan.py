@@ -137,11 +137,9 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
         FROM d WHERE action IS NOT NULL
         ORDER BY key
     """  # noqa: S608 - fragments are ours; values are bound parameters
-    ops = conn.sql(query, params=params).arrow()
+    ops = conn.execute(query, params).to_arrow_table()
     for name in ("_w", "_l", "_e", "_k"):
         conn.execute(f"DROP VIEW IF EXISTS {name}")
         with contextlib.suppress(duckdb.Error):
             conn.unregister(name)
-    if isinstance(ops, pa.RecordBatchReader):
-        ops = ops.read_all()
     return Plan(table, ops, pk)
