@@ -137,7 +137,7 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
         FROM d WHERE action IS NOT NULL
         ORDER BY key
     """  # noqa: S608 - fragments are ours; values are bound parameters
-    ops = conn.execute(query, params).to_arrow_table()
+    ops = conn.sql(query, params=params).to_arrow_table()
     for name in ("_w", "_l", "_e", "_k"):
         conn.execute(f"DROP VIEW IF EXISTS {name}")
         with contextlib.suppress(duckdb.Error):
