@@ -32,7 +32,7 @@ def change(commit_lsn: int, position: int, *, op: Op = Op.CREATE, table: str = "
     snapshot = op is Op.READ
     return ChangeEvent(
         op=op, ts_ms=ts // 1000 + 5,
-        source=Source(name="hera", db="db", schema="public", table=table,
+        source=Source(name="hera", db="db", schema_="public", table=table,
                       txId=None if snapshot else (xid if xid is not None else commit_lsn),
                       lsn=commit_lsn, ts_ms=ts // 1000, ts_us=ts,
                       snapshot="true" if snapshot else "false"),

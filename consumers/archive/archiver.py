@@ -75,6 +75,8 @@ def parse_record(record: Record, txn_topic: str) -> ChangeEvent | TransactionEve
             event = ChangeEvent.model_validate_json(record.value)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise ValueError(f"not valid JSON: {first['msg']}") from None
         loc = ".".join(str(p) for p in first["loc"]) or "record"
         raise ValueError(f"not a valid event: {loc}: {first['msg']}"
                          f" ({exc.error_count()} error(s))") from None

@@ -1,0 +1,126 @@
+"""The archive store: atomic commits of events + offsets, dedup, refusals, crash leftovers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from capture.event import MarkerKind, Op
+from consumers.archive.layout import NewerArchiveError, NotAnArchiveError
+from consumers.archive.reader import connect_history
+from consumers.archive.store import ArchiveLockedError, ArchiveStore
+from tests.archive_fixtures import begin, change, end, marker
+
+
+def _keys(root: Path) -> list[tuple[int, int]]:
+    con = connect_history(root)
+    return [(int(a), int(b)) for a, b in
+            con.sql("SELECT commit_lsn, position FROM changes ORDER BY ALL").fetchall()]
+
+
+def test_appended_events_and_offsets_survive_a_reopen(tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    with ArchiveStore.open_or_create(root) as store:
+        store.append(changes=[change(100, 0), change(100, 1)],
+                     transactions=[begin(100), end(100, 2)],
+                     markers=[marker(MarkerKind.SNAPSHOT_END, 50)],
+                     offsets={("p.public.t", 0): 2, ("p.transaction", 0): 3})
+    with ArchiveStore.open_or_create(root) as store:
+        assert store.offsets() == {("p.public.t", 0): 2, ("p.transaction", 0): 3}
+    con = connect_history(root)
+    assert _keys(root) == [(100, 0), (100, 1)]
+    assert con.sql("SELECT xid, commit_lsn, event_count FROM transactions").fetchall() == [
+        (100, 100, 2)]
+    assert con.sql("SELECT status, lsn FROM markers").fetchall() == [("SNAPSHOT_END", 50)]
+
+
+def test_duplicates_resent_by_capture_are_stored_once(tmp_path: Path) -> None:
+    with ArchiveStore.open_or_create(tmp_path / "a") as store:
+        first = store.append(changes=[change(100, 0), change(100, 1), change(100, 1)])
+        again = store.append(changes=[change(100, 1), change(200, 0)],
+                             transactions=[end(100, 2), end(100, 2)])
+    with ArchiveStore.open_or_create(tmp_path / "a") as store:
+        after_restart = store.append(changes=[change(100, 0), change(200, 0), change(300, 0)])
+    assert (first.changes_written, first.duplicates) == (2, 1)
+    assert (again.changes_written, again.duplicates, again.transactions_written) == (1, 1, 1)
+    assert (after_restart.changes_written, after_restart.duplicates) == (1, 2)
+    con = connect_history(tmp_path / "a")
+    assert con.execute("SELECT count(*) FROM raw_changes").fetchall() == [(4,)]
+
+
+def test_duplicates_older_than_the_memory_window_are_found_on_disk(tmp_path: Path) -> None:
+    with ArchiveStore.open_or_create(tmp_path / "a", dedup_capacity=2) as store:
+        for lsn in range(100, 110):
+            store.append(changes=[change(lsn, 0), change(lsn, 1)])
+        late = store.append(changes=[change(101, 1), change(101, 2)])
+    assert (late.changes_written, late.duplicates) == (1, 1)
+    assert len(_keys(tmp_path / "a")) == 21
+
+
+def test_a_non_empty_directory_without_marker_is_refused_and_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(NotAnArchiveError, match="not a hera-guard archive"):
+        ArchiveStore.open_or_create(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_an_archive_of_a_newer_version_is_refused_and_left_alone(tmp_path: Path) -> None:
+    marker_file = tmp_path / "archive.json"
+    marker_file.write_text(json.dumps({"format": "hera-guard-archive", "version": 99}))
+    with pytest.raises(NewerArchiveError, match="newer hera-guard"):
+        ArchiveStore.open_or_create(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["archive.json"]
+    with pytest.raises(NewerArchiveError):
+        connect_history(tmp_path)
+
+
+def test_a_foreign_marker_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "archive.json").write_text('{"format": "something-else", "version": 1}')
+    with pytest.raises(NotAnArchiveError, match="something-else"):
+        ArchiveStore.open_or_create(tmp_path)
+
+
+def test_segments_of_an_interrupted_commit_are_deleted_at_open(tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    with ArchiveStore.open_or_create(root) as store:
+        store.append(changes=[change(100, 0)], offsets={("t", 0): 1})
+        live = store.manifest.of_kind("changes")
+    stray = root / "segments" / "changes" / "0000000009-deadbeef.parquet"
+    stray.write_bytes((root / store.manifest.of_kind("changes")[-1].file).read_bytes())
+    (root / "segments" / "changes" / "x.parquet.tmp").write_bytes(b"half")
+    assert live
+    with ArchiveStore.open_or_create(root) as store:
+        assert store.offsets() == {("t", 0): 1}
+    assert not stray.exists()
+    assert not (root / "segments" / "changes" / "x.parquet.tmp").exists()
+    assert _keys(root) == [(100, 0)]
+
+
+def test_a_second_writer_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    with ArchiveStore.open_or_create(tmp_path / "a"), pytest.raises(ArchiveLockedError):
+        ArchiveStore.open_or_create(tmp_path / "a")
+
+
+def test_a_truncate_and_deletes_shape_the_state_as_of_an_lsn(tmp_path: Path) -> None:
+    a, b = change(100, 0), change(100, 1)
+    rid = str((a.key or {})["id"])
+    with ArchiveStore.open_or_create(tmp_path / "a") as store:
+        store.append(changes=[a, b, change(200, 0, op=Op.DELETE, row_id=rid),
+                              change(300, 0, op=Op.TRUNCATE), change(400, 0)])
+    con = connect_history(tmp_path / "a")
+
+    def state(lsn: int) -> int:
+        rows = con.execute("SELECT count(*) FROM table_as_of_lsn('core_relationships', ?)",
+                           [lsn]).fetchall()
+        return int(rows[0][0])
+
+    assert [state(150), state(250), state(350), state(450)] == [2, 1, 0, 1]
+    ops = con.sql("SELECT op FROM relationship_timeline($id)", params={"id": rid}).fetchall()
+    assert ops == [("c",), ("d",), ("t",)]
+    summary = con.sql("SELECT xid, changes, inserts, deletes, truncates, per_table "
+                      "FROM transaction_summary ORDER BY commit_lsn").fetchall()
+    assert summary[0][:5] == (100, 2, 2, 0, 0)
+    assert json.loads(summary[0][5]) == {"public.core_relationships": {"c": 2}}
+    assert summary[2][:5] == (300, 1, 0, 0, 1)
