@@ -35,7 +35,8 @@ class Column:
 
 
 def connect(dsn: str) -> Conn:
-    return psycopg.connect(dsn, options=SESSION_OPTIONS, autocommit=False)
+    """Autocommit: every change replay makes is inside an explicit ``transaction()``."""
+    return psycopg.connect(dsn, options=SESSION_OPTIONS, autocommit=True)
 
 
 def regclass(conn: Conn, table: TableId) -> int | None:

@@ -1,0 +1,177 @@
+"""Restore a live table to a rebuilt state, or undo one transaction: plan, show, apply.
+
+Flow (litestream's shape): read inputs -> ``plan_changes`` (pure) -> render -> apply in one
+transaction. For a real run the tables are locked (EXCLUSIVE: reads go on, writes wait)
+before the live rows are read, so the plan is still true when it is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import duckdb
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from capture.event import format_lsn
+from replay.apply import Applied, announce, apply_plan, lock
+from replay.coverage import check_coverage, commit_of
+from replay.errors import ConflictsFound, UnknownTable
+from replay.live import Conn, columns, primary_key, read_rows, require_privileges
+from replay.plan import CONFLICT, DELETE, UPDATE, Plan, Scope, plan_changes
+from replay.rebuild import pk_paths
+from replay.state import Progress, State, materialize, quiet, state_at
+from replay.tables import TableId
+
+WRITE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    plans: list[Plan]
+    applied: list[Applied]  # empty for a dry run
+    dry_run: bool
+
+
+Show = Callable[[list[Plan]], None]
+
+
+def _no_show(_: list[Plan]) -> None:
+    """Default: show nothing."""
+
+
+def _reason(what: str, plans: list[Plan]) -> str:
+    parts = [f"{p.table}: +{p.count('insert')} ~{p.count(UPDATE)} -{p.count(DELETE)}"
+             for p in plans]
+    return f"replay {what} ({'; '.join(parts)})"
+
+
+def _apply_all(pg: Conn, plans: list[Plan], what: str, allow_orphaning: bool) -> list[Applied]:
+    if any(p.count(DELETE) or p.count(UPDATE) for p in plans):
+        announce(pg, _reason(what, plans), allow_orphaning)
+    elif allow_orphaning:
+        announce(pg, _reason(what, plans), True)
+    out = []
+    for p in plans:
+        out.append(apply_plan(pg, p, columns(pg, p.table)))
+    return out
+
+
+def restore(duck: duckdb.DuckDBPyConnection, pg: Conn, state: State, *,
+            scope: Scope | None = None, dry_run: bool = False, allow_orphaning: bool = False,
+            show: Show = _no_show, progress: Progress = quiet) -> Outcome:
+    """Put the live table back to ``state`` (within ``scope``); one transaction."""
+    table = state.table
+    scope = scope or Scope()
+    cols = columns(pg, table)
+    require_privileges(pg, table, ("SELECT",) if dry_run else WRITE_PRIVILEGES)
+    _check_scope_columns(scope, cols, table)
+    state = materialize(duck, state, "_wanted")
+    applied: list[Applied] = []
+    with pg.transaction() as tx:
+        if not dry_run:
+            progress(f"locking {table} (writers wait until the restore commits)")
+            lock(pg, [sql.Identifier(table.schema, table.name)])
+        progress(f"reading live rows of {table}")
+        live = read_rows(pg, table, cols)
+        progress(f"planning: {state.rel.shape[0]} wanted rows vs {live.num_rows} live rows")
+        plan = plan_changes(duck, table, state.pk, list(state.types), state.rel, live,
+                            scope=scope)
+        show([plan])
+        if dry_run:
+            raise psycopg.Rollback(tx)
+        progress(f"applying {plan.changes} changes in one transaction")
+        applied = _apply_all(pg, [plan], f"restore {table} to {format_lsn(state.upto_lsn)}",
+                             allow_orphaning)
+    return Outcome([plan], applied, dry_run)
+
+
+def _check_scope_columns(scope: Scope, cols: list[object], table: TableId) -> None:
+    names = {getattr(c, "name", "") for c in cols}
+    for col, _ in scope.equals:
+        if col not in names:
+            raise UnknownTable(f"{table} has no column {col}; --org/--relationship-type "
+                               "only apply to tables that have organization_id / "
+                               "relationship_type")
+
+
+def touched_keys(duck: duckdb.DuckDBPyConnection, table: TableId, commit_lsn: int,
+                 pk: list[str], before: State) -> duckdb.DuckDBPyRelation:
+    """Keys transaction at ``commit_lsn`` changed in ``table`` (all keys on a TRUNCATE)."""
+    truncated = duck.execute(
+        "SELECT count(*) FROM changes WHERE table_schema = $s AND table_name = $t "
+        "AND commit_lsn = $c AND op = 't'",
+        {"s": table.schema, "t": table.name, "c": commit_lsn}).fetchone()
+    params = {"s": table.schema, "t": table.name, "c": commit_lsn, "pk": pk_paths(pk)}
+    keys = duck.sql(
+        """
+        SELECT json_extract(after, $pk)::VARCHAR AS key FROM changes
+        WHERE table_schema = $s AND table_name = $t AND commit_lsn = $c AND after IS NOT NULL
+        UNION SELECT json_extract(coalesce(before, key), $pk)::VARCHAR FROM changes
+        WHERE table_schema = $s AND table_name = $t AND commit_lsn = $c
+          AND op IN ('u', 'd') AND coalesce(before, key) IS NOT NULL
+        """, params=params)
+    if truncated and truncated[0]:
+        keys = keys.union(before.rel.project("key"))
+    return keys
+
+
+def revert(duck: duckdb.DuckDBPyConnection, pg: Conn, xid: int, *, dry_run: bool = False,
+           force: bool = False, skip_conflicts: bool = False, allow_orphaning: bool = False,
+           show: Show = _no_show, progress: Progress = quiet) -> Outcome:
+    """Undo transaction ``xid`` where rows still equal what it left; conflicts otherwise."""
+    commit = commit_of(duck, xid)
+    tables = [TableId(str(s), str(n)) for s, n in duck.execute(
+        "SELECT DISTINCT table_schema, table_name FROM changes WHERE commit_lsn = $c "
+        "ORDER BY 1, 2", {"c": commit}).fetchall()]
+    if not tables:
+        raise UnknownTable(f"transaction {xid} changed no captured table; nothing to revert")
+    for t in tables:
+        check_coverage(duck, commit, t)
+        require_privileges(pg, t, ("SELECT",) if dry_run else WRITE_PRIVILEGES)
+    applied: list[Applied] = []
+    with pg.transaction() as tx:
+        if not dry_run:
+            lock(pg, [sql.Identifier(t.schema, t.name) for t in tables])
+        plans = []
+        for i, t in enumerate(tables):
+            cols = columns(pg, t)
+            pk = primary_key(pg, t)
+            types = {c.name: c.type for c in cols}
+            before = materialize(duck, state_at(duck, t, commit - 1, live_pk=pk,
+                                                live_types=types), f"_before{i}")
+            after = materialize(duck, state_at(duck, t, commit, live_pk=pk,
+                                               live_types=types), f"_after{i}")
+            keys = touched_keys(duck, t, commit, before.pk, before)
+            progress(f"reading live rows of {t}")
+            live = read_rows(pg, t, cols)
+            plans.append(plan_changes(duck, t, before.pk, list(before.types), before.rel,
+                                      live, expected=after.rel, keys=keys))
+        show(plans)
+        conflicts = sum(p.count(CONFLICT) for p in plans)
+        if dry_run:
+            raise psycopg.Rollback(tx)
+        if conflicts and not (force or skip_conflicts):
+            raise ConflictsFound(
+                f"{conflicts} rows changed after transaction {xid} (listed above); nothing "
+                "applied - rerun with --skip-conflicts to revert the others, or --force")
+        # --force: conflicting rows too become what they were before the transaction.
+        plans = [_force(p) if force else p.without_conflicts() for p in plans]
+        applied = _apply_all(pg, plans, f"revert of transaction {xid}", allow_orphaning)
+    return Outcome(plans, applied, dry_run)
+
+
+def _force(plan: Plan) -> Plan:
+    """Conflicts become the action that makes the row what it was before the transaction."""
+    ops = plan.ops.to_pylist()
+    for op in ops:
+        if op["action"] != CONFLICT:
+            continue
+        if op["row"] is None:
+            op["action"], op["row"] = (DELETE, op["current"]) if op["current"] else (None, None)
+        else:
+            op["action"] = UPDATE if op["current"] is not None else "insert"
+    kept = [o for o in ops if o["action"] is not None]
+    return Plan(plan.table, pa.Table.from_pylist(kept, schema=plan.ops.schema), plan.pk)

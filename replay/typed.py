@@ -1,0 +1,110 @@
+"""From the change-event encoding to typed columns (DuckDB) for file outputs.
+
+``types`` (PostgreSQL ``format_type`` spellings) decides each column's type. Exact types
+stay exact: ``numeric`` without precision stays text (DuckDB's DECIMAL tops out at 38
+digits); ``numeric(p,s)`` with p <= 38 becomes DECIMAL(p,s). One-dimensional arrays
+become lists; types DuckDB lacks (intervals, ranges, inet, ...) stay PostgreSQL text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import duckdb
+
+from replay.rebuild import pk_paths
+
+_SIMPLE = {
+    "boolean": "BOOLEAN", "smallint": "SMALLINT", "integer": "INTEGER", "bigint": "BIGINT",
+    "real": "FLOAT", "double precision": "DOUBLE", "uuid": "UUID", "date": "DATE",
+    "timestamp with time zone": "TIMESTAMPTZ", "timestamp without time zone": "TIMESTAMP",
+    "time without time zone": "TIME", "text": "VARCHAR", "bytea": "VARCHAR",
+}
+_NUMERIC = re.compile(r"^numeric\((\d+),(\d+)\)$")
+_PRECISION = re.compile(r"^(timestamp|time)\(\d\) (with|without) time zone$")
+
+
+def duck_type(pg_type: str) -> str | None:
+    """The DuckDB type for a PostgreSQL type, or None for "keep PostgreSQL's text"."""
+    t = _PRECISION.sub(r"\1 \2 time zone", pg_type)
+    if t in _SIMPLE:
+        return _SIMPLE[t]
+    if t.startswith(("character varying", "character(")) or t == "character":
+        return "VARCHAR"
+    m = _NUMERIC.match(t)
+    if m and int(m.group(1)) <= 38:
+        return f"DECIMAL({m.group(1)},{m.group(2)})"
+    if t in ("json", "jsonb"):
+        return "JSON"
+    if t.endswith("[]") and not t.endswith("[][]"):
+        inner = duck_type(t[:-2])
+        if inner is None or inner == "JSON":
+            return "VARCHAR[]"
+        return inner + "[]"
+    return None
+
+
+def parse_pg_array(text: str | None) -> list[str | None] | None:
+    """PostgreSQL's array text (``{a,"b c",NULL}``) -> elements (1-D; nested kept as text)."""
+    if text is None:
+        return None
+    body = text[text.index("{") + 1: text.rindex("}")] if "{" in text else text
+    out: list[str | None] = []
+    i, n = 0, len(body)
+    while i < n:
+        if body[i] == '"':
+            i += 1
+            buf = []
+            while i < n and body[i] != '"':
+                if body[i] == "\\":
+                    i += 1
+                buf.append(body[i])
+                i += 1
+            out.append("".join(buf))
+            i += 1  # closing quote
+        elif body[i] == "{":
+            depth, start = 0, i
+            while i < n:
+                depth += {"{": 1, "}": -1}.get(body[i], 0)
+                i += 1
+                if depth == 0:
+                    break
+            out.append(body[start:i])
+        else:
+            j = body.find(",", i)
+            j = n if j < 0 else j
+            item = body[i:j].strip()
+            out.append(None if item == "NULL" else item)
+            i = j
+        if i < n and body[i] == ",":
+            i += 1
+    return out
+
+
+def register(conn: duckdb.DuckDBPyConnection) -> None:
+    with contextlib.suppress(duckdb.Error):  # already registered on this connection
+        conn.create_function("pg_array", parse_pg_array, ["VARCHAR"], "VARCHAR[]",
+                             null_handling=duckdb.func.SPECIAL)
+
+
+def typed_select(conn: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation,
+                 types: dict[str, str]) -> duckdb.DuckDBPyRelation:
+    """``rel`` (a ``row JSON`` column) as typed columns in ``types`` order."""
+    register(conn)
+    rel.create_view("_typed_src", replace=True)
+    exprs = []
+    for col, pg_type in types.items():
+        path = pk_paths([col])[0].replace("'", "''")
+        name = '"' + col.replace('"', '""') + '"'
+        text = f"json_extract_string(row, '{path}')"
+        dt = duck_type(pg_type)
+        if dt is None:
+            exprs.append(f"{text} AS {name}")
+        elif dt == "JSON":
+            exprs.append(f"json_extract(row, '{path}') AS {name}")
+        elif dt.endswith("[]"):
+            exprs.append(f"CAST(pg_array({text}) AS {dt}) AS {name}")
+        else:
+            exprs.append(f"CAST({text} AS {dt}) AS {name}")
+    return conn.sql(f"SELECT {', '.join(exprs)} FROM _typed_src")  # noqa: S608 - names escaped
