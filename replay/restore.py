@@ -19,7 +19,7 @@ from capture.event import format_lsn
 from replay.apply import Applied, announce, apply_plan, lock
 from replay.coverage import check_coverage, commit_of
 from replay.errors import ConflictsFound, UnknownTable
-from replay.live import Conn, columns, primary_key, read_rows, require_privileges
+from replay.live import Column, Conn, columns, primary_key, read_rows, require_privileges
 from replay.plan import CONFLICT, DELETE, UPDATE, Plan, Scope, plan_changes
 from replay.rebuild import pk_paths
 from replay.state import Progress, State, materialize, quiet, state_at
@@ -88,8 +88,8 @@ def restore(duck: duckdb.DuckDBPyConnection, pg: Conn, state: State, *,
     return Outcome([plan], applied, dry_run)
 
 
-def _check_scope_columns(scope: Scope, cols: list[object], table: TableId) -> None:
-    names = {getattr(c, "name", "") for c in cols}
+def _check_scope_columns(scope: Scope, cols: list[Column], table: TableId) -> None:
+    names = {c.name for c in cols}
     for col, _ in scope.equals:
         if col not in names:
             raise UnknownTable(f"{table} has no column {col}; --org/--relationship-type "
