@@ -1,0 +1,31 @@
+"""capture's own exceptions. Each carries one line for the operator: what is wrong, how to fix."""
+
+from __future__ import annotations
+
+
+class CaptureError(Exception):
+    """Base class: the CLI prints ``str(exc)`` and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class ConfigError(CaptureError):
+    """A setting is missing or malformed."""
+
+    exit_code = 2
+
+
+class PreflightError(CaptureError):
+    """The database is not ready for capture (wal_level, wal2json, tables, keys, privileges)."""
+
+
+class SlotError(CaptureError):
+    """The replication slot cannot be used safely (lost, re-created, other plugin)."""
+
+
+class BrokerError(CaptureError):
+    """The Kafka broker cannot be reached or refused the records."""
+
+
+class DecodeError(CaptureError):
+    """A wal2json message could not be understood; nothing past it was confirmed."""

@@ -1,0 +1,42 @@
+"""Structured logs: one JSON object per line on stderr, secrets never included."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_PASSWORD = re.compile(r"(password\s*=\s*|://[^:/@\s]+:)[^\s@]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Hide passwords in DSNs/URLs: ``password=x`` and ``user:x@host``."""
+    return _PASSWORD.sub(lambda m: m.group(1) + "***", text)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
+        for k, v in vars(record).items():
+            if k not in _STD:
+                out[k] = redact(v) if isinstance(v, str) else v
+        if record.exc_info:
+            out["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(out, default=str)
+
+
+def configure(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("hera")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

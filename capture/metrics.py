@@ -1,0 +1,25 @@
+"""Prometheus metrics of the capture service (served on /metrics when --metrics-port is set)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+
+class CaptureMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events_published = Counter(
+            "hera_capture_events_published", "Change events handed to the Kafka producer",
+            registry=self.registry)
+        self.confirmed_lsn = Gauge(
+            "hera_capture_confirmed_lsn", "Last LSN confirmed to PostgreSQL (as a number)",
+            registry=self.registry)
+        self.slot_lag_bytes = Gauge(
+            "hera_capture_slot_lag_bytes", "Server WAL end minus confirmed LSN, in bytes",
+            registry=self.registry)
+        self.restarts = Counter(
+            "hera_capture_stream_restarts", "Times the stream was re-established after a fault",
+            registry=self.registry)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)

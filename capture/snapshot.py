@@ -1,0 +1,45 @@
+"""The initial snapshot: every existing row, as ``op: r`` events, consistent with the slot.
+
+The rows are read in one REPEATABLE READ transaction that imports the snapshot exported when the
+slot was created, so they are exactly the state at the slot's consistent point: a row committed
+while the snapshot is read appears once, in the stream, never in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import psycopg
+from psycopg import sql
+
+from capture.event import Row
+from capture.slot import TableInfo
+from capture.wal2json import convert_text
+
+# The same text output settings on the snapshot and the replication connection, so a value
+# reads identically whether it came from the snapshot or from wal2json.
+SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,MDY -c extra_float_digits=1"
+
+
+def snapshot_rows(dsn: str, snapshot_name: str, tables: Sequence[TableInfo],
+                  batch_rows: int) -> Iterator[tuple[TableInfo, Row, Row]]:
+    """(table, row, key) for every row of ``tables`` as of the exported snapshot."""
+    with psycopg.connect(dsn, autocommit=False, options=SESSION_OPTIONS) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
+        for table in tables:
+            names = [c for c, _ in table.columns]
+            types = dict(table.columns)
+            query = sql.SQL("SELECT {} FROM {}.{} ORDER BY {}").format(
+                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in names),
+                sql.Identifier(table.schema), sql.Identifier(table.table),
+                sql.SQL(", ").join(sql.Identifier(c) for c in table.primary_key),
+            )
+            with conn.cursor(name="hera_snapshot") as cur:
+                cur.itersize = batch_rows
+                cur.execute(query)
+                for values in cur:
+                    row = {n: convert_text(types[n], v)
+                           for n, v in zip(names, values, strict=True)}
+                    yield table, row, {k: row[k] for k in table.primary_key}
+        conn.rollback()
