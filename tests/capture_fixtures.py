@@ -1,0 +1,184 @@
+"""Running the capture service in tests, and reading what it published.
+
+``running_capture`` runs it in-process (a thread; fast, for most tests); ``CaptureProcess``
+runs the real CLI as a subprocess (for SIGKILL/SIGTERM tests and for other areas' end-to-end
+tests). Both wait until the slot is being streamed before returning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from capture.event import ChangeEvent
+from capture.service import CaptureService
+from capture.settings import CaptureSettings
+from capture.topics import DEFAULT_TABLES, table_topic
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition",
+               interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def slot_active(dsn: str, slot: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                           (slot,)).fetchone()
+    return bool(row and row[0])
+
+
+def confirmed_lsn(dsn: str, slot: str) -> int:
+    from capture.event import parse_lsn
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+                           "WHERE slot_name = %s", (slot,)).fetchone()
+    return parse_lsn(str(row[0])) if row and row[0] else 0
+
+
+@contextlib.contextmanager
+def running_capture(dsn: str, bootstrap_servers: str, prefix: str, slot: str,
+                    **overrides: Any) -> Iterator[CaptureService]:
+    """Capture in a background thread until the block ends (clean stop)."""
+    settings = CaptureSettings(dsn=dsn, bootstrap_servers=bootstrap_servers, slot=slot,
+                               topic_prefix=prefix, **overrides)
+    svc = CaptureService(settings)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            svc.run(stop)
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="capture", daemon=True)
+    thread.start()
+    wait_until(lambda: svc.ready.is_set() or bool(errors), 60, "capture to start streaming")
+    if errors:
+        raise errors[0]
+    try:
+        yield svc
+    finally:
+        stop.set()
+        thread.join(60)
+        if errors:
+            raise errors[0]
+
+
+@dataclass
+class CaptureProcess:
+    """``python -m capture run ...`` as a child process."""
+
+    dsn: str
+    bootstrap_servers: str
+    prefix: str
+    slot: str
+    extra_args: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def args(self) -> list[str]:
+        return [sys.executable, "-m", "capture", "run", "--dsn", self.dsn,
+                "--bootstrap-servers", self.bootstrap_servers, "--slot", self.slot,
+                "--topic-prefix", self.prefix, *self.extra_args]
+
+    def start(self, wait: bool = True) -> None:
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(self.args(), stdout=out, stderr=out,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if wait:
+            self.wait_streaming()
+
+    def wait_streaming(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"capture exited with {self.proc.returncode}: {self.log()}")
+            return slot_active(self.dsn, self.slot)
+
+        wait_until(ready, timeout, "capture to stream")
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-3000:] if self.log_path and self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        # PostgreSQL notices the dead walsender peer a moment later; the slot must be free
+        # before a restart can take it.
+        wait_until(lambda: not slot_active(self.dsn, self.slot), 30, "slot to be released")
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+# --- reading topics ----------------------------------------------------------------------
+
+
+def read_topic(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> list[Any]:
+    """Every record currently in ``topic`` (all partitions), up to the end offsets now."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out reading {topic}")
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend(r for r in records
+                           if r.offset < ends[TopicPartition(r.topic, r.partition)])
+        return out
+    finally:
+        consumer.close()
+
+
+def read_events(bootstrap_servers: str, prefix: str, table: str = "core_relationships",
+                schema: str = "public") -> list[ChangeEvent]:
+    recs = read_topic(bootstrap_servers, table_topic(prefix, schema, table))
+    return sorted((ChangeEvent.from_json(r.value) for r in recs), key=lambda e: e.order_key)
+
+
+def wait_for_events(bootstrap_servers: str, prefix: str,
+                    predicate: Callable[[list[ChangeEvent]], bool],
+                    table: str = "core_relationships", timeout: float = 60) -> list[ChangeEvent]:
+    found: list[ChangeEvent] = []
+
+    def check() -> bool:
+        nonlocal found
+        found = read_events(bootstrap_servers, prefix, table)
+        return predicate(found)
+
+    wait_until(check, timeout, f"events on {prefix}.{table}", interval=0.2)
+    return found
+
+
+__all__ = ["DEFAULT_TABLES", "CaptureProcess", "confirmed_lsn", "read_events", "read_topic",
+           "running_capture", "slot_active", "wait_for_events", "wait_until"]
