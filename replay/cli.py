@@ -1,0 +1,88 @@
+"""``replay``: rebuild a table at a point, write it out, restore it, or undo a transaction.
+
+    replay --archive DIR --table core_relationships (--until TIME|LSN | --before-xid N)
+           [--output FILE | --into-table SCHEMA.TABLE --dsn DSN | --restore --dsn DSN]
+    replay --archive DIR --revert-xid N --dsn DSN [--dry-run] [--force|--skip-conflicts]
+    replay verify --archive DIR --dsn DSN
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+from pydantic import ValidationError
+from rich.console import Console
+
+from replay.command import run_replay, run_verify
+from replay.errors import ReplayError
+from replay.settings import ReplaySettings
+
+
+def _settings(**given: Any) -> ReplaySettings:
+    """CLI values win; options left out fall back to HERA_* environment variables."""
+    try:
+        return ReplaySettings(**{k: v for k, v in given.items() if v not in (None, False)})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise click.UsageError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def _run(fn: Any, settings: ReplaySettings) -> None:
+    out, err = Console(), Console(stderr=True)
+    try:
+        code = fn(settings, out, err)
+    except ReplayError as exc:
+        click.echo(f"replay: error: {exc}", err=True)
+        sys.exit(1)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        click.echo(f"replay: error: missing privilege: {str(exc).splitlines()[0]}; nothing "
+                   "was changed", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("replay: interrupted; nothing was changed", err=True)
+        sys.exit(130)
+    sys.exit(code)
+
+
+@click.group(invoke_without_command=True, context_settings={"show_default": True})
+@click.option("--archive", type=click.Path(path_type=Path), help="archive directory")
+@click.option("--table", help="schema.table to rebuild  [default: public.core_relationships]")
+@click.option("--until", help="point: time with zone (2025-03-01T14:05:00+00:00) or LSN")
+@click.option("--before-xid", type=int, help="point: just before transaction N committed")
+@click.option("--base-snapshot", help="start from this emergency backup table")
+@click.option("--output", type=click.Path(path_type=Path), help=".parquet/.csv/.jsonl file")
+@click.option("--into-table", help="create SCHEMA.TABLE with the rebuilt rows")
+@click.option("--replace", is_flag=True, default=None, help="--into-table may overwrite")
+@click.option("--restore", is_flag=True, default=None, help="put the live table back")
+@click.option("--revert-xid", type=int, help="undo transaction N, keep later changes")
+@click.option("--dsn", help="PostgreSQL connection string (or HERA_DSN)")
+@click.option("--dry-run", is_flag=True, default=None, help="show the plan, change nothing")
+@click.option("--force", is_flag=True, default=None, help="revert conflicting rows too")
+@click.option("--skip-conflicts", is_flag=True, default=None,
+              help="revert the rest, leave conflicting rows")
+@click.option("--allow-orphaning", is_flag=True, default=None,
+              help="let a restore leave users without any organization")
+@click.option("--org", help="restore only this organization_id")
+@click.option("--relationship-type", help="restore only this relationship_type")
+@click.pass_context
+def main(ctx: click.Context, /, **options: Any) -> None:
+    """Rebuild the exact state of a table at any point, restore it, or undo a transaction."""
+    ctx.obj = options
+    if ctx.invoked_subcommand is None:
+        _run(run_replay, _settings(**options))
+
+
+@main.command("verify")
+@click.option("--archive", type=click.Path(path_type=Path), help="archive directory")
+@click.option("--dsn", help="PostgreSQL connection string (or HERA_DSN)")
+@click.option("--table", help="check only this schema.table (default: every archived table)")
+@click.pass_context
+def verify_cmd(ctx: click.Context, /, **options: Any) -> None:
+    """Compare the archive's current state with the live tables; name differing rows."""
+    merged = {k: v for k, v in (ctx.obj or {}).items() if k in ("archive", "dsn", "table")}
+    merged.update({k: v for k, v in options.items() if v is not None})
+    _run(run_verify, _settings(**merged))

@@ -1,0 +1,139 @@
+"""What the ``replay`` CLI does, as library functions over settings (the CLI only parses)."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from pathlib import Path
+
+import duckdb
+import psycopg
+from rich.console import Console
+
+from capture.event import format_lsn
+from replay.apply import Applied
+from replay.errors import BadPoint, ReplayError
+from replay.live import Conn, columns, connect, primary_key, require_privileges
+from replay.output import check_output_path, create_table, fill_table, write_file
+from replay.plan import Scope
+from replay.point import choose_point
+from replay.render import show_applied, show_checks, show_plans
+from replay.restore import restore, revert
+from replay.settings import ReplaySettings
+from replay.snapshot import load_base_snapshot
+from replay.state import State, materialize, open_history, state_at
+from replay.tables import TableId
+from replay.verify import verify
+
+
+def _dsn(s: ReplaySettings, what: str) -> str:
+    if s.dsn is None:
+        raise BadPoint(f"{what} needs --dsn (or HERA_DSN)")
+    return s.dsn.get_secret_value()
+
+
+def _archive(s: ReplaySettings) -> Path:
+    if s.archive is None:
+        raise BadPoint("--archive DIR (or HERA_ARCHIVE) is required")
+    return s.archive
+
+
+def open_pg(dsn: str) -> Conn:
+    try:
+        return connect(dsn)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
+        raise ReplayError(f"cannot connect to the database: {first}") from None
+
+
+def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
+    """The main command: rebuild/output/restore, or revert one transaction."""
+    def progress(msg: str) -> None:
+        err.print(f"[dim]replay:[/dim] {msg}", highlight=False)
+
+    modes = [m for m, on in (("--output", s.output), ("--into-table", s.into_table),
+                             ("--restore", s.restore), ("--revert-xid", s.revert_xid))
+             if on]
+    if len(modes) != 1:
+        raise BadPoint("choose exactly one of --output FILE, --into-table SCHEMA.TABLE, "
+                       "--restore or --revert-xid N")
+    duck = open_history(_archive(s))
+    if s.revert_xid is not None:
+        with closing(open_pg(_dsn(s, "--revert-xid"))) as conn:
+            outcome = revert(duck, conn, s.revert_xid, dry_run=s.dry_run, force=s.force,
+                             skip_conflicts=s.skip_conflicts,
+                             allow_orphaning=s.allow_orphaning,
+                             show=lambda plans: show_plans(out, plans), progress=progress)
+            _finish(out, outcome.dry_run, outcome.applied)
+        return 0
+
+    table = TableId.parse(s.table)
+    point = choose_point(s.until, s.before_xid)
+    if s.output is not None:
+        check_output_path(s.output)
+    pg: Conn | None = None
+    try:
+        if s.dsn is not None or s.base_snapshot is not None:
+            pg = open_pg(_dsn(s, "--base-snapshot" if s.base_snapshot else "this mode"))
+        base = None
+        live_pk = live_types = None
+        if pg is not None and (s.restore or s.base_snapshot):
+            cols = columns(pg, table)
+            live_pk, live_types = primary_key(pg, table), {c.name: c.type for c in cols}
+        if s.base_snapshot is not None:
+            assert pg is not None
+            progress(f"reading base snapshot {s.base_snapshot}")
+            base = load_base_snapshot(pg, s.base_snapshot, table)
+        state = state_at(duck, table, point, base=base, live_pk=live_pk,
+                         live_types=live_types, progress=progress)
+        progress(f"point: {point.describe()} = LSN {format_lsn(state.upto_lsn)}")
+        if s.output is not None:
+            n = write_file(duck, state.rel, state.types, s.output)
+            out.print(f"wrote {n} rows of {state.describe()} to {s.output}")
+            return 0
+        pg = pg or open_pg(_dsn(s, "--into-table / --restore"))
+        if s.into_table is not None:
+            return _into_table(s, duck, pg, state, out)
+        scope = Scope(tuple((c, v) for c, v in (("organization_id", s.org),
+                                                 ("relationship_type", s.relationship_type))
+                            if v is not None))
+        outcome = restore(duck, pg, state, scope=scope, dry_run=s.dry_run,
+                          allow_orphaning=s.allow_orphaning,
+                          show=lambda plans: show_plans(out, plans), progress=progress)
+        _finish(out, outcome.dry_run, outcome.applied)
+        return 0
+    finally:
+        if pg is not None:
+            pg.close()
+
+
+def _into_table(s: ReplaySettings, duck: duckdb.DuckDBPyConnection, pg: Conn, state: State,
+                out: Console) -> int:
+    assert s.into_table is not None
+    target = TableId.parse(s.into_table)
+    state = materialize(duck, state, "_into")
+    rows = [str(r[0]) for r in state.rel.project("row::VARCHAR").fetchall()]
+    with pg.transaction():
+        create_table(pg, target, state.types, s.replace)
+        n = fill_table(pg, target, state.types, rows)
+    out.print(f"created {target} with {n} rows: {state.describe()}")
+    return 0
+
+
+def _finish(out: Console, dry_run: bool, applied: list[Applied]) -> None:
+    if dry_run:
+        out.print("dry run: nothing changed")
+        return
+    show_applied(out, applied)
+
+
+def run_verify(s: ReplaySettings, out: Console, err: Console) -> int:
+    duck = open_history(_archive(s))
+    with closing(open_pg(_dsn(s, "verify"))) as pg:
+        tables = [TableId.parse(s.table)] if "table" in s.model_fields_set else None
+        if tables:
+            require_privileges(pg, tables[0], ("SELECT",))
+        checks, live_lsn = verify(duck, pg, tables,
+                                  progress=lambda m: err.print(f"replay: {m}", highlight=False))
+    show_checks(out, checks, live_lsn)
+    return 0 if all(c.ok for c in checks) else 1
+

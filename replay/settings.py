@@ -1,0 +1,30 @@
+"""Settings of the replay CLI: every option also reads ``HERA_<NAME>`` from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ReplaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HERA_", extra="ignore")
+
+    archive: Path | None = None
+    table: str = "public.core_relationships"
+    until: str | None = None
+    before_xid: int | None = None
+    base_snapshot: str | None = None
+    output: Path | None = None
+    into_table: str | None = None
+    replace: bool = False
+    restore: bool = False
+    revert_xid: int | None = None
+    dsn: SecretStr | None = None  # never logged
+    dry_run: bool = False
+    force: bool = False
+    skip_conflicts: bool = False
+    allow_orphaning: bool = False
+    org: str | None = None
+    relationship_type: str | None = None
