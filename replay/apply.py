@@ -23,6 +23,9 @@ from replay.live import Column, Conn
 from replay.plan import DELETE, INSERT, UPDATE, Plan
 
 
+_GUARDIAN_CODES = {"HG001", "HG002", "HG003"}
+
+
 @dataclass(frozen=True)
 class Applied:
     table: str
@@ -81,10 +84,13 @@ def apply_plan(conn: Conn, plan: Plan, cols: list[Column]) -> Applied:
         inserted = conn.execute(sql.SQL(
             "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM _replay_ops o, {} "
             "WHERE o.action = 'insert'").format(target, names, values, rec)).rowcount
-    except psycopg.errors.RaiseException as exc:
+    except psycopg.Error as exc:
+        # The guardian's refusals: HG001 mass change, HG002 orphaning, HG003 truncate.
+        if exc.sqlstate not in _GUARDIAN_CODES:
+            raise
         text = str(exc).splitlines()[0]
         hint = (" (rerun with --allow-orphaning if leaving users without an organization "
-                "is really intended)") if "orphan" in text.lower() else ""
+                "is really intended)") if exc.sqlstate == "HG002" else ""
         raise GuardianRefused(f"the guardian refused the restore of {plan.table}: "
                               f"{text}{hint}; nothing was changed") from None
     return Applied(str(plan.table), inserted, updated, deleted)

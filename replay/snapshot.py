@@ -53,9 +53,9 @@ def load_base_snapshot(conn: Conn, name: str, table: TableId) -> BaseSnapshot:
         raise SnapshotError(f"no backup named {name} in system_backups; pick one listed "
                             "there (table_name, with its wal_lsn)")
     lsn_text, source_text, taken = found
-    if lsn_text is None:
+    if lsn_text is None or parse_lsn(str(lsn_text)) == 0:
         raise SnapshotError(f"backup {name} has no recorded LSN (taken before the guard "
-                            "recorded wal_lsn); it cannot be placed in WAL order - use a "
+                            "recorded wal_lsn, shown as 0/0); it cannot be placed in WAL order - use a "
                             "newer backup")
     source = TableId.parse(str(source_text or table), default_schema=table.schema)
     if source != table:
