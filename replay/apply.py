@@ -22,7 +22,6 @@ from replay.errors import GuardianRefused
 from replay.live import Column, Conn
 from replay.plan import DELETE, INSERT, UPDATE, Plan
 
-
 _GUARDIAN_CODES = {"HG001", "HG002", "HG003"}
 
 

@@ -55,8 +55,8 @@ def load_base_snapshot(conn: Conn, name: str, table: TableId) -> BaseSnapshot:
     lsn_text, source_text, taken = found
     if lsn_text is None or parse_lsn(str(lsn_text)) == 0:
         raise SnapshotError(f"backup {name} has no recorded LSN (taken before the guard "
-                            "recorded wal_lsn, shown as 0/0); it cannot be placed in WAL order - use a "
-                            "newer backup")
+                            "recorded wal_lsn, shown as 0/0); it cannot be placed in WAL "
+                            "order - use a newer backup")
     source = TableId.parse(str(source_text or table), default_schema=table.schema)
     if source != table:
         raise SnapshotError(f"backup {name} is a copy of {source}, not of {table}; pick a "
