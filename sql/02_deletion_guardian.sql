@@ -35,6 +35,14 @@
 
 CREATE SEQUENCE IF NOT EXISTS guard_blocked_statements;
 
+-- How many statements the guardian has blocked since install (survives their rollback).
+CREATE OR REPLACE FUNCTION guard_blocked_statements_total()
+RETURNS bigint
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+AS $$ SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM guard_blocked_statements $$;
+
 CREATE OR REPLACE FUNCTION guard_opt_in(setting_name text)
 RETURNS text
 LANGUAGE sql
