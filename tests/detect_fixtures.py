@@ -131,3 +131,108 @@ def run(detector: Detector, tx: Tx) -> list[Alert]:
         counts[e.table_id] = counts.get(e.table_id, 0) + 1
     return detector.evaluate(CompletedTransaction(tx.xid, tx.commit_lsn, tx.commit_us, kept,
                                                   counts))
+
+
+# --- the real broker ------------------------------------------------------------------------
+
+# The plan's table, as `guard install` creates it (sql/00_foundation.sql).
+ALERTS_TABLE_DDL = """
+CREATE TABLE IF NOT EXISTS critical_system_alerts (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    alert_type text NOT NULL,
+    severity text NOT NULL CHECK (severity IN ('INFO', 'WARNING', 'CRITICAL', 'EMERGENCY')),
+    message text NOT NULL,
+    metadata jsonb DEFAULT '{}',
+    created_at timestamp with time zone DEFAULT now(),
+    acknowledged_at timestamp with time zone,
+    acknowledged_by text
+)
+"""
+
+
+class Publisher:
+    """Publishes transactions the way capture does: events keyed by primary key on the
+    table topics, BEGIN/END keyed ``txn`` on the transaction topic."""
+
+    def __init__(self, bootstrap_servers: str, prefix: str) -> None:
+        from kafka import KafkaProducer
+
+        self.prefix = prefix
+        self._p = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=0)
+
+    def raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self._p.send(topic, key=key, value=value).get(timeout=30)
+
+    def tx(self, tx: Tx, end: bool = True) -> None:
+        from capture.topics import table_topic, transaction_topic
+
+        self._p.send(transaction_topic(self.prefix), key=b"txn", value=tx.begin().to_json())
+        for e in tx.events:
+            self._p.send(table_topic(self.prefix, e.source.schema_, e.source.table),
+                         key=e.kafka_key(), value=e.to_json())
+        if end:
+            self._p.send(transaction_topic(self.prefix), key=b"txn", value=tx.end().to_json())
+        self._p.flush(30)
+
+    def snapshot(self, epoch_lsn: int, rows: list[dict[str, Any]]) -> None:
+        from capture.event import MarkerKind, StreamMarker
+        from capture.topics import table_topic, transaction_topic
+
+        def marker(kind: MarkerKind) -> bytes:
+            return StreamMarker(status=kind, slot="s", db="hera", epoch_lsn=epoch_lsn,
+                                lsn=epoch_lsn, ts_ms=BASE_US // 1000,
+                                tables=(REL, DYN)).to_json()
+
+        self._p.send(transaction_topic(self.prefix), key=b"marker",
+                     value=marker(MarkerKind.SNAPSHOT_START))
+        tx = Tx(commit_lsn=epoch_lsn)
+        for row in rows:
+            tx.read(REL, row)
+        for e in tx.events:
+            self._p.send(table_topic(self.prefix, "public", "core_relationships"),
+                         key=e.kafka_key(), value=e.to_json())
+        self._p.flush(30)
+        self._p.send(transaction_topic(self.prefix), key=b"marker",
+                     value=marker(MarkerKind.SNAPSHOT_END))
+        self._p.flush(30)
+
+    def close(self) -> None:
+        self._p.close()
+
+
+def read_topic(bootstrap_servers: str, topic: str, until: Any, timeout_s: float = 30.0,
+               settle_s: float = 0.0) -> list[Any]:
+    """Every record of ``topic`` (all partitions) once ``until(records)`` holds, polling
+    with a deadline; then ``settle_s`` more of polling to catch anything extra (used to
+    prove there is no duplicate)."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None,
+                             enable_auto_commit=False, fetch_max_wait_ms=50)
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        assigned: set[int] = set()
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if parts != assigned:
+                tps = [TopicPartition(topic, p) for p in sorted(parts)]
+                consumer.assign(tps)
+                consumer.seek_to_beginning(*tps)
+                records, assigned = [], parts
+            if assigned:
+                for batch in consumer.poll(timeout_ms=100).values():
+                    records.extend(batch)
+            else:
+                time.sleep(0.05)  # the topic does not exist yet
+            if settle_until is None and until(records):
+                settle_until = time.monotonic() + settle_s
+            if settle_until is not None and time.monotonic() >= settle_until:
+                return records
+        raise AssertionError(f"{topic}: condition not met within {timeout_s} s; "
+                             f"{len(records)} records")
+    finally:
+        consumer.close()

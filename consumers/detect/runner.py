@@ -119,6 +119,12 @@ class DetectorRunner:
         self._assigned: set[TopicPartitionKey] = set()
         self._last_refresh = 0.0
         self._delivered: dict[str, set[str]] = {}
+        # Snapshot rows of different partitions arrive in any order: no stream transaction
+        # is judged until every row of a snapshot in flight has been read (see
+        # _snapshot_barrier), else a user whose other membership is still unread would
+        # look orphaned.
+        self._open_epochs: set[int] = set()
+        self._barrier: dict[TopicPartitionKey, int] = {}
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -147,7 +153,7 @@ class DetectorRunner:
                 records += 1
         self.stats.records += records
         alerts: list[Alert] = []
-        for tx in self.assembler.ready():
+        for tx in () if self._snapshot_barrier() else self.assembler.ready():
             alerts.extend(self.detector.evaluate(tx))
             self.stats.transactions += 1
             self._latest_commit_us = tx.commit_us
@@ -207,6 +213,27 @@ class DetectorRunner:
             self.assembler.add_end(item, tp, offset)
         elif isinstance(item, StreamMarker) and item.status is MarkerKind.SNAPSHOT_START:
             self.detector.new_epoch(item.epoch_lsn)
+            self._open_epochs.add(item.epoch_lsn)
+        elif isinstance(item, StreamMarker) and item.status is MarkerKind.SNAPSHOT_END:
+            self._open_epochs.discard(item.epoch_lsn)
+            self._barrier = self._table_end_offsets()
+
+    def _snapshot_barrier(self) -> bool:
+        """True while a snapshot is being read: its START came, its END or rows did not."""
+        if self._open_epochs:
+            return True
+        self._barrier = {tp: end for tp, end in self._barrier.items()
+                         if self._next.get(tp, 0) < end}
+        return bool(self._barrier)
+
+    def _table_end_offsets(self) -> dict[TopicPartitionKey, int]:
+        """Where the table partitions end now: capture flushed the snapshot rows before
+        SNAPSHOT_END, so every one of them is below these offsets."""
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(t, p) for t, p in self._assigned if self._topics.get(t)]
+        ends = self._consumer.end_offsets(tps) if tps else {}
+        return {(tp.topic, tp.partition): int(end) for tp, end in ends.items() if end}
 
     def _dead(self, reason: str, topic: str, partition: int, record: Any) -> None:
         log.warning("dead letter %s[%d]@%d: %s", topic, partition, record.offset, reason)

@@ -72,7 +72,7 @@ class StateStore:
         """Open (or create) the state file of the detector for ``topic_prefix``."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, isolation_level=None)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, too
             tables = {r[0] for r in conn.execute(
