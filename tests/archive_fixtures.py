@@ -65,3 +65,33 @@ def begin(commit_lsn: int, xid: int | None = None) -> TransactionEvent:
 def marker(kind: MarkerKind, lsn: int, epoch_lsn: int = 1) -> StreamMarker:
     return StreamMarker(status=kind, slot="slot", db="db", epoch_lsn=epoch_lsn, lsn=lsn,
                         ts_ms=BASE_US // 1000, tables=("public.core_relationships",))
+
+
+# --- integration helpers: a synthetic workload on the real broker, the archiver process ------
+
+def workload(transactions: int, per_txn: int, first_lsn: int = 1_000) -> tuple[
+        list[ChangeEvent], list[TransactionEvent]]:
+    """``transactions`` transactions of ``per_txn`` changes over two tables, with END records."""
+    changes: list[ChangeEvent] = []
+    ends: list[TransactionEvent] = []
+    for t in range(transactions):
+        lsn = first_lsn + t * 100
+        for p in range(per_txn):
+            table = "core_relationships" if p % 2 == 0 else "core_dynamic_data"
+            op = (Op.CREATE, Op.UPDATE, Op.DELETE)[(t + p) % 3]
+            changes.append(change(lsn, p, op=op, table=table, xid=t + 10,
+                                  before={"id": "x", "v": t} if op is Op.UPDATE else None))
+        ends.append(end(lsn, per_txn, xid=t + 10))
+    return changes, ends
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

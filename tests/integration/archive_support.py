@@ -1,0 +1,74 @@
+"""Running the archiver as a real process against the real broker, for the archive's tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from capture.event import ChangeEvent, TransactionEvent
+from capture.topics import table_topic, transaction_topic
+
+CONSUMERS = str(Path(sys.executable).parent / "consumers")
+
+
+def publish(bootstrap: str, prefix: str, changes: Iterable[ChangeEvent],
+            transactions: Iterable[TransactionEvent]) -> None:
+    """Publish with confluent-kafka (a dev dependency): the test's producer is not under test,
+    and kafka-python's producer (~6k msg/s here) would dominate the test's run time."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": 1})
+    for e in changes:
+        _produce(producer, table_topic(prefix, e.source.schema_, e.source.table),
+                 e.kafka_key(), e.to_json())
+    for t in transactions:
+        _produce(producer, transaction_topic(prefix), str(t.xid).encode(), t.to_json())
+    assert producer.flush(60) == 0
+
+
+def _produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:  # local queue full: let it drain
+            producer.poll(0.05)
+
+
+def consumed_per_topic(root: Path) -> dict[str, int]:
+    """Records consumed per topic according to the manifest (offsets start at 0 and are
+    contiguous, so the sum of next offsets is the count). The broker's end offsets are not
+    used: tansu reports a wrong high watermark for batched records."""
+    totals: dict[str, int] = {}
+    for (topic, _), offset in committed(root).items():
+        totals[topic] = totals.get(topic, 0) + offset
+    return totals
+
+
+def manifest(root: Path) -> dict[str, object]:
+    try:
+        return dict(json.loads((root / "manifest.json").read_text()))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def committed(root: Path) -> dict[tuple[str, int], int]:
+    offsets = manifest(root).get("offsets", {})
+    assert isinstance(offsets, dict)
+    return {(t, int(p)): o for t, parts in offsets.items() for p, o in parts.items()}
+
+
+def generation(root: Path) -> int:
+    g = manifest(root).get("generation", -1)
+    return int(g) if isinstance(g, int) else -1
+
+
+def start_archiver(bootstrap: str, prefix: str, root: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [CONSUMERS, "archive", "--bootstrap-servers", bootstrap, "--archive", str(root),
+         "--topic-prefix", prefix, "--flush-interval-s", "0.2", "--batch-events", "20000",
+         "--log-level", "WARNING"],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
