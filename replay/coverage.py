@@ -20,7 +20,7 @@ import duckdb
 from capture.event import format_lsn
 from replay.errors import NotCovered, UnknownTransaction
 from replay.point import BeforeXid, LsnPoint, Point, TimePoint
-from replay.tables import TableId
+from replay.tables import TableId, first
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,11 @@ def epochs(conn: duckdb.DuckDBPyConnection) -> list[Epoch]:
     out: list[Epoch] = []
     for i, (slot, elsn, started, done, tables, plsn, pts) in enumerate(rows):
         nxt = next((s for s in starts[i + 1:] if s > int(elsn)), None)
-        last = conn.execute(
+        last = first(conn.execute(
             "SELECT max(commit_lsn), max(commit_ts) FROM transactions "
             "WHERE commit_lsn > $lo AND ($hi IS NULL OR commit_lsn < $hi)",
             {"lo": int(elsn), "hi": nxt},
-        ).fetchone()
+        ))
         last_lsn, last_ts = (last or (None, None))
         reach = max(int(elsn), int(plsn or 0), int(last_lsn or 0))
         stamps = [t for t in (pts, last_ts) if t is not None]
@@ -110,7 +110,7 @@ def commit_of(conn: duckdb.DuckDBPyConnection, xid: int) -> int:
         "UNION SELECT DISTINCT commit_lsn FROM changes WHERE xid = $x ORDER BY 1",
         {"x": xid}).fetchall()]
     if not found:
-        span = conn.execute("SELECT min(xid), max(xid) FROM transactions").fetchone()
+        span = first(conn.execute("SELECT min(xid), max(xid) FROM transactions"))
         held = f"archived ids {span[0]}..{span[1]}" if span and span[0] is not None else \
             "no transactions archived"
         raise UnknownTransaction(f"transaction {xid} is not in the archive ({held}); "
@@ -125,27 +125,27 @@ def commit_of(conn: duckdb.DuckDBPyConnection, xid: int) -> int:
 def _resolve_time(conn: duckdb.DuckDBPyConnection, point: TimePoint, table: TableId,
                   base: Base | None) -> int:
     at = point.at
-    row = conn.execute(
+    row = first(conn.execute(
         "SELECT max(commit_lsn) FROM transactions WHERE commit_ts <= $at", {"at": at}
-    ).fetchone()
+    ))
     candidates = [int(row[0])] if row and row[0] is not None else []
     eps = epochs(conn)
     candidates += [e.epoch_lsn for e in eps if e.snapshot_done and e.started <= at]
     if base is not None and base.taken is not None and base.taken <= at:
         candidates.append(base.lsn)
     if not candidates:
-        first = min((e.started for e in eps), default=None)
+        oldest = min((e.started for e in eps), default=None)
         raise NotCovered(
             f"{point.describe()} is before the oldest snapshot"
-            + (f" ({first.isoformat()})" if first else "")
+            + (f" ({oldest.isoformat()})" if oldest else "")
             + f"; {describe_coverage(eps, table)}; use --base-snapshot with an older backup")
     lsn = max(candidates)
     # The archive must show nothing else committed until the requested time.
     ep = _epoch_at(eps, lsn, table)
     if ep is not None and (ep.reach_ts is None or ep.reach_ts < at):
-        later = conn.execute(
+        later = first(conn.execute(
             "SELECT 1 FROM transactions WHERE commit_ts > $at AND commit_lsn > $l LIMIT 1",
-            {"at": at, "l": lsn}).fetchone()
+            {"at": at, "l": lsn}))
         if later is None:
             seen = ep.reach_ts.isoformat() if ep.reach_ts else ep.started.isoformat()
             raise NotCovered(

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from replay.errors import OutputError, TargetExists, UnknownTable
 from replay.live import Conn, regclass, require_schema_create
-from replay.tables import TableId
+from replay.tables import TableId, first
 from replay.typed import typed_select
 
 SUFFIXES = (".parquet", ".csv", ".jsonl")
@@ -44,7 +44,7 @@ def write_file(conn: duckdb.DuckDBPyConnection, state: duckdb.DuckDBPyRelation,
     except (OSError, duckdb.Error) as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {str(exc).splitlines()[0]}") from None
-    row = conn.execute("SELECT count(*) FROM _typed_src").fetchone()
+    row = first(conn.execute("SELECT count(*) FROM _typed_src"))
     return int(row[0]) if row else 0
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from replay.tables import TableId, quote_duck
+from replay.tables import TableId, first, quote_duck
 
 # (commit_lsn, position) as one sortable number; positions are below 2**31.
 _ORD = "(commit_lsn::HUGEINT * 4294967296 + position::HUGEINT)"
@@ -46,11 +46,11 @@ def primary_key_columns(
     conn: duckdb.DuckDBPyConnection, table: TableId, changes: str = "changes"
 ) -> list[str] | None:
     """The table's primary-key columns as the archive's ``key`` records them (None: no rows)."""
-    found = conn.execute(
+    found = first(conn.execute(
         f"SELECT json_keys(key) FROM {quote_duck(changes)} "  # noqa: S608 - own relation name
         "WHERE table_schema = $s AND table_name = $t AND key IS NOT NULL LIMIT 1",
         {"s": table.schema, "t": table.name},
-    ).fetchone()
+    ))
     return list(found[0]) if found else None
 
 

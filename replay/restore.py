@@ -23,7 +23,7 @@ from replay.live import Column, Conn, columns, primary_key, read_rows, require_p
 from replay.plan import CONFLICT, DELETE, UPDATE, Plan, Scope, plan_changes
 from replay.rebuild import pk_paths
 from replay.state import Progress, State, materialize, quiet, state_at
-from replay.tables import TableId
+from replay.tables import TableId, first
 
 WRITE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
@@ -100,10 +100,10 @@ def _check_scope_columns(scope: Scope, cols: list[Column], table: TableId) -> No
 def touched_keys(duck: duckdb.DuckDBPyConnection, table: TableId, commit_lsn: int,
                  pk: list[str], before: State) -> duckdb.DuckDBPyRelation:
     """Keys transaction at ``commit_lsn`` changed in ``table`` (all keys on a TRUNCATE)."""
-    truncated = duck.execute(
+    truncated = first(duck.execute(
         "SELECT count(*) FROM changes WHERE table_schema = $s AND table_name = $t "
         "AND commit_lsn = $c AND op = 't'",
-        {"s": table.schema, "t": table.name, "c": commit_lsn}).fetchone()
+        {"s": table.schema, "t": table.name, "c": commit_lsn}))
     params = {"s": table.schema, "t": table.name, "c": commit_lsn, "pk": pk_paths(pk)}
     keys = duck.sql(
         """

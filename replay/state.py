@@ -20,7 +20,7 @@ from replay.errors import NotCovered, ReplayError, UnknownTable
 from replay.point import Point
 from replay.rebuild import Window, primary_key_columns, rebuild
 from replay.snapshot import BaseSnapshot
-from replay.tables import TableId, quote_duck
+from replay.tables import TableId, first, quote_duck
 
 Progress = Callable[[str], None]
 
@@ -74,16 +74,16 @@ def require_archived(conn: duckdb.DuckDBPyConnection, table: TableId) -> None:
 def archived_types(conn: duckdb.DuckDBPyConnection, table: TableId,
                    upto: int) -> dict[str, str] | None:
     """The column types the archive recorded last at or before ``upto``."""
-    row = conn.execute(
+    row = first(conn.execute(
         "SELECT types FROM changes WHERE table_schema = $s AND table_name = $t "
         "AND types IS NOT NULL AND commit_lsn <= $u "
         "ORDER BY commit_lsn DESC, position DESC LIMIT 1",
-        {"s": table.schema, "t": table.name, "u": upto}).fetchone()
+        {"s": table.schema, "t": table.name, "u": upto}))
     if row is None:
-        row = conn.execute(
+        row = first(conn.execute(
             "SELECT types FROM changes WHERE table_schema = $s AND table_name = $t "
             "AND types IS NOT NULL ORDER BY commit_lsn, position LIMIT 1",
-            {"s": table.schema, "t": table.name}).fetchone()
+            {"s": table.schema, "t": table.name}))
     return None if row is None else dict(json.loads(row[0]))
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
+
+import duckdb
 
 from replay.errors import UnknownTable
 
@@ -35,3 +38,10 @@ class TableId:
 def quote_duck(name: str) -> str:
     """Quote an identifier for DuckDB (our own relation names, never user text)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def first(result: duckdb.DuckDBPyConnection) -> Any:
+    """The first row of a DuckDB result, read to the end (an unfinished result blocks the
+    connection's next register/execute)."""
+    rows = result.fetchall()
+    return rows[0] if rows else None

@@ -15,7 +15,7 @@ from replay.live import Conn, columns, primary_key, read_rows, regclass
 from replay.plan import DELETE, INSERT, UPDATE, plan_changes
 from replay.rebuild import pk_paths
 from replay.state import Progress, archived_tables, quiet, state_at
-from replay.tables import TableId
+from replay.tables import TableId, first
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ def _checksum(duck: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation | pa
         rel.create_view(name, replace=True)
     else:
         duck.register(name, rel)
-    row = duck.execute(
+    row = first(duck.execute(
         f"SELECT bit_xor(md5_number(json_extract(row::JSON, $c)::VARCHAR)) FROM {name}",  # noqa: S608
-        {"c": pk_paths(cols)}).fetchone()
+        {"c": pk_paths(cols)}))
     duck.execute(f"DROP VIEW IF EXISTS {name}")
     return format(int(row[0]) if row and row[0] is not None else 0, "032x")
 

@@ -8,12 +8,18 @@ them (one epoch: snapshot at ``epoch_lsn``, then committed transactions), and
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import duckdb
+import psycopg
+from psycopg import sql
 
 from capture.event import (
     ChangeEvent,
@@ -25,6 +31,8 @@ from capture.event import (
     TableCount,
     TransactionBlock,
     TransactionEvent,
+    format_lsn,
+    parse_lsn,
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -152,3 +160,83 @@ def memory_history(*histories: History) -> duckdb.DuckDBPyConnection:
                 [[m.status.value, m.slot, m.db, m.epoch_lsn, m.lsn, _ts(m.ts_ms * 1000),
                   list(m.tables)] for m in h.markers])
     return conn
+
+
+# --- the real pipeline: capture (in-process) -> broker -> archiver (process) --------------
+
+
+def archive_reach(archive: Path) -> int:
+    """The highest commit or PROGRESS LSN the archive holds (0 when empty/unreadable)."""
+    from consumers.archive.reader import connect_history
+
+    try:
+        conn = connect_history(archive)
+    except Exception:  # not created yet by the archiver
+        return 0
+    row = conn.execute("SELECT greatest((SELECT coalesce(max(commit_lsn), 0) FROM transactions),"
+                       " (SELECT coalesce(max(lsn), 0) FROM markers))").fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass
+class Pipeline:
+    dsn: str
+    archive: Path
+
+    def wait_archived(self, lsn: int, timeout: float = 60.0) -> None:
+        from tests.capture_fixtures import wait_until
+
+        wait_until(lambda: archive_reach(self.archive) >= lsn, timeout,
+                   f"the archive to reach {format_lsn(lsn)}")
+
+    def sync(self) -> int:
+        """A captured commit after everything so far; returns once it is archived."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE core_organizations SET updated_at = now() "
+                          "WHERE id = (SELECT min(id::text)::uuid FROM core_organizations)")
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            assert row is not None
+            lsn = parse_lsn(str(row[0]))
+        self.wait_archived(lsn)
+        return lsn
+
+
+@contextlib.contextmanager
+def pipeline(dsn: str, bootstrap: str, prefix: str, slot: str,
+             workdir: Path) -> Iterator[Pipeline]:
+    """Capture + archiver running for the block; the archive in ``workdir/archive``."""
+    from tests.capture_fixtures import running_capture
+    from tests.integration.archive_support import start_archiver
+
+    archive = workdir / "archive"
+    with running_capture(dsn, bootstrap, prefix, slot, heartbeat_interval_s=0.5,
+                         confirm_interval_s=0.1):
+        proc = start_archiver(bootstrap, prefix, archive, workdir / "archiver.log")
+        try:
+            yield Pipeline(dsn, archive)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def copy_moment(conn: psycopg.Connection[Any], name: str) -> tuple[int, datetime]:
+    """Copy core_relationships now; returns (LSN, time) covering every commit so far."""
+    conn.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM core_relationships").format(
+        sql.Identifier(name)))
+    row = conn.execute("SELECT pg_current_wal_lsn()::text, clock_timestamp()").fetchone()
+    assert row is not None
+    return parse_lsn(str(row[0])), row[1]
+
+
+def table_difference(conn: psycopg.Connection[Any], a: str, b: str) -> int:
+    """Rows in one table and not the other (EXCEPT ALL both ways, every column of ``a``)."""
+    cols = [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+        "AND NOT attisdropped ORDER BY attnum", (a,)).fetchall()]
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+    q = sql.SQL("SELECT (SELECT count(*) FROM (SELECT {n} FROM {a} EXCEPT ALL "
+                "SELECT {n} FROM {b}) x) + (SELECT count(*) FROM (SELECT {n} FROM {b} "
+                "EXCEPT ALL SELECT {n} FROM {a}) y)").format(
+        n=names, a=sql.Identifier(a), b=sql.Identifier(b))
+    row = conn.execute(q).fetchone()
+    return int(row[0]) if row else -1
