@@ -43,8 +43,7 @@ def last_marker(bootstrap_servers: str, prefix: str, slot: str, db: str,
             tp = TopicPartition(topic, p)
             consumer.assign([tp])
             begin = consumer.beginning_offsets([tp])[tp]
-            end = consumer.end_offsets([tp])[tp]
-            hi = end
+            hi = _true_end(consumer, tp, consumer.end_offsets([tp])[tp], timeout_s)
             while hi > begin:
                 lo = max(begin, hi - _CHUNK)
                 found = _scan(consumer, tp, lo, hi, slot, db, timeout_s)
@@ -56,6 +55,23 @@ def last_marker(bootstrap_servers: str, prefix: str, slot: str, db: str,
         return best
     finally:
         consumer.close()
+
+
+def _true_end(consumer: object, tp: object, reported: int, timeout_s: float) -> int:
+    """The partition's real end: tansu's ListOffsets under-reports it (last batch base + 1),
+    the high watermark of a fetch does not."""
+    import time
+
+    c = consumer  # kafka-python is untyped
+    c.seek(tp, max(0, reported - 1))  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        c.poll(timeout_ms=200, max_records=1)  # type: ignore[attr-defined]
+        hw = c.highwater(tp)  # type: ignore[attr-defined]
+        if hw is not None:
+            return max(int(hw), reported)
+        if time.monotonic() > deadline:
+            raise BrokerError(f"timed out reading {tp} from the broker")
 
 
 def _scan(consumer: object, tp: object, lo: int, hi: int, slot: str, db: str,

@@ -34,7 +34,7 @@ from capture.event import (
 from capture.kafka_admin import ensure_topics
 from capture.ledger import last_marker
 from capture.metrics import CaptureMetrics
-from capture.protocol import Keepalive, ReplicationStream, StreamClosed
+from capture.protocol import Keepalive, ReplicationStream
 from capture.publish import AckTracker, PendingTxn, Producer, make_producer
 from capture.settings import CaptureSettings
 from capture.slot import (
@@ -51,6 +51,7 @@ from capture.snapshot import SESSION_OPTIONS, snapshot_rows
 from capture.topics import table_topic, transaction_topic
 from capture.wal2json import (
     HEARTBEAT_PREFIX,
+    NUMERIC_AS_STRING,
     WAL2JSON_OPTIONS,
     Begin,
     Commit,
@@ -92,6 +93,7 @@ class CaptureService:
         self.dbname = ""
         self.epoch_lsn = 0
         self.confirmed_lsn = 0
+        self.numeric_as_string = True  # dropped if the server's wal2json is older than 2.6
         self.ready = threading.Event()  # set once streaming (snapshot done) - tests await it
 
     # --- set-up --------------------------------------------------------------------------
@@ -110,10 +112,7 @@ class CaptureService:
                 log.warning("dropping slot for a new snapshot", extra={"slot": self.s.slot})
                 drop_slot(conn, self.s.slot)
                 existing = None
-        topics = [transaction_topic(self.s.topic_prefix)] + [
-            table_topic(self.s.topic_prefix, t.schema, t.table) for t in self.tables]
-        ensure_topics(self.s.bootstrap_servers, topics, self.s.topic_partitions,
-                      self.s.topic_replication_factor)
+        self._ensure_topics()
         producer = make_producer(self.s.kafka_backend, self.s.bootstrap_servers)
         try:
             if existing is not None:
@@ -135,6 +134,12 @@ class CaptureService:
         except BaseException:
             producer.close()
             raise
+
+    def _ensure_topics(self) -> None:
+        topics = [transaction_topic(self.s.topic_prefix)] + [
+            table_topic(self.s.topic_prefix, t.schema, t.table) for t in self.tables]
+        ensure_topics(self.s.bootstrap_servers, topics, self.s.topic_partitions,
+                      self.s.topic_replication_factor)
 
     def _check_ours(self, confirmed: int, marker: StreamMarker | None) -> None:
         if marker is None:
@@ -219,7 +224,13 @@ class CaptureService:
             try:
                 self._stream(producer, start_lsn, stop)
                 backoff = 0.5
-            except (BrokerError, StreamClosed, psycopg.OperationalError, CaptureError) as exc:
+            except (CaptureError, psycopg.Error) as exc:
+                if isinstance(exc, psycopg.errors.UndefinedObject):
+                    producer.close()
+                    raise SlotError(
+                        f"slot {self.s.slot} disappeared while capturing (dropped behind "
+                        "hera-guard's back): start a new epoch with capture run --new-snapshot"
+                    ) from exc
                 if isinstance(exc, DecodeError | SlotError):
                     producer.close()
                     raise
@@ -245,6 +256,9 @@ class CaptureService:
         backoff = 0.5
         while not stop.is_set():
             try:
+                # A broker that lost its data (or a new one) must get our topics back with
+                # our partition count before anything is sent.
+                self._ensure_topics()
                 return make_producer(self.s.kafka_backend, self.s.bootstrap_servers)
             except BrokerError as exc:
                 log.warning("broker unreachable; retrying", extra={"error": str(exc),
@@ -254,12 +268,24 @@ class CaptureService:
         return None
 
     def _stream(self, producer: Producer, start_lsn: int, stop: threading.Event) -> None:
-        repl = _connect(self.s.dsn, replication="database")
         options = dict(WAL2JSON_OPTIONS)
         options["add-tables"] = ",".join(t.qualified for t in self.tables)
         options["add-msg-prefixes"] = HEARTBEAT_PREFIX
-        stream = ReplicationStream(repl, self.s.slot, start_lsn, options,
-                                   lambda: int(self.clock() * 1_000_000))
+        if self.numeric_as_string:
+            options[NUMERIC_AS_STRING] = "1"
+        repl = _connect(self.s.dsn, replication="database")
+        try:
+            stream = ReplicationStream(repl, self.s.slot, start_lsn, options,
+                                       lambda: int(self.clock() * 1_000_000))
+        except psycopg.Error as exc:
+            repl.close()
+            if self.numeric_as_string and NUMERIC_AS_STRING in str(exc):
+                # wal2json < 2.6 does not know the option and prints NaN/Infinity as null.
+                self.numeric_as_string = False
+                log.warning("wal2json < 2.6: numeric NaN and Infinity arrive as null; "
+                            "upgrade wal2json for exact special values")
+                return
+            raise
         runner = _StreamRunner(self, producer, stream)
         self.ready.set()
         log.info("streaming", extra={"slot": self.s.slot, "from": format_lsn(start_lsn)})

@@ -25,6 +25,7 @@ WAL2JSON_OPTIONS: dict[str, str] = {
     "include-transaction": "1",
 }
 HEARTBEAT_PREFIX = "hera-guard"
+NUMERIC_AS_STRING = "numeric-data-types-as-string"  # wal2json >= 2.6 only
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT_TYPES = frozenset({"smallint", "integer"})
@@ -55,7 +56,7 @@ def convert_text(pg_type: str, text: str | None) -> Any:
     if text is None:
         return None
     if pg_type == "boolean":
-        return text == "t"
+        return text in ("t", "true")  # bool::text is "true"; COPY prints "t"
     if pg_type in _INT_TYPES:
         return int(text)
     if pg_type in _JSON_TYPES:

@@ -135,7 +135,11 @@ class CaptureProcess:
 
 
 def read_topic(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> list[Any]:
-    """Every record currently in ``topic`` (all partitions), up to the end offsets now."""
+    """Every record currently in ``topic`` (all partitions).
+
+    The end is the high watermark of fetch responses: tansu's ListOffsets (end_offsets)
+    under-reports it, so it cannot tell when everything was read.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
@@ -146,16 +150,23 @@ def read_topic(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> lis
             return []
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
         out: list[Any] = []
         deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
+
+        def done() -> bool:
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is None or consumer.position(tp) < hw:
+                    return False
+            return True
+
+        while True:
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend(records)
+            if done():
+                return out
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out reading {topic}")
-            for records in consumer.poll(timeout_ms=500).values():
-                out.extend(r for r in records
-                           if r.offset < ends[TopicPartition(r.topic, r.partition)])
-        return out
     finally:
         consumer.close()
 

@@ -1,0 +1,226 @@
+"""capture against the real PostgreSQL + wal2json and the real broker: what it publishes."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections import Counter
+
+import psycopg
+
+from capture.event import ChangeEvent, Op, StreamMarker, TransactionEvent, parse_transaction_topic
+from capture.status import slot_status
+from capture.topics import transaction_topic
+from capture.wal2json import convert_text
+from devstack.broker import Broker
+from devstack.ports import free_port
+from tests.capture_fixtures import (
+    confirmed_lsn,
+    read_events,
+    read_topic,
+    running_capture,
+    wait_for_events,
+    wait_until,
+)
+from tests.conftest import HeraDB
+
+
+def _live_rows(db: HeraDB, table: str) -> dict[str, dict[str, object]]:
+    with db.connect() as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        cols = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (table,)).fetchall()
+        names = [str(c) for c, _ in cols]
+        types = {str(c): str(t) for c, t in cols}
+        select = ", ".join(f'"{n}"::text' for n in names)
+        rows = conn.execute(f"SELECT {select} FROM {table}").fetchall()  # noqa: S608 - test-owned names
+    out = {}
+    for values in rows:
+        row = {n: convert_text(types[n], v) for n, v in zip(names, values, strict=True)}
+        out[str(row["id"])] = row
+    return out
+
+
+def _state(events: list[ChangeEvent]) -> dict[str, dict[str, object]]:
+    state: dict[str, dict[str, object]] = {}
+    for ev in sorted(events, key=lambda e: e.order_key):
+        if ev.op == Op.TRUNCATE:
+            state.clear()
+        elif ev.op == Op.DELETE:
+            assert ev.before is not None
+            state.pop(str(ev.before["id"]), None)
+        else:
+            assert ev.after is not None
+            if ev.op == Op.UPDATE and ev.before is not None:
+                state.pop(str(ev.before["id"]), None)
+            state[str(ev.after["id"])] = dict(ev.after)
+    return state
+
+
+def test_snapshot_and_workload_events_rebuild_the_live_tables_exactly(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name), \
+            hera_db.connect() as conn:
+        conn.execute("UPDATE core_relationships SET is_active = false, version = version + 1 "
+                     "WHERE relationship_type = 'SERVICE_IN_CATEGORY'")
+        conn.execute("DELETE FROM core_relationships WHERE relationship_type = "
+                     "'STAFF_PROVIDES_SERVICE' AND relationship_strength < 5")
+        conn.execute("UPDATE core_dynamic_data SET field_value_text = 'manager' WHERE "
+                     "field_value_text = 'owner'")
+        conn.execute("INSERT INTO core_relationships (organization_id, from_entity_id, "
+                     "to_entity_id, relationship_type) SELECT id, 'a', 'b', 'X' "
+                     "FROM core_organizations")
+        (end,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone() or (0,)
+        wait_until(lambda: confirmed_lsn(hera_db.dsn, slot_name) >= int(str(end)), 60,
+                   "capture to confirm the workload")
+    for table in ("core_relationships", "core_dynamic_data"):
+        events = read_events(broker.bootstrap_servers, topic_prefix, table)
+        keys = Counter(e.order_key for e in events)
+        assert max(keys.values()) == 1, "each (commit_lsn, position) exactly once"
+        assert _state(events) == _live_rows(hera_db, table)
+
+
+def test_transaction_metadata_counts_every_event_per_table(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name), \
+            hera_db.connect() as conn:
+        with conn.transaction():
+            conn.execute("DELETE FROM core_relationships WHERE relationship_type = "
+                         "'USER_MEMBER_OF_ORG' AND ctid IN (SELECT ctid FROM core_relationships "
+                         "WHERE relationship_type = 'USER_MEMBER_OF_ORG' LIMIT 3)")
+            conn.execute("DELETE FROM core_dynamic_data WHERE ctid IN "
+                         "(SELECT ctid FROM core_dynamic_data LIMIT 2)")
+        (xid_row,) = conn.execute("SELECT txid_current() - 1").fetchone() or (0,)
+        wait_for_events(broker.bootstrap_servers, topic_prefix,
+                        lambda evs: sum(e.op == Op.DELETE for e in evs) == 2,
+                        table="core_dynamic_data")
+    records = [parse_transaction_topic(r.value)
+               for r in read_topic(broker.bootstrap_servers, transaction_topic(topic_prefix))]
+    ends = [r for r in records if isinstance(r, TransactionEvent) and r.status == "END"]
+    assert len(ends) == 1 and ends[0].xid == int(str(xid_row))
+    assert ends[0].event_count == 5
+    assert {c.data_collection: c.event_count for c in ends[0].data_collections or ()} == {
+        "public.core_relationships": 3, "public.core_dynamic_data": 2}
+    kinds = [r.status for r in records if isinstance(r, StreamMarker)]
+    assert kinds[:2] == ["SNAPSHOT_START", "SNAPSHOT_END"] and "PROGRESS" in kinds
+    deletes = [e for e in read_events(broker.bootstrap_servers, topic_prefix)
+               if e.op == Op.DELETE]
+    assert sorted(e.position for e in deletes) == [0, 1, 2]
+    assert all(e.before is not None and e.before["relationship_type"] == "USER_MEMBER_OF_ORG"
+               for e in deletes)
+
+
+def test_truncate_of_two_tables_gives_one_event_per_table(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name), \
+            hera_db.connect() as conn:
+        conn.execute("TRUNCATE core_relationships, core_dynamic_data")
+        rel = wait_for_events(broker.bootstrap_servers, topic_prefix,
+                              lambda evs: any(e.op == Op.TRUNCATE for e in evs))
+        dyn = wait_for_events(broker.bootstrap_servers, topic_prefix,
+                              lambda evs: any(e.op == Op.TRUNCATE for e in evs),
+                              table="core_dynamic_data")
+    truncs = [e for e in rel + dyn if e.op == Op.TRUNCATE]
+    assert len(truncs) == 2
+    assert truncs[0].commit_lsn == truncs[1].commit_lsn
+    assert {e.position for e in truncs} == {0, 1}
+
+
+def test_every_column_type_round_trips_exactly(
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    big_text = "ü'\"\\" * 30000  # TOASTed, unicode, quotes, backslashes
+    with empty_db.connect() as conn:
+        conn.execute(
+            "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id, "
+            "relationship_type, relationship_strength, ai_confidence, relationship_data, tags, "
+            "expiration_date, version, ai_classification) VALUES (gen_random_uuid(), 'snap', "
+            "'x', 'T', 123456789012345678901234567890.123456789, 0.1234, "
+            "'{\"n\": [1, 2.5, null], \"s\": \"\\u00e9\"}', ARRAY['a b', 'c,d', NULL], "
+            "'2031-02-03 04:05:06.789012+05:30', 9007199254740993, %s)", (big_text,))
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name), \
+            empty_db.connect() as conn:
+        conn.execute(
+            "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id, "
+            "relationship_type, relationship_strength, relationship_data, tags, version, "
+            "ai_classification) VALUES (gen_random_uuid(), 'stream', 'x', 'T', "
+            "-0.000000000000000000001, '[]', '{}', -9223372036854775808, %s)", (big_text,))
+        # An UPDATE that leaves the TOASTed column alone must not record it as missing.
+        conn.execute("UPDATE core_relationships SET is_active = false")
+        events = wait_for_events(broker.bootstrap_servers, topic_prefix,
+                                 lambda evs: sum(e.op == Op.UPDATE for e in evs) == 2)
+    assert _state(events) == _live_rows(empty_db, "core_relationships")
+    updates = [e for e in events if e.op == Op.UPDATE]
+    assert all(e.after is not None and e.after["ai_classification"] == big_text
+               for e in updates)
+
+
+def test_idle_captured_tables_do_not_pin_wal(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         heartbeat_interval_s=0.3), hera_db.connect() as conn:
+        conn.execute("INSERT INTO app_users (email) SELECT 'quiet' || g FROM "
+                     "generate_series(1, 2000) g")
+        (lsn,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone() or (0,)
+        wait_until(lambda: confirmed_lsn(hera_db.dsn, slot_name) >= int(str(lsn)), 30,
+                   "the slot to move past writes to uncaptured tables")
+
+
+def test_status_and_metrics_report_the_slot_position(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    port = free_port()
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix,
+                         slot_name) as svc:
+        svc.metrics.serve(port)
+        with hera_db.connect() as conn:
+            conn.execute("UPDATE core_relationships SET version = version + 1 "
+                         "WHERE relationship_type = 'SERVICE_IN_CATEGORY'")
+        wait_until(lambda: svc.metrics.confirmed_lsn._value.get() > svc.epoch_lsn, 30,
+                   "a confirmation")
+        st = slot_status(hera_db.dsn, slot_name)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert st.active and st.database == hera_db.name
+    assert st.lag_bytes >= 0
+    assert "hera_capture_events_published_total" in body
+    published = [line for line in body.splitlines()
+                 if line.startswith("hera_capture_events_published_total")]
+    assert float(published[0].split()[1]) > 0
+
+
+def test_rows_committed_during_the_snapshot_appear_exactly_once(
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    with empty_db.connect() as conn:
+        conn.execute("INSERT INTO core_relationships (organization_id, from_entity_id, "
+                     "to_entity_id, relationship_type) SELECT gen_random_uuid(), 'pre' || g, "
+                     "'x', 'T' FROM generate_series(1, 30000) g")
+    stop = threading.Event()
+    inserted: list[int] = []
+
+    def writer() -> None:
+        with psycopg.connect(empty_db.dsn, autocommit=True) as conn:
+            i = 0
+            while not stop.is_set():
+                conn.execute("INSERT INTO core_relationships (organization_id, from_entity_id, "
+                             "to_entity_id, relationship_type) VALUES (gen_random_uuid(), %s, "
+                             "'x', 'T')", (f"during{i}",))
+                inserted.append(i)
+                i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name):
+            wait_until(lambda: len(inserted) > 50, 30, "concurrent inserts")
+            stop.set()
+            thread.join()
+            total = 30000 + len(inserted)
+            events = wait_for_events(broker.bootstrap_servers, topic_prefix,
+                                     lambda evs: len(evs) >= total, timeout=90)
+    finally:
+        stop.set()
+        thread.join()
+    by_entity = Counter(str((e.after or {})["from_entity_id"]) for e in events)
+    assert len(events) == total
+    assert all(n == 1 for n in by_entity.values())
+    assert len(by_entity) == total

@@ -1,0 +1,54 @@
+"""The confirmed LSN moves only past a fully acknowledged prefix of transactions."""
+
+from __future__ import annotations
+
+import pytest
+
+from capture.errors import BrokerError
+from capture.protocol import Keepalive, XLogData, encode_status, parse_frame
+from capture.publish import AckTracker
+
+
+def test_confirm_waits_for_every_earlier_transaction() -> None:
+    t = AckTracker()
+    first, second = t.open(), t.open()
+    first.pending, second.pending = 2, 1
+    t.close(first, 100)
+    t.close(second, 200)
+    t.on_delivery(second, None)
+    t.drain()
+    assert t.confirmable() is None  # the later one is acked, the earlier one is not
+    t.on_delivery(first, None)
+    t.on_delivery(first, None)
+    t.drain()
+    assert t.confirmable() == 200
+    assert t.idle
+
+
+def test_open_transaction_is_never_confirmed_even_when_acked() -> None:
+    t = AckTracker()
+    txn = t.open()
+    txn.pending = 1
+    t.on_delivery(txn, None)
+    t.drain()
+    assert t.confirmable() is None
+    assert not t.idle
+
+
+def test_failed_delivery_raises_broker_error() -> None:
+    t = AckTracker()
+    txn = t.open()
+    txn.pending = 1
+    t.on_delivery(txn, RuntimeError("broker gone"))
+    with pytest.raises(BrokerError, match="broker gone"):
+        t.drain()
+
+
+def test_replication_frames_parse_and_status_encodes() -> None:
+    w = b"w" + (5).to_bytes(8, "big") + (9).to_bytes(8, "big") + (0).to_bytes(8, "big") + b"{}"
+    assert parse_frame(w) == XLogData(5, 9, b"{}")
+    k = b"k" + (77).to_bytes(8, "big") + (0).to_bytes(8, "big") + b"\x01"
+    assert parse_frame(k) == Keepalive(77, True)
+    status = encode_status(0x16B3748, 946_684_800_000_000)
+    assert status[:1] == b"r" and int.from_bytes(status[9:17], "big") == 0x16B3748
+    assert int.from_bytes(status[25:33], "big") == 0  # PostgreSQL's epoch is 2000-01-01

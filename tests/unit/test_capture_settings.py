@@ -1,0 +1,34 @@
+"""Capture settings and logs: validation and secrets."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from capture.logs import redact
+from capture.settings import CaptureSettings
+
+
+def test_tables_accept_a_comma_separated_list() -> None:
+    s = CaptureSettings(dsn="x", bootstrap_servers="y", tables="public.a, s.b")  # type: ignore[arg-type]
+    assert s.tables == ("public.a", "s.b")
+
+
+@pytest.mark.parametrize("field,value", [("slot", "Bad-Slot"), ("tables", "nodot"),
+                                         ("topic_prefix", "a b")])
+def test_malformed_settings_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ValidationError):
+        CaptureSettings(dsn="x", bootstrap_servers="y", **{field: value})
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERA_DSN", "host=db")
+    monkeypatch.setenv("HERA_BOOTSTRAP_SERVERS", "k:9092")
+    monkeypatch.setenv("HERA_SLOT", "other")
+    s = CaptureSettings()  # type: ignore[call-arg]
+    assert (s.dsn, s.bootstrap_servers, s.slot) == ("host=db", "k:9092", "other")
+
+
+def test_passwords_are_redacted_from_log_text() -> None:
+    assert "s3cret" not in redact("host=db password=s3cret user=x")
+    assert "s3cret" not in redact("postgresql://user:s3cret@db/x")
