@@ -34,7 +34,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The columns quoted in samples: enough to identify and judge a row, not the whole row.
 _SAMPLE_COLUMNS = ("id", "organization_id", "from_entity_id", "to_entity_id",
                    "relationship_type", "is_active", "entity_id", "field_name",
-                   "field_value_text", "smart_code")
+                   "field_value_text", "smart_code", "table")
 
 
 def commit_time(commit_us: int) -> datetime:

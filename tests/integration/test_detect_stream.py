@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from capture.event import parse_lsn
 from capture.topics import alerts_topic, deadletter_topic
 from consumers.detect.alerts import Rule
 from consumers.detect.config import RulesConfig
@@ -57,9 +58,11 @@ def running_detector(broker: Broker, prefix: str, state: Path,
 
 
 def alerts_on_kafka(broker: Broker, prefix: str, n: int, settle_s: float = 1.0) -> list[Any]:
+    """The alerts on the topic, in commit order (the topic may have several partitions)."""
     records = read_topic(broker.bootstrap_servers, alerts_topic(prefix),
                          lambda rs: len(rs) >= n, settle_s=settle_s)
-    return [json.loads(r.value) for r in records]
+    alerts = [json.loads(r.value) for r in records]
+    return sorted(alerts, key=lambda a: parse_lsn(a["transaction"]["commit_lsn"]))
 
 
 def test_a_mass_delete_raises_one_alert_on_kafka_and_in_postgres_and_legit_traffic_none(
