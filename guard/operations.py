@@ -130,8 +130,9 @@ class ConstraintImpact:
 
 def constraint_impact(conn: Connection, expression: str) -> ConstraintImpact:
     """The validator's verdict; raises InvalidConstraint for anything but a CHECK expression."""
-    row = conn.execute("SELECT * FROM validate_smart_code_constraint_impact(%s)",
-                       (expression,)).fetchone()
+    with translated():
+        row = conn.execute("SELECT * FROM validate_smart_code_constraint_impact(%s)",
+                           (expression,)).fetchone()
     assert row is not None
     samples = row[3] if isinstance(row[3], list) else []
     return ConstraintImpact(str(row[0]), int(str(row[1])), int(str(row[2])),
