@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 
 from capture.event import ChangeEvent, TransactionEvent
 from capture.topics import table_topic, transaction_topic
+from consumers.archive.archiver import Archiver, ArchiverTuning
+from consumers.archive.store import ArchiveStore
+from consumers.kafka_source import KafkaSource
 
 CONSUMERS = str(Path(sys.executable).parent / "consumers")
 
@@ -72,3 +78,33 @@ def start_archiver(bootstrap: str, prefix: str, root: Path, log: Path) -> subpro
          "--topic-prefix", prefix, "--flush-interval-s", "0.2", "--batch-events", "20000",
          "--log-level", "WARNING"],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def archiver_thread(bootstrap: str, prefix: str, root: Path,
+                    **tuning: Any) -> Iterator[ArchiveStore]:
+    """The archiver in-process (a thread) until the block ends, then a clean stop."""
+    store = ArchiveStore.open_or_create(root)
+    source = KafkaSource(bootstrap, prefix, None)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            Archiver(store, source, ArchiverTuning(**{"flush_interval_s": 0.1,
+                                                      "refresh_interval_s": 0.5,
+                                                      **tuning})).run(stop)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="archiver", daemon=True)
+    thread.start()
+    try:
+        yield store
+    finally:
+        stop.set()
+        thread.join(30)
+        source.close()
+        store.close()
+        if errors:
+            raise errors[0]
