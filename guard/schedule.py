@@ -64,14 +64,27 @@ def _command(conn: Connection, job: Job, schema: str) -> str:
         sql.Identifier(schema), sql.Identifier(job.function)).as_string(conn)
 
 
+class _Unreadable(Exception):
+    pass
+
+
 def _cron_database(conn: Connection) -> str | None:
-    row = conn.execute("SELECT current_setting('cron.database_name', true)").fetchone()
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT current_setting('cron.database_name', true)").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        raise _Unreadable from None
     return None if row is None or not row[0] else str(row[0])
 
 
 def schedule_jobs(conn: Connection, dsn: str, schema: str) -> ScheduleOutcome:
     """Create (or update) the plan's pg_cron jobs for ``schema`` of ``conn``'s database."""
-    cron_db = _cron_database(conn)
+    try:
+        cron_db = _cron_database(conn)
+    except _Unreadable:
+        return ScheduleOutcome(False, note=(
+            "this role may not read cron.database_name, so it cannot use pg_cron (a superuser "
+            f"can run guard install once to create the jobs); {FALLBACK}"))
     if cron_db is None:
         return ScheduleOutcome(False, note=f"pg_cron is not loaded on this server; {FALLBACK}")
     row = conn.execute("SELECT current_database()").fetchone()
@@ -120,7 +133,10 @@ def schedule_jobs(conn: Connection, dsn: str, schema: str) -> ScheduleOutcome:
 
 def unschedule_jobs(conn: Connection, dsn: str, schema: str) -> list[str]:
     """Remove this database's jobs (uninstall, test clean-up); returns the removed names."""
-    cron_db = _cron_database(conn)
+    try:
+        cron_db = _cron_database(conn)
+    except _Unreadable:
+        return []
     if cron_db is None:
         return []
     row = conn.execute("SELECT current_database()").fetchone()

@@ -91,8 +91,13 @@ BEGIN
         GRANT EXECUTE ON FUNCTION check_authentication_system_health() TO hera_guard_monitor;
     END IF;
     IF has_operator THEN
-        IF has_monitor THEN
-            GRANT hera_guard_monitor TO hera_guard_operator;
+        IF has_monitor AND NOT pg_has_role('hera_guard_operator', 'hera_guard_monitor',
+                                           'MEMBER') THEN
+            BEGIN
+                GRANT hera_guard_monitor TO hera_guard_operator;
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE WARNING 'hera_guard_operator is not a member of hera_guard_monitor (needs CREATEROLE)';
+            END;
         END IF;
         GRANT SELECT ON restore_failures TO hera_guard_operator;
         GRANT UPDATE (acknowledged_at, acknowledged_by) ON critical_system_alerts
