@@ -17,7 +17,10 @@ _ICON = {"PASS": "✅", "WARN": "⚠️ ", "FAIL": "❌", "SKIP": "⏭️ "}
 
 def console(stderr: bool = False) -> Console:
     """Colour only on a terminal (rich detects it); NO_COLOR and TERM=dumb are honoured."""
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    out = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not out.is_terminal:  # files and pipes: no 80-column wrapping of tables
+        out = Console(stderr=stderr, highlight=False, soft_wrap=True, width=200)
+    return out
 
 
 def health_table(out: Console, checks: list[HealthCheck]) -> None:
