@@ -8,7 +8,6 @@ become lists; types DuckDB lacks (intervals, ranges, inet, ...) stay PostgreSQL 
 
 from __future__ import annotations
 
-import contextlib
 import re
 
 import duckdb
@@ -45,53 +44,17 @@ def duck_type(pg_type: str) -> str | None:
     return None
 
 
-def parse_pg_array(text: str | None) -> list[str | None] | None:
-    """PostgreSQL's array text (``{a,"b c",NULL}``) -> elements (1-D; nested kept as text)."""
-    if text is None:
-        return None
-    body = text[text.index("{") + 1: text.rindex("}")] if "{" in text else text
-    out: list[str | None] = []
-    i, n = 0, len(body)
-    while i < n:
-        if body[i] == '"':
-            i += 1
-            buf = []
-            while i < n and body[i] != '"':
-                if body[i] == "\\":
-                    i += 1
-                buf.append(body[i])
-                i += 1
-            out.append("".join(buf))
-            i += 1  # closing quote
-        elif body[i] == "{":
-            depth, start = 0, i
-            while i < n:
-                depth += {"{": 1, "}": -1}.get(body[i], 0)
-                i += 1
-                if depth == 0:
-                    break
-            out.append(body[start:i])
-        else:
-            j = body.find(",", i)
-            j = n if j < 0 else j
-            item = body[i:j].strip()
-            out.append(None if item == "NULL" else item)
-            i = j
-        if i < n and body[i] == ",":
-            i += 1
-    return out
-
-
-def register(conn: duckdb.DuckDBPyConnection) -> None:
-    with contextlib.suppress(duckdb.Error):  # already registered on this connection
-        conn.create_function("pg_array", parse_pg_array, ["VARCHAR"], "VARCHAR[]",
-                             null_handling=duckdb.func.SPECIAL)
+# PostgreSQL's 1-D array text ({a,"b c",NULL,"x\"y"}) -> list, in SQL (Python UDFs would
+# need numpy): quoted elements are unescaped, a bare NULL is NULL, "NULL" stays text.
+PG_ARRAY_SQL = r"""CASE WHEN {x} IS NULL THEN NULL ELSE list_transform(
+    regexp_extract_all({x}, '"(?:[^"\\]|\\.)*"|[^,{{}}"]+'),
+    lambda e: CASE WHEN e[1] = '"' THEN regexp_replace(e[2:-2], '\\(.)', '\1', 'g')
+                   WHEN e = 'NULL' THEN NULL ELSE e END) END"""
 
 
 def typed_select(conn: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation,
                  types: dict[str, str]) -> duckdb.DuckDBPyRelation:
     """``rel`` (a ``row JSON`` column) as typed columns in ``types`` order."""
-    register(conn)
     rel.create_view("_typed_src", replace=True)
     exprs = []
     for col, pg_type in types.items():
@@ -104,7 +67,7 @@ def typed_select(conn: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation,
         elif dt == "JSON":
             exprs.append(f"json_extract(row, '{path}') AS {name}")
         elif dt.endswith("[]"):
-            exprs.append(f"CAST(pg_array({text}) AS {dt}) AS {name}")
+            exprs.append(f"CAST({PG_ARRAY_SQL.format(x=text)} AS {dt}) AS {name}")
         else:
             exprs.append(f"CAST({text} AS {dt}) AS {name}")
     return conn.sql(f"SELECT {', '.join(exprs)} FROM _typed_src")  # noqa: S608 - names escaped

@@ -240,3 +240,13 @@ def table_difference(conn: psycopg.Connection[Any], a: str, b: str) -> int:
         n=names, a=sql.Identifier(a), b=sql.Identifier(b))
     row = conn.execute(q).fetchone()
     return int(row[0]) if row else -1
+
+
+def write_archive(root: Path, *histories: History) -> Path:
+    """An on-disk archive (the archiver's own store) holding ``histories``; no Kafka."""
+    from consumers.archive.store import ArchiveStore
+
+    with ArchiveStore.open_or_create(root) as store:
+        for h in histories:
+            store.append(h.events, h.ends, h.markers)
+    return root
