@@ -1,0 +1,125 @@
+"""The guard's two figures:
+
+* guardian overhead: a legitimate 100k-row bulk DELETE (with the logged opt-in
+  ``hera_guard.allow_mass_change``) timed on a database without and with the guard installed;
+  the ratio must stay <= 2x. The same for a 100k-row deactivating UPDATE, reported as detail.
+* restore: our set-based ``restore_relationships_from_backup`` against the plan's row-by-row
+  original (bench/plan_original.sql, loaded only here) restoring the same 100k deleted rows.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import psycopg
+
+from bench.common import BenchContext, Figure, timed
+from devstack.sample import SampleSize, load_sample
+from guard.install import install
+
+PLAN_ORIGINAL = Path(__file__).with_name("plan_original.sql")
+TARGET_RATIO = 2.0
+
+
+def _add_rows(conn: psycopg.Connection[tuple[object, ...]], rows: int) -> None:
+    conn.execute(
+        "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id, "
+        " relationship_type, smart_code, relationship_data) "
+        "SELECT (SELECT id FROM core_organizations LIMIT 1), 'b-' || g, 'b-' || (g + 1), "
+        " 'BENCH_LINK', 'HERA.SALON.BENCH.LINK.v1', jsonb_build_object('seq', g) "
+        "FROM generate_series(1, %s) g", (rows,))
+    conn.execute("VACUUM ANALYZE core_relationships")
+
+
+def _bulk(dsn: str, rows: int, repeats: int, statement: str) -> float:
+    """Median seconds of one opted-in bulk statement over fresh BENCH_LINK rows."""
+    times = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(repeats):
+            with conn.transaction():
+                conn.execute("SET LOCAL hera_guard.allow_mass_change = 'bench cleanup'")
+                conn.execute("DELETE FROM core_relationships "
+                             "WHERE relationship_type = 'BENCH_LINK'")
+            _add_rows(conn, rows)
+
+            def run() -> None:
+                with conn.transaction():
+                    conn.execute("SET LOCAL hera_guard.allow_mass_change = 'bench bulk'")
+                    conn.execute(statement.encode())
+
+            times.append(timed(run))
+    return statistics.median(times)
+
+
+def _database(ctx: BenchContext, name: str, guarded: bool) -> str:
+    dsn = ctx.new_database(name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        load_sample(conn, SampleSize())
+    if guarded:
+        install(dsn, initial_backup=False, schedule=False)
+    return dsn
+
+
+def guardian_overhead(ctx: BenchContext, rows: int, repeats: int) -> list[Figure]:
+    plain = _database(ctx, "bench_guard_plain", guarded=False)
+    guarded = _database(ctx, "bench_guard_on", guarded=True)
+    delete = "DELETE FROM core_relationships WHERE relationship_type = 'BENCH_LINK'"
+    update = ("UPDATE core_relationships SET is_active = false "
+              "WHERE relationship_type = 'BENCH_LINK'")
+    d0, d1 = _bulk(plain, rows, repeats, delete), _bulk(guarded, rows, repeats, delete)
+    u0, u1 = _bulk(plain, rows, repeats, update), _bulk(guarded, rows, repeats, update)
+    return [
+        Figure("guardian overhead, bulk DELETE", d1 / d0, "x", f"<= {TARGET_RATIO:g}x",
+               d1 / d0 <= TARGET_RATIO,
+               f"{rows} rows with the opt-in, median of {repeats}: {d0 * 1000:.0f} ms "
+               f"without the guard, {d1 * 1000:.0f} ms with it"),
+        Figure("guardian overhead, bulk deactivating UPDATE", u1 / u0, "x",
+               f"<= {TARGET_RATIO:g}x", u1 / u0 <= TARGET_RATIO,
+               f"{rows} rows with the opt-in, median of {repeats}: {u0 * 1000:.0f} ms "
+               f"without the guard, {u1 * 1000:.0f} ms with it"),
+    ]
+
+
+def restore_speed(ctx: BenchContext, rows: int) -> list[Figure]:
+    dsn = _database(ctx, "bench_guard_restore", guarded=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(PLAN_ORIGINAL.read_bytes())
+        _add_rows(conn, rows)
+        msg = conn.execute("SELECT emergency_relationship_backup()").fetchone()
+        assert msg is not None
+        backup = str(msg[0]).split("created: ")[1].split(" ")[0]
+
+        def wipe() -> None:
+            with conn.transaction():
+                conn.execute("SET LOCAL hera_guard.allow_mass_change = 'bench restore drill'")
+                conn.execute("DELETE FROM core_relationships "
+                             "WHERE relationship_type = 'BENCH_LINK'")
+
+        def restored() -> int:
+            row = conn.execute("SELECT count(*) FROM core_relationships "
+                               "WHERE relationship_type = 'BENCH_LINK'").fetchone()
+            return int(str(row[0])) if row else 0
+
+        wipe()
+        ours = timed(lambda: conn.execute(
+            "SELECT * FROM restore_relationships_from_backup(%s)", (backup,)).fetchall())
+        assert restored() == rows
+        wipe()
+        plan = timed(lambda: conn.execute(
+            "SELECT * FROM plan_restore_relationships_from_backup(%s)", (backup,)).fetchall())
+        assert restored() == rows
+    return [
+        Figure("restore of deleted relationships from a backup (set-based)", ours, "s",
+               "<= 10 s", ours <= 10.0, f"{rows} rows"),
+        Figure("restore speed-up over the plan's row-by-row function", plan / ours, "x",
+               ">= 10x", plan / ours >= 10.0,
+               f"{rows} rows: ours {ours:.2f} s, plan_restore_relationships_from_backup "
+               f"{plan:.2f} s"),
+    ]
+
+
+def run(ctx: BenchContext) -> list[Figure]:
+    rows = 10_000 if ctx.quick else 100_000
+    repeats = 3
+    return [*guardian_overhead(ctx, rows, repeats), *restore_speed(ctx, rows)]
