@@ -115,7 +115,10 @@ class DetectorRunner:
         self.deadletters = DeadLetters(self._producer, deadletter_topic(prefix))
         self._consumer: Any = KafkaConsumer(
             bootstrap_servers=options.bootstrap_servers, group_id=None,
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=50)
+            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=50,
+            # kafka-python checks CRC32C in pure Python: 70% of the detector's CPU when
+            # profiled. TCP checksums the bytes and the broker validated each batch on write.
+            check_crcs=False)
         self._assigned: set[TopicPartitionKey] = set()
         self._last_refresh = 0.0
         self._delivered: dict[str, set[str]] = {}
