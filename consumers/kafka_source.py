@@ -11,6 +11,10 @@ beginning. New topics matching the selection are picked up by ``refresh()``.
     for rec in src.poll(timeout_ms=200): ...                   # Record(topic, ..., value)
     src.refresh(stored_offsets)                                # pick up new table topics
     src.dead_letter(rec, "reason"); src.flush()                # <prefix>.deadletter
+
+Two backends behind the same interface (``open_source(..., backend=)``): ``kafka-python``
+(the required client, the default) and ``confluent`` (the ``fast`` extra; ~20x the fetch
+rate of kafka-python here, measured in bench/archive.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -44,6 +49,47 @@ def is_table_topic(topic: str, prefix: str) -> bool:
     return rest.count(".") == 1 and topic not in special
 
 
+Backend = Literal["kafka-python", "confluent"]
+
+
+class RecordSource(Protocol):
+    prefix: str
+
+    def assign(self, offsets: dict[tuple[str, int], int]) -> None: ...
+    def refresh(self, offsets: dict[tuple[str, int], int]) -> None: ...
+    def poll(self, timeout_ms: int = 200) -> list[Record]: ...
+    def dead_letter(self, record: Record, reason: str) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def select_topics(existing: set[str], prefix: str, tables: tuple[str, ...] | None,
+                  include_transactions: bool) -> list[str]:
+    if tables is None:
+        wanted = {t for t in existing if is_table_topic(t, prefix)}
+    else:
+        wanted = {table_topic(prefix, *t.split(".", 1)) for t in tables} & existing
+    if include_transactions and transaction_topic(prefix) in existing:
+        wanted.add(transaction_topic(prefix))
+    return sorted(wanted)
+
+
+def dead_letter_value(record: Record, reason: str) -> bytes:
+    return json.dumps({
+        "reason": reason, "topic": record.topic, "partition": record.partition,
+        "offset": record.offset,
+        "key": None if record.key is None else record.key.decode("utf-8", "replace"),
+        "value": None if record.value is None else record.value.decode("utf-8", "replace"),
+    }).encode()
+
+
+def open_source(bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
+                backend: Backend = "kafka-python") -> RecordSource:
+    if backend == "confluent":
+        return ConfluentSource(bootstrap_servers, prefix, tables)
+    return KafkaSource(bootstrap_servers, prefix, tables)
+
+
 class KafkaSource:
     def __init__(self, bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
                  *, include_transactions: bool = True, max_poll_records: int = 20_000) -> None:
@@ -61,15 +107,8 @@ class KafkaSource:
         self._assigned: set[TopicPartition] = set()
 
     def wanted_topics(self) -> list[str]:
-        existing = self._consumer.topics()
-        if self.tables is None:
-            wanted = {t for t in existing if is_table_topic(t, self.prefix)}
-        else:
-            wanted = {table_topic(self.prefix, *t.split(".", 1)) for t in self.tables}
-            wanted &= existing
-        if self.include_transactions and transaction_topic(self.prefix) in existing:
-            wanted.add(transaction_topic(self.prefix))
-        return sorted(wanted)
+        return select_topics(set(self._consumer.topics()), self.prefix, self.tables,
+                             self.include_transactions)
 
     def assign(self, offsets: dict[tuple[str, int], int]) -> None:
         """Assign every partition of the wanted topics; seek to the stored offsets."""
@@ -105,14 +144,8 @@ class KafkaSource:
         """Publish ``record`` with ``reason`` to ``<prefix>.deadletter`` (flush before commit)."""
         if self._producer is None:
             self._producer = KafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
-        body = {
-            "reason": reason, "topic": record.topic, "partition": record.partition,
-            "offset": record.offset,
-            "key": None if record.key is None else record.key.decode("utf-8", "replace"),
-            "value": None if record.value is None else record.value.decode("utf-8", "replace"),
-        }
         self._producer.send(deadletter_topic(self.prefix), key=record.key,
-                            value=json.dumps(body).encode())
+                            value=dead_letter_value(record, reason))
 
     def flush(self) -> None:
         if self._producer is not None:
@@ -122,4 +155,71 @@ class KafkaSource:
         self.flush()
         if self._producer is not None:
             self._producer.close(timeout=10)
+        self._consumer.close()
+
+
+class ConfluentSource:
+    """The same interface over confluent-kafka (librdkafka). No group is joined: ``assign``
+    with explicit offsets; the ``group.id`` librdkafka insists on is never used."""
+
+    def __init__(self, bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
+                 *, include_transactions: bool = True, max_poll_records: int = 20_000) -> None:
+        from confluent_kafka import Consumer
+
+        self.prefix = prefix
+        self.tables = tables
+        self.include_transactions = include_transactions
+        self._max = max_poll_records
+        self._bootstrap = bootstrap_servers
+        self._consumer: Any = Consumer({
+            "bootstrap.servers": bootstrap_servers, "group.id": f"unused-{prefix}",
+            "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "enable.partition.eof": False, "fetch.wait.max.ms": 100,
+        })
+        self._producer: Any = None
+        self._assigned: set[tuple[str, int]] = set()
+
+    def assign(self, offsets: dict[tuple[str, int], int]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        meta = self._consumer.list_topics(timeout=10)
+        wanted = select_topics(set(meta.topics), self.prefix, self.tables,
+                               self.include_transactions)
+        tps = {(t, p) for t in wanted for p in meta.topics[t].partitions}
+        new = tps - self._assigned
+        if not new:
+            return
+        self._consumer.incremental_assign([
+            TopicPartition(t, p, offsets.get((t, p), OFFSET_BEGINNING)) for t, p in sorted(new)])
+        log.info("consuming %s", ", ".join(f"{t}[{p}]" for t, p in sorted(new)))
+        self._assigned |= new
+
+    refresh = assign
+
+    def poll(self, timeout_ms: int = 200) -> list[Record]:
+        from confluent_kafka import KafkaException
+
+        if not self._assigned:
+            return []
+        out: list[Record] = []
+        for m in self._consumer.consume(self._max, timeout_ms / 1000):
+            if m.error() is not None:
+                raise KafkaException(m.error())
+            out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
+        return out
+
+    def dead_letter(self, record: Record, reason: str) -> None:
+        from confluent_kafka import Producer
+
+        if self._producer is None:
+            self._producer = Producer({"bootstrap.servers": self._bootstrap, "acks": "all"})
+        self._producer.produce(deadletter_topic(self.prefix), key=record.key,
+                               value=dead_letter_value(record, reason))
+
+    def flush(self) -> None:
+        if self._producer is not None and self._producer.flush(30) != 0:
+            raise RuntimeError("dead-letter records not acknowledged within 30 s")
+
+    def close(self) -> None:
+        self.flush()
         self._consumer.close()

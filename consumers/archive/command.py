@@ -41,6 +41,8 @@ def _settings(**given: Any) -> ArchiveSettings:
               help="archive directory [HERA_ARCHIVE]")
 @click.option("--topic-prefix", help="topic prefix [HERA_TOPIC_PREFIX, default hera]")
 @click.option("--tables", help="comma-separated schema.table list [HERA_TABLES, default all]")
+@click.option("--kafka-backend", type=click.Choice(["kafka-python", "confluent"]),
+              help="Kafka client [HERA_KAFKA_BACKEND, default kafka-python]")
 @click.option("--batch-events", type=int, help="commit after this many records")
 @click.option("--flush-interval-s", type=float, help="commit at least this often, seconds")
 @click.option("--compact-interval-s", type=float, help="compaction check period, seconds")
@@ -48,10 +50,10 @@ def _settings(**given: Any) -> ArchiveSettings:
 @click.option("--log-level", default="INFO", show_default=True)
 def archive(log_level: str, **options: Any) -> None:
     """Archive every change event into DIR, exactly once, until SIGTERM/SIGINT."""
-    from consumers.archive.archiver import Archiver, ArchiverTuning
+    from consumers.archive.archiver import Archiver, ArchiverTuning, tune_gc
     from consumers.archive.history_db import write_history_db
     from consumers.archive.store import ArchiveStore
-    from consumers.kafka_source import KafkaSource
+    from consumers.kafka_source import open_source
 
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -68,9 +70,10 @@ def archive(log_level: str, **options: Any) -> None:
                                             dedup_capacity=s.dedup_capacity)
     except ArchiveError as exc:
         _fail(str(exc))
+    tune_gc()
     try:
         write_history_db(store.root)
-        source = KafkaSource(s.bootstrap_servers, s.topic_prefix, s.tables)
+        source = open_source(s.bootstrap_servers, s.topic_prefix, s.tables, s.kafka_backend)
         try:
             Archiver(store, source, ArchiverTuning(
                 batch_events=s.batch_events, flush_interval_s=s.flush_interval_s,

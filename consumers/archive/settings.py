@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,7 @@ class ArchiveSettings(BaseSettings):
     archive: Path = Field(description="the archive directory (created if missing or empty)")
     topic_prefix: str = "hera"
     tables: tuple[str, ...] | None = None  # schema.table list; None: every table topic
+    kafka_backend: Literal["kafka-python", "confluent"] = "kafka-python"
     batch_events: int = Field(50_000, gt=0)
     flush_interval_s: float = Field(1.0, gt=0)
     compact_interval_s: float = Field(30.0, gt=0)

@@ -17,7 +17,7 @@ from capture.event import ChangeEvent, TransactionEvent
 from capture.topics import table_topic, transaction_topic
 from consumers.archive.archiver import Archiver, ArchiverTuning
 from consumers.archive.store import ArchiveStore
-from consumers.kafka_source import KafkaSource
+from consumers.kafka_source import Backend, open_source
 
 CONSUMERS = str(Path(sys.executable).parent / "consumers")
 
@@ -81,11 +81,11 @@ def start_archiver(bootstrap: str, prefix: str, root: Path, log: Path) -> subpro
 
 
 @contextlib.contextmanager
-def archiver_thread(bootstrap: str, prefix: str, root: Path,
+def archiver_thread(bootstrap: str, prefix: str, root: Path, backend: Backend = "kafka-python",
                     **tuning: Any) -> Iterator[ArchiveStore]:
     """The archiver in-process (a thread) until the block ends, then a clean stop."""
     store = ArchiveStore.open_or_create(root)
-    source = KafkaSource(bootstrap, prefix, None)
+    source = open_source(bootstrap, prefix, None, backend)
     stop = threading.Event()
     errors: list[BaseException] = []
 

@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from capture.topics import deadletter_topic, table_topic
 from consumers.archive.reader import connect_history
+from consumers.kafka_source import Backend
 from devstack.broker import Broker
 from tests.archive_fixtures import change, wait_for, workload
 from tests.capture_fixtures import read_topic, running_capture
@@ -65,8 +68,9 @@ def test_an_analyst_queries_from_another_process_while_the_archiver_writes(
         assert proc.wait(20) == 0, log.read_text()[-3000:]
 
 
+@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
 def test_malformed_and_unknown_schema_records_go_to_the_dead_letter_topic(
-        broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+        broker: Broker, topic_prefix: str, tmp_path: Path, backend: Backend) -> None:
     from confluent_kafka import Producer
 
     bootstrap, root = broker.bootstrap_servers, tmp_path / "archive"
@@ -78,7 +82,7 @@ def test_malformed_and_unknown_schema_records_go_to_the_dead_letter_topic(
                   change(200, 0).to_json()):
         producer.produce(topic, key=b"k", value=value)
     assert producer.flush(30) == 0
-    with archiver_thread(bootstrap, topic_prefix, root):
+    with archiver_thread(bootstrap, topic_prefix, root, backend):
         wait_for(lambda: consumed_per_topic(root).get(topic) == 4, 30, "all four records")
     letters = [json.loads(r.value) for r in read_topic(bootstrap, deadletter_topic(topic_prefix))]
     reasons = sorted(str(x["reason"]) for x in letters)
