@@ -12,12 +12,31 @@ from collections.abc import Iterable
 from capture.errors import BrokerError
 
 
+def check_reachable(bootstrap_servers: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one clear line when no bootstrap server accepts a TCP connection
+    (kafka-python would otherwise retry for tens of seconds before saying so)."""
+    import socket
+
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or "localhost", int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise BrokerError(
+        f"cannot reach the Kafka broker at {bootstrap_servers}: check --bootstrap-servers "
+        "and that the broker is running"
+    )
+
+
 def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1,
                   replication_factor: int = 1) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+    check_reachable(bootstrap_servers)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
                                  client_id="hera-guard-admin", request_timeout_ms=15000)

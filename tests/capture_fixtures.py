@@ -134,35 +134,50 @@ class CaptureProcess:
 # --- reading topics ----------------------------------------------------------------------
 
 
-def read_topic(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> list[Any]:
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+def read_topic(bootstrap_servers: str, topic: str, timeout: float = 120.0) -> list[Record]:
     """Every record currently in ``topic`` (all partitions).
 
-    The end is the high watermark of fetch responses: tansu's ListOffsets (end_offsets)
-    under-reports it, so it cannot tell when everything was read.
+    Read with confluent-kafka for speed (the reader is not what is under test). The end is the
+    high watermark of fetch responses: tansu's ListOffsets under-reports it.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "hera-tests",
+                         "enable.auto.commit": False, "log_level": 3,
+                         "fetch.max.bytes": 64 * 1024 * 1024})
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
+        md = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if md is None or md.error is not None or not md.partitions:
             return []
+        tps = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(md.partitions)]
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
+        out: list[Record] = []
+        next_offset = {tp.partition: 0 for tp in tps}
         deadline = time.monotonic() + timeout
 
         def done() -> bool:
             for tp in tps:
-                hw = consumer.highwater(tp)
-                if hw is None or consumer.position(tp) < hw:
+                _lo, hi = consumer.get_watermark_offsets(tp, cached=True)
+                if hi < 0 or next_offset[tp.partition] < hi:
                     return False
             return True
 
         while True:
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend(records)
+            for m in consumer.consume(num_messages=10000, timeout=0.2):
+                if m.error() is not None:
+                    continue
+                part, off = int(m.partition() or 0), int(m.offset() or 0)
+                out.append(Record(str(m.topic()), part, off, m.key(), m.value() or b""))
+                next_offset[part] = off + 1
             if done():
                 return out
             if time.monotonic() > deadline:
