@@ -2,8 +2,8 @@
 
 No I/O beyond the DuckDB connection it is given: the caller decides the window (which
 snapshot, which LSN range) after checking coverage. The result is a relation with
-``key`` (the primary key values as a canonical JSON array text) and ``row`` (the row in the
-change-event encoding, see ``capture/event.py``).
+``key`` (the primary key values as a canonical JSON array text) and ``row`` (JSON text of
+the row in the change-event encoding, see ``capture/event.py``).
 
 Rules, in WAL order ``(commit_lsn, position)``:
 - snapshot rows (op ``r``) of the chosen epoch, or the rows of a base snapshot, are the start;
@@ -14,6 +14,7 @@ Rules, in WAL order ``(commit_lsn, position)``:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import duckdb
@@ -22,6 +23,21 @@ from replay.tables import TableId, first, quote_duck
 
 # (commit_lsn, position) as one sortable number; positions are below 2**31.
 _ORD = "(commit_lsn::HUGEINT * 4294967296 + position::HUGEINT)"
+
+
+# An UPDATE's old key comes from ``before``. Parsing every before-image costs as much as the
+# rest of the rebuild, so for a one-column key a string test settles the common case
+# exactly: in compact JSON the text '"id":' can only be an object key (a quote inside a
+# string is escaped), the top-level key is always there (REPLICA IDENTITY FULL), so if it
+# occurs exactly once it IS the top-level key, and its value is then read off the text.
+# Anything else (several occurrences, other spacing or escaping) parses ``before``.
+_OLD_KEY = "coalesce(json_extract(before, $pk)::VARCHAR, k)"
+_OLD_KEY_FAST = f"""CASE WHEN before IS NOT NULL
+    AND strpos(before, $pat) > 0
+    AND strpos(substr(before, strpos(before, $pat) + 1), $pat) = 0
+    AND (contains(before, $pat || json_extract(k, '$[0]')::VARCHAR || ',')
+         OR contains(before, $pat || json_extract(k, '$[0]')::VARCHAR || '}}'))
+    THEN k ELSE {_OLD_KEY} END"""
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,21 @@ def primary_key_columns(
     return list(found[0]) if found else None
 
 
+def raw_source(conn: duckdb.DuckDBPyConnection, changes: str) -> str:
+    """``raw_changes`` (the reader's relation before its dedup view) when it exists.
+
+    The reader's ``changes`` view deduplicates on (commit_lsn, position) over every column,
+    which costs more than the rebuild itself. The rebuild does not need it: duplicates are
+    the same event at the same (commit_lsn, position), so the last event per key and the
+    last TRUNCATE come out the same.
+    """
+    if changes != "changes":
+        return changes
+    found = conn.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'raw_changes'"
+                         ).fetchall()
+    return "raw_changes" if found and found[0][0] else changes
+
+
 def rebuild(
     conn: duckdb.DuckDBPyConnection,
     table: TableId,
@@ -63,22 +94,25 @@ def rebuild(
     changes: str = "changes",
     base: str | None = None,
 ) -> duckdb.DuckDBPyRelation:
-    """The rows of ``table`` at ``window.upto_lsn``: relation ``(key VARCHAR, row JSON)``.
+    """The rows of ``table`` at ``window.upto_lsn``: relation ``(key VARCHAR, row VARCHAR)``
+    (``row``: JSON text, as archived).
 
     ``base`` names a relation with a ``row JSON`` column (the rows of a base snapshot at
     ``window.after_lsn``); it replaces the archive's snapshot rows.
     """
-    src = quote_duck(changes)
+    src = quote_duck(raw_source(conn, changes))
     snapshot_filter = "FALSE" if window.snapshot_lsn is None else "commit_lsn = $snap"
     base_part = (
         ""
         if base is None
-        else "UNION ALL SELECT 0::HUGEINT, json_extract(row, $pk)::VARCHAR, row::JSON "  # noqa: S608
+        else "UNION ALL SELECT 0::HUGEINT, json_extract(row, $pk)::VARCHAR, row::VARCHAR "  # noqa: S608
         f"FROM {quote_duck(base)}"
     )
+    old_key = _OLD_KEY_FAST if len(pk) == 1 else _OLD_KEY
     query = f"""
         WITH ev AS (
-            SELECT {_ORD} AS ord, op, key, before, after
+            SELECT {_ORD} AS ord, op, json_extract(key, $pk)::VARCHAR AS k,
+                   before::VARCHAR AS before, after::VARCHAR AS after
             FROM {src}
             WHERE table_schema = $s AND table_name = $t AND commit_lsn <= $upto
               AND ((snapshot AND {snapshot_filter})
@@ -86,16 +120,13 @@ def rebuild(
         ),
         cut AS (SELECT coalesce(max(ord), -1::HUGEINT) AS t FROM ev WHERE op = 't'),
         touch AS (
-            SELECT ord, json_extract(after, $pk)::VARCHAR AS k, after AS row
-            FROM ev WHERE op IN ('c', 'r', 'u')
+            SELECT ord, k, after AS row FROM ev WHERE op IN ('c', 'r', 'u')
             UNION ALL
-            SELECT ord, json_extract(coalesce(key, before), $pk)::VARCHAR, NULL::JSON
-            FROM ev WHERE op = 'd'
+            SELECT ord, k, NULL::VARCHAR FROM ev WHERE op = 'd'
             UNION ALL
-            SELECT ord, old_k, NULL::JSON FROM (
-                SELECT ord, json_extract(coalesce(before, key), $pk)::VARCHAR AS old_k,
-                       json_extract(after, $pk)::VARCHAR AS new_k
-                FROM ev WHERE op = 'u') WHERE old_k IS DISTINCT FROM new_k
+            SELECT ord, old_k, NULL::VARCHAR FROM (
+                SELECT ord, k, {old_key} AS old_k FROM ev WHERE op = 'u'
+            ) WHERE old_k IS DISTINCT FROM k
             {base_part}
         ),
         last AS (
@@ -112,6 +143,8 @@ def rebuild(
         "after": window.after_lsn,
         "pk": pk_paths(pk),
     }
+    if len(pk) == 1:
+        params["pat"] = json.dumps(pk[0]) + ":"
     if window.snapshot_lsn is not None:
         params["snap"] = window.snapshot_lsn
     return conn.sql(query, params=params)

@@ -133,7 +133,8 @@ def _ts(micros: int) -> datetime:
 
 
 def _j(value: object) -> str | None:
-    return None if value is None else json.dumps(value)
+    # compact, like the archiver's serializer
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 def memory_history(*histories: History) -> duckdb.DuckDBPyConnection:

@@ -56,6 +56,15 @@ def test_an_update_of_the_primary_key_removes_the_old_key() -> None:
     assert state(h, lsn) == {moved["id"]: moved}
 
 
+def test_a_key_change_is_seen_when_the_new_key_also_appears_inside_the_old_row() -> None:
+    h = History()
+    inner = {"id": row(9)["id"]}  # a nested "id" equal to the new key: not the row's key
+    h.snapshot([row(1, data=inner), row(2)])
+    moved = row(9, data=inner)
+    _, lsn, _ = h.commit([("u", row(1, data=inner), moved), ("u", row(2), row(2, n=5))])
+    assert state(h, lsn) == {moved["id"]: moved, row(2)["id"]: row(2, n=5)}
+
+
 def test_truncate_empties_the_table_at_its_lsn() -> None:
     h = History()
     h.snapshot([row(1), row(2)])
