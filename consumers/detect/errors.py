@@ -21,3 +21,7 @@ class StateFileError(DetectError):
 
 class SinkError(DetectError):
     """An alert sink (Kafka, PostgreSQL) refused or could not be reached."""
+
+
+class BrokerUnavailable(DetectError):
+    """No Kafka broker answers at the bootstrap servers."""

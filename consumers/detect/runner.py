@@ -31,7 +31,7 @@ from capture.topics import alerts_topic, deadletter_topic, table_topic, transact
 from consumers.detect.alerts import Alert
 from consumers.detect.assembler import Assembler, TopicPartitionKey
 from consumers.detect.config import RulesConfig
-from consumers.detect.errors import SinkError
+from consumers.detect.errors import BrokerUnavailable, SinkError
 from consumers.detect.memberships import MembershipIndex
 from consumers.detect.rules import Detector
 from consumers.detect.sinks import (
@@ -82,6 +82,7 @@ class DetectorRunner:
     def __init__(self, options: DetectOptions, clock: Clock,
                  stop: threading.Event | None = None) -> None:
         from kafka import KafkaConsumer, KafkaProducer
+        from kafka.errors import KafkaError
 
         self.options = options
         self.clock = clock
@@ -109,8 +110,16 @@ class DetectorRunner:
         self.sinks: list[AlertSink] = [LogSink()]
         if options.dsn:  # first: a missing critical_system_alerts table stops us right away
             self.sinks.append(PostgresAlertSink(options.dsn))
-        self._producer = KafkaProducer(bootstrap_servers=options.bootstrap_servers,
-                                       acks="all", linger_ms=0)
+        try:
+            self._producer = KafkaProducer(bootstrap_servers=options.bootstrap_servers,
+                                           acks="all", linger_ms=0)
+        except KafkaError:
+            for sink in self.sinks:
+                sink.close()
+            self.store.close()
+            raise BrokerUnavailable(
+                f"no Kafka broker answers at {options.bootstrap_servers}: check "
+                "--bootstrap-servers and that the broker runs") from None
         self.sinks.append(KafkaAlertSink(self._producer, alerts_topic(prefix)))
         self.deadletters = DeadLetters(self._producer, deadletter_topic(prefix))
         self._consumer: Any = KafkaConsumer(

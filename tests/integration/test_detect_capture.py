@@ -19,7 +19,7 @@ from typing import Any
 from consumers.detect.alerts import Rule
 from devstack.broker import Broker
 from devstack.sample import SampleSize, load_sample
-from tests.capture_fixtures import running_capture, wait_until
+from tests.capture_fixtures import running_capture, slot_active, wait_until
 from tests.conftest import HeraDB
 from tests.integration.test_detect_stream import alerts_on_kafka, running_detector, start_cli
 
@@ -68,6 +68,7 @@ def test_each_rule_fires_once_on_its_workload_and_legitimate_traffic_stays_quiet
                      "'LINK', 'hera.lower.case.v9' FROM core_organizations")
         conn.execute("TRUNCATE core_dynamic_data")
         alerts = alerts_on_kafka(broker, topic_prefix, 5, settle_s=1.5)
+    released(empty_db, slot_name)
 
     assert [a["rule"] for a in alerts] == [
         Rule.MASS_DELETION, Rule.ORPHANED_USER, Rule.ROLE_REMOVED, Rule.SMART_CODE,
@@ -79,6 +80,12 @@ def test_each_rule_fires_once_on_its_workload_and_legitimate_traffic_stays_quiet
     assert code["counts"]["rows"] == 3
     assert truncate["samples"] == [{"table": "public.core_dynamic_data"}]
     assert all(a["transaction"]["commit_lsn"].count("/") == 1 for a in alerts)
+
+
+def released(db: HeraDB, slot: str) -> None:
+    """The walsender outlives capture's clean stop by a moment; the database can only be
+    dropped (fixture teardown) once the slot is free."""
+    wait_until(lambda: not slot_active(db.dsn, slot), 30, "the slot to be released")
 
 
 def outbox_empty(state: Path) -> bool:
@@ -113,4 +120,5 @@ def test_a_killed_detector_restarts_without_duplicating_or_losing_an_alert(
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
+    released(empty_db, slot_name)
     assert [a["rule"] for a in alerts] == [Rule.TRUNCATE, Rule.ORPHANED_USER]
