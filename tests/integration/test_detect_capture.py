@@ -1,8 +1,8 @@
 """End to end: SQL workloads on a real HERA database -> capture -> Kafka -> the detector.
 
-The sample data is loaded after capture started, so the memberships reach the detector
-through the stream (one bulk-insert transaction, itself legitimate traffic). Memberships
-from the snapshot (op r) are covered by test_detect_stream.py.
+The first two tests load the sample data after capture started, so the memberships reach the
+detector through the stream (one bulk-insert transaction, itself legitimate traffic); the
+last one starts capture on a filled database, so they come from the snapshot (op r).
 
 Each rule fires on its workload, and legitimate traffic (a membership removed while the user
 keeps another, a bulk insert, role updates) raises nothing; a killed detector restarts
@@ -122,3 +122,21 @@ def test_a_killed_detector_restarts_without_duplicating_or_losing_an_alert(
             assert proc.wait(30) == 0
     released(empty_db, slot_name)
     assert [a["rule"] for a in alerts] == [Rule.TRUNCATE, Rule.ORPHANED_USER]
+
+
+def test_memberships_from_the_snapshot_feed_the_orphan_rule(
+        broker: Broker, hera_db: HeraDB, topic_prefix: str, slot_name: str,
+        tmp_path: Path) -> None:
+    with (running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name),
+          running_detector(broker, topic_prefix, tmp_path / "state.sqlite"),
+          hera_db.connect() as conn):
+        two = one(conn, "SELECT from_entity_id FROM core_relationships WHERE relationship_type"
+                        " = 'USER_MEMBER_OF_ORG' GROUP BY 1 HAVING count(*) = 2 LIMIT 1")
+        conn.execute("DELETE FROM core_relationships WHERE id = (SELECT id FROM "
+                     "core_relationships WHERE from_entity_id = %s LIMIT 1)", (two,))
+        lonely = one(conn, SINGLE_MEMBERSHIP_USERS)
+        conn.execute("DELETE FROM core_relationships WHERE from_entity_id = %s", (lonely,))
+        (alert,) = alerts_on_kafka(broker, topic_prefix, 1, settle_s=1.0)
+    released(hera_db, slot_name)
+    assert alert["rule"] == Rule.ORPHANED_USER
+    assert alert["samples"][0]["from_entity_id"] == lonely
