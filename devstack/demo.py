@@ -462,6 +462,8 @@ def run_demo(console: Console, max_latency_s: float) -> bool:
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted: cleaning up[/]")
     finally:
+        # A second Ctrl-C must not abandon the clean-up half-way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if stack.traffic is not None:
             stack.traffic.stop()
         stack.children.stop_all()
