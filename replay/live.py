@@ -7,11 +7,13 @@ is then exactly what capture archived for it.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psycopg
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 from psycopg import sql
 
 from replay.errors import PrivilegeError, UnknownTable
@@ -118,9 +120,17 @@ def read_rows(conn: Conn, table: TableId, cols: list[Column],
                                                 sql.Identifier(table.schema, table.name))
     if where is not None:
         query = sql.SQL("{} WHERE {}").format(query, where)
-    out: list[str] = []
-    with conn.cursor() as cur:
-        cur.execute(query, params)
-        while batch := cur.fetchmany(50_000):
-            out.extend(str(r[0]) for r in batch)
-    return pa.table({"row": pa.array(out, type=pa.string())})
+    # COPY ... CSV parsed by Arrow's C++ reader: no Python object per row.
+    buf = io.BytesIO()
+    with conn.cursor().copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query),
+                            params or None) as copy:
+        for chunk in copy:
+            buf.write(chunk)
+    if buf.tell() == 0:
+        return pa.table({"row": pa.array([], type=pa.string())})
+    buf.seek(0)
+    return pa_csv.read_csv(
+        buf, read_options=pa_csv.ReadOptions(column_names=["row"]),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(column_types={"row": pa.string()},
+                                              strings_can_be_null=False))
