@@ -185,3 +185,30 @@ def parse_transaction_topic(data: bytes | str) -> TransactionEvent | StreamMarke
     if isinstance(raw, dict) and raw.get("status") in {"BEGIN", "END"}:
         return TransactionEvent.model_validate(raw)
     return StreamMarker.model_validate(raw)
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def change_event_json(*, before: Row | None, after: Row | None, op: Op, ts_ms: int, name: str,
+                      db: str, schema: str, table: str, tx_id: int | None, lsn: int | None,
+                      commit_ts_us: int, snapshot: str, commit_lsn: int, position: int,
+                      table_order: int | None, key: Row | None,
+                      types: dict[str, str] | None) -> bytes:
+    """The JSON of a ChangeEvent, built without constructing the model.
+
+    capture's hot path: the same document ``ChangeEvent(...).to_json()`` gives (a unit test
+    holds the two equal), at a fraction of the cost per event.
+    """
+    transaction = None if table_order is None else {
+        "id": f"{tx_id}:{commit_lsn}", "total_order": position + 1,
+        "data_collection_order": table_order}
+    return _dumps({
+        "schema_version": SCHEMA_VERSION, "before": before, "after": after, "op": op.value,
+        "ts_ms": ts_ms,
+        "source": {"version": "0.1.0", "connector": CONNECTOR, "name": name, "db": db,
+                   "schema": schema, "table": table, "txId": tx_id, "lsn": lsn,
+                   "ts_ms": commit_ts_us // 1000, "ts_us": commit_ts_us, "snapshot": snapshot},
+        "transaction": transaction, "commit_lsn": commit_lsn, "position": position, "key": key,
+        "types": types,
+    }).encode()

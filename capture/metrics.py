@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 class CaptureMetrics:
@@ -19,6 +19,12 @@ class CaptureMetrics:
             registry=self.registry)
         self.restarts = Counter(
             "hera_capture_stream_restarts", "Times the stream was re-established after a fault",
+            registry=self.registry)
+
+        self.commit_to_ack = Histogram(
+            "hera_capture_commit_to_ack_seconds",
+            "PostgreSQL commit -> every event of the transaction acknowledged by the broker",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:

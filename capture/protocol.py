@@ -91,12 +91,11 @@ class ReplicationStream:
                 raise StreamClosed(
                     f"replication stream error: {self._pg.error_message.decode(errors='replace')}"
                 )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
+            remaining = max(0.0, deadline - time.monotonic())
             readable, _, _ = select.select([self._pg.socket], [], [], remaining)
-            if readable:
-                self._pg.consume_input()
+            if not readable:
+                return None
+            self._pg.consume_input()
 
     def send_status(self, flush_lsn: int, reply: bool = False) -> None:
         self._pg.put_copy_data(encode_status(flush_lsn, self._clock_us(), reply))

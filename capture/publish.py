@@ -24,12 +24,14 @@ class PendingTxn:
     end_lsn: int  # what may be confirmed to PostgreSQL once everything up to here is acked
     pending: int = 0
     closed: bool = False
+    commit_ts_us: int = 0  # commit time, for the commit -> acknowledged latency
 
 
 class AckTracker:
     """The confirmed LSN moves only past a prefix of transactions the broker fully acked."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_acked: Callable[[PendingTxn], None] | None = None) -> None:
+        self._on_acked = on_acked
         self._txns: deque[PendingTxn] = deque()
         self._done: queue.SimpleQueue[PendingTxn | BaseException] = queue.SimpleQueue()
 
@@ -61,7 +63,10 @@ class AckTracker:
         """The end LSN of the longest fully acknowledged prefix, popping it; None if empty."""
         lsn: int | None = None
         while self._txns and self._txns[0].closed and self._txns[0].pending == 0:
-            lsn = self._txns.popleft().end_lsn
+            txn = self._txns.popleft()
+            lsn = txn.end_lsn
+            if self._on_acked is not None:
+                self._on_acked(txn)
         return lsn
 
     @property

@@ -21,14 +21,13 @@ import psycopg
 
 from capture.errors import BrokerError, CaptureError, DecodeError, SlotError
 from capture.event import (
-    ChangeEvent,
     MarkerKind,
     Op,
-    Source,
     StreamMarker,
     TableCount,
-    TransactionBlock,
     TransactionEvent,
+    change_event_json,
+    encode_key,
     format_lsn,
 )
 from capture.kafka_admin import ensure_topics
@@ -85,8 +84,10 @@ def _connect(dsn: str, **kw: object) -> psycopg.Connection[tuple[object, ...]]:
 
 class CaptureService:
     def __init__(self, settings: CaptureSettings, clock: Clock = time.time,
-                 metrics: CaptureMetrics | None = None) -> None:
+                 metrics: CaptureMetrics | None = None,
+                 latency_observer: Callable[[float], None] | None = None) -> None:
         self.s = settings
+        self.latency_observer = latency_observer
         self.clock = clock
         self.metrics = metrics or CaptureMetrics()
         self.tables: list[TableInfo] = []
@@ -186,17 +187,15 @@ class CaptureService:
         position = 0
         for table, row, key in snapshot_rows(self.s.dsn, snapshot_name, self.tables,
                                              self.s.snapshot_batch_rows):
-            ev = ChangeEvent.model_construct(
-                before=None, after=row, op=Op.READ, ts_ms=now_ms,
-                source=Source.model_construct(
-                    version="0.1.0", connector="hera-guard", name=self.s.topic_prefix,
-                    db=self.dbname, schema_=table.schema, table=table.table, txId=None,
-                    lsn=self.epoch_lsn, ts_ms=now_ms, ts_us=now_ms * 1000, snapshot="true"),
-                transaction=None, commit_lsn=self.epoch_lsn, position=position, key=key,
-                types=dict(table.columns), schema_version=1)
+            value = change_event_json(
+                before=None, after=row, op=Op.READ, ts_ms=now_ms, name=self.s.topic_prefix,
+                db=self.dbname, schema=table.schema, table=table.table, tx_id=None,
+                lsn=self.epoch_lsn, commit_ts_us=now_ms * 1000, snapshot="true",
+                commit_lsn=self.epoch_lsn, position=position, table_order=None, key=key,
+                types=dict(table.columns))
             txn.pending += 1
             producer.send(table_topic(self.s.topic_prefix, table.schema, table.table),
-                          ev.kafka_key(), ev.to_json(), deliver)
+                          encode_key(key, table.qualified), value, deliver)
             position += 1
             if position % 10000 == 0:
                 tracker.drain()
@@ -304,9 +303,10 @@ class _StreamRunner:
         self.s = svc.s
         self.producer = producer
         self.stream = stream
-        self.tracker = AckTracker()
+        self.tracker = AckTracker(on_acked=self._acked)
         self.markers = AckTracker()
         self.txn: _Txn | None = None
+        self.published = 0  # events handed to the producer, folded into the metric per burst
         self.acked_lsn = svc.confirmed_lsn
         self.marker_lsn = svc.confirmed_lsn  # highest PROGRESS published (maybe not acked)
         self.last_confirm = 0.0
@@ -317,22 +317,34 @@ class _StreamRunner:
         self.topics = {(t.schema, t.table): table_topic(self.s.topic_prefix, t.schema, t.table)
                        for t in svc.tables}
 
+    def _acked(self, txn: PendingTxn) -> None:
+        if txn.commit_ts_us:
+            seconds = max(0.0, self.svc.clock() - txn.commit_ts_us / 1e6)
+            self.svc.metrics.commit_to_ack.observe(seconds)
+            if self.svc.latency_observer is not None:
+                self.svc.latency_observer(seconds)
+
     def loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            frame = self.stream.read(0.05)
             reply = False
-            if frame is None:
-                pass
-            elif isinstance(frame, Keepalive):
-                self.wal_end = max(self.wal_end, frame.wal_end)
-                reply = frame.reply_requested
-                if self.txn is None and self.tracker.idle:
-                    # Nothing received is unacknowledged: everything up to the server's WAL
-                    # end has been published (or filtered out).
-                    self.acked_lsn = max(self.acked_lsn, frame.wal_end)
-            else:
-                self.wal_end = max(self.wal_end, frame.end_lsn)
-                self.handle(frame.payload, frame.end_lsn)
+            # Take what the socket already holds in one burst; the bookkeeping below is per
+            # burst, not per change.
+            timeout = 0.05
+            for _ in range(2000):
+                frame = self.stream.read(timeout)
+                timeout = 0.0
+                if frame is None:
+                    break
+                if isinstance(frame, Keepalive):
+                    self.wal_end = max(self.wal_end, frame.wal_end)
+                    reply = reply or frame.reply_requested
+                    if self.txn is None and self.tracker.idle:
+                        # Nothing received is unacknowledged: everything up to the server's
+                        # WAL end has been published (or filtered out).
+                        self.acked_lsn = max(self.acked_lsn, frame.wal_end)
+                else:
+                    self.wal_end = max(self.wal_end, frame.end_lsn)
+                    self.handle(frame.payload, frame.end_lsn)
             self.producer.poll(0)
             self.settle(force=reply)
             self.maybe_heartbeat()
@@ -356,13 +368,6 @@ class _StreamRunner:
             raise DecodeError("a change arrived outside a transaction (no BEGIN)")
         return self.txn
 
-    def _source(self, txn: _Txn, schema: str, table: str, lsn: int) -> Source:
-        b = txn.begin
-        return Source.model_construct(
-            version="0.1.0", connector="hera-guard", name=self.s.topic_prefix,
-            db=self.svc.dbname, schema_=schema, table=table, txId=b.xid, lsn=lsn,
-            ts_ms=b.ts_us // 1000, ts_us=b.ts_us, snapshot="false")
-
     def _emit(self, txn: _Txn, op: Op, schema: str, table: str, lsn: int,
               before: dict[str, object] | None, after: dict[str, object] | None,
               key: dict[str, object] | None, types: dict[str, str] | None) -> None:
@@ -375,18 +380,17 @@ class _StreamRunner:
         qualified = f"{schema}.{table}"
         n = txn.per_table.get(qualified, 0) + 1
         txn.per_table[qualified] = n
-        ev = ChangeEvent.model_construct(
+        b = txn.begin
+        value = change_event_json(
             before=before, after=after, op=op, ts_ms=int(self.svc.clock() * 1000),
-            source=self._source(txn, schema, table, lsn),
-            transaction=TransactionBlock.model_construct(
-                id=f"{txn.begin.xid}:{txn.begin.commit_lsn}", total_order=txn.position + 1,
-                data_collection_order=n),
-            commit_lsn=txn.begin.commit_lsn, position=txn.position, key=key, types=types,
-            schema_version=1)
+            name=self.s.topic_prefix, db=self.svc.dbname, schema=schema, table=table,
+            tx_id=b.xid, lsn=lsn, commit_ts_us=b.ts_us, snapshot="false",
+            commit_lsn=b.commit_lsn, position=txn.position, table_order=n, key=key,
+            types=types)
         txn.position += 1
         topic = self.topics.get((schema, table)) or table_topic(self.s.topic_prefix, schema, table)
-        self._send(topic, ev.kafka_key(), ev.to_json(), txn.pending)
-        self.svc.metrics.events_published.inc()
+        self._send(topic, encode_key(key, qualified), value, txn.pending)
+        self.published += 1
 
     def _send(self, topic: str, key: bytes, value: bytes, pending: PendingTxn) -> None:
         pending.pending += 1
@@ -410,12 +414,17 @@ class _StreamRunner:
                 data_collections=tuple(TableCount(data_collection=k, event_count=v)
                                        for k, v in txn.per_table.items())).to_json(),
                 txn.pending)
+        if txn.began:
+            txn.pending.commit_ts_us = rec.ts_us
         self.tracker.close(txn.pending, rec.end_lsn)
         self.txn = None
         self.last_activity = time.monotonic()
 
     def settle(self, force: bool = False) -> None:
         """Deliveries -> acked prefix -> PROGRESS marker -> confirm to PostgreSQL."""
+        if self.published:
+            self.svc.metrics.events_published.inc(self.published)
+            self.published = 0
         self.tracker.drain()
         acked = self.tracker.confirmable()
         if acked is not None:

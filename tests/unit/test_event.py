@@ -50,3 +50,23 @@ def test_event_is_frozen() -> None:
 def test_kafka_key_is_canonical_primary_key_json() -> None:
     assert encode_key({"b": 1, "a": "x"}, "public.t") == b'{"a":"x","b":1}'
     assert encode_key(None, "public.t") == b'{"__table__": "public.t"}'
+
+
+def test_fast_event_json_equals_the_models_json() -> None:
+    from capture.event import TransactionBlock, change_event_json
+
+    before = {"id": "a", "n": "1.50", "j": {"x": [1, None, "é"]}, "b": True, "t": None}
+    after = {**before, "b": False, "s": 'q"\\ü'}
+    fast = change_event_json(
+        before=before, after=after, op=Op.UPDATE, ts_ms=5, name="hera", db="d",
+        schema="public", table="core_relationships", tx_id=77, lsn=10, commit_ts_us=1234567,
+        snapshot="false", commit_lsn=20, position=3, table_order=2, key={"id": "a"},
+        types={"id": "uuid"})
+    model = ChangeEvent(
+        before=before, after=after, op=Op.UPDATE, ts_ms=5,
+        source=Source(name="hera", db="d", schema="public", table="core_relationships",
+                      txId=77, lsn=10, ts_ms=1234, ts_us=1234567),
+        transaction=TransactionBlock(id="77:20", total_order=4, data_collection_order=2),
+        commit_lsn=20, position=3, key={"id": "a"}, types={"id": "uuid"})
+    assert ChangeEvent.from_json(fast) == model
+    assert fast == model.to_json()
