@@ -1,0 +1,23 @@
+# hera-guard's commands (capture, consumers, replay, guard) in one image; docker-compose.yml
+# runs one service per command. Configured only through HERA_* environment variables.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY capture ./capture
+COPY consumers ./consumers
+COPY replay ./replay
+COPY guard ./guard
+COPY devstack ./devstack
+COPY bench ./bench
+COPY sql ./sql
+# Editable on purpose: `guard install` reads the scripts from /app/sql next to the package.
+# The `fast` extra is the confluent-kafka client (capture and archive: --kafka-backend).
+RUN pip install -e '.[fast]' \
+    && useradd --system --uid 10001 --home-dir /app hera \
+    && mkdir -p /archive /state && chown hera /archive /state
+USER hera
