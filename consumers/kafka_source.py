@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from capture.kafka_admin import ensure_topics
 from capture.topics import alerts_topic, deadletter_topic, table_topic, transaction_topic
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class KafkaSource:
     def dead_letter(self, record: Record, reason: str) -> None:
         """Publish ``record`` with ``reason`` to ``<prefix>.deadletter`` (flush before commit)."""
         if self._producer is None:
+            ensure_topics(self._bootstrap, [deadletter_topic(self.prefix)])
             self._producer = KafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
         self._producer.send(deadletter_topic(self.prefix), key=record.key,
                             value=dead_letter_value(record, reason))
@@ -212,6 +214,7 @@ class ConfluentSource:
         from confluent_kafka import Producer
 
         if self._producer is None:
+            ensure_topics(self._bootstrap, [deadletter_topic(self.prefix)])
             self._producer = Producer({"bootstrap.servers": self._bootstrap, "acks": "all"})
         self._producer.produce(deadletter_topic(self.prefix), key=record.key,
                                value=dead_letter_value(record, reason))

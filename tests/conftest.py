@@ -4,9 +4,9 @@ slot and topic prefix, because logical decoding only sees committed data."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,15 +91,22 @@ def empty_db(pg_cluster: PostgresCluster, template_db: str) -> Iterator[HeraDB]:
         yield db
     finally:
         with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-            for (slot,) in conn.execute(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
-            ).fetchall():
-                conn.execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                    "WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,)
-                )
-                with contextlib.suppress(psycopg.errors.ObjectInUse):
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            slots = [str(r[0]) for r in conn.execute(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,))]
+            for slot in slots:
+                # A walsender may outlive its client for a moment: end it, wait, then drop.
+                deadline = time.monotonic() + 15
+                while True:
+                    conn.execute(
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                        "WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,))
+                    try:
+                        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                        break
+                    except psycopg.errors.ObjectInUse:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
 

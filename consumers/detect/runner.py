@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from capture.errors import BrokerError
 from capture.event import (
     SCHEMA_VERSION,
     ChangeEvent,
@@ -27,6 +28,7 @@ from capture.event import (
     TransactionEvent,
     parse_transaction_topic,
 )
+from capture.kafka_admin import ensure_topics
 from capture.topics import alerts_topic, deadletter_topic, table_topic, transaction_topic
 from consumers.detect.alerts import Alert
 from consumers.detect.assembler import Assembler, TopicPartitionKey
@@ -111,9 +113,13 @@ class DetectorRunner:
         if options.dsn:  # first: a missing critical_system_alerts table stops us right away
             self.sinks.append(PostgresAlertSink(options.dsn))
         try:
+            # Fail fast on an unreachable broker, and create our output topics with one
+            # partition (auto-created ones get the broker's default count: no order).
+            ensure_topics(options.bootstrap_servers, [alerts_topic(prefix),
+                                                      deadletter_topic(prefix)])
             self._producer = KafkaProducer(bootstrap_servers=options.bootstrap_servers,
                                            acks="all", linger_ms=0)
-        except KafkaError:
+        except (KafkaError, BrokerError):
             for sink in self.sinks:
                 sink.close()
             self.store.close()
