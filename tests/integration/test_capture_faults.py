@@ -59,8 +59,11 @@ def test_sigkill_during_a_100k_row_workload_loses_nothing(
         for threshold in (15_000, 45_000, 75_000):
             # Kill while changes are flowing: wait until the slot has moved past some work.
             start = confirmed_lsn(empty_db.dsn, slot_name)
-            wait_until(lambda s=start: confirmed_lsn(empty_db.dsn, slot_name) > s or done.is_set(),
-                       60, f"progress before kill at ~{threshold}")
+
+            def moved(s: int = start) -> bool:
+                return confirmed_lsn(empty_db.dsn, slot_name) > s or done.is_set()
+
+            wait_until(moved, 60, f"progress before kill at ~{threshold}")
             cap.kill()
             kills += 1
             cap.start()

@@ -38,7 +38,8 @@ def _live_rows(db: HeraDB, table: str) -> dict[str, dict[str, object]]:
         rows = conn.execute(f"SELECT {select} FROM {table}").fetchall()  # noqa: S608 - test-owned names
     out = {}
     for values in rows:
-        row = {n: convert_text(types[n], v) for n, v in zip(names, values, strict=True)}
+        row = {n: convert_text(types[n], None if v is None else str(v))
+               for n, v in zip(names, values, strict=True)}
         out[str(row["id"])] = row
     return out
 

@@ -111,9 +111,9 @@ def test_the_wal_lsn_splits_transactions_exactly_into_in_the_backup_and_after_it
         copied = {r[0] for r in conn.execute(sql.SQL(
             "SELECT from_entity_id FROM {} WHERE relationship_type = 'LSN_PROBE'").format(
                 sql.Identifier(str(name)))).fetchall()}
-        commits = dict(conn.execute(
+        commits = {row[0]: row[1] for row in conn.execute(
             "SELECT xid::text::bigint, lsn FROM pg_logical_slot_peek_changes(%s, NULL, NULL) "
-            "WHERE data LIKE 'COMMIT%%'", (slot_name,)).fetchall())
+            "WHERE data LIKE 'COMMIT%%'", (slot_name,)).fetchall()}
         before = conn.execute("SELECT %s::pg_lsn <= %s::pg_lsn, %s::pg_lsn > %s::pg_lsn",
                               (commits[x1], lsn, commits[results["x2"]], lsn)).fetchone()
     assert copied == {"t1"}

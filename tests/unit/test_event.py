@@ -13,7 +13,7 @@ def _event(**kw: object) -> ChangeEvent:
         "op": Op.DELETE,
         "ts_ms": 1,
         "before": {"id": "a", "n": "1.50"},
-        "source": Source(name="hera", db="d", schema="public", table="core_relationships",
+        "source": Source(name="hera", db="d", schema_="public", table="core_relationships",
                          ts_ms=1, ts_us=1000),
         "commit_lsn": 0x16B3748,
         "position": 3,
@@ -64,7 +64,7 @@ def test_fast_event_json_equals_the_models_json() -> None:
         types={"id": "uuid"})
     model = ChangeEvent(
         before=before, after=after, op=Op.UPDATE, ts_ms=5,
-        source=Source(name="hera", db="d", schema="public", table="core_relationships",
+        source=Source(name="hera", db="d", schema_="public", table="core_relationships",
                       txId=77, lsn=10, ts_ms=1234, ts_us=1234567),
         transaction=TransactionBlock(id="77:20", total_order=4, data_collection_order=2),
         commit_lsn=20, position=3, key={"id": "a"}, types={"id": "uuid"})
