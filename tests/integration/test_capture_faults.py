@@ -223,3 +223,41 @@ def test_wal_level_other_than_logical_is_refused(
 def test_status_names_a_missing_slot(hera_db: HeraDB) -> None:
     res = _capture_cli("status", "--dsn", hera_db.dsn, "--slot", "nope")
     _one_line_error(res, "no replication slot named nope")
+
+
+@pytest.fixture
+def small_wal_cluster() -> Iterator[PostgresCluster]:
+    cluster = start_postgres(extra_conf={"max_slot_wal_keep_size": "1MB",
+                                         "max_wal_size": "32MB", "min_wal_size": "32MB"})
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_slot_that_lost_its_wal_is_refused_with_the_way_out(
+        small_wal_cluster: PostgresCluster, broker: Broker, topic_prefix: str) -> None:
+    from devstack.sample import create_schema
+
+    dsn = small_wal_cluster.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        create_schema(conn)
+    with running_capture(dsn, broker.bootstrap_servers, topic_prefix, "lossy"):
+        pass
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE filler (t text)")
+
+        def lost() -> bool:
+            conn.execute("INSERT INTO filler SELECT repeat('x', 1000) "
+                         "FROM generate_series(1, 20000)")
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+            row = conn.execute("SELECT wal_status FROM pg_replication_slots "
+                               "WHERE slot_name = 'lossy'").fetchone()
+            return row is not None and row[0] == "lost"
+
+        wait_until(lost, 60, "the slot to lose its WAL", interval=0)
+    res = _capture_cli("run", "--dsn", dsn, "--bootstrap-servers", broker.bootstrap_servers,
+                       "--slot", "lossy", "--topic-prefix", topic_prefix)
+    _one_line_error(res, "--new-snapshot")
+    assert "lost the WAL" in res.stderr
