@@ -13,6 +13,7 @@ only when the user asked for it. The guardian is never disabled.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import duckdb
@@ -23,7 +24,7 @@ from psycopg import sql
 from replay.errors import GuardianRefused
 from replay.live import Column, Conn
 from replay.plan import DELETE, INSERT, UPDATE, Plan
-from replay.rebuild import pk_paths
+from replay.tables import quote_duck
 
 _GUARDIAN_CODES = {"HG001", "HG002", "HG003"}
 
@@ -59,31 +60,32 @@ def load_rows(conn: Conn, rows: list[tuple[str, str]]) -> None:
             copy.write_row(r)
 
 
-def _escape(expr: str) -> str:
-    """COPY text format: backslash, newline, carriage return and tab are escaped."""
-    return (f"replace(replace(replace(replace({expr}, '\\', '\\\\'), chr(10), '\\n'), "
-            f"chr(13), '\\r'), chr(9), '\\t')")
+def _csv_field(expr: str) -> str:
+    """COPY CSV: every value quoted (quotes doubled), NULL as an empty unquoted field."""
+    quoted = f"""'"' || replace({expr}, '"', '""') || '"'"""
+    return f"CASE WHEN ({expr}) IS NULL THEN '' ELSE {quoted} END"
 
 
 def copy_lines(rows: list[str], cols: list[Column]) -> list[str]:
-    """Rows (change-event JSON) as COPY text lines for ``cols`` - built by DuckDB.
+    """Rows (change-event JSON) as COPY CSV lines for ``cols`` - built by DuckDB.
 
     Values are PostgreSQL's own text (or JSON for json/jsonb, true/false, integers), so the
     type input functions restore them exactly, like jsonb_populate_record would.
     """
     duck = duckdb.connect()
     duck.register("_rows", pa.table({"row": pa.array(rows, type=pa.string())}))
-    params: dict[str, object] = {}
+    # One parse per row: json_transform into a struct of text (JSON for json/jsonb).
+    shape = json.dumps({c.name: "JSON" if c.type in ("json", "jsonb") else "VARCHAR"
+                        for c in cols})
     fields = []
-    for i, col in enumerate(cols):
-        params[f"p{i}"] = pk_paths([col.name])[0]
+    for col in cols:
+        value = f"r.v.{quote_duck(col.name)}"
         if col.type in ("json", "jsonb"):
-            value = f"nullif(json_extract(row, $p{i})::VARCHAR, 'null')"
-        else:
-            value = f"json_extract_string(row, $p{i})"
-        fields.append(f"coalesce({_escape(value)}, '\\N')")
-    line = " || chr(9) || ".join(fields)
-    return [str(r[0]) for r in duck.execute(f"SELECT {line} FROM _rows", params).fetchall()]  # noqa: S608
+            value = f"nullif({value}::VARCHAR, 'null')"
+        fields.append(_csv_field(value))
+    line = " || ',' || ".join(fields)
+    query = (f"SELECT {line} FROM (SELECT json_transform(row, $shape) AS v FROM _rows) r")  # noqa: S608
+    return [str(r[0]) for r in duck.execute(query, {"shape": shape}).fetchall()]
 
 
 def copy_in(conn: Conn, target: sql.Composable, cols: list[Column], rows: list[str]) -> int:
@@ -92,7 +94,8 @@ def copy_in(conn: Conn, target: sql.Composable, cols: list[Column], rows: list[s
         return 0
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in cols)
     lines = copy_lines(rows, cols)
-    with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, names)) as copy:
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, names)
+    with conn.cursor().copy(statement) as copy:
         for i in range(0, len(lines), 10_000):
             copy.write("\n".join(lines[i:i + 10_000]) + "\n")
     return len(lines)
