@@ -1,0 +1,244 @@
+"""Replay's figures, in one run on one stack:
+
+* state of a 1M-row table at an arbitrary point with 1M archived changes (target <= 3 s):
+  a real on-disk archive (the archiver's own store and reader) holding a 1M-row snapshot of
+  core_relationships-shaped rows and 1M changes (updates, deletes, inserts) in 10k
+  transactions; timed: open the archive, resolve and check the point, rebuild the state
+  into a table.
+* restore of 100k deleted relationships into the live table (target <= 10 s), next to the
+  plan's own ``restore_relationships_from_backup()`` (bench/plan_original.sql, as
+  ``plan_restore_relationships_from_backup``) on the same data (target >= 10x faster).
+  The database has the guard installed (the guardian sees both restores).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pyarrow as pa
+
+from bench.common import BenchContext, Figure, timed
+from capture.event import parse_lsn
+
+PLAN_ORIGINAL = Path(__file__).with_name("plan_original.sql")
+TABLE = ("public", "core_relationships")
+EPOCH = 0x1000_0000
+TYPES = {"id": "uuid", "organization_id": "uuid", "from_entity_id": "text",
+         "to_entity_id": "text", "relationship_type": "text",
+         "relationship_direction": "text", "relationship_strength": "numeric",
+         "relationship_data": "jsonb", "smart_code": "text", "smart_code_status": "text",
+         "ai_confidence": "numeric(5,4)", "tags": "text[]", "is_active": "boolean",
+         "created_at": "timestamp with time zone", "updated_at": "timestamp with time zone",
+         "created_by": "text", "version": "bigint"}
+
+# One synthetic row as JSON in the change-event encoding; {i} the row number, {v} a version.
+_ROW = """to_json({{
+    'id': printf('%08x-0000-4000-8000-%012x', {i}, {i}),
+    'organization_id': printf('00000000-0000-4000-8000-%012x', {i} % 50),
+    'from_entity_id': 'user-' || {i}, 'to_entity_id': 'org-' || ({i} % 50),
+    'relationship_type': CASE WHEN {i} % 4 = 0 THEN 'USER_MEMBER_OF_ORG'
+                              ELSE 'STAFF_PROVIDES_SERVICE' END,
+    'relationship_direction': 'forward', 'relationship_strength': '1.0',
+    'relationship_data': {{'seq': {i}, 'v': {v}}},
+    'smart_code': 'HERA.SALON.BENCH.LINK.v1', 'smart_code_status': 'ACTIVE',
+    'ai_confidence': '0.9900', 'tags': '{{bench,"a b"}}', 'is_active': ({v} % 7 <> 3),
+    'created_at': '2025-03-01 12:00:00.123456+00',
+    'updated_at': '2025-03-01 12:00:00.123456+00', 'created_by': 'bench',
+    'version': ({v} + 1)::VARCHAR}})::VARCHAR"""
+
+
+def _changes_sql(rows: int, changes: int, per_txn: int) -> str:
+    """The archive's changes segment as one query: snapshot rows, then the changes."""
+    types = json.dumps(TYPES).replace("'", "''")
+    snap = _ROW.format(i="i", v="0")
+    upd = _ROW.format(i="tgt", v="j")
+    return f"""
+    WITH snap AS (
+        SELECT 'r' AS op, {EPOCH}::UBIGINT AS commit_lsn, i::INTEGER AS position,
+               NULL::BIGINT AS xid, i AS tgt, {snap} AS after, NULL::VARCHAR AS before,
+               TRUE AS snapshot
+        FROM range({rows}) t(i)
+    ),
+    ch AS (
+        SELECT j, (j // {per_txn}) AS txn, (j % {per_txn})::INTEGER AS position,
+               CASE WHEN j % 20 < 14 THEN 'u' WHEN j % 20 < 17 THEN 'd' ELSE 'c' END AS op,
+               CASE WHEN j % 20 < 17 THEN (hash(j) % {rows})::BIGINT
+                    ELSE {rows} + j END AS tgt
+        FROM range({changes}) t(j)
+    ),
+    stream AS (
+        SELECT op, ({EPOCH} + 4096 * (txn + 1))::UBIGINT AS commit_lsn, position,
+               (1000 + txn)::BIGINT AS xid, tgt,
+               CASE WHEN op = 'd' THEN NULL ELSE {upd} END AS after,
+               CASE WHEN op = 'c' THEN NULL ELSE {_ROW.format(i="tgt", v="0")} END AS before,
+               FALSE AS snapshot
+        FROM ch
+    )
+    SELECT 'public' AS table_schema, 'core_relationships' AS table_name, op, commit_lsn,
+           position, xid,
+           make_timestamptz(1740830400000000 + commit_lsn::BIGINT) AS commit_ts,
+           to_json({{'id': printf('%08x-0000-4000-8000-%012x', tgt, tgt)}})::VARCHAR AS key,
+           before, after, '{types}' AS types, snapshot,
+           make_timestamptz(1740830400000000 + commit_lsn::BIGINT) AS event_ts,
+           1 AS schema_version
+    FROM (SELECT * FROM snap UNION ALL SELECT * FROM stream)
+    ORDER BY commit_lsn, position
+    """  # noqa: S608 - numbers and our own literals only
+
+
+def build_archive(root: Path, rows: int, changes: int, per_txn: int = 100) -> int:
+    """A 1M-row snapshot + changes as real archive segments; returns the last commit LSN."""
+    from consumers.archive.segments import SCHEMAS
+    from consumers.archive.store import ArchiveStore
+
+    duck = duckdb.connect()
+    txns = changes // per_txn
+    last = EPOCH + 4096 * txns
+    with ArchiveStore.open_or_create(root) as store:
+        table = duck.sql(_changes_sql(rows, changes, per_txn)).to_arrow_table()
+        store.replace_segments([], table.cast(SCHEMAS["changes"]), "changes")
+        ends = duck.sql(f"""
+            SELECT (1000 + t)::BIGINT AS xid, ({EPOCH} + 4096 * (t + 1))::UBIGINT AS commit_lsn,
+                   make_timestamptz(1740830400000000 + {EPOCH} + 4096 * (t + 1)) AS commit_ts,
+                   {per_txn}::BIGINT AS event_count,
+                   '[{{"data_collection":"public.core_relationships","event_count":{per_txn}}}]'
+                       AS data_collections
+            FROM range({txns}) r(t)""").to_arrow_table()  # noqa: S608
+        store.replace_segments([], ends.cast(SCHEMAS["transactions"]), "transactions")
+        now = datetime(2025, 3, 1, 12, tzinfo=UTC)
+        markers = pa.table({
+            "status": ["SNAPSHOT_START", "SNAPSHOT_END", "PROGRESS"],
+            "slot": ["bench"] * 3, "db": ["bench"] * 3, "epoch_lsn": [EPOCH] * 3,
+            "lsn": [EPOCH, EPOCH, last], "ts": [now] * 3,
+            "tables": [["public.core_relationships"]] * 3}).cast(SCHEMAS["markers"])
+        store.replace_segments([], markers, "markers")
+    return last
+
+
+def replay_speed(ctx: BenchContext) -> list[Figure]:
+    from replay.point import LsnPoint
+    from replay.state import materialize, open_history, state_at
+    from replay.tables import TableId
+
+    rows = 100_000 if ctx.quick else 1_000_000
+    changes = rows
+    root = ctx.workdir / "replay-archive"
+    t0 = time.perf_counter()
+    last = build_archive(root, rows, changes)
+    built = time.perf_counter() - t0
+    point = EPOCH + (last - EPOCH) * 2 // 3  # two thirds into the history: an arbitrary point
+    counts: list[int] = []
+
+    def rebuild() -> None:
+        duck = open_history(root)
+        state = materialize(duck, state_at(duck, TableId(*TABLE), LsnPoint(point)), "_bench")
+        counts.append(state.rel.shape[0])
+
+    seconds = min(timed(rebuild) for _ in range(3))
+    out = ctx.workdir / "replay-state.parquet"
+
+    def to_parquet() -> None:
+        from replay.output import write_file
+
+        duck = open_history(root)
+        state = state_at(duck, TableId(*TABLE), LsnPoint(point))
+        write_file(duck, state.rel, state.types, out)
+
+    parquet = timed(to_parquet)
+    return [Figure(
+        "replay: state of a 1M-row table at a point (1M changes archived)", seconds, "s",
+        "<= 3 s", seconds <= 3.0,
+        f"{rows} snapshot rows + {changes} changes in {changes // 100} transactions; "
+        f"{counts[-1]} rows at the point; best of 3; archive built in {built:.1f} s; "
+        f"with typed Parquet output {parquet:.2f} s")]
+
+
+def restore_speed(ctx: BenchContext) -> list[Figure]:
+    """Our restore and the plan's function restore the same 100k deleted rows."""
+    from guard.install import install
+    from replay.live import columns, connect, read_rows
+    from replay.restore import restore
+    from replay.state import open_history, state_at
+    from replay.tables import TableId
+    from tests.replay_fixtures import History, write_archive
+
+    total = 40_000 if ctx.quick else 200_000
+    deleted = total // 2
+    dsn = ctx.new_database("bench_replay_restore")
+    install(dsn, initial_backup=False, schedule=False)
+    table = TableId(*TABLE)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(PLAN_ORIGINAL.read_bytes())
+        conn.execute(
+            "INSERT INTO core_organizations (id, organization_name) "
+            "SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'Org ' || g "
+            "FROM generate_series(0, 49) g")
+        conn.execute(
+            "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id, "
+            "relationship_type, smart_code, relationship_data, tags, ai_confidence) "
+            "SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(g %% 50), 12, '0'))::uuid, "
+            "'b-' || g, 'b-' || (g + 1), 'BENCH_LINK', 'HERA.SALON.BENCH.LINK.v1', "
+            "jsonb_build_object('seq', g), '{bench,\"a b\"}', 0.9900 "
+            "FROM generate_series(1, %s) g", (total,))
+        conn.execute("VACUUM ANALYZE core_relationships")
+        msg = conn.execute("SELECT emergency_relationship_backup()").fetchone()
+        assert msg is not None
+        backup = str(msg[0]).split("created: ")[1].split(" ")[0]
+        lsn_row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert lsn_row is not None
+        snap_lsn = parse_lsn(str(lsn_row[0]))
+
+    # The archive's view of that moment: the table's rows as capture's snapshot records them.
+    pg = connect(dsn)
+    cols = columns(pg, table)
+    snapshot = [json.loads(r) for r in read_rows(pg, table, cols).column("row").to_pylist()]
+    h = History(schema="public", table="core_relationships",
+                types={c.name: c.type for c in cols}, epoch_lsn=snap_lsn)
+    h.snapshot(snapshot)
+    root = write_archive(ctx.workdir / "restore-archive", h)
+
+    def wipe() -> None:
+        with pg.transaction():
+            pg.execute("SET LOCAL hera_guard.allow_mass_change = 'bench: the incident'")
+            pg.execute("DELETE FROM core_relationships WHERE id IN (SELECT id FROM "
+                       "core_relationships ORDER BY id LIMIT %s)", (deleted,))
+
+    def count() -> int:
+        row = pg.execute("SELECT count(*) FROM core_relationships").fetchone()
+        return int(str(row[0])) if row else 0
+
+    wipe()
+    applied: list[int] = []
+
+    def ours() -> None:
+        duck = open_history(root)
+        state = state_at(duck, table, snap_lsn)
+        outcome = restore(duck, pg, state)
+        applied.append(outcome.applied[0].inserted)
+
+    our_s = timed(ours)
+    assert count() == total and applied == [deleted], (count(), applied)
+    wipe()
+    plan_s = timed(lambda: pg.execute(
+        "SELECT * FROM plan_restore_relationships_from_backup(%s)", (backup,)).fetchall())
+    assert count() == total
+    pg.close()
+    return [
+        Figure("replay: restore of 100k deleted relationships into the live table", our_s,
+               "s", "<= 10 s", our_s <= 10.0,
+               f"{deleted} of {total} rows deleted; archive rebuild + live read + plan + "
+               "apply in one transaction, guardian installed"),
+        Figure("replay: restore speed-up over the plan's restore_relationships_from_backup",
+               plan_s / our_s, "x", ">= 10x", plan_s / our_s >= 10.0,
+               f"same {deleted} rows: replay {our_s:.2f} s, "
+               f"plan_restore_relationships_from_backup {plan_s:.2f} s"),
+    ]
+
+
+def run(ctx: BenchContext) -> list[Figure]:
+    return [*replay_speed(ctx), *restore_speed(ctx)]
