@@ -11,6 +11,7 @@ Everything it starts is stopped and removed at the end, also on Ctrl-C.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import sys
@@ -334,7 +335,6 @@ def step_gets_through(n: Narrator, stack: Stack, max_latency_s: float) -> None:
 
 def _health(n: Narrator, stack: Stack, expect: int) -> dict[str, str]:
     """``guard health --json``, shown one line per check; check name -> status."""
-    import json
 
     res = run_cli(n, [*cli("guard"), "health", "--dsn", stack.dsn, "--json"], expect=expect,
                   show=False, display=["guard", "health", "--dsn", "$HERA_DSN", "--json"])
@@ -377,6 +377,11 @@ def step_repair(n: Narrator, stack: Stack) -> None:
     checks = _health(n, stack, expect=0)
     check(set(checks.values()) == {"HEALTHY"}, f"every health check is HEALTHY ({checks})")
     n.ok("guard health: HEALTHY (exit 0)")
+    _wait_archived(stack, _wal_now(stack.dsn), "the archive to hold the repair")
+    run_cli(n, [*cli("replay"), "verify", "--archive", str(stack.archive), "--dsn", stack.dsn],
+            lines=8, display=["replay", "verify", "--archive", str(stack.archive), "--dsn",
+                              "$HERA_DSN"])
+    n.ok("replay verify: the archive's state and the live tables agree, row for row")
 
 
 def step_analyst(n: Narrator, stack: Stack) -> None:
@@ -411,6 +416,22 @@ def step_analyst(n: Narrator, stack: Stack) -> None:
     check(ops[:1] == ["r"] and "d" in ops and ops[-1] == "c",
           f"the timeline reads snapshot, deletion, re-insert (got {ops})")
     n.ok("snapshot → deleted by the forced migration → re-inserted by replay")
+    xid = stack.facts["xid_mass"]
+    copy = stack.workdir / "core_relationships_before_incident.parquet"
+    n.say("for the incident report: the table exactly as it was just before the transaction")
+    run_cli(n, [*cli("replay"), "--archive", str(stack.archive), "--table",
+                "public.core_relationships", "--before-xid", str(xid), "--output", str(copy)],
+            lines=3, display=["replay", "--archive", str(stack.archive), "--table",
+                              "public.core_relationships", "--before-xid", str(xid),
+                              "--output", copy.name])
+    import duckdb
+
+    with duckdb.connect() as con:
+        ids = {str(r[0]) for r in con.execute(
+            "SELECT id FROM read_parquet($1)", [str(copy)]).fetchall()}
+    lost_ids = {json.loads(r)["id"] for r in stack.facts["lost"]}
+    check(lost_ids <= ids, "the copy holds every row the incident deleted")
+    n.ok(f"{len(ids)} rows in {copy.name}, every deleted one among them")
 
 
 # --- running it -------------------------------------------------------------------------------

@@ -168,7 +168,8 @@ def run_cli(narrator: Narrator, args: list[str], *, expect: int | tuple[int, ...
     res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env,
                          check=False)
     if show:
-        narrator.output(res.stdout + res.stderr, lines, tail)
+        # The tail of a command is its result (stdout); progress goes to stderr before it.
+        narrator.output(res.stdout if tail else res.stdout + res.stderr, lines, tail)
     expected = (expect,) if isinstance(expect, int) else expect
     check(res.returncode in expected,
           f"{display[0] if display else args[0]} exited with {res.returncode}, expected "
