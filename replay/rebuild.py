@@ -63,14 +63,14 @@ def primary_key_columns(
 ) -> list[str] | None:
     """The table's primary-key columns as the archive's ``key`` records them (None: no rows)."""
     found = first(conn.execute(
-        f"SELECT json_keys(key) FROM {quote_duck(changes)} "  # noqa: S608 - own relation name
+        f"SELECT json_keys(key) FROM {quote_duck(raw_source(conn, changes))} "  # noqa: S608 - own relation name
         "WHERE table_schema = $s AND table_name = $t AND key IS NOT NULL LIMIT 1",
         {"s": table.schema, "t": table.name},
     ))
     return list(found[0]) if found else None
 
 
-def raw_source(conn: duckdb.DuckDBPyConnection, changes: str) -> str:
+def raw_source(conn: duckdb.DuckDBPyConnection, changes: str = "changes") -> str:
     """``raw_changes`` (the reader's relation before its dedup view) when it exists.
 
     The reader's ``changes`` view deduplicates on (commit_lsn, position) over every column,

@@ -18,7 +18,7 @@ from capture.event import format_lsn
 from replay.coverage import check_coverage, resolve_point
 from replay.errors import NotCovered, ReplayError, UnknownTable
 from replay.point import Point
-from replay.rebuild import Window, primary_key_columns, rebuild
+from replay.rebuild import Window, primary_key_columns, raw_source, rebuild
 from replay.snapshot import BaseSnapshot
 from replay.tables import TableId, first, quote_duck
 
@@ -57,7 +57,7 @@ def open_history(archive: Path) -> duckdb.DuckDBPyConnection:
 
 def archived_tables(conn: duckdb.DuckDBPyConnection) -> list[TableId]:
     rows = conn.execute(
-        "SELECT DISTINCT table_schema, table_name FROM changes "
+        f"SELECT DISTINCT table_schema, table_name FROM {quote_duck(raw_source(conn))} "  # noqa: S608
         "UNION SELECT DISTINCT split_part(t, '.', 1), split_part(t, '.', 2) "
         "FROM (SELECT unnest(tables) AS t FROM markers) ORDER BY 1, 2").fetchall()
     return [TableId(str(s), str(n)) for s, n in rows]
@@ -74,14 +74,15 @@ def require_archived(conn: duckdb.DuckDBPyConnection, table: TableId) -> None:
 def archived_types(conn: duckdb.DuckDBPyConnection, table: TableId,
                    upto: int) -> dict[str, str] | None:
     """The column types the archive recorded last at or before ``upto``."""
+    src = quote_duck(raw_source(conn))
     row = first(conn.execute(
-        "SELECT types FROM changes WHERE table_schema = $s AND table_name = $t "
+        f"SELECT types FROM {src} WHERE table_schema = $s AND table_name = $t "  # noqa: S608
         "AND types IS NOT NULL AND commit_lsn <= $u "
         "ORDER BY commit_lsn DESC, position DESC LIMIT 1",
         {"s": table.schema, "t": table.name, "u": upto}))
     if row is None:
         row = first(conn.execute(
-            "SELECT types FROM changes WHERE table_schema = $s AND table_name = $t "
+            f"SELECT types FROM {src} WHERE table_schema = $s AND table_name = $t "  # noqa: S608
             "AND types IS NOT NULL ORDER BY commit_lsn, position LIMIT 1",
             {"s": table.schema, "t": table.name}))
     return None if row is None else dict(json.loads(row[0]))
