@@ -8,11 +8,10 @@ become lists; types DuckDB lacks (intervals, ranges, inet, ...) stay PostgreSQL 
 
 from __future__ import annotations
 
+import json
 import re
 
 import duckdb
-
-from replay.rebuild import pk_paths
 
 _SIMPLE = {
     "boolean": "BOOLEAN", "smallint": "SMALLINT", "integer": "INTEGER", "bigint": "BIGINT",
@@ -54,20 +53,24 @@ PG_ARRAY_SQL = r"""CASE WHEN {x} IS NULL THEN NULL ELSE list_transform(
 
 def typed_select(conn: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation,
                  types: dict[str, str]) -> duckdb.DuckDBPyRelation:
-    """``rel`` (a ``row JSON`` column) as typed columns in ``types`` order."""
+    """``rel`` (a ``row`` JSON column) as typed columns in ``types`` order.
+
+    One parse per row (json_transform into a struct of text, JSON for json/jsonb), then
+    casts: extracting column by column would parse every row once per column.
+    """
     rel.create_view("_typed_src", replace=True)
+    shape = json.dumps({c: "JSON" if duck_type(t) == "JSON" else "VARCHAR"
+                        for c, t in types.items()}).replace("'", "''")
     exprs = []
     for col, pg_type in types.items():
-        path = pk_paths([col])[0].replace("'", "''")
         name = '"' + col.replace('"', '""') + '"'
-        text = f"json_extract_string(row, '{path}')"
+        text = f"v.{name}"
         dt = duck_type(pg_type)
-        if dt is None:
+        if dt is None or dt == "JSON":
             exprs.append(f"{text} AS {name}")
-        elif dt == "JSON":
-            exprs.append(f"json_extract(row, '{path}') AS {name}")
         elif dt.endswith("[]"):
             exprs.append(f"CAST({PG_ARRAY_SQL.format(x=text)} AS {dt}) AS {name}")
         else:
             exprs.append(f"CAST({text} AS {dt}) AS {name}")
-    return conn.sql(f"SELECT {', '.join(exprs)} FROM _typed_src")  # noqa: S608 - names escaped
+    return conn.sql(f"SELECT {', '.join(exprs)} FROM "  # noqa: S608 - names escaped
+                    f"(SELECT json_transform(row, '{shape}') AS v FROM _typed_src)")
