@@ -136,7 +136,7 @@ def latency(ctx: BenchContext, backend: str = "kafka-python") -> list[Figure]:
     seconds = 5.0 if ctx.quick else 15.0
     rate = 5000
     tick = 0.02
-    dsn = ctx.new_database("bench_capture_lat")
+    dsn = ctx.new_database(f"bench_capture_lat_{backend.replace('-', '_')}")
     samples: list[float] = []
     svc = CaptureService(_settings(ctx, dsn, "lat", "benchlat", backend),
                          latency_observer=samples.append)
@@ -218,4 +218,5 @@ def memory(ctx: BenchContext) -> list[Figure]:
 
 
 def run(ctx: BenchContext) -> list[Figure]:
-    return throughput(ctx) + latency(ctx) + memory(ctx)
+    return (throughput(ctx) + latency(ctx, "kafka-python") + latency(ctx, "confluent")
+            + memory(ctx))

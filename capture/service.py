@@ -114,7 +114,8 @@ class CaptureService:
                 drop_slot(conn, self.s.slot)
                 existing = None
         self._ensure_topics()
-        producer = make_producer(self.s.kafka_backend, self.s.bootstrap_servers)
+        producer = make_producer(self.s.kafka_backend, self.s.bootstrap_servers,
+                             self.s.topic_partitions == 1)
         try:
             if existing is not None:
                 check_slot(existing, self.dbname)
@@ -258,7 +259,8 @@ class CaptureService:
                 # A broker that lost its data (or a new one) must get our topics back with
                 # our partition count before anything is sent.
                 self._ensure_topics()
-                return make_producer(self.s.kafka_backend, self.s.bootstrap_servers)
+                return make_producer(self.s.kafka_backend, self.s.bootstrap_servers,
+                             self.s.topic_partitions == 1)
             except BrokerError as exc:
                 log.warning("broker unreachable; retrying", extra={"error": str(exc),
                                                                     "backoff_s": backoff})
