@@ -8,10 +8,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from capture.topics import DEFAULT_TABLES
+from capture.topics import DEFAULT_TABLES, TableList
 
 _SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
-_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 
 
 class CaptureSettings(BaseSettings):
@@ -21,7 +20,7 @@ class CaptureSettings(BaseSettings):
     bootstrap_servers: str = Field(description="Kafka bootstrap servers, HOST:PORT[,HOST:PORT]")
     slot: str = "hera_guard"
     topic_prefix: str = "hera"
-    tables: tuple[str, ...] = DEFAULT_TABLES
+    tables: TableList = DEFAULT_TABLES
     topic_partitions: int = Field(1, ge=1)
     topic_replication_factor: int = Field(1, ge=1)
     kafka_backend: Literal["kafka-python", "confluent"] = "kafka-python"
@@ -39,24 +38,6 @@ class CaptureSettings(BaseSettings):
     def _slot_name(cls, v: str) -> str:
         if not _SLOT_RE.match(v):
             raise ValueError("slot names are 1-63 characters of a-z, 0-9 and _")
-        return v
-
-    @field_validator("tables", mode="before")
-    @classmethod
-    def _split_tables(cls, v: object) -> object:
-        if isinstance(v, str):
-            return tuple(t.strip() for t in v.split(",") if t.strip())
-        return v
-
-    @field_validator("tables")
-    @classmethod
-    def _table_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if not v:
-            raise ValueError("at least one table to capture")
-        for t in v:
-            if not _TABLE_RE.match(t):
-                raise ValueError(
-                    f"{t!r} is not a schema-qualified name like public.core_relationships")
         return v
 
     @field_validator("topic_prefix")

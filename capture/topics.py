@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BeforeValidator
+
 
 def table_topic(prefix: str, schema: str, table: str) -> str:
     return f"{prefix}.{schema}.{table}"
@@ -20,3 +25,24 @@ def deadletter_topic(prefix: str) -> str:
 
 
 DEFAULT_TABLES: tuple[str, ...] = ("public.core_relationships", "public.core_dynamic_data")
+
+_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+def _split(v: object) -> object:
+    if isinstance(v, str):
+        return tuple(t.strip() for t in v.split(",") if t.strip())
+    return v
+
+
+def _check(v: tuple[str, ...]) -> tuple[str, ...]:
+    if not v:
+        raise ValueError("at least one schema.table")
+    for t in v:
+        if not _TABLE_RE.match(t):
+            raise ValueError(f"{t!r} is not a schema-qualified name like public.core_relationships")
+    return v
+
+
+# A settings field of captured tables: "public.a, public.b" from the environment or a flag.
+TableList = Annotated[tuple[str, ...], BeforeValidator(_split), AfterValidator(_check)]
