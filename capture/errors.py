@@ -26,6 +26,13 @@ class SlotError(CaptureError):
 class BrokerError(CaptureError):
     """The Kafka broker cannot be reached or refused the records."""
 
+    @classmethod
+    def unreachable(cls, bootstrap_servers: str, cause: BaseException | None = None
+                    ) -> BrokerError:
+        why = f" ({type(cause).__name__})" if cause is not None else ""
+        return cls(f"cannot reach the Kafka broker at {bootstrap_servers}{why}: check "
+                   "--bootstrap-servers and that the broker is running")
+
 
 class DecodeError(CaptureError):
     """A wal2json message could not be understood; nothing past it was confirmed."""

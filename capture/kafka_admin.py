@@ -24,10 +24,7 @@ def check_reachable(bootstrap_servers: str, timeout_s: float = 5.0) -> None:
                 return
         except (OSError, ValueError):
             continue
-    raise BrokerError(
-        f"cannot reach the Kafka broker at {bootstrap_servers}: check --bootstrap-servers "
-        "and that the broker is running"
-    )
+    raise BrokerError.unreachable(bootstrap_servers)
 
 
 def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1,
@@ -41,10 +38,7 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
         admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
                                  client_id="hera-guard-admin", request_timeout_ms=15000)
     except KafkaError as exc:
-        raise BrokerError(
-            f"cannot reach the Kafka broker at {bootstrap_servers} ({type(exc).__name__}): "
-            "check --bootstrap-servers and that the broker is running"
-        ) from exc
+        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
     try:
         existing = set(admin.list_topics())
         for name in names:

@@ -32,10 +32,7 @@ def last_marker(bootstrap_servers: str, prefix: str, slot: str, db: str,
             client_id="hera-guard-capture-ledger",
         )
     except KafkaError as exc:
-        raise BrokerError(
-            f"cannot reach the Kafka broker at {bootstrap_servers} ({type(exc).__name__}): "
-            "check --bootstrap-servers and that the broker is running"
-        ) from exc
+        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         best: StreamMarker | None = None

@@ -107,10 +107,7 @@ class KafkaPythonProducer:
                 client_id="hera-guard-capture",
             )
         except KafkaError as exc:
-            raise BrokerError(
-                f"cannot reach the Kafka broker at {bootstrap_servers} ({type(exc).__name__}): "
-                "check --bootstrap-servers and that the broker is running"
-            ) from exc
+            raise BrokerError.unreachable(bootstrap_servers, exc) from exc
 
     def send(self, topic: str, key: bytes | None, value: bytes,
              on_delivery: Callable[[BaseException | None], None]) -> None:
@@ -155,7 +152,7 @@ class ConfluentProducer:
         })
         md = self._p.list_topics(timeout=10)
         if md is None:  # pragma: no cover - list_topics raises instead
-            raise BrokerError(f"cannot reach the Kafka broker at {bootstrap_servers}")
+            raise BrokerError.unreachable(bootstrap_servers)
 
     def send(self, topic: str, key: bytes | None, value: bytes,
              on_delivery: Callable[[BaseException | None], None]) -> None:
