@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator
+from pydantic_settings import NoDecode
 
 
 def table_topic(prefix: str, schema: str, table: str) -> str:
@@ -31,7 +33,10 @@ _TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 
 def _split(v: object) -> object:
     if isinstance(v, str):
-        return tuple(t.strip() for t in v.split(",") if t.strip())
+        text = v.strip()
+        if text.startswith("["):  # a JSON list, as pydantic-settings users may write it
+            return tuple(json.loads(text))
+        return tuple(t.strip() for t in text.split(",") if t.strip())
     return v
 
 
@@ -44,5 +49,6 @@ def _check(v: tuple[str, ...]) -> tuple[str, ...]:
     return v
 
 
-# A settings field of captured tables: "public.a, public.b" from the environment or a flag.
-TableList = Annotated[tuple[str, ...], BeforeValidator(_split), AfterValidator(_check)]
+# A settings field of captured tables: "public.a, public.b" (or a JSON list) from the
+# environment or a flag. NoDecode: pydantic-settings would otherwise insist on JSON.
+TableList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split), AfterValidator(_check)]

@@ -51,3 +51,29 @@ def test_broker_round_trips_a_record(broker: Broker, topic_prefix: str) -> None:
     records = consumer.poll(timeout_ms=10000)
     consumer.close()
     assert [(r.key, r.value) for r in records.get(tp, [])] == [(b"k", b"v")]
+
+
+def test_hera_stack_up_serves_until_sigterm_and_leaves_nothing() -> None:
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psycopg
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from devstack.cli import main; main()", "up", "--no-sample"],
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    dsn = proc.stdout.readline().strip().split("=", 1)[1].strip("'")
+    bootstrap = proc.stdout.readline().strip().split("=", 1)[1]
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SHOW data_directory").fetchone()
+    assert row is not None
+    datadir = Path(str(row[0]))
+    assert datadir.exists()
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    producer.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    assert not datadir.exists()

@@ -33,3 +33,14 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_passwords_are_redacted_from_log_text() -> None:
     assert "s3cret" not in redact("host=db password=s3cret user=x")
     assert "s3cret" not in redact("postgresql://user:s3cret@db/x")
+
+
+@pytest.mark.parametrize("value", ["public.a,s.b", '["public.a", "s.b"]'])
+def test_tables_read_from_the_environment_as_list_or_json(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from consumers.detect.settings import DetectSettings
+
+    monkeypatch.setenv("HERA_TABLES", value)
+    s = CaptureSettings.model_validate({"dsn": "x", "bootstrap_servers": "y"})
+    d = DetectSettings.model_validate({"bootstrap_servers": "y"})
+    assert s.tables == d.tables == ("public.a", "s.b")
