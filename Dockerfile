@@ -15,9 +15,9 @@ COPY guard ./guard
 COPY devstack ./devstack
 COPY bench ./bench
 COPY sql ./sql
-# Editable on purpose: `guard install` reads the scripts from /app/sql next to the package.
-# The `fast` extra is the confluent-kafka client (capture and archive: --kafka-backend).
-RUN pip install -e '.[fast]' \
+# A regular install: the sql/ scripts go to <prefix>/share/hera-guard/sql, where
+# `guard install` finds them. The `fast` extra is the confluent-kafka client.
+RUN pip install '.[fast]' \
     && useradd --system --uid 10001 --home-dir /app hera \
     && mkdir -p /archive /state && chown hera /archive /state
 USER hera

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,17 @@ from guard.db import Connection, connect, describe, redact, translated
 from guard.errors import MissingSchema, OperationFailed
 from guard.schedule import ScheduleOutcome, schedule_jobs
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+def _sql_dir() -> Path:
+    """The repository's sql/ (a checkout, an editable install), else the copy a regular
+    install puts in <prefix>/share/hera-guard/sql (pyproject data-files)."""
+    here = Path(__file__).resolve().parent.parent / "sql"
+    if here.is_dir():
+        return here
+    return Path(sys.prefix) / "share" / "hera-guard" / "sql"
+
+
+SQL_DIR = _sql_dir()
 REQUIRED_TABLES = ("core_relationships", "core_dynamic_data")
 
 
