@@ -261,3 +261,29 @@ def test_slot_that_lost_its_wal_is_refused_with_the_way_out(
                        "--slot", "lossy", "--topic-prefix", topic_prefix)
     _one_line_error(res, "--new-snapshot")
     assert "lost the WAL" in res.stderr
+
+
+def test_postgres_restart_is_waited_out_and_streaming_resumes(
+        broker: Broker, topic_prefix: str) -> None:
+    from devstack.sample import SampleSize, create_schema, load_sample
+
+    cluster = start_postgres()
+    try:
+        dsn = cluster.dsn()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            create_schema(conn)
+            load_sample(conn, SampleSize())
+        with running_capture(dsn, broker.bootstrap_servers, topic_prefix, "restarts",
+                             max_backoff_s=1.0) as svc:
+            cluster.restart()
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("DELETE FROM core_relationships WHERE relationship_type = "
+                             "'SERVICE_IN_CATEGORY'")
+            events = wait_for_events(broker.bootstrap_servers, topic_prefix,
+                                     lambda evs: any(e.op == Op.DELETE for e in evs), timeout=90)
+            assert svc.metrics.restarts._value.get() >= 1
+    finally:
+        cluster.destroy()
+    deletes = {str((e.before or {})["id"]) for e in events if e.op == Op.DELETE}
+    assert len(deletes) == sum(1 for e in events if e.op == Op.READ and
+                               (e.after or {})["relationship_type"] == "SERVICE_IN_CATEGORY")
