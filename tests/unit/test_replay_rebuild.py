@@ -89,3 +89,19 @@ def test_values_keep_their_exact_encoding() -> None:
     assert got["amount"] == "1.500"
     assert got["big"] == "9223372036854775807"
     assert got["data"] == {"b": 1, "a": None}
+
+
+def test_an_event_archived_twice_yields_each_row_once() -> None:
+    h = History()
+    h.snapshot([row(1), row(2)])
+    h.commit([("u", row(1), row(1, n=11)), ("c", None, row(3))])
+    _, lsn, _ = h.commit([("d", row(2), None), ("u", row(3), row(9, n=3))])
+    conn = memory_history(h)
+    # A writer crash window can leave the same events in two segments.
+    conn.execute("INSERT INTO changes SELECT * FROM changes")
+    rel = rebuild(conn, TABLE, Window(upto_lsn=lsn, after_lsn=h.epoch_lsn,
+                                      snapshot_lsn=h.epoch_lsn), ["id"])
+    rows = rel.fetchall()
+    assert len(rows) == 2
+    assert {json.loads(k)[0]: json.loads(r) for k, r in rows} == {
+        row(1)["id"]: row(1, n=11), row(9)["id"]: row(9, n=3)}
