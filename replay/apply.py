@@ -14,11 +14,12 @@ only when the user asked for it. The guardian is never disabled.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import psycopg
-import pyarrow as pa
 from psycopg import sql
 
 from replay.errors import GuardianRefused
@@ -50,31 +51,49 @@ def lock(conn: Conn, plans_tables: list[sql.Composable]) -> None:
         conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(ident))
 
 
-def load_rows(conn: Conn, rows: list[tuple[str, str]]) -> None:
-    """(action, row json) into a transaction-local staging table."""
+def _stream_file(conn: Conn, statement: sql.Composed | sql.SQL, path: Path) -> None:
+    with conn.cursor().copy(statement) as copy, path.open("rb") as f:
+        while block := f.read(1 << 20):
+            copy.write(block)
+
+
+def _literal(text: str) -> str:
+    """A DuckDB string literal (COPY takes no bound parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _write_csv(duck: duckdb.DuckDBPyConnection, query: str, path: Path) -> int:
+    """``query``'s rows as PostgreSQL COPY CSV: every value quoted, NULL an empty unquoted
+    field (DuckDB's writer with FORCE_QUOTE does exactly that). Returns the row count."""
+    found = duck.execute(f"COPY ({query}) TO {_literal(str(path))} "
+                         "(FORMAT csv, HEADER false, FORCE_QUOTE *)").fetchall()
+    return int(found[0][0]) if found and found[0] else 0
+
+
+def load_rows(conn: Conn, duck: duckdb.DuckDBPyConnection, workdir: Path) -> int:
+    """The plan's deletes and updates (``_ops``) into a transaction-local staging table."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS _replay_ops (action text, row jsonb) "
                  "ON COMMIT DROP")
     conn.execute("TRUNCATE _replay_ops")
-    with conn.cursor().copy("COPY _replay_ops (action, row) FROM STDIN") as copy:
-        for r in rows:
-            copy.write_row(r)
+    path = workdir / "ops.csv"
+    n = _write_csv(duck, "SELECT action, row FROM _ops WHERE action IN ('update', 'delete')",
+                   path)  # UPDATE, DELETE
+    if n:
+        _stream_file(conn, sql.SQL("COPY _replay_ops (action, row) FROM STDIN (FORMAT csv)"),
+                     path)
+    return n
 
 
-def _csv_field(expr: str) -> str:
-    """COPY CSV: every value quoted (quotes doubled), NULL as an empty unquoted field."""
-    quoted = f"""'"' || replace({expr}, '"', '""') || '"'"""
-    return f"CASE WHEN ({expr}) IS NULL THEN '' ELSE {quoted} END"
+def copy_in(conn: Conn, duck: duckdb.DuckDBPyConnection, target: sql.Composable,
+            cols: list[Column], workdir: Path) -> int:
+    """Insert the plan's re-inserts (``_ops``) with COPY: PostgreSQL's fastest path (INSERT
+    triggers still fire).
 
-
-def copy_lines(rows: list[str], cols: list[Column]) -> list[str]:
-    """Rows (change-event JSON) as COPY CSV lines for ``cols`` - built by DuckDB.
-
-    Values are PostgreSQL's own text (or JSON for json/jsonb, true/false, integers), so the
-    type input functions restore them exactly, like jsonb_populate_record would.
+    DuckDB turns each row (change-event JSON, one parse: json_transform into a struct of
+    text) into its columns' PostgreSQL text (JSON for json/jsonb, true/false, integers), so
+    the type input functions restore the values exactly, like jsonb_populate_record would;
+    its CSV writer makes the file and it is streamed as is: no Python object per row.
     """
-    duck = duckdb.connect()
-    duck.register("_rows", pa.table({"row": pa.array(rows, type=pa.string())}))
-    # One parse per row: json_transform into a struct of text (JSON for json/jsonb).
     shape = json.dumps({c.name: "JSON" if c.type in ("json", "jsonb") else "VARCHAR"
                         for c in cols})
     fields = []
@@ -82,38 +101,34 @@ def copy_lines(rows: list[str], cols: list[Column]) -> list[str]:
         value = f"r.v.{quote_duck(col.name)}"
         if col.type in ("json", "jsonb"):
             value = f"nullif({value}::VARCHAR, 'null')"
-        fields.append(_csv_field(value))
-    line = " || ',' || ".join(fields)
-    query = (f"SELECT {line} FROM (SELECT json_transform(row, $shape) AS v FROM _rows) r")  # noqa: S608
-    return [str(r[0]) for r in duck.execute(query, {"shape": shape}).fetchall()]
-
-
-def copy_in(conn: Conn, target: sql.Composable, cols: list[Column], rows: list[str]) -> int:
-    """Insert rows with COPY (PostgreSQL's fastest path; INSERT triggers still fire)."""
-    if not rows:
-        return 0
-    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in cols)
-    lines = copy_lines(rows, cols)
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, names)
-    with conn.cursor().copy(statement) as copy:
-        for i in range(0, len(lines), 10_000):
-            copy.write("\n".join(lines[i:i + 10_000]) + "\n")
-    return len(lines)
+        fields.append(value)
+    path = workdir / "inserts.csv"
+    n = _write_csv(duck, f"SELECT {', '.join(fields)} FROM (SELECT json_transform(row, "  # noqa: S608 - names quoted
+                   f"{_literal(shape)}) AS v FROM _ops WHERE action = {_literal(INSERT)}) r",
+                   path)
+    if n:
+        names = sql.SQL(", ").join(sql.Identifier(c.name) for c in cols)
+        _stream_file(conn, sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, names),
+                     path)
+    return n
 
 
 def apply_plan(conn: Conn, plan: Plan, cols: list[Column]) -> Applied:
     """Apply one table's plan inside the caller's open transaction."""
     target = sql.Identifier(plan.table.schema, plan.table.name)
-    ops = plan.ops
-    staged = [(a, r) for a, r in zip(ops.column("action").to_pylist(),
-                                      ops.column("row").to_pylist(), strict=True)
-              if a in (INSERT, UPDATE, DELETE)]
-    if not staged:
+    counts = plan.counts()
+    if not any(counts.get(a) for a in (INSERT, UPDATE, DELETE)):
         return Applied(str(plan.table), 0, 0, 0)
     writable = [c for c in cols if not c.generated]
-    inserts = [r for a, r in staged if a == INSERT]
-    staged = [(a, r) for a, r in staged if a != INSERT]
-    load_rows(conn, staged)
+    duck = duckdb.connect()
+    duck.register("_ops", plan.ops)
+    with tempfile.TemporaryDirectory(prefix="hera-replay-") as tmp:
+        return _apply(conn, duck, plan, target, writable, Path(tmp))
+
+
+def _apply(conn: Conn, duck: duckdb.DuckDBPyConnection, plan: Plan, target: sql.Composable,
+           writable: list[Column], workdir: Path) -> Applied:
+    load_rows(conn, duck, workdir)
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in writable)
     values = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c.name)) for c in writable)
     match = sql.SQL(" AND ").join(
@@ -127,7 +142,7 @@ def apply_plan(conn: Conn, plan: Plan, cols: list[Column]) -> Applied:
             "UPDATE {} t SET ({}) = ROW({}) FROM _replay_ops o, {} "
             "WHERE o.action = 'update' AND {}").format(target, names, values, rec, match)
         ).rowcount
-        inserted = copy_in(conn, target, writable, inserts)
+        inserted = copy_in(conn, duck, target, writable, workdir)
     except psycopg.Error as exc:
         # The guardian's refusals: HG001 mass change, HG002 orphaning, HG003 truncate.
         if exc.sqlstate not in _GUARDIAN_CODES:
