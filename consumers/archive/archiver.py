@@ -1,7 +1,10 @@
 """The archiver loop: Kafka records -> parsed events -> one atomic store commit per batch.
 
 A batch is committed when it holds ``batch_events`` records or ``flush_interval_s`` has
-passed since the last commit. Records that do not parse (bad JSON, unknown fields, a newer
+passed since the last commit. Records are parsed at the commit, all at once: change events
+in bulk by DuckDB straight into Arrow columns (``bulk_parse``), and whatever the bulk check
+does not accept, plus the ``<prefix>.transaction`` records, one by one with the models.
+Records that do not parse (bad JSON, unknown fields, a newer
 ``schema_version``, an empty value) go to ``<prefix>.deadletter`` with the reason; the
 dead-letter producer is flushed before the commit that moves the offsets past them, so a
 crash re-sends them rather than losing them. ``stop`` (set by SIGTERM/SIGINT) ends the loop
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 from pydantic import ValidationError
 
 from capture.event import (
@@ -26,6 +30,7 @@ from capture.event import (
     parse_transaction_topic,
 )
 from capture.topics import transaction_topic
+from consumers.archive.bulk_parse import BulkChangeParser
 from consumers.archive.compaction import CompactionPolicy, compact
 from consumers.archive.store import ArchiveStore, Offsets
 from consumers.kafka_source import Record, RecordSource
@@ -55,11 +60,16 @@ class ArchiverStats:
 
 @dataclass
 class _Batch:
+    records: list[Record] = field(default_factory=list)
+    offsets: Offsets = field(default_factory=dict)
+
+
+@dataclass
+class _Parsed:
+    change_rows: pa.Table | None = None
     changes: list[ChangeEvent] = field(default_factory=list)
     transactions: list[TransactionEvent] = field(default_factory=list)
     markers: list[StreamMarker] = field(default_factory=list)
-    offsets: Offsets = field(default_factory=dict)
-    records: int = 0
     dead_letters: int = 0
 
 
@@ -114,6 +124,7 @@ class Archiver:
         self._monotonic = monotonic
         self._txn_topic = transaction_topic(source.prefix)
         self._on_commit = on_commit
+        self._bulk = BulkChangeParser()
 
     def run(self, stop: threading.Event) -> ArchiverStats:
         offsets = self.store.offsets()
@@ -122,11 +133,15 @@ class Archiver:
         now = self._monotonic()
         last_commit = last_refresh = last_compact = now
         while not stop.is_set():
-            for rec in self.source.poll(timeout_ms=100):
-                self._add(batch, rec)
+            records = self.source.poll(timeout_ms=100)
+            if records:
+                batch.records += records
+                offsets = batch.offsets
+                for rec in records:  # records of a partition arrive in offset order
+                    offsets[(rec.topic, rec.partition)] = rec.offset + 1
             now = self._monotonic()
             due = now - last_commit >= self.tuning.flush_interval_s
-            if batch.records >= self.tuning.batch_events or (due and batch.records):
+            if len(batch.records) >= self.tuning.batch_events or (due and batch.records):
                 self._commit(batch)
                 batch = _Batch()
                 last_commit = now
@@ -142,35 +157,45 @@ class Archiver:
         log.info("archiver stopped: %s", self.stats)
         return self.stats
 
-    def _add(self, batch: _Batch, rec: Record) -> None:
-        batch.records += 1
-        batch.offsets[(rec.topic, rec.partition)] = rec.offset + 1
-        try:
-            event = parse_record(rec, self._txn_topic)
-        except ValueError as exc:
-            log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, exc)
-            self.source.dead_letter(rec, str(exc))
-            batch.dead_letters += 1
-            return
-        if isinstance(event, ChangeEvent):
-            batch.changes.append(event)
-        elif isinstance(event, TransactionEvent):
-            batch.transactions.append(event)
-        else:
-            batch.markers.append(event)
+    def _parse(self, records: list[Record]) -> _Parsed:
+        p = _Parsed()
+        table_recs = [r for r in records if r.topic != self._txn_topic]
+        p.change_rows, fallback = self._bulk.parse([r.value for r in table_recs])
+        one_by_one = [table_recs[i] for i in fallback]
+        if len(table_recs) < len(records):
+            one_by_one += [r for r in records if r.topic == self._txn_topic]
+        for rec in one_by_one:
+            try:
+                event = parse_record(rec, self._txn_topic)
+            except ValueError as exc:
+                log.warning("dead letter %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset,
+                            exc)
+                self.source.dead_letter(rec, str(exc))
+                p.dead_letters += 1
+                continue
+            if isinstance(event, ChangeEvent):
+                p.changes.append(event)
+            elif isinstance(event, TransactionEvent):
+                p.transactions.append(event)
+            else:
+                p.markers.append(event)
+        return p
 
     def _commit(self, batch: _Batch) -> None:
-        if batch.dead_letters:
+        p = self._parse(batch.records)
+        if p.dead_letters:
             self.source.flush()  # the dead letters are durable before their offsets move
-        r = self.store.append(batch.changes, batch.transactions, batch.markers, batch.offsets,
-                              dead_letters=batch.dead_letters)
+        # the model-parsed changes go first: their relative order to the bulk-parsed ones
+        # only matters for a key repeated inside one batch, where either copy is the event
+        r = self.store.append(p.changes, p.transactions, p.markers, batch.offsets,
+                              dead_letters=p.dead_letters, change_rows=p.change_rows)
         s = self.stats
-        s.records += batch.records
+        s.records += len(batch.records)
         s.changes_written += r.changes_written
         s.duplicates += r.duplicates
         s.transactions_written += r.transactions_written
         s.markers_written += r.markers_written
-        s.dead_letters += batch.dead_letters
+        s.dead_letters += p.dead_letters
         s.commits += 1
         if self._on_commit is not None:
             self._on_commit(s)

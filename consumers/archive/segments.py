@@ -66,6 +66,11 @@ def _json(value: Any) -> str | None:
 
 
 def changes_table(events: Iterable[ChangeEvent]) -> pa.Table:
+    return sort_changes(changes_rows(events))
+
+
+def changes_rows(events: Iterable[ChangeEvent]) -> pa.Table:
+    """The events as ``CHANGES_SCHEMA`` rows, in their order (``sort_changes`` before writing)."""
     cols: dict[str, list[Any]] = {name: [] for name in CHANGES_SCHEMA.names}
     for e in events:
         s = e.source
@@ -83,8 +88,11 @@ def changes_table(events: Iterable[ChangeEvent]) -> pa.Table:
         cols["snapshot"].append(s.snapshot != "false")
         cols["event_ts"].append(e.ts_ms * 1000)
         cols["schema_version"].append(e.schema_version)
-    return _sorted(pa.Table.from_pydict(cols, schema=CHANGES_SCHEMA),
-                   ["table_schema", "table_name", "commit_lsn", "position"])
+    return pa.Table.from_pydict(cols, schema=CHANGES_SCHEMA)
+
+
+def sort_changes(table: pa.Table) -> pa.Table:
+    return _sorted(table, ["table_schema", "table_name", "commit_lsn", "position"])
 
 
 def transactions_table(events: Iterable[TransactionEvent]) -> pa.Table:

@@ -45,8 +45,9 @@ from consumers.archive.layout import (
 from consumers.archive.manifest import Manifest, Retired, Segment, load_manifest, save_manifest
 from consumers.archive.segments import (
     SCHEMAS,
-    changes_table,
+    changes_rows,
     markers_table,
+    sort_changes,
     transactions_table,
     write_segment,
 )
@@ -148,8 +149,13 @@ class ArchiveStore:
     def append(self, changes: Sequence[ChangeEvent] = (),
                transactions: Sequence[TransactionEvent] = (),
                markers: Sequence[StreamMarker] = (),
-               offsets: Offsets | None = None, dead_letters: int = 0) -> AppendResult:
+               offsets: Offsets | None = None, dead_letters: int = 0,
+               change_rows: pa.Table | None = None) -> AppendResult:
         """Archive the events not archived yet and record ``offsets``, in one atomic commit.
+
+        ``change_rows``: change events already in ``CHANGES_SCHEMA`` columns (the archiver's
+        bulk parse), in arrival order, archived after ``changes``; among repeated
+        (commit_lsn, position) keys the first one is kept.
 
         ``dead_letters`` (records sent to the dead-letter topic in this batch) is added to the
         manifest's ``counters["dead_letters"]`` in the same commit, so the count is exact.
@@ -157,16 +163,21 @@ class ArchiveStore:
         if self._broken:
             raise ArchiveError("a previous commit failed; reopen the archive")
         try:
-            return self._append(changes, transactions, markers, offsets or {}, dead_letters)
+            rows = changes_rows(changes)
+            if change_rows is not None and change_rows.num_rows:
+                rows = pa.concat_tables([rows, change_rows]) if rows.num_rows else change_rows
+            return self._append(rows, transactions, markers, offsets or {}, dead_letters)
         except BaseException:
             self._broken = True  # in-memory dedup state may be ahead of the disk
             raise
 
-    def _append(self, changes: Sequence[ChangeEvent], transactions: Sequence[TransactionEvent],
+    def _append(self, changes: pa.Table, transactions: Sequence[TransactionEvent],
                 markers: Sequence[StreamMarker], offsets: Offsets,
                 dead_letters: int) -> AppendResult:
-        keep = self._changes.filter_new([(e.commit_lsn, e.position) for e in changes])
-        new_changes = [e for e, k in zip(changes, keep, strict=True) if k]
+        keys = list(zip(changes["commit_lsn"].to_pylist(), changes["position"].to_pylist(),
+                        strict=True))
+        keep = self._changes.filter_new(keys)
+        new_changes = changes if all(keep) else changes.filter(pa.array(keep, pa.bool_()))
         ends = [t for t in transactions if t.status == "END"]
         keep_t = self._txns.filter_new([(t.commit_lsn, 0) for t in ends])
         new_txns = [t for t, k in zip(ends, keep_t, strict=True) if k]
@@ -178,11 +189,11 @@ class ArchiveStore:
                 self._markers.add(mk)
                 new_markers.append(marker)
 
-        tables = {"changes": changes_table(new_changes) if new_changes else None,
+        tables = {"changes": sort_changes(new_changes) if new_changes.num_rows else None,
                   "transactions": transactions_table(new_txns) if new_txns else None,
                   "markers": markers_table(new_markers) if new_markers else None}
         if not offsets and not dead_letters and all(t is None for t in tables.values()):
-            return AppendResult(self._manifest.generation, 0, len(changes), 0, 0)
+            return AppendResult(self._manifest.generation, 0, changes.num_rows, 0, 0)
         added = [self._write(kind, t) for kind, t in tables.items() if t is not None]
         m = self._next_manifest()
         m.segments.extend(added)
@@ -193,8 +204,9 @@ class ArchiveStore:
         self._commit(m)
         self._changes.evict()
         self._txns.evict()
-        return AppendResult(m.generation, len(new_changes), len(changes) - len(new_changes),
-                            len(new_txns), len(new_markers))
+        return AppendResult(m.generation, new_changes.num_rows,
+                            changes.num_rows - new_changes.num_rows, len(new_txns),
+                            len(new_markers))
 
     def _write(self, kind: str, table: pa.Table, tag: str = "") -> Segment:
         gen = self._manifest.generation + 1
