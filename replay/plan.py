@@ -107,17 +107,16 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
     has_e = expected is not None
     conflict = f"NOT ({_same('e', 'l')})" if has_e else "FALSE"
     query = f"""
-        WITH w AS (SELECT key, row::JSON AS row FROM _w {only}),
-        l AS (SELECT * FROM (SELECT json_extract(row, $pk)::VARCHAR AS key, row::JSON AS row
+        WITH w AS (SELECT key, row::VARCHAR AS row FROM _w {only}),
+        l AS (SELECT * FROM (SELECT json_extract(row, $pk)::VARCHAR AS key, row::VARCHAR AS row
                              FROM _l) {only}),
-        e AS ({"SELECT key, row::JSON AS row FROM _e " + only if has_e else
-               "SELECT NULL::VARCHAR AS key, NULL::JSON AS row WHERE FALSE"}),
-        k AS (SELECT key FROM w UNION SELECT key FROM l UNION SELECT key FROM e),
+        e AS ({"SELECT key, row::VARCHAR AS row FROM _e " + only if has_e else
+               "SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS row WHERE FALSE"}),
         j AS (
-            SELECT k.key, w.key AS wk, w.row AS wrow, l.key AS lk, l.row AS lrow,
-                   e.key AS ek, e.row AS erow
-            FROM k LEFT JOIN w ON w.key = k.key LEFT JOIN l ON l.key = k.key
-                   LEFT JOIN e ON e.key = k.key
+            SELECT coalesce(w.key, l.key, e.key) AS key, w.key AS wk, w.row AS wrow,
+                   l.key AS lk, l.row AS lrow, e.key AS ek, e.row AS erow
+            FROM w FULL JOIN l ON l.key = w.key
+                   FULL JOIN e ON e.key = coalesce(w.key, l.key)
         ),
         d AS (
             SELECT *, CASE
