@@ -42,6 +42,23 @@ class RecentKeys:
         for lsn, pos in keys:
             self.add(lsn, pos)
 
+    def add_if_all_new(self, groups: list[tuple[int, list[int]]]) -> bool:
+        """The common case in one pass: ``groups`` ((lsn, positions) of a batch, each lsn
+        once) are all new (lsn never seen, above ``floor``, positions distinct): add them
+        and return True. Otherwise add nothing and return False (use ``filter_new``)."""
+        by_lsn, floor = self._by_lsn, self.floor
+        sets = []
+        for lsn, positions in groups:
+            unique = set(positions)
+            if lsn in by_lsn or lsn <= floor or len(unique) != len(positions):
+                return False
+            sets.append((lsn, unique))
+        for lsn, unique in sets:
+            by_lsn[lsn] = unique
+            heapq.heappush(self._heap, lsn)
+            self._count += len(unique)
+        return True
+
     def filter_new(self, keys: list[Key]) -> list[bool]:
         """For each key, whether it is new (not archived, not earlier in ``keys``); adds them."""
         result = [True] * len(keys)

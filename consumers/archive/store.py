@@ -174,10 +174,7 @@ class ArchiveStore:
     def _append(self, changes: pa.Table, transactions: Sequence[TransactionEvent],
                 markers: Sequence[StreamMarker], offsets: Offsets,
                 dead_letters: int) -> AppendResult:
-        keys = list(zip(changes["commit_lsn"].to_pylist(), changes["position"].to_pylist(),
-                        strict=True))
-        keep = self._changes.filter_new(keys)
-        new_changes = changes if all(keep) else changes.filter(pa.array(keep, pa.bool_()))
+        new_changes = self._new_changes(changes)
         ends = [t for t in transactions if t.status == "END"]
         keep_t = self._txns.filter_new([(t.commit_lsn, 0) for t in ends])
         new_txns = [t for t, k in zip(ends, keep_t, strict=True) if k]
@@ -207,6 +204,21 @@ class ArchiveStore:
         return AppendResult(m.generation, new_changes.num_rows,
                             changes.num_rows - new_changes.num_rows, len(new_txns),
                             len(new_markers))
+
+    def _new_changes(self, changes: pa.Table) -> pa.Table:
+        """The rows whose (commit_lsn, position) is not archived yet (first of repeats)."""
+        if not changes.num_rows:
+            return changes
+        groups = changes.group_by("commit_lsn", use_threads=False).aggregate(
+            [("position", "list")])
+        if self._changes.add_if_all_new(list(zip(groups["commit_lsn"].to_pylist(),
+                                                 groups["position_list"].to_pylist(),
+                                                 strict=True))):
+            return changes
+        keys = list(zip(changes["commit_lsn"].to_pylist(), changes["position"].to_pylist(),
+                        strict=True))
+        keep = self._changes.filter_new(keys)
+        return changes if all(keep) else changes.filter(pa.array(keep, pa.bool_()))
 
     def _write(self, kind: str, table: pa.Table, tag: str = "") -> Segment:
         gen = self._manifest.generation + 1
