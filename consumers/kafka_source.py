@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -32,8 +31,10 @@ from capture.topics import alerts_topic, deadletter_topic, table_topic, transact
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One Kafka record. A tuple, not a frozen dataclass: built once per record on the
+    archiver's hot path, where the dataclass's ``__init__`` measured 3x the cost."""
+
     topic: str
     partition: int
     offset: int
