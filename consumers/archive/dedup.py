@@ -43,19 +43,25 @@ class RecentKeys:
             self.add(lsn, pos)
 
     def add_if_all_new(self, groups: list[tuple[int, list[int]]]) -> bool:
-        """The common case in one pass: ``groups`` ((lsn, positions) of a batch, each lsn
-        once) are all new (lsn never seen, above ``floor``, positions distinct): add them
-        and return True. Otherwise add nothing and return False (use ``filter_new``)."""
+        """The common case in one pass: the keys of a batch, as ``groups`` (lsn, positions)
+        with each lsn once, are all new (lsn above ``floor``, positions distinct and none
+        seen before; a transaction split over partitions arrives in several batches): add
+        them and return True. Otherwise add nothing and return False (use ``filter_new``)."""
         by_lsn, floor = self._by_lsn, self.floor
         sets = []
         for lsn, positions in groups:
             unique = set(positions)
-            if lsn in by_lsn or lsn <= floor or len(unique) != len(positions):
+            seen = by_lsn.get(lsn)
+            if (lsn <= floor or len(unique) != len(positions)
+                    or (seen is not None and not seen.isdisjoint(unique))):
                 return False
-            sets.append((lsn, unique))
-        for lsn, unique in sets:
-            by_lsn[lsn] = unique
-            heapq.heappush(self._heap, lsn)
+            sets.append((lsn, unique, seen))
+        for lsn, unique, seen in sets:
+            if seen is None:
+                by_lsn[lsn] = unique
+                heapq.heappush(self._heap, lsn)
+            else:
+                seen |= unique
             self._count += len(unique)
         return True
 

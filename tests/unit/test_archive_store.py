@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from capture.event import MarkerKind, Op
+from consumers.archive.dedup import RecentKeys
 from consumers.archive.layout import NewerArchiveError, NotAnArchiveError
 from consumers.archive.reader import connect_history
 from consumers.archive.store import ArchiveLockedError, ArchiveStore
@@ -124,3 +125,23 @@ def test_a_truncate_and_deletes_shape_the_state_as_of_an_lsn(tmp_path: Path) -> 
     assert summary[0][:5] == (100, 2, 2, 0, 0)
     assert json.loads(summary[0][5]) == {"public.core_relationships": {"c": 2}}
     assert summary[2][:5] == (300, 1, 0, 0, 1)
+
+
+def test_a_transaction_split_over_batches_is_stored_whole_and_its_repeats_once(
+        tmp_path: Path) -> None:
+    with ArchiveStore.open_or_create(tmp_path / "a") as store:
+        first = store.append(changes=[change(100, 0), change(100, 2), change(101, 0)])
+        second = store.append(changes=[change(100, 1), change(100, 3)])
+        repeat = store.append(changes=[change(100, 4), change(100, 2)])
+    assert [r.changes_written for r in (first, second, repeat)] == [3, 2, 1]
+    assert repeat.duplicates == 1
+    assert _keys(tmp_path / "a") == [(100, p) for p in range(5)] + [(101, 0)]
+
+
+def test_the_one_pass_dedup_accepts_only_batches_of_wholly_new_keys() -> None:
+    keys = RecentKeys(10, lambda _: set())
+    assert keys.add_if_all_new([(100, [0, 2]), (101, [0])])
+    assert keys.add_if_all_new([(100, [1])])  # the rest of a transaction seen before
+    assert not keys.add_if_all_new([(102, [0]), (100, [2])])  # (100, 2) is a repeat
+    assert not keys.add_if_all_new([(103, [0, 0])])  # repeated inside the batch
+    assert len(keys) == 4  # a refused batch adds nothing
