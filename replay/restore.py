@@ -8,6 +8,7 @@ before the live rows are read, so the plan is still true when it is applied.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import duckdb
@@ -68,14 +69,17 @@ def restore(duck: duckdb.DuckDBPyConnection, pg: Conn, state: State, *,
     cols = columns(pg, table)
     require_privileges(pg, table, ("SELECT",) if dry_run else WRITE_PRIVILEGES)
     _check_scope_columns(scope, cols, table)
-    state = materialize(duck, state, "_wanted")
     applied: list[Applied] = []
-    with pg.transaction() as tx:
+    # The rebuild (DuckDB) runs while PostgreSQL sends the live rows: the two use different
+    # processes and cores; the rebuild does not depend on the lock.
+    with ThreadPoolExecutor(max_workers=1) as pool, pg.transaction() as tx:
+        rebuilt = pool.submit(materialize, duck, state, "_wanted")
         if not dry_run:
             progress(f"locking {table} (writers wait until the restore commits)")
             lock(pg, [sql.Identifier(table.schema, table.name)])
         progress(f"reading live rows of {table}")
         live = read_rows(pg, table, cols)
+        state = rebuilt.result()
         progress(f"planning: {state.rel.shape[0]} wanted rows vs {live.num_rows} live rows")
         plan = plan_changes(duck, table, state.pk, list(state.types), state.rel, live,
                             scope=scope)
