@@ -72,11 +72,12 @@ def generation(root: Path) -> int:
     return int(g) if isinstance(g, int) else -1
 
 
-def start_archiver(bootstrap: str, prefix: str, root: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_archiver(bootstrap: str, prefix: str, root: Path, log: Path,
+                   log_level: str = "WARNING") -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [CONSUMERS, "archive", "--bootstrap-servers", bootstrap, "--archive", str(root),
          "--topic-prefix", prefix, "--flush-interval-s", "0.2", "--batch-events", "20000",
-         "--log-level", "WARNING"],
+         "--log-level", log_level],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 

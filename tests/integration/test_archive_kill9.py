@@ -56,8 +56,14 @@ def test_archive_equals_the_workload_after_repeated_kill_9(
     published = {table_topic(topic_prefix, "public", t): 50_500
                  for t in ("core_relationships", "core_dynamic_data")}
     published[transaction_topic(topic_prefix)] = 10_000
-    proc = start_archiver(bootstrap, topic_prefix, root, log)
+    # the killed archivers may have archived everything already: wait until this one has
+    # started (its handlers are installed before it consumes), or SIGTERM lands mid-import
+    started = log.read_text().count("consuming ")
+    proc = start_archiver(bootstrap, topic_prefix, root, log, log_level="INFO")
+    wait_for(lambda: log.read_text().count("consuming ") > started or proc.poll() is not None,
+             60, "the archiver to start consuming")
     wait_for(lambda: consumed_per_topic(root) == published, 60, "the archiver to catch up")
+    assert proc.poll() is None, log.read_text()[-3000:]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0, log.read_text()[-3000:]
 
