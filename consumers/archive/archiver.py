@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -73,6 +74,13 @@ class _Parsed:
     dead_letters: int = 0
 
 
+def _wait(commit: Future[None] | None) -> Future[None] | None:
+    """Wait for the commit in flight (re-raising its error); there is none afterwards."""
+    if commit is not None:
+        commit.result()
+    return None
+
+
 def tune_gc() -> None:
     """Process-level GC tuning for the archiver process (called by the CLI, not the library).
 
@@ -127,31 +135,45 @@ class Archiver:
         self._bulk = BulkChangeParser()
 
     def run(self, stop: threading.Event) -> ArchiverStats:
-        offsets = self.store.offsets()
-        self.source.assign(offsets)
+        """Poll until ``stop``; commit each batch on one committer thread meanwhile.
+
+        Commits stay strictly sequential (at most one in flight, the next batch waits for
+        it), so the manifest order, the offsets and the exactly-once argument are the same
+        as with one thread; the main thread only keeps fetching while DuckDB, Arrow and the
+        Parquet writer (which release the GIL) work on the previous batch. Refresh and
+        compaction, rare, wait for the commit in flight first: they read the store.
+        """
+        self.source.assign(self.store.offsets())
         batch = _Batch()
         now = self._monotonic()
         last_commit = last_refresh = last_compact = now
-        while not stop.is_set():
-            records = self.source.poll(timeout_ms=100)
-            if records:
-                batch.records += records
-                offsets = batch.offsets
-                for rec in records:  # records of a partition arrive in offset order
-                    offsets[(rec.topic, rec.partition)] = rec.offset + 1
-            now = self._monotonic()
-            due = now - last_commit >= self.tuning.flush_interval_s
-            if len(batch.records) >= self.tuning.batch_events or (due and batch.records):
-                self._commit(batch)
-                batch = _Batch()
-                last_commit = now
-            if now - last_refresh >= self.tuning.refresh_interval_s:
-                self.source.refresh(self.store.offsets() | batch.offsets)
-                last_refresh = now
-            if now - last_compact >= self.tuning.compact_interval_s:
-                compact(self.store, self.tuning.compaction)
-                self.store.delete_expired()
-                last_compact = now
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-commit") as pool:
+            # leaving the block waits for the commit in flight, even after an error
+            in_flight: Future[None] | None = None
+            while not stop.is_set():
+                records = self.source.poll(timeout_ms=100)
+                if records:
+                    batch.records += records
+                    offsets = batch.offsets
+                    for rec in records:  # records of a partition arrive in offset order
+                        offsets[(rec.topic, rec.partition)] = rec.offset + 1
+                now = self._monotonic()
+                due = now - last_commit >= self.tuning.flush_interval_s
+                if len(batch.records) >= self.tuning.batch_events or (due and batch.records):
+                    _wait(in_flight)  # re-raises a failed commit
+                    in_flight = pool.submit(self._commit, batch)
+                    batch = _Batch()
+                    last_commit = now
+                if now - last_refresh >= self.tuning.refresh_interval_s:
+                    in_flight = _wait(in_flight)
+                    self.source.refresh(self.store.offsets() | batch.offsets)
+                    last_refresh = now
+                if now - last_compact >= self.tuning.compact_interval_s:
+                    in_flight = _wait(in_flight)
+                    compact(self.store, self.tuning.compaction)
+                    self.store.delete_expired()
+                    last_compact = now
+            _wait(in_flight)
         if batch.records:
             self._commit(batch)
         log.info("archiver stopped: %s", self.stats)
