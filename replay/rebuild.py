@@ -26,14 +26,20 @@ _ORD = "(commit_lsn::HUGEINT * 4294967296 + position::HUGEINT)"
 
 
 # An UPDATE's old key comes from ``before``. Parsing every before-image costs as much as the
-# rest of the rebuild, so for a one-column key a string test settles the common case
-# exactly: in compact JSON the text '"id":' can only be an object key (a quote inside a
-# string is escaped), the top-level key is always there (REPLICA IDENTITY FULL), so if it
-# occurs exactly once it IS the top-level key, and its value is then read off the text.
+# rest of the rebuild, so for a one-column key string tests settle the common cases exactly:
+# - the row text starts with '{"id":<the new key's JSON>' followed by ',' or '}': its first
+#   top-level member is the key column with the same value (the usual case: the key is the
+#   first column), read off the first bytes only;
+# - in compact JSON the text '"id":' can only be an object key (a quote inside a string is
+#   escaped), the top-level key is always there (REPLICA IDENTITY FULL), so if it occurs
+#   exactly once it IS the top-level key, and its value is then read off the text.
 # Anything else (several occurrences, other spacing or escaping) parses ``before``.
 _OLD_KEY = "coalesce(json_extract(before, $pk)::VARCHAR, k)"
-_OLD_KEY_FAST = f"""CASE WHEN before IS NOT NULL
-    AND strpos(before, $pat) > 0
+_OLD_KEY_FAST = f"""CASE WHEN before IS NULL THEN {_OLD_KEY}
+    WHEN starts_with(before, '{{' || $pat || json_extract(k, '$[0]')::VARCHAR || ',')
+         OR before = '{{' || $pat || json_extract(k, '$[0]')::VARCHAR || '}}'
+    THEN k
+    WHEN strpos(before, $pat) > 0
     AND strpos(substr(before, strpos(before, $pat) + 1), $pat) = 0
     AND (contains(before, $pat || json_extract(k, '$[0]')::VARCHAR || ',')
          OR contains(before, $pat || json_extract(k, '$[0]')::VARCHAR || '}}'))
