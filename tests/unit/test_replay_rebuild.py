@@ -105,3 +105,13 @@ def test_an_event_archived_twice_yields_each_row_once() -> None:
     assert len(rows) == 2
     assert {json.loads(k)[0]: json.loads(r) for k, r in rows} == {
         row(1)["id"]: row(1, n=11), row(9)["id"]: row(9, n=3)}
+
+
+def test_key_changes_are_seen_whether_or_not_the_key_is_the_first_column() -> None:
+    h = History()
+    first = row(1)
+    later = {"a": 0, **row(2)}  # the key column is not the first member of the row text
+    h.snapshot([first, later])
+    _, lsn, _ = h.commit([("u", first, row(7)), ("u", later, {"a": 0, **row(8)}),
+                          ("u", row(7), row(7, n=70))])
+    assert state(h, lsn) == {row(7)["id"]: row(7, n=70), row(8)["id"]: {"a": 0, **row(8)}}
