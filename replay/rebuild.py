@@ -139,7 +139,7 @@ def rebuild(
     base_touch = (
         ""
         if base is None
-        else "UNION ALL SELECT 0::HUGEINT, json_extract(row, $pk)::VARCHAR, TRUE "  # noqa: S608
+        else "UNION ALL SELECT 0::HUGEINT, json_extract(row, $pk)::VARCHAR, 1 "  # noqa: S608
         f"FROM {quote_duck(base)}"
     )
     base_rows = (
@@ -169,17 +169,20 @@ def rebuild(
         ),
         cut AS (SELECT coalesce(max(ord), -1::HUGEINT) AS t FROM ev WHERE op = 't'),
         touch AS (
-            SELECT ord, k, op <> 'd' AS present FROM ev WHERE op IN ('c', 'r', 'u', 'd')
+            SELECT ord, k, (op <> 'd')::INTEGER AS present FROM ev
+            WHERE op IN ('c', 'r', 'u', 'd')
             UNION ALL
-            SELECT ord, old_k, FALSE FROM (
+            SELECT ord, old_k, 0 FROM (
                 SELECT ord, k, {old_key} AS old_k FROM (SELECT * FROM ev WHERE op = 'u')
             ) WHERE old_k IS DISTINCT FROM k
             {base_touch}
         ),
+        -- One aggregate: the presence rides in the lowest bit of the event's order.
         win AS (
-            SELECT k, max(ord) AS ord, arg_max(present, ord) AS present
-            FROM touch, cut WHERE ord > cut.t
-            GROUP BY k
+            SELECT k, m >> 1 AS ord, (m & 1) = 1 AS present FROM (
+                SELECT k, max(ord * 2 + present) AS m
+                FROM touch, cut WHERE ord > cut.t
+                GROUP BY k)
         ),
         rows AS (
             {stream_rows.format(src=src, where=_qualified(where))}
