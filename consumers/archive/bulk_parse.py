@@ -1,23 +1,22 @@
 """Columnar parsing of a batch of change-event JSON values (DuckDB), for the archiver's hot path.
 
 Parsing each record into a pydantic ``ChangeEvent`` and then back into Arrow columns cost
-~20 µs per event, most of the archiver's time (profiled in bench/archive.py). Here the whole
-batch goes to DuckDB at once: one ``json_transform`` per value gives the columns of the
-Parquet segment directly, in C++, on all cores, without the GIL.
+~20 µs per event, most of the archiver's time (profiled with bench/archive.py). Here the
+whole batch goes to DuckDB at once: one ``json_transform`` per value splits it into the JSON
+text of each member, in C++, without the GIL; the checks and the Parquet columns are Arrow
+compute over those texts.
 
-The bulk check is deliberately *stricter* than the model: it accepts only the canonical
-shape capture writes (every field of the right JSON type, no unknown key, no duplicate key,
-``schema_version`` not newer than ours). Every value it does not accept is handed back by
-index, and the archiver parses those one by one with the model exactly as before: the model
-then either accepts it (a lax but valid form, e.g. an integer written as ``1.0``) or gives
-the reason that goes to the dead-letter topic. So what is archived and what is dead-lettered
-does not depend on this module; only the speed does.
-
-Nested documents (``key``, ``before``, ``after``, ``types``) are stored as DuckDB re-serializes
-them: minified JSON, same keys, same order, same values (integers of any size are kept
-verbatim); only the spelling of a few floats and escapes may differ from the model's output
-(``1e+20`` vs ``100000000000000000000.0``, ``\\u001f`` vs ``\\u001F``), which readers parse
-to the same values.
+The bulk check is deliberately *stricter* than the model: a value is accepted only if it is
+byte-equal to its own minified re-rendering (so: every key present, in capture's order, none
+unknown or repeated, no whitespace, no other spelling of any value) and every member has the
+JSON type the model wants (integers non-negative and within range, strings without escapes,
+``schema_version`` not newer than ours). Every other value is handed back by index, and the
+archiver parses those one by one with the model exactly as before: the model then either
+accepts it (a lax but valid form: other spacing, ``1.0`` for an integer, a float written as
+``1e-07`` inside a jsonb value) or gives the reason that goes to the dead-letter topic. So
+what is archived and what is dead-lettered does not depend on this module, only the speed;
+and the nested documents (``key``, ``before``, ``after``, ``types``) are stored as the
+writer's own bytes.
 """
 
 from __future__ import annotations
