@@ -138,7 +138,8 @@ def latency(ctx: BenchContext, backend: str = "kafka-python") -> list[Figure]:
     tick = 0.02
     dsn = ctx.new_database(f"bench_capture_lat_{backend.replace('-', '_')}")
     samples: list[float] = []
-    svc = CaptureService(_settings(ctx, dsn, "lat", "benchlat", backend),
+    slot = f"lat_{backend.replace('-', '_')}"
+    svc = CaptureService(_settings(ctx, dsn, slot, f"benchlat.{backend}", backend),
                          latency_observer=samples.append)
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
@@ -160,7 +161,7 @@ def latency(ctx: BenchContext, backend: str = "kafka-python") -> list[Figure]:
                 i += 1
                 next_t += tick
                 time.sleep(max(0.0, next_t - time.monotonic()))
-        _wait_confirmed(dsn, "lat", _lsn(dsn), 120)
+        _wait_confirmed(dsn, slot, _lsn(dsn), 120)
     finally:
         stop.set()
         t.join(120)

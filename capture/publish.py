@@ -12,6 +12,7 @@ import queue
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from capture.errors import BrokerError
@@ -33,7 +34,12 @@ class AckTracker:
     def __init__(self, on_acked: Callable[[PendingTxn], None] | None = None) -> None:
         self._on_acked = on_acked
         self._txns: deque[PendingTxn] = deque()
-        self._done: queue.SimpleQueue[PendingTxn | BaseException] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[PendingTxn, int] | BaseException] = (
+            queue.SimpleQueue())
+        # Records handed to the client and not yet acknowledged: the back-pressure gauge
+        # (kafka-python's accumulator has no memory bound of its own).
+        self.outstanding = 0
+        self.outstanding_bytes = 0
 
     def open(self, end_lsn: int = 0) -> PendingTxn:
         txn = PendingTxn(end_lsn)
@@ -44,9 +50,16 @@ class AckTracker:
         txn.end_lsn = end_lsn
         txn.closed = True
 
-    def on_delivery(self, txn: PendingTxn, error: BaseException | None) -> None:
-        """Called from any thread by the client's delivery report."""
-        self._done.put(error if error is not None else txn)
+    def sent(self, txn: PendingTxn, size: int) -> Callable[[BaseException | None], None]:
+        """Count one record of ``txn`` as in flight; returns its delivery callback."""
+        txn.pending += 1
+        self.outstanding += 1
+        self.outstanding_bytes += size
+        return partial(self._report, txn, size)
+
+    def _report(self, txn: PendingTxn, size: int, error: BaseException | None) -> None:
+        """The client's delivery report, from any thread."""
+        self._done.put(error if error is not None else (txn, size))
 
     def drain(self) -> None:
         """Apply delivery reports; raises BrokerError on the first failed delivery."""
@@ -57,7 +70,10 @@ class AckTracker:
                 return
             if isinstance(item, BaseException):
                 raise BrokerError(f"the broker did not acknowledge a record: {item!r}")
-            item.pending -= 1
+            txn, size = item
+            txn.pending -= 1
+            self.outstanding -= 1
+            self.outstanding_bytes -= size
 
     def confirmable(self) -> int | None:
         """The end LSN of the longest fully acknowledged prefix, popping it; None if empty."""
@@ -69,9 +85,6 @@ class AckTracker:
                 self._on_acked(txn)
         return lsn
 
-    @property
-    def in_flight(self) -> int:
-        return sum(t.pending for t in self._txns)
 
     @property
     def idle(self) -> bool:

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import psycopg
 
@@ -179,11 +178,9 @@ class CaptureService:
     def _publish_snapshot(self, producer: Producer, snapshot_name: str) -> None:
         tracker = AckTracker()
         txn = tracker.open()
-        deliver = partial(tracker.on_delivery, txn)
         ttopic = transaction_topic(self.s.topic_prefix)
-        start = self._marker(MarkerKind.SNAPSHOT_START, self.epoch_lsn)
-        txn.pending += 1
-        producer.send(ttopic, b"marker", start.to_json(), deliver)
+        start = self._marker(MarkerKind.SNAPSHOT_START, self.epoch_lsn).to_json()
+        producer.send(ttopic, b"marker", start, tracker.sent(txn, len(start)))
         now_ms = int(self.clock() * 1000)
         position = 0
         for table, row, key in snapshot_rows(self.s.dsn, snapshot_name, self.tables,
@@ -194,16 +191,12 @@ class CaptureService:
                 lsn=self.epoch_lsn, commit_ts_us=now_ms * 1000, snapshot="true",
                 commit_lsn=self.epoch_lsn, position=position, table_order=None, key=key,
                 types=dict(table.columns))
-            txn.pending += 1
             producer.send(table_topic(self.s.topic_prefix, table.schema, table.table),
-                          encode_key(key, table.qualified), value, deliver)
+                          encode_key(key, table.qualified), value, tracker.sent(txn, len(value)))
             position += 1
-            if position % 10000 == 0:
-                tracker.drain()
-                producer.poll(0)
-        txn.pending += 1
-        producer.send(ttopic, b"marker", self._marker(MarkerKind.SNAPSHOT_END,
-                                                      self.epoch_lsn).to_json(), deliver)
+            self._backpressure(producer, tracker)
+        end = self._marker(MarkerKind.SNAPSHOT_END, self.epoch_lsn).to_json()
+        producer.send(ttopic, b"marker", end, tracker.sent(txn, len(end)))
         tracker.close(txn, self.epoch_lsn)
         producer.flush(60)
         tracker.drain()
@@ -212,6 +205,21 @@ class CaptureService:
         self.metrics.events_published.inc(position)
         log.info("snapshot published", extra={"rows": position,
                                               "lsn": format_lsn(self.epoch_lsn)})
+
+    def _backpressure(self, producer: Producer, tracker: AckTracker) -> None:
+        """Memory stays bounded whatever the transaction size: past the in-flight limit, wait
+        for the broker's acknowledgements before handing the client more records."""
+        if (tracker.outstanding < self.s.max_in_flight
+                and tracker.outstanding_bytes < self.s.max_in_flight_bytes):
+            return
+        deadline = time.monotonic() + 60
+        while (tracker.outstanding > self.s.max_in_flight // 2
+               or tracker.outstanding_bytes > self.s.max_in_flight_bytes // 2):
+            producer.poll(0.005)
+            tracker.drain()
+            if time.monotonic() > deadline:
+                raise BrokerError("the broker acknowledged nothing for 60 s")
+            time.sleep(0.001)
 
     # --- streaming -----------------------------------------------------------------------
 
@@ -395,8 +403,8 @@ class _StreamRunner:
         self.published += 1
 
     def _send(self, topic: str, key: bytes, value: bytes, pending: PendingTxn) -> None:
-        pending.pending += 1
-        self.producer.send(topic, key, value, partial(self.tracker.on_delivery, pending))
+        self.producer.send(topic, key, value, self.tracker.sent(pending, len(value)))
+        self.svc._backpressure(self.producer, self.tracker)
 
     def row(self, rec: RowChange) -> None:
         self._emit(self._txn(), _OPS[rec.action], rec.schema, rec.table, rec.lsn, rec.before,
@@ -435,10 +443,8 @@ class _StreamRunner:
         if self.acked_lsn > self.marker_lsn and (
                 force or now - self.last_confirm >= self.s.confirm_interval_s):
             m = self.markers.open()
-            m.pending += 1
-            self.producer.send(self.ttopic, b"marker",
-                               self.svc._marker(MarkerKind.PROGRESS, self.acked_lsn).to_json(),
-                               partial(self.markers.on_delivery, m))
+            marker = self.svc._marker(MarkerKind.PROGRESS, self.acked_lsn).to_json()
+            self.producer.send(self.ttopic, b"marker", marker, self.markers.sent(m, len(marker)))
             self.markers.close(m, self.acked_lsn)
             self.marker_lsn = self.acked_lsn
             self.last_confirm = now
@@ -471,7 +477,7 @@ class _StreamRunner:
         self.producer.flush(30)
         deadline = time.monotonic() + 30
         self.settle(force=True)
-        while self.markers.in_flight and time.monotonic() < deadline:
+        while self.markers.outstanding and time.monotonic() < deadline:
             self.producer.flush(1)
             self.settle(force=True)
         log.info("stopped", extra={"confirmed": format_lsn(self.svc.confirmed_lsn)})

@@ -31,6 +31,8 @@ class CaptureSettings(BaseSettings):
     status_interval_s: float = 5.0
     new_snapshot: bool = False
     snapshot_batch_rows: int = 5000
+    max_in_flight: int = Field(20_000, ge=100)  # records sent but not yet acknowledged
+    max_in_flight_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024)
     max_backoff_s: float = 30.0
 
     @field_validator("slot")

@@ -12,24 +12,25 @@ from capture.publish import AckTracker
 def test_confirm_waits_for_every_earlier_transaction() -> None:
     t = AckTracker()
     first, second = t.open(), t.open()
-    first.pending, second.pending = 2, 1
+    first_a, first_b, second_a = t.sent(first, 10), t.sent(first, 10), t.sent(second, 5)
     t.close(first, 100)
     t.close(second, 200)
-    t.on_delivery(second, None)
+    second_a(None)
     t.drain()
     assert t.confirmable() is None  # the later one is acked, the earlier one is not
-    t.on_delivery(first, None)
-    t.on_delivery(first, None)
+    assert (t.outstanding, t.outstanding_bytes) == (2, 20)
+    first_a(None)
+    first_b(None)
     t.drain()
     assert t.confirmable() == 200
     assert t.idle
+    assert (t.outstanding, t.outstanding_bytes) == (0, 0)
 
 
 def test_open_transaction_is_never_confirmed_even_when_acked() -> None:
     t = AckTracker()
     txn = t.open()
-    txn.pending = 1
-    t.on_delivery(txn, None)
+    t.sent(txn, 1)(None)
     t.drain()
     assert t.confirmable() is None
     assert not t.idle
@@ -38,8 +39,7 @@ def test_open_transaction_is_never_confirmed_even_when_acked() -> None:
 def test_failed_delivery_raises_broker_error() -> None:
     t = AckTracker()
     txn = t.open()
-    txn.pending = 1
-    t.on_delivery(txn, RuntimeError("broker gone"))
+    t.sent(txn, 1)(RuntimeError("broker gone"))
     with pytest.raises(BrokerError, match="broker gone"):
         t.drain()
 
