@@ -108,13 +108,14 @@ class CaptureService:
                 if ensure_replica_identity_full(conn, t):
                     log.info("set REPLICA IDENTITY FULL", extra={"table": t.qualified})
             existing = slot_info(conn, self.s.slot)
-            if existing is not None and self.s.new_snapshot and not existing.active:
-                log.warning("dropping slot for a new snapshot", extra={"slot": self.s.slot})
+        self._ensure_topics()  # an unreachable broker stops us before the slot is touched
+        if existing is not None and self.s.new_snapshot and not existing.active:
+            log.warning("dropping slot for a new snapshot", extra={"slot": self.s.slot})
+            with _connect(self.s.dsn) as conn:
                 drop_slot(conn, self.s.slot)
-                existing = None
-        self._ensure_topics()
+            existing = None
         producer = make_producer(self.s.kafka_backend, self.s.bootstrap_servers,
-                             self.s.topic_partitions == 1)
+                                 self.s.topic_partitions == 1)
         try:
             if existing is not None:
                 check_slot(existing, self.dbname)
@@ -268,7 +269,7 @@ class CaptureService:
                 # our partition count before anything is sent.
                 self._ensure_topics()
                 return make_producer(self.s.kafka_backend, self.s.bootstrap_servers,
-                             self.s.topic_partitions == 1)
+                                     self.s.topic_partitions == 1)
             except BrokerError as exc:
                 log.warning("broker unreachable; retrying", extra={"error": str(exc),
                                                                     "backoff_s": backoff})
