@@ -137,10 +137,13 @@ def test_the_sql_layer_is_installed_before_capture_and_detect_start() -> None:
     for name in ("capture", "detect"):
         assert (services[name]["depends_on"][installer]["condition"]
                 == "service_completed_successfully"), name
-    # The image ships sql/ next to the package, where `guard install` looks for it.
+    # The image copies sql/ before installing, and a regular install puts it where
+    # `guard install` looks for it (pyproject data-files -> <prefix>/share/hera-guard/sql).
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^COPY sql ", dockerfile, re.M)
-    assert "pip install -e" in dockerfile
+    assert dockerfile.index("COPY sql ") < dockerfile.index("pip install")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"share/hera-guard/sql" = ["sql/*.sql"]' in pyproject
 
 
 def test_services_wait_for_healthy_dependencies_and_have_health_checks() -> None:
