@@ -15,6 +15,7 @@ from capture.event import (
     TransactionBlock,
     TransactionEvent,
 )
+from tests.waiting import wait_until
 
 BASE_US = 1_700_000_000_000_000  # a fixed commit time, µs since epoch
 
@@ -86,12 +87,5 @@ def workload(transactions: int, per_txn: int, first_lsn: int = 1_000) -> tuple[
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout`` seconds."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """Poll ``predicate`` until true (tests.waiting.wait_until under this area's name)."""
+    wait_until(predicate, timeout, what, interval)

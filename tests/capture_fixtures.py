@@ -25,15 +25,7 @@ from capture.event import ChangeEvent
 from capture.service import CaptureService
 from capture.settings import CaptureSettings
 from capture.topics import DEFAULT_TABLES, table_topic
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition",
-               interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+from tests.waiting import wait_until
 
 
 def slot_active(dsn: str, slot: str) -> bool:

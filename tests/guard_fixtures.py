@@ -4,7 +4,6 @@ wrap them in their own fixtures without import tricks."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,7 @@ import psycopg
 
 from guard.install import InstallReport, install
 from tests.conftest import HeraDB
+from tests.waiting import wait_until as _wait_until
 
 
 def install_guard(db: HeraDB, *, initial_backup: bool = False,
@@ -60,12 +60,8 @@ def add_links(conn: psycopg.Connection[Any], n: int, rel_type: str = "BULK_LINK"
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0,
                what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    """Poll ``condition`` until it holds (tests.waiting.wait_until with this area's default)."""
+    _wait_until(condition, timeout, what, 0.02)
 
 
 def waiting_on_lock(conn: psycopg.Connection[Any], pid: int) -> bool:
