@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,10 @@ def _background(dsn: str, stop: threading.Event, done: list[int]) -> None:
             stop.wait(max(0.0, next_tick - time.monotonic()))
 
 
-def _end_reader(bootstrap: str, topic: str, stop: threading.Event,
-                ends: dict[int, float]) -> None:
-    """xid -> ms from commit until its END record is readable (capture's share)."""
+def _tail(bootstrap: str, topic: str, stop: threading.Event, from_start: bool,
+          on_record: Callable[[bytes, float], None]) -> None:
+    """Follow every partition of ``topic`` (new ones too) until ``stop``; ``on_record(value,
+    arrival time)`` for each record."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
@@ -73,34 +75,10 @@ def _end_reader(bootstrap: str, topic: str, stop: threading.Event,
             if parts != assigned:
                 tps = [TopicPartition(topic, p) for p in sorted(parts)]
                 consumer.assign(tps)
-                consumer.seek_to_end(*tps)
-                assigned = parts
-            for batch in consumer.poll(timeout_ms=50).values():
-                now = time.time()
-                for record in batch:
-                    item: dict[str, Any] = json.loads(record.value)
-                    if item.get("status") == "END":
-                        ends[item["xid"]] = (now - item["ts_us"] / 1e6) * 1000
-    finally:
-        consumer.close()
-
-
-def _alert_reader(bootstrap: str, topic: str, stop: threading.Event,
-                  seen: dict[int, float], lags: list[float]) -> None:
-    """xid -> latency in ms, for every alert read back from the topic."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             enable_auto_commit=False, fetch_max_wait_ms=10,
-                             check_crcs=False)
-    try:
-        assigned: set[int] = set()
-        while not stop.is_set():
-            parts = consumer.partitions_for_topic(topic) or set()
-            if parts != assigned:
-                tps = [TopicPartition(topic, p) for p in sorted(parts)]
-                consumer.assign(tps)
-                consumer.seek_to_beginning(*tps)
+                if from_start:
+                    consumer.seek_to_beginning(*tps)
+                else:
+                    consumer.seek_to_end(*tps)
                 assigned = parts
             if not assigned:
                 stop.wait(0.05)
@@ -108,13 +86,33 @@ def _alert_reader(bootstrap: str, topic: str, stop: threading.Event,
             for batch in consumer.poll(timeout_ms=50).values():
                 now = time.time()
                 for record in batch:
-                    alert: dict[str, Any] = json.loads(record.value)
-                    committed = datetime.fromisoformat(alert["transaction"]["commit_time"])
-                    seen[alert["transaction"]["xid"]] = (now - committed.timestamp()) * 1000
-                    detected = datetime.fromisoformat(alert["detected_at"])
-                    lags.append((detected - committed).total_seconds() * 1000)
+                    on_record(record.value, now)
     finally:
         consumer.close()
+
+
+def _end_reader(bootstrap: str, topic: str, stop: threading.Event,
+                ends: dict[int, float]) -> None:
+    """xid -> ms from commit until its END record is readable (capture's share)."""
+    def on_record(value: bytes, now: float) -> None:
+        item: dict[str, Any] = json.loads(value)
+        if item.get("status") == "END":
+            ends[item["xid"]] = (now - item["ts_us"] / 1e6) * 1000
+
+    _tail(bootstrap, topic, stop, False, on_record)
+
+
+def _alert_reader(bootstrap: str, topic: str, stop: threading.Event,
+                  seen: dict[int, float], lags: list[float]) -> None:
+    """xid -> latency in ms, for every alert read back from the topic."""
+    def on_record(value: bytes, now: float) -> None:
+        alert: dict[str, Any] = json.loads(value)
+        committed = datetime.fromisoformat(alert["transaction"]["commit_time"])
+        seen[alert["transaction"]["xid"]] = (now - committed.timestamp()) * 1000
+        detected = datetime.fromisoformat(alert["detected_at"])
+        lags.append((detected - committed).total_seconds() * 1000)
+
+    _tail(bootstrap, topic, stop, True, on_record)
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -7,6 +7,7 @@ import itertools
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from capture.event import (
@@ -135,19 +136,10 @@ def run(detector: Detector, tx: Tx) -> list[Alert]:
 
 # --- the real broker ------------------------------------------------------------------------
 
-# The plan's table, as `guard install` creates it (sql/00_foundation.sql).
-ALERTS_TABLE_DDL = """
-CREATE TABLE IF NOT EXISTS critical_system_alerts (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    alert_type text NOT NULL,
-    severity text NOT NULL CHECK (severity IN ('INFO', 'WARNING', 'CRITICAL', 'EMERGENCY')),
-    message text NOT NULL,
-    metadata jsonb DEFAULT '{}',
-    created_at timestamp with time zone DEFAULT now(),
-    acknowledged_at timestamp with time zone,
-    acknowledged_by text
-)
-"""
+# The plan's tables exactly as `guard install` creates them: sql/00_foundation.sql is tables
+# only and idempotent, so the detector's tests run it instead of keeping a copy of the DDL.
+ALERTS_TABLE_DDL = (Path(__file__).resolve().parent.parent / "sql" / "00_foundation.sql"
+                    ).read_text()
 
 
 class Publisher:
