@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.detect_fixtures import (
     read_topic,
     role,
 )
+from tests.waiting import wait_until
 
 ORG_A, ORG_B = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
 EPOCH = 0x100
@@ -186,13 +186,12 @@ def test_sigkill_loses_no_alert_and_postgres_holds_each_exactly_once(
         pub.tx(tx)
     proc = start_cli(broker, topic_prefix, state, empty_db.dsn)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def all_alerts_in_postgres() -> bool:
             with empty_db.connect() as conn:
                 row = conn.execute("SELECT count(*) FROM critical_system_alerts").fetchone()
-            if row and int(str(row[0])) >= len(txs):
-                break
-            time.sleep(0.1)
+            return row is not None and int(str(row[0])) >= len(txs)
+
+        wait_until(all_alerts_in_postgres, 30, "every alert in critical_system_alerts")
         kafka = alerts_on_kafka(broker, topic_prefix, len(txs), settle_s=1.0)
         with empty_db.connect() as conn:
             pg = conn.execute("SELECT (metadata->'transaction'->>'xid')::bigint "
