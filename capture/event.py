@@ -6,11 +6,12 @@ It adds what exact replay needs: ``commit_lsn`` (the LSN of the transaction's co
 record) and ``position`` (the change's index inside its transaction, across tables).
 ``(commit_lsn, position)`` orders every event totally and is the archive's dedup key.
 
-Values in ``before``/``after``: NULL is ``None``; booleans are JSON booleans; ``smallint``
-and ``integer`` are JSON integers; json/jsonb are parsed JSON; every other type (bigint,
-numeric, floats, uuid, timestamps, arrays, text, ...) is the exact text PostgreSQL prints
-for it, so nothing is rounded and ``jsonb_populate_record`` restores the row exactly.
+Values in ``before``/``after``/``key`` follow ``capture.encoding`` (schema_version 2: the
+exact text PostgreSQL prints, json/jsonb included; booleans and int2/int4 as JSON natives).
 ``types`` maps each column to its PostgreSQL type as ``format_type`` spells it.
+
+On ``<prefix>.transaction``, next to BEGIN/END: ``StreamMarker`` (coverage and the stream's
+identity) and ``SchemaChangeEvent`` (a DDL on a captured table, in WAL order).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+from capture.encoding import SCHEMA_VERSION
+
 CONNECTOR = "hera-guard"
 
 JSONValue = Any
@@ -143,6 +145,9 @@ class TransactionEvent(BaseModel):
     ts_us: int  # commit time, microseconds since epoch UTC
     event_count: int | None = None  # END only
     data_collections: tuple[TableCount, ...] | None = None  # END only
+    # END only: SchemaChangeEvents of the transaction (on this topic, not in event_count;
+    # they share the position numbering with the change events).
+    schema_change_count: int = 0
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -174,16 +179,80 @@ class StreamMarker(BaseModel):
     lsn: int
     ts_ms: int  # capture's clock when the marker was published, ms since epoch UTC
     tables: tuple[str, ...] = ()  # "schema.table" captured in this epoch
+    # The stream's identity (schema_version 2; None in markers written before): the
+    # PostgreSQL cluster (pg_control_system().system_identifier, as text) and the plugin.
+    system_identifier: str | None = None
+    plugin: str | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
 
 
-def parse_transaction_topic(data: bytes | str) -> TransactionEvent | StreamMarker:
-    """A record of ``<prefix>.transaction``: BEGIN/END metadata or a coverage marker."""
+class ColumnDef(BaseModel):
+    """One column of a table definition, as the catalog has it right after a DDL."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attnum: int  # pg_attribute.attnum: stable across RENAME and ALTER TYPE, new for ADD
+    name: str
+    type: str  # format_type(atttypid, atttypmod)
+    not_null: bool = False
+    default: str | None = None  # pg_get_expr(adbin, adrelid), None without a default
+    # The value every row that existed before ADD COLUMN ... DEFAULT reads (atthasmissing,
+    # attmissingval as PostgreSQL's text); None when the column has no missing value.
+    missing: str | None = None
+    has_missing: bool = False
+
+
+class SchemaChangeEvent(BaseModel):
+    """A DDL on a captured table, at its place in WAL order (status ``SCHEMA``).
+
+    ``recorded`` events come from the schema-log event trigger (sql/08_schema_log.sql): the
+    table's whole definition after the DDL, emitted in the DDL's own transaction, so defaults
+    and renames are known exactly. Without the trigger, capture still sees that the columns
+    changed (pgoutput's Relation message, wal2json's column list) and publishes an event with
+    ``recorded=False``: replay refuses points after it, naming it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_version: int = SCHEMA_VERSION
+    status: str = "SCHEMA"
+    xid: int | None
+    commit_lsn: int
+    position: int  # shares the numbering of the transaction's change events
+    lsn: int  # LSN of the logical message (or of the first change showing the new columns)
+    ts_us: int  # commit time of the DDL's transaction, µs since epoch UTC
+    schema_: str = Field(alias="schema")
+    table: str
+    columns: tuple[ColumnDef, ...]
+    command_tag: str | None = None  # "ALTER TABLE", ... (recorded only)
+    ddl: str | None = None  # the statement text (recorded only; may hold several commands)
+    recorded: bool = True
+
+    @property
+    def table_id(self) -> str:
+        return f"{self.schema_}.{self.table}"
+
+    @property
+    def order_key(self) -> tuple[int, int]:
+        return (self.commit_lsn, self.position)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+TransactionTopicRecord = TransactionEvent | StreamMarker | SchemaChangeEvent
+
+
+def parse_transaction_topic(data: bytes | str) -> TransactionTopicRecord:
+    """A record of ``<prefix>.transaction``: BEGIN/END metadata, a coverage marker or a
+    schema change."""
     raw = json.loads(data)
     if isinstance(raw, dict) and raw.get("status") in {"BEGIN", "END"}:
         return TransactionEvent.model_validate(raw)
+    if isinstance(raw, dict) and raw.get("status") == "SCHEMA":
+        return SchemaChangeEvent.model_validate(raw)
     return StreamMarker.model_validate(raw)
 
 
