@@ -11,6 +11,18 @@ beginning. New topics matching the selection are picked up by ``refresh()``.
     for rec in src.poll(timeout_ms=200): ...                   # Record(topic, ..., value)
     src.refresh(stored_offsets)                                # pick up new table topics
     src.dead_letter(rec, "reason"); src.flush()                # <prefix>.deadletter
+    src.cluster_id()                                           # the Kafka cluster's id
+    src.watermarks()                                           # {(topic, p): (low, high)}
+    src.highwaters()                                           # cached, from the last fetches
+
+Identity checks (capture/identity.py): ``cluster_id()`` names the cluster (tansu answers a
+constant ``tansu_cluster``, so a broker restarted empty is told by its offsets, not its id);
+``watermarks()`` gives each assigned partition's start and end, the end being the high
+watermark of a fetch (tansu's ListOffsets under-reports it, see capture/ledger.py): stored
+offsets beyond the end, or a start past them, mean the stream the caller knew is gone.
+``highwaters()`` costs nothing (what the consumer's fetches last said): a poll loop can
+compare it with its positions after every poll. Fetching beyond the end of a partition is no
+error on tansu (an empty answer), so nothing else would say so.
 
 Two backends behind the same interface (``open_source(..., backend=)``): ``kafka-python``
 (the required client, the default) and ``confluent`` (the ``fast`` extra; ~20x the fetch
@@ -19,14 +31,18 @@ rate of kafka-python here, measured in bench/archive.py).
 
 from __future__ import annotations
 
-import json
 import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, Protocol
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from capture.errors import BrokerError
 from capture.kafka_admin import ensure_topics
 from capture.topics import alerts_topic, deadletter_topic, table_topic, transaction_topic
+from consumers.deadletter import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +68,12 @@ def is_table_topic(topic: str, prefix: str) -> bool:
 
 
 Backend = Literal["kafka-python", "confluent"]
+TopicPartitionKey = tuple[str, int]
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class RecordSource(Protocol):
@@ -63,6 +85,12 @@ class RecordSource(Protocol):
     def dead_letter(self, record: Record, reason: str) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+    # identity checks
+    def assigned(self) -> set[TopicPartitionKey]: ...
+    def cluster_id(self) -> str | None: ...
+    def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
+                   ) -> dict[TopicPartitionKey, tuple[int, int]]: ...
+    def highwaters(self) -> dict[TopicPartitionKey, int]: ...
 
 
 def select_topics(existing: set[str], prefix: str, tables: tuple[str, ...] | None,
@@ -76,33 +104,106 @@ def select_topics(existing: set[str], prefix: str, tables: tuple[str, ...] | Non
     return sorted(wanted)
 
 
-def dead_letter_value(record: Record, reason: str) -> bytes:
-    return json.dumps({
-        "reason": reason, "topic": record.topic, "partition": record.partition,
-        "offset": record.offset,
-        "key": None if record.key is None else record.key.decode("utf-8", "replace"),
-        "value": None if record.value is None else record.value.decode("utf-8", "replace"),
-    }).encode()
+def dead_letter_value(record: Record, reason: str, consumer: str = "archive",
+                      now: datetime | None = None) -> bytes:
+    """The dead-letter record's value: ``consumers.deadletter.DeadLetter`` as JSON."""
+    return DeadLetter.of(record, reason, consumer, now or utc_now()).to_json()
 
 
 def open_source(bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
-                backend: Backend = "kafka-python") -> RecordSource:
+                backend: Backend = "kafka-python", **options: Any) -> RecordSource:
+    """``options``: include_transactions, max_poll_records, fetch_max_wait_ms, consumer
+    (the name in dead letters), clock, check_crcs."""
     if backend == "confluent":
-        return ConfluentSource(bootstrap_servers, prefix, tables)
-    return KafkaSource(bootstrap_servers, prefix, tables)
+        return ConfluentSource(bootstrap_servers, prefix, tables, **options)
+    return KafkaSource(bootstrap_servers, prefix, tables, **options)
+
+
+def fetch_watermarks(bootstrap_servers: str, partitions: Iterable[TopicPartitionKey],
+                     timeout_s: float = 15.0) -> dict[TopicPartitionKey, tuple[int, int]]:
+    """(low, high) of each partition, high as a fetch reports it (the true end on tansu,
+    whose ListOffsets answers the base offset of the last batch + 1).
+
+    A side consumer of its own, so the caller's positions are untouched; it seeks one
+    record before the reported end and reads the high watermark of that fetch.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    tps = [TopicPartition(t, p) for t, p in sorted(set(partitions))]
+    if not tps:
+        return {}
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers.split(","),
+                                 group_id=None, enable_auto_commit=False,
+                                 fetch_max_wait_ms=10, max_partition_fetch_bytes=1024,
+                                 request_timeout_ms=int(timeout_s * 1000) + 1000,
+                                 client_id="hera-guard-watermarks")
+    except KafkaError as exc:
+        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+    try:
+        lows = consumer.beginning_offsets(tps)
+        reported = consumer.end_offsets(tps)
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, int(reported[tp]) - 1))
+        deadline = time.monotonic() + timeout_s
+        highs: dict[Any, int] = {}
+        while len(highs) < len(tps):
+            consumer.poll(timeout_ms=100, max_records=len(tps))
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    highs[tp] = max(int(hw), int(reported[tp]))
+            if time.monotonic() > deadline:
+                raise BrokerError(f"timed out reading the end of {tps[0].topic} from "
+                                  f"{bootstrap_servers}")
+        return {(tp.topic, tp.partition): (int(lows[tp]), highs[tp]) for tp in tps}
+    except KafkaError as exc:
+        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+    finally:
+        consumer.close()
+
+
+def kafka_cluster_id(bootstrap_servers: str, timeout_s: float = 15.0) -> str | None:
+    """The cluster id the broker reports (DescribeCluster / Metadata), None if it has none."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
+                                 client_id="hera-guard-identity",
+                                 request_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as exc:
+        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+    try:
+        cid = admin.describe_cluster().get("cluster_id")
+    except KafkaError as exc:
+        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+    finally:
+        admin.close()
+    return str(cid) if cid else None
 
 
 class KafkaSource:
     def __init__(self, bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
-                 *, include_transactions: bool = True, max_poll_records: int = 20_000) -> None:
+                 *, include_transactions: bool = True, max_poll_records: int = 20_000,
+                 fetch_max_wait_ms: int = 100, consumer: str = "archive",
+                 clock: Clock = utc_now, check_crcs: bool = True) -> None:
         self.prefix = prefix
         self.tables = tables  # "schema.table" names, or None for every table topic
         self.include_transactions = include_transactions
+        self.consumer_name = consumer
+        self._clock = clock
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=max_poll_records,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            # kafka-python checks CRC32C in pure Python: 70% of the detector's CPU when
+            # profiled; the detector turns it off (TCP checksums the bytes and the broker
+            # validated each batch on write), the archiver keeps it.
+            check_crcs=check_crcs,
         )
         self._producer: KafkaProducer | None = None
         self._bootstrap = bootstrap_servers
@@ -148,11 +249,31 @@ class KafkaSource:
             ensure_topics(self._bootstrap, [deadletter_topic(self.prefix)])
             self._producer = KafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
         self._producer.send(deadletter_topic(self.prefix), key=record.key,
-                            value=dead_letter_value(record, reason))
+                            value=dead_letter_value(record, reason, self.consumer_name,
+                                                    self._clock()))
 
     def flush(self) -> None:
         if self._producer is not None:
             self._producer.flush(timeout=30)
+
+    def assigned(self) -> set[TopicPartitionKey]:
+        return {(tp.topic, tp.partition) for tp in self._assigned}
+
+    def cluster_id(self) -> str | None:
+        return kafka_cluster_id(self._bootstrap)
+
+    def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
+                   ) -> dict[TopicPartitionKey, tuple[int, int]]:
+        return fetch_watermarks(self._bootstrap,
+                                self.assigned() if partitions is None else partitions)
+
+    def highwaters(self) -> dict[TopicPartitionKey, int]:
+        out: dict[TopicPartitionKey, int] = {}
+        for tp in self._assigned:
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                out[(tp.topic, tp.partition)] = int(hw)
+        return out
 
     def close(self) -> None:
         self.flush()
@@ -166,18 +287,23 @@ class ConfluentSource:
     with explicit offsets; the ``group.id`` librdkafka insists on is never used."""
 
     def __init__(self, bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
-                 *, include_transactions: bool = True, max_poll_records: int = 20_000) -> None:
+                 *, include_transactions: bool = True, max_poll_records: int = 20_000,
+                 fetch_max_wait_ms: int = 100, consumer: str = "archive",
+                 clock: Clock = utc_now, check_crcs: bool = True) -> None:
         from confluent_kafka import Consumer
 
         self.prefix = prefix
         self.tables = tables
         self.include_transactions = include_transactions
+        self.consumer_name = consumer
+        self._clock = clock
         self._max = max_poll_records
         self._bootstrap = bootstrap_servers
         self._consumer: Any = Consumer({
             "bootstrap.servers": bootstrap_servers, "group.id": f"unused-{prefix}",
             "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "enable.partition.eof": False, "fetch.wait.max.ms": 100,
+            "enable.partition.eof": False, "fetch.wait.max.ms": fetch_max_wait_ms,
+            "log_level": 3, "check.crcs": check_crcs,
         })
         self._producer: Any = None
         self._assigned: set[tuple[str, int]] = set()
@@ -218,11 +344,42 @@ class ConfluentSource:
             ensure_topics(self._bootstrap, [deadletter_topic(self.prefix)])
             self._producer = Producer({"bootstrap.servers": self._bootstrap, "acks": "all"})
         self._producer.produce(deadletter_topic(self.prefix), key=record.key,
-                               value=dead_letter_value(record, reason))
+                               value=dead_letter_value(record, reason, self.consumer_name,
+                                                       self._clock()))
 
     def flush(self) -> None:
         if self._producer is not None and self._producer.flush(30) != 0:
             raise RuntimeError("dead-letter records not acknowledged within 30 s")
+
+    def assigned(self) -> set[TopicPartitionKey]:
+        return set(self._assigned)
+
+    def cluster_id(self) -> str | None:
+        from confluent_kafka import KafkaException
+
+        try:
+            cid = self._consumer.list_topics(timeout=15).cluster_id
+        except KafkaException as exc:
+            raise BrokerError.unreachable(self._bootstrap, exc) from exc
+        return str(cid) if cid else None
+
+    def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
+                   ) -> dict[TopicPartitionKey, tuple[int, int]]:
+        # librdkafka's get_watermark_offsets asks ListOffsets (under-reported on tansu);
+        # the kafka-python side consumer reads the fetch high watermark, for both backends.
+        return fetch_watermarks(self._bootstrap,
+                                self.assigned() if partitions is None else partitions)
+
+    def highwaters(self) -> dict[TopicPartitionKey, int]:
+        from confluent_kafka import TopicPartition
+
+        out: dict[TopicPartitionKey, int] = {}
+        for t, p in self._assigned:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(t, p),
+                                                              cached=True)
+            if high is not None and high >= 0:
+                out[(t, p)] = int(high)
+        return out
 
     def close(self) -> None:
         self.flush()
