@@ -1,22 +1,23 @@
-"""``consumers detect``: thin CLI over ``DetectorRunner``."""
+"""``consumers detect``: thin CLI over ``DetectorRunner`` (glue from capture/service_kit)."""
 
 from __future__ import annotations
 
 import logging
-import signal
-import sys
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
-from consumers.detect.config import load_rules
-from consumers.detect.errors import DetectError
+from capture import logs
+from capture.service_kit import Health, ServiceEndpoint, fail, settings_or_fail, stop_on_signals
+from consumers.detect.config import check_settings, load_rules
+from consumers.detect.errors import ConfigError, DetectError, RulesFileError
+from consumers.detect.metrics import DetectMetrics
 from consumers.detect.runner import DetectOptions, DetectorRunner
 from consumers.detect.settings import DetectSettings
+
+COMMAND = "consumers detect"
 
 
 def _utc_now() -> datetime:
@@ -30,35 +31,61 @@ def _utc_now() -> datetime:
 @click.option("--dsn", help="database for critical_system_alerts [env HERA_DSN]")
 @click.option("--rules", type=click.Path(path_type=Path),
               help="rules file, TOML or YAML [env HERA_RULES]")
+@click.option("--state-dir", type=click.Path(path_type=Path),
+              help="directory of the state file detect-<prefix>.sqlite [env HERA_STATE_DIR]")
 @click.option("--state", type=click.Path(path_type=Path),
-              help="state file (SQLite) [env HERA_STATE; default detect-state.sqlite]")
+              help="the state file itself, instead of --state-dir [env HERA_STATE]")
+@click.option("--reset-state", is_flag=True, default=None,
+              help="forget the stream the state was built from (offsets, identity, "
+                   "memberships) and start over [env HERA_RESET_STATE]")
 @click.option("--archive-dir", help="archive named in replay commands [env HERA_ARCHIVE_DIR]")
 @click.option("--poll-ms", type=int, help="poll timeout in ms [env HERA_POLL_MS]")
+@click.option("--kafka-backend", type=click.Choice(["kafka-python", "confluent"]),
+              help="Kafka client [env HERA_KAFKA_BACKEND; default kafka-python]")
+@click.option("--metrics-port", type=int,
+              help="serve /metrics /healthz /readyz on this port [env HERA_METRICS_PORT]")
+@click.option("--webhook", help="POST every alert to this URL [env HERA_WEBHOOK]")
+@click.option("--webhook-secret",
+              help="HMAC-SHA256 key of the X-Hera-Signature header [env HERA_WEBHOOK_SECRET]")
+@click.option("--webhook-format", type=click.Choice(["json", "slack"]),
+              help="json: the alert, signed; slack: {\"text\": ...} [env HERA_WEBHOOK_FORMAT]")
+@click.option("--log-level", help="log level [env HERA_LOG_LEVEL; default INFO]")
 def detect(**options: Any) -> None:
     """Watch the change topics and alert on mass deletions, truncates, orphaned users,
     removed roles and non-compliant smart codes."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = settings_or_fail(COMMAND, DetectSettings, options)
+    logs.configure(s.log_level)
+    state = s.state_path()
+    if state is None:
+        fail(COMMAND, "no state directory: pass --state-dir DIR (or HERA_STATE_DIR), where "
+                      "the detector keeps its offsets and state", 2)
     try:
-        settings = DetectSettings(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise click.ClickException(
-            f"--{where.replace('_', '-')}: {err['msg']} (or env HERA_{where.upper()})"
-        ) from None
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        rules = load_rules(s.rules)
+        check_settings(rules, s.tables, s.poll_ms)
+    except (RulesFileError, ConfigError) as exc:
+        fail(COMMAND, str(exc), 2)
+    metrics, health = DetectMetrics(), Health()
+    endpoint = (None if s.metrics_port is None
+                else ServiceEndpoint(metrics.registry, health, s.metrics_port))
+    stop = stop_on_signals()
     try:
         runner = DetectorRunner(DetectOptions(
-            bootstrap_servers=settings.bootstrap_servers, topic_prefix=settings.topic_prefix,
-            tables=settings.tables, state_path=settings.state,
-            rules=load_rules(settings.rules), archive_dir=settings.archive_dir,
-            dsn=settings.dsn, poll_ms=settings.poll_ms), _utc_now, stop)
+            bootstrap_servers=s.bootstrap_servers, topic_prefix=s.topic_prefix,
+            tables=s.tables, state_path=state, rules=rules, archive_dir=s.archive_dir,
+            dsn=s.dsn, poll_ms=s.poll_ms, kafka_backend=s.kafka_backend,
+            webhook_url=s.webhook,
+            webhook_secret=None if s.webhook_secret is None else
+            s.webhook_secret.get_secret_value(),
+            webhook_format=s.webhook_format, reset_state=bool(s.reset_state)),
+            _utc_now, stop, metrics, health)
         stats = runner.run()
+    except ConfigError as exc:
+        fail(COMMAND, str(exc), 2)
     except DetectError as exc:
-        raise click.ClickException(str(exc)) from None
+        fail(COMMAND, str(exc), 1)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
     logging.getLogger("hera.detect").info(
         "stopped: %d records, %d transactions, %d alerts, %d dead letters",
         stats.records, stats.transactions, stats.alerts, stats.deadletters)

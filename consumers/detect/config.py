@@ -41,10 +41,11 @@ class _Rule(BaseModel):
 class MassDeletionRule(_Rule):
     severity: Severity = Severity.EMERGENCY
     table: str = "public.core_relationships"
-    per_transaction: int = Field(10, ge=0)
+    # thresholds of 0 would alert on every single removal: refused (ge=1), not obeyed
+    per_transaction: int = Field(10, ge=1)
     window_seconds: float = Field(300.0, gt=0)
-    per_organization_window: int = Field(25, ge=0)
-    global_window: int = Field(100, ge=0)
+    per_organization_window: int = Field(25, ge=1)
+    global_window: int = Field(100, ge=1)
     count_deactivations: bool = True
 
 
@@ -122,3 +123,36 @@ def _load_yaml(text: str, path: Path) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RulesFileError(f"rules file {path} is not valid YAML: {exc}") from exc
+
+
+def named_tables(rules: RulesConfig) -> dict[str, str]:
+    """Every table an enabled rule names -> where (for the refusal line)."""
+    out: dict[str, str] = {}
+    if rules.mass_deletion.enabled:
+        out.setdefault(rules.mass_deletion.table, "rules mass_deletion.table")
+    if rules.orphaned_user.enabled:
+        out.setdefault(rules.orphaned_user.table, "rules orphaned_user.table")
+    if rules.role_removed.enabled:
+        out.setdefault(rules.role_removed.table, "rules role_removed.table")
+    if rules.smart_code.enabled:
+        for table in rules.smart_code.tables:
+            out.setdefault(table, "rules smart_code.tables")
+    return out
+
+
+def check_settings(rules: RulesConfig, tables: tuple[str, ...], poll_ms: int) -> None:
+    """Settings that cannot work, refused before anything starts (one line each)."""
+    from consumers.detect.errors import ConfigError
+
+    window_ms = rules.mass_deletion.window_seconds * 1000
+    if rules.mass_deletion.enabled and window_ms < poll_ms:
+        raise ConfigError(
+            f"rules mass_deletion.window_seconds {rules.mass_deletion.window_seconds:g} is "
+            f"shorter than the poll (--poll-ms {poll_ms}): make the window longer or the "
+            "poll shorter")
+    missing = {t: w for t, w in named_tables(rules).items() if t not in tables}
+    if missing:
+        t = sorted(missing)[0]
+        raise ConfigError(
+            f"{missing[t]} names {t}, which the detector does not read (--tables "
+            f"{','.join(tables)}): add it to --tables or fix the name")

@@ -25,3 +25,13 @@ class SinkError(DetectError):
 
 class BrokerUnavailable(DetectError):
     """No Kafka broker answers at the bootstrap servers."""
+
+
+class StreamMismatch(DetectError):
+    """The stream the state was built from is gone (another broker, database, slot; offsets
+    past a partition's end, or a start moved past them)."""
+
+
+class ConfigError(DetectError):
+    """A setting that cannot work: a table capture does not stream, a threshold of 0, a
+    window shorter than the poll."""

@@ -1,9 +1,13 @@
 """The poll loop: Kafka records -> transactions in commit order -> rules -> state + alerts.
 
-Partitions are assigned by hand (no consumer group): the restart point of every partition
-lives in the state file, written in the same SQLite transaction as the state and the alerts.
-Per batch: poll, route each record (bad ones to the dead-letter topic), evaluate the
-transactions that became complete, commit the batch, then deliver the outbox.
+Records come through ``consumers.kafka_source.RecordSource`` (the archiver's reader; the
+kafka-python or the confluent backend), partitions assigned by hand (no consumer group):
+the restart point of every partition lives in the state file, written in the same SQLite
+transaction as the state, the stream's identity and the alerts. Per batch: poll, check the
+stream is still the one the state knows, route each record (bad ones to the dead-letter
+topic), evaluate the transactions that became complete, commit the batch, then deliver the
+outbox. A stream that is not the state's, or a table capture does not stream, stops the
+loop before anything is committed (``StreamMismatch``, ``ConfigError``).
 """
 
 from __future__ import annotations
@@ -12,44 +16,45 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
+from capture.encoding import SCHEMA_VERSION
 from capture.errors import BrokerError
 from capture.event import (
-    SCHEMA_VERSION,
     ChangeEvent,
     MarkerKind,
     StreamMarker,
     TransactionEvent,
     parse_transaction_topic,
 )
-from capture.kafka_admin import ensure_topics
-from capture.topics import alerts_topic, deadletter_topic, table_topic, transaction_topic
+from capture.identity import StreamIdentity
+from capture.kafka_admin import check_reachable, ensure_topics
+from capture.service_kit import Health
+from capture.topics import alerts_topic, deadletter_topic, transaction_topic
 from consumers.detect.alerts import Alert
 from consumers.detect.assembler import Assembler, TopicPartitionKey
-from consumers.detect.config import RulesConfig
-from consumers.detect.errors import BrokerUnavailable, SinkError
+from consumers.detect.config import RulesConfig, named_tables
+from consumers.detect.errors import BrokerUnavailable, DetectError
 from consumers.detect.memberships import MembershipIndex
+from consumers.detect.metrics import DetectMetrics
+from consumers.detect.outbox import Outbox
 from consumers.detect.rules import Detector
-from consumers.detect.sinks import (
-    AlertSink,
-    DeadLetters,
-    KafkaAlertSink,
-    LogSink,
-    PostgresAlertSink,
-)
+from consumers.detect.sinks import AlertSink, KafkaAlertSink, LogSink, PostgresAlertSink
 from consumers.detect.state import Batch, StateStore
+from consumers.detect.stream_check import StreamCheck, check_tables
+from consumers.detect.webhook import WebhookFormat, WebhookSink
 from consumers.detect.window import RemovalWindow
+from consumers.kafka_source import Backend, Record, RecordSource, open_source
 
 log = logging.getLogger("hera.detect")
 
 Clock = Callable[[], datetime]
 _REFRESH_S = 2.0  # how often missing topics / new partitions are looked for
+_PROBE_S = 5.0  # how often the broker's identity is asked (a thread: the loop never waits)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ class DetectOptions:
     dsn: str | None = None
     poll_ms: int = 100
     max_records: int = 5000
+    kafka_backend: Backend = "kafka-python"
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_format: WebhookFormat = "json"
+    reset_state: bool = False
 
 
 @dataclass
@@ -75,28 +85,60 @@ class DetectStats:
     undelivered: int = 0
 
 
-@dataclass
-class _Topics:
-    by_name: dict[str, str | None] = field(default_factory=dict)  # topic -> table (None: tx)
+class _Probe:
+    """The broker's cluster id, asked from a thread every few seconds: whether the broker
+    answers (readiness) and, when it does, whether it is still the same cluster."""
+
+    def __init__(self, bootstrap: str, source: RecordSource, stop: threading.Event) -> None:
+        self._bootstrap = bootstrap
+        self._source = source
+        self._stop = stop
+        self.cluster_id: str | None = None
+        self.error: str | None = None
+        self.answers = 0  # how many probes succeeded (the loop checks each new answer)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="detect-probe")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(_PROBE_S):
+            try:
+                check_reachable(self._bootstrap, timeout_s=2.0)
+                self.cluster_id = self._source.cluster_id()
+                self.error = None
+                self.answers += 1
+            except (BrokerError, Exception) as exc:  # any failure: the broker did not answer
+                self.error = f"no Kafka broker answers at {self._bootstrap}: {exc}"
 
 
 class DetectorRunner:
     def __init__(self, options: DetectOptions, clock: Clock,
-                 stop: threading.Event | None = None) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
+                 stop: threading.Event | None = None, metrics: DetectMetrics | None = None,
+                 health: Health | None = None) -> None:
+        from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
         self.options = options
         self.clock = clock
         self.stop_event = stop or threading.Event()
         self.stats = DetectStats()
+        self.metrics = metrics or DetectMetrics()
+        self.health = health or Health()
         prefix = options.topic_prefix
-        self._topics: dict[str, str | None] = {transaction_topic(prefix): None}
-        for table in options.tables:
-            schema, _, name = table.partition(".")
-            self._topics[table_topic(prefix, schema, name)] = table
+        self._txn_topic = transaction_topic(prefix)
 
+        try:  # before the state file is created: an unreachable broker creates nothing
+            check_reachable(options.bootstrap_servers)
+        except BrokerError:
+            raise BrokerUnavailable(
+                f"no Kafka broker answers at {options.bootstrap_servers}: check "
+                "--bootstrap-servers and that the broker runs") from None
         self.store = StateStore.open(options.state_path, prefix)
+        if options.reset_state:
+            self.store.reset_stream()
+            log.warning("state reset: %s forgot its stream (offsets, identity, memberships)",
+                        options.state_path)
         loaded = self.store.load()
         rules: RulesConfig = options.rules
         window = RemovalWindow(int(rules.mass_deletion.window_seconds * 1_000_000))
@@ -106,37 +148,59 @@ class DetectorRunner:
         self.assembler = Assembler(frozenset(options.tables), loaded.released_lsn,
                                    self.detector.keeps)
         self._next: dict[TopicPartitionKey, int] = dict(loaded.offsets)
+        self._stored_offsets = dict(loaded.offsets)
         self._deadletter_total = loaded.deadletters
         self._latest_commit_us: int | None = None
+        self.check = StreamCheck(options.state_path, loaded.identity
+                                 or StreamIdentity(topic_prefix=prefix))
+        self.check.changed = loaded.identity is None
+        self._named = {t: "--tables" for t in options.tables} | named_tables(rules)
+        self._captured = loaded.captured_tables
+        self._captured_changed = False
+        if self._captured is not None:
+            check_tables(self._named, self._captured)
 
-        self.sinks: list[AlertSink] = [LogSink()]
-        if options.dsn:  # first: a missing critical_system_alerts table stops us right away
-            self.sinks.append(PostgresAlertSink(options.dsn))
+        sinks: list[AlertSink] = [LogSink()]
+        self._source: RecordSource | None = None
+        self._producer = None
         try:
-            # Fail fast on an unreachable broker, and create our output topics with one
-            # partition (auto-created ones get the broker's default count: no order).
-            ensure_topics(options.bootstrap_servers, [alerts_topic(prefix),
-                                                      deadletter_topic(prefix)])
-            self._producer = KafkaProducer(bootstrap_servers=options.bootstrap_servers,
-                                           acks="all", linger_ms=0)
-        except (KafkaError, BrokerError):
-            for sink in self.sinks:
-                sink.close()
-            self.store.close()
-            raise BrokerUnavailable(
-                f"no Kafka broker answers at {options.bootstrap_servers}: check "
-                "--bootstrap-servers and that the broker runs") from None
-        self.sinks.append(KafkaAlertSink(self._producer, alerts_topic(prefix)))
-        self.deadletters = DeadLetters(self._producer, deadletter_topic(prefix))
-        self._consumer: Any = KafkaConsumer(
-            bootstrap_servers=options.bootstrap_servers, group_id=None,
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=50,
-            # kafka-python checks CRC32C in pure Python: 70% of the detector's CPU when
-            # profiled. TCP checksums the bytes and the broker validated each batch on write.
-            check_crcs=False)
-        self._assigned: set[TopicPartitionKey] = set()
-        self._last_refresh = 0.0
-        self._delivered: dict[str, set[str]] = {}
+            if options.dsn:  # first: a missing critical_system_alerts table stops us at once
+                sinks.append(PostgresAlertSink(options.dsn))
+            if options.webhook_url:
+                sinks.append(WebhookSink(options.webhook_url, options.webhook_secret,
+                                         options.webhook_format, clock))
+            try:
+                # Fail fast on an unreachable broker, and create our output topics with one
+                # partition (auto-created ones get the broker's default count: no order).
+                ensure_topics(options.bootstrap_servers, [alerts_topic(prefix),
+                                                          deadletter_topic(prefix)])
+                self._producer = KafkaProducer(bootstrap_servers=options.bootstrap_servers,
+                                               acks="all", linger_ms=0)
+                self._source = open_source(
+                    options.bootstrap_servers, prefix, options.tables, options.kafka_backend,
+                    consumer="detect", clock=clock, fetch_max_wait_ms=50,
+                    max_poll_records=options.max_records, check_crcs=False)
+                cluster_id = self._source.cluster_id()
+            except (KafkaError, BrokerError):
+                raise BrokerUnavailable(
+                    f"no Kafka broker answers at {options.bootstrap_servers}: check "
+                    "--bootstrap-servers and that the broker runs") from None
+            sinks.append(KafkaAlertSink(self._producer, alerts_topic(prefix)))
+            self.sinks = sinks
+            self.check.cluster(cluster_id)
+            self._source.assign(self._next)
+            self.check.stored_offsets(self._stored_offsets, self._source.watermarks(
+                set(self._stored_offsets) | self._source.assigned()))
+        except BaseException:
+            self._close_all(sinks)
+            raise
+        self.outbox = Outbox(self.store, self.sinks, self.metrics,
+                             lambda: self.clock().isoformat())
+        self._probe = _Probe(options.bootstrap_servers, self._source, self.stop_event)
+        self._probe_seen = 0
+        self._last_refresh = time.monotonic()
+        self.metrics.broker_up.set(1)
+        self.health.ready()
         # Snapshot rows of different partitions arrive in any order: no stream transaction
         # is judged until every row of a snapshot in flight has been read (see
         # _snapshot_barrier), else a user whose other membership is still unread would
@@ -144,66 +208,100 @@ class DetectorRunner:
         self._open_epochs: set[int] = set()
         self._barrier: dict[TopicPartitionKey, int] = {}
 
+    @property
+    def source(self) -> RecordSource:
+        assert self._source is not None
+        return self._source
+
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> DetectStats:
         """Run until the stop event is set; every batch is committed before the next poll."""
         try:
+            self._probe.start()
             self._deliver_outbox()  # alerts a crash left committed but undelivered
             while not self.stop_event.is_set():
                 self.run_once()
+        except DetectError as exc:
+            self.health.not_ready(str(exc))
+            raise
         finally:
             self.close()
         return self.stats
 
     def run_once(self) -> None:
         self._refresh_assignment()
-        if not self._assigned:
+        self._check_probe()
+        if not self.source.assigned():
             self.stop_event.wait(self.options.poll_ms / 1000)
             return
-        polled = self._consumer.poll(timeout_ms=self.options.poll_ms,
-                                     max_records=self.options.max_records)
-        records = 0
-        for tp, batch in polled.items():
-            for record in batch:
-                self._route(tp.topic, tp.partition, record)
-                self._next[(tp.topic, tp.partition)] = record.offset + 1
-                records += 1
-        self.stats.records += records
+        polled = self.source.poll(timeout_ms=self.options.poll_ms)
+        self.check.positions(self._next, self.source.highwaters())
+        for record in polled:
+            self._route(record)
+            self._next[(record.topic, record.partition)] = record.offset + 1
+        self.stats.records += len(polled)
+        self.metrics.records.inc(len(polled))
         alerts: list[Alert] = []
         for tx in () if self._snapshot_barrier() else self.assembler.ready():
             alerts.extend(self.detector.evaluate(tx))
             self.stats.transactions += 1
+            self.metrics.transactions.inc()
             self._latest_commit_us = tx.commit_us
         self.stats.duplicates = self.assembler.duplicates
-        if records or alerts:
+        if polled or alerts or self.check.changed or self._captured_changed:
             self._commit(alerts)
+        self._observe_lag()
         self._deliver_outbox()
 
     def close(self) -> None:
-        for closer in (self._consumer.close, self._producer.close, self.store.close,
-                       *(s.close for s in self.sinks)):
+        self._close_all(self.sinks)
+
+    def _close_all(self, sinks: list[AlertSink]) -> None:
+        closers: list[Callable[[], object]] = []
+        if self._source is not None:
+            closers.append(self._source.close)
+        if self._producer is not None:
+            closers.append(self._producer.close)
+        closers += [self.store.close, *(s.close for s in sinks)]
+        for closer in closers:
             try:
                 closer()
             except Exception as exc:  # closing is best effort; the state is committed
                 log.debug("close failed: %s", exc)
 
+    def _check_probe(self) -> None:
+        probe = self._probe
+        if probe.error is not None:
+            self.metrics.broker_up.set(0)
+            self.health.not_ready(probe.error)
+            return
+        if probe.answers != self._probe_seen:
+            self._probe_seen = probe.answers
+            try:
+                self.check.cluster(probe.cluster_id)
+            except DetectError:
+                self.metrics.identity_failed.inc()
+                raise
+            self.metrics.broker_up.set(1)
+            self.health.ready()
+
     # --- records --------------------------------------------------------------------------
 
-    def _route(self, topic: str, partition: int, record: Any) -> None:
-        table = self._topics.get(topic)
+    def _route(self, record: Record) -> None:
+        topic = record.topic
+        tp = (topic, record.partition)
         try:
-            if table is None:
-                self._on_transaction_record(record.value, (topic, partition), record.offset)
+            if topic == self._txn_topic:
+                self._on_transaction_record(record.value, tp, record.offset)
             else:
-                self._on_change(record.value, table, (topic, partition), record.offset)
+                self._on_change(record.value, topic, tp, record.offset)
         except (ValidationError, ValueError, TypeError) as exc:
-            self._dead(f"not a valid record for {topic}: {_short(exc)}", topic, partition,
-                       record)
+            self._dead(f"not a valid record for {topic}: {_short(exc)}", record)
         except _Rejected as exc:
-            self._dead(str(exc), topic, partition, record)
+            self._dead(str(exc), record)
 
-    def _on_change(self, value: bytes | None, table: str, tp: TopicPartitionKey,
+    def _on_change(self, value: bytes | None, topic: str, tp: TopicPartitionKey,
                    offset: int) -> None:
         if value is None:
             raise _Rejected("empty record (no value)")
@@ -211,8 +309,9 @@ class DetectorRunner:
         if event.schema_version > SCHEMA_VERSION:
             raise _Rejected(f"change event schema_version {event.schema_version} is newer "
                             f"than this detector's {SCHEMA_VERSION}")
-        if event.table_id != table:
-            raise _Rejected(f"event of table {event.table_id} on the topic of {table}")
+        expected = topic[len(self.options.topic_prefix) + 1:]
+        if event.table_id != expected:
+            raise _Rejected(f"event of table {event.table_id} on the topic of {expected}")
         if event.op == "r":
             if event.commit_lsn >= self.assembler.released_lsn:  # older ones: already in state
                 self.detector.apply_snapshot(event)
@@ -229,11 +328,24 @@ class DetectorRunner:
                             f"newer than this detector's {SCHEMA_VERSION}")
         if isinstance(item, TransactionEvent):
             self.assembler.add_end(item, tp, offset)
-        elif isinstance(item, StreamMarker) and item.status is MarkerKind.SNAPSHOT_START:
-            self.detector.new_epoch(item.epoch_lsn)
-            self._open_epochs.add(item.epoch_lsn)
-        elif isinstance(item, StreamMarker) and item.status is MarkerKind.SNAPSHOT_END:
-            self._open_epochs.discard(item.epoch_lsn)
+        elif isinstance(item, StreamMarker):
+            self._on_marker(item)
+        # a SchemaChangeEvent changes no row: nothing for the rules (END does not count it)
+
+    def _on_marker(self, marker: StreamMarker) -> None:
+        try:
+            self.check.marker(marker)
+        except DetectError:
+            self.metrics.identity_failed.inc()
+            raise
+        if marker.tables and tuple(marker.tables) != self._captured:
+            check_tables(self._named, tuple(marker.tables))
+            self._captured, self._captured_changed = tuple(marker.tables), True
+        if marker.status is MarkerKind.SNAPSHOT_START:
+            self.detector.new_epoch(marker.epoch_lsn)
+            self._open_epochs.add(marker.epoch_lsn)
+        elif marker.status is MarkerKind.SNAPSHOT_END:
+            self._open_epochs.discard(marker.epoch_lsn)
             self._barrier = self._table_end_offsets()
 
     def _snapshot_barrier(self) -> bool:
@@ -247,24 +359,26 @@ class DetectorRunner:
     def _table_end_offsets(self) -> dict[TopicPartitionKey, int]:
         """Where the table partitions end now: capture flushed the snapshot rows before
         SNAPSHOT_END, so every one of them is below these offsets."""
-        from kafka import TopicPartition
+        tps = [tp for tp in self.source.assigned() if tp[0] != self._txn_topic]
+        return {tp: high for tp, (_low, high) in self.source.watermarks(tps).items() if high}
 
-        tps = [TopicPartition(t, p) for t, p in self._assigned if self._topics.get(t)]
-        ends = self._consumer.end_offsets(tps) if tps else {}
-        return {(tp.topic, tp.partition): int(end) for tp, end in ends.items() if end}
-
-    def _dead(self, reason: str, topic: str, partition: int, record: Any) -> None:
-        log.warning("dead letter %s[%d]@%d: %s", topic, partition, record.offset, reason)
-        self.deadletters.send(reason, topic, partition, record.offset, record.key,
-                              record.value, self.clock())
+    def _dead(self, reason: str, record: Record) -> None:
+        log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition,
+                    record.offset, reason)
+        self.source.dead_letter(record, reason)
         self._deadletter_total += 1
+        self._dead_in_batch = True
         self.stats.deadletters += 1
+        self.metrics.dead_letters.inc()
+
+    _dead_in_batch = False
 
     # --- commit and delivery -------------------------------------------------------------
 
     def _commit(self, alerts: list[Alert]) -> None:
-        if self.deadletters.sent:
-            self.deadletters.flush()  # acknowledged before the offsets move past them
+        if self._dead_in_batch:
+            self.source.flush()  # acknowledged before the offsets move past them
+            self._dead_in_batch = False
         low = self.assembler.low_water()
         offsets = {tp: min(nxt, low.get(tp, nxt)) for tp, nxt in self._next.items()}
         window = self.detector.window
@@ -274,39 +388,34 @@ class DetectorRunner:
             window_added=window.added,
             window_cutoff_us=(None if self._latest_commit_us is None
                               else window.cutoff(self._latest_commit_us)),
-            alerted=set(window.alerted) if window.changed else None, alerts=alerts)
+            alerted=set(window.alerted) if window.changed else None, alerts=alerts,
+            identity=self.check.identity if self.check.changed else None,
+            captured_tables=self._captured if self._captured_changed else None)
         self.store.commit(batch)
+        self.check.changed = self._captured_changed = False
         window.added = []
         window.changed = False
         self.stats.alerts += len(alerts)
+        self.metrics.batches.inc()
+        for alert in alerts:
+            self.metrics.alerts.labels(alert.rule.value, alert.severity.value).inc()
+        for (topic, part), off in offsets.items():
+            self.metrics.committed_offset.labels(topic, str(part)).set(off)
+
+    def _observe_lag(self) -> None:
+        behind = 0
+        for (topic, part), high in self.source.highwaters().items():
+            lag = max(0, high - self._next.get((topic, part), 0))
+            behind += lag
+            self.metrics.lag_records.labels(topic, str(part)).set(lag)
+        if behind and self._latest_commit_us is not None:
+            now_us = self.clock().timestamp() * 1_000_000
+            self.metrics.lag_seconds.set(max(0.0, (now_us - self._latest_commit_us) / 1e6))
+        else:
+            self.metrics.lag_seconds.set(0)
 
     def _deliver_outbox(self) -> None:
-        pending = self.store.outbox()
-        if not pending:
-            self.stats.undelivered = 0
-            return
-        done: list[str] = []
-        for alert in pending:
-            key = str(alert.id)
-            took = self._delivered.setdefault(key, set())
-            for sink in self.sinks:
-                if sink.name in took:
-                    continue
-                try:
-                    sink.deliver(alert)
-                    took.add(sink.name)
-                except SinkError as exc:
-                    log.error("alert %s not delivered to %s (will retry): %s", key,
-                              sink.name, exc)
-            if len(took) == len(self.sinks):
-                done.append(key)
-        if done:
-            self.store.delivered(done)
-            for key in done:
-                self._delivered.pop(key, None)
-        self.stats.undelivered = len(pending) - len(done)
-        if self.stats.undelivered:
-            self.stop_event.wait(1.0)  # a sink is down: retry soon, without spinning
+        self.stats.undelivered = self.outbox.deliver()
 
     # --- partitions ----------------------------------------------------------------------
 
@@ -315,29 +424,16 @@ class DetectorRunner:
         if now - self._last_refresh < _REFRESH_S:
             return
         self._last_refresh = now
-        wanted: set[TopicPartitionKey] = set()
-        for topic in self._topics:
-            partitions = self._consumer.partitions_for_topic(topic)
-            for p in partitions or ():
-                wanted.add((topic, p))
-        if wanted == self._assigned:
+        before = self.source.assigned()
+        try:
+            self.source.refresh(self._next)
+        except Exception as exc:  # the broker is down: the probe says so; retry later
+            log.debug("refresh failed: %s", exc)
             return
-        from kafka import TopicPartition
-
-        positions = {tp: self._position(tp) for tp in self._assigned}
-        self._consumer.assign([TopicPartition(t, p) for t, p in sorted(wanted)])
-        for t, p in sorted(wanted):
-            nxt = positions.get((t, p), self._next.get((t, p)))
-            if nxt is None:
-                self._consumer.seek_to_beginning(TopicPartition(t, p))
-            else:
-                self._consumer.seek(TopicPartition(t, p), nxt)
-        if self._assigned:
-            log.info("partitions now %s", sorted(wanted))
-        self._assigned = wanted
-
-    def _position(self, tp: TopicPartitionKey) -> int | None:
-        return self._next.get(tp)
+        after = self.source.assigned()
+        self.check.vanished({tp: n for tp, n in self._next.items() if tp in before}, after)
+        if after != before and before:
+            log.info("partitions now %s", sorted(after))
 
 
 class _Rejected(Exception):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from capture.topics import DEFAULT_TABLES, TableList
@@ -18,6 +19,23 @@ class DetectSettings(BaseSettings):
     tables: TableList = DEFAULT_TABLES
     dsn: str | None = None  # where critical_system_alerts lives; also shown in replay commands
     rules: Path | None = None
-    state: Path = Path("detect-state.sqlite")
+    # Where the state lives: a directory the user names (never the working directory by
+    # accident); --state names the file itself.
+    state_dir: Path | None = None
+    state: Path | None = None
+    reset_state: bool = False
     archive_dir: str = "./archive"
     poll_ms: int = Field(100, ge=1, le=10_000)
+    kafka_backend: Literal["kafka-python", "confluent"] = "kafka-python"
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    webhook: str | None = Field(None, pattern=r"^https?://")
+    webhook_secret: SecretStr | None = None
+    webhook_format: Literal["json", "slack"] = "json"
+    log_level: str = "INFO"
+
+    def state_path(self) -> Path | None:
+        if self.state is not None:
+            return self.state
+        if self.state_dir is not None:
+            return self.state_dir / f"detect-{self.topic_prefix}.sqlite"
+        return None

@@ -7,10 +7,7 @@ key; Kafka readers can drop it by the record key.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-from datetime import datetime
 from typing import Any, Protocol
 
 import psycopg
@@ -115,27 +112,3 @@ class PostgresAlertSink:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
-
-
-class DeadLetters:
-    """Bad messages, with the reason, on ``<prefix>.deadletter``."""
-
-    def __init__(self, producer: KafkaProducerLike, topic: str) -> None:
-        self._producer = producer
-        self.topic = topic
-        self.sent = 0
-
-    def send(self, reason: str, topic: str, partition: int, offset: int, key: bytes | None,
-             value: bytes | None, now: datetime) -> None:
-        body = {
-            "reason": reason, "topic": topic, "partition": partition, "offset": offset,
-            "key_b64": None if key is None else base64.b64encode(key).decode(),
-            "value_b64": None if value is None else base64.b64encode(value).decode(),
-            "detected_at": now.isoformat(),
-        }
-        self._producer.send(self.topic, key=key, value=json.dumps(body).encode())
-        self.sent += 1
-
-    def flush(self) -> None:
-        """Every dead letter acknowledged: called before the offsets past them are stored."""
-        self._producer.flush(timeout=_SEND_TIMEOUT_S)

@@ -4,7 +4,14 @@ One SQLite transaction per batch writes the memberships that changed, the remova
 highest evaluated commit LSN, the offsets to restart from and the alerts raised. SIGKILL at
 any instant leaves either the batch before or the batch after: a restart re-reads exactly
 the records whose effects are not in the file, so it neither re-alerts nor misses. Alerts
-leave through the outbox: delivered after the commit, deleted once every sink took them.
+leave through the outbox: delivered after the commit; each sink's delivery is recorded as
+it happens (so a restart re-delivers only to the sinks that had not taken it) and the row is
+marked delivered once every sink took it.
+
+The stream's identity (capture/identity.py StreamIdentity: topic prefix, Kafka cluster id,
+PostgreSQL system identifier, database, slot, epoch) and the tables capture said it streams
+are stored in ``meta`` in the same transaction as the offsets: the offsets mean something
+only on that stream.
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capture.identity import StreamIdentity
 from consumers.detect.alerts import Alert
 from consumers.detect.errors import StateFileError
 from consumers.detect.memberships import Membership
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: identity + captured tables in meta, per-sink outbox deliveries
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,8 +40,14 @@ CREATE TABLE IF NOT EXISTS removal_window (
     commit_us INTEGER NOT NULL, organization_id TEXT NOT NULL, removed INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS alerted_scopes (scope TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL);
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL,
+    delivered_at TEXT);
+CREATE TABLE IF NOT EXISTS outbox_sinks (
+    id TEXT NOT NULL, sink TEXT NOT NULL, PRIMARY KEY (id, sink));
 """
+# format 1 -> 2: the outbox keeps delivered rows, marked (an audit trail of what was sent)
+_MIGRATE_1 = "ALTER TABLE outbox ADD COLUMN delivered_at TEXT"
+_STREAM_TABLES = ("offsets", "memberships", "removal_window", "alerted_scopes")
 
 TopicPartitionKey = tuple[str, int]
 
@@ -46,6 +60,8 @@ class LoadedState:
     memberships: list[tuple[str, str, str, int]]
     window: list[tuple[int, str, int]]
     alerted: set[str]
+    identity: StreamIdentity | None = None
+    captured_tables: tuple[str, ...] | None = None  # None: no marker seen yet
 
 
 @dataclass
@@ -60,6 +76,8 @@ class Batch:
     window_cutoff_us: int | None = None
     alerted: set[str] | None = None  # None: unchanged
     alerts: list[Alert] = field(default_factory=list)
+    identity: StreamIdentity | None = None  # None: unchanged
+    captured_tables: tuple[str, ...] | None = None  # None: unchanged
 
 
 class StateStore:
@@ -96,7 +114,13 @@ class StateStore:
             conn.execute("COMMIT")
         else:
             version = int(meta.get("format_version", "0"))
-            if version > FORMAT_VERSION:
+            if version == 1:
+                conn.execute("BEGIN")
+                conn.execute(_MIGRATE_1)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'",
+                             (str(FORMAT_VERSION),))
+                conn.execute("COMMIT")
+            elif version > FORMAT_VERSION:
                 conn.close()
                 raise StateFileError(
                     f"{path} was written by a newer hera-guard (state format {version}, this "
@@ -121,7 +145,23 @@ class StateStore:
             window=list(c.execute(
                 "SELECT commit_us, organization_id, removed FROM removal_window")),
             alerted={r[0] for r in c.execute("SELECT scope FROM alerted_scopes")},
+            identity=(StreamIdentity.model_validate_json(meta["identity"])
+                      if "identity" in meta else None),
+            captured_tables=(tuple(meta["captured_tables"].split(","))
+                             if meta.get("captured_tables") else None),
         )
+
+    def reset_stream(self) -> None:
+        """Forget the stream (``--reset-state``): offsets, identity, memberships, window.
+        Alerts not yet delivered stay in the outbox and are still delivered."""
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        for table in _STREAM_TABLES:
+            c.execute(f"DELETE FROM {table}")  # noqa: S608 - our own constant table names
+        c.execute("DELETE FROM meta WHERE key IN ('identity', 'captured_tables')")
+        c.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                      [("0", "released_lsn")])
+        c.execute("COMMIT")
 
     def commit(self, batch: Batch) -> None:
         c = self._conn
@@ -150,6 +190,12 @@ class StateStore:
                               [(s,) for s in sorted(batch.alerted)])
             c.executemany("INSERT OR IGNORE INTO outbox (id, body) VALUES (?, ?)",
                           [(str(a.id), a.model_dump_json()) for a in batch.alerts])
+            if batch.identity is not None:
+                c.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)",
+                          (batch.identity.model_dump_json(),))
+            if batch.captured_tables is not None:
+                c.execute("INSERT OR REPLACE INTO meta VALUES ('captured_tables', ?)",
+                          (",".join(batch.captured_tables),))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -158,13 +204,30 @@ class StateStore:
     def outbox(self) -> list[Alert]:
         """Alerts committed but not yet confirmed delivered, oldest first."""
         return [Alert.model_validate_json(body) for (body,) in self._conn.execute(
-            "SELECT body FROM outbox ORDER BY seq")]
+            "SELECT body FROM outbox WHERE delivered_at IS NULL ORDER BY seq")]
 
-    def delivered(self, ids: Iterable[str]) -> None:
+    def sinks_done(self, alert_id: str) -> set[str]:
+        """The sinks that already took this alert (recorded by ``delivered_to``)."""
+        return {r[0] for r in self._conn.execute(
+            "SELECT sink FROM outbox_sinks WHERE id = ?", (alert_id,))}
+
+    def delivered_to(self, alert_id: str, sink: str) -> None:
+        """``sink`` took the alert: committed at once, so a crash never re-sends to it
+        (except in the instant between the sink's answer and this commit)."""
+        self._conn.execute("INSERT OR IGNORE INTO outbox_sinks VALUES (?, ?)", (alert_id, sink))
+
+    def delivered(self, ids: Iterable[str], now: str = "") -> None:
+        """Every sink took these alerts: marked delivered (kept as the record of it)."""
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
-        c.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        c.executemany("UPDATE outbox SET delivered_at = ? WHERE id = ?",
+                      [(now or "delivered", i) for i in ids])
         c.execute("COMMIT")
+
+    def pending_count(self) -> int:
+        row = self._conn.execute(
+            "SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone()
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         self._conn.close()
