@@ -28,6 +28,7 @@ from consumers.detect.window import RemovalWindow
 REL = "public.core_relationships"
 DYN = "public.core_dynamic_data"
 BASE_US = 1_790_000_000_000_000  # a fixed commit time, 2026
+SYSTEM_ID = "7300000000000000001"  # pg_control_system().system_identifier of "the" cluster
 FIXED_NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 _xids = itertools.count(1000)
@@ -58,7 +59,8 @@ def role(user: str, org: str, field_name: str = "role") -> dict[str, Any]:
 
 @dataclass
 class Tx:
-    """One transaction's events, numbered as capture numbers them."""
+    """One transaction's events, numbered as capture numbers them: ``position`` from 0,
+    Debezium's ``total_order`` from 1 (capture/event.py change_event_json)."""
 
     prefix: str = "hera"
     xid: int = field(default_factory=lambda: next(_xids))
@@ -69,7 +71,7 @@ class Tx:
     def _add(self, table: str, op: Op, before: dict[str, Any] | None,
              after: dict[str, Any] | None) -> Tx:
         schema, _, name = table.partition(".")
-        position = len(self.events) + 1
+        position = len(self.events)
         row = after if after is not None else before
         per_table = sum(1 for e in self.events if e.table_id == table) + 1
         self.events.append(ChangeEvent(
@@ -79,7 +81,7 @@ class Tx:
                           ts_ms=self.commit_us // 1000, ts_us=self.commit_us,
                           snapshot="true" if op is Op.READ else "false"),
             transaction=None if op is Op.READ else TransactionBlock(
-                id=f"{self.xid}:{self.commit_lsn}", total_order=position,
+                id=f"{self.xid}:{self.commit_lsn}", total_order=position + 1,
                 data_collection_order=per_table),
             commit_lsn=self.commit_lsn, position=position,
             key=None if row is None else {"id": row["id"]},
@@ -166,14 +168,22 @@ class Publisher:
             self._p.send(transaction_topic(self.prefix), key=b"txn", value=tx.end().to_json())
         self._p.flush(30)
 
-    def snapshot(self, epoch_lsn: int, rows: list[dict[str, Any]]) -> None:
-        from capture.event import MarkerKind, StreamMarker
+    def marker(self, kind: Any, epoch_lsn: int, db: str = "hera",
+               system_identifier: str | None = SYSTEM_ID,
+               tables: tuple[str, ...] = (REL, DYN)) -> bytes:
+        from capture.event import StreamMarker
+
+        return StreamMarker(status=kind, slot="s", db=db, epoch_lsn=epoch_lsn, lsn=epoch_lsn,
+                            ts_ms=BASE_US // 1000, tables=tables,
+                            system_identifier=system_identifier, plugin="pgoutput").to_json()
+
+    def snapshot(self, epoch_lsn: int, rows: list[dict[str, Any]], db: str = "hera",
+                 system_identifier: str | None = SYSTEM_ID) -> None:
+        from capture.event import MarkerKind
         from capture.topics import table_topic, transaction_topic
 
         def marker(kind: MarkerKind) -> bytes:
-            return StreamMarker(status=kind, slot="s", db="hera", epoch_lsn=epoch_lsn,
-                                lsn=epoch_lsn, ts_ms=BASE_US // 1000,
-                                tables=(REL, DYN)).to_json()
+            return self.marker(kind, epoch_lsn, db, system_identifier)
 
         self._p.send(transaction_topic(self.prefix), key=b"marker",
                      value=marker(MarkerKind.SNAPSHOT_START))

@@ -27,7 +27,7 @@ def test_a_transaction_waits_for_its_end_and_every_event() -> None:
     assert list(a.ready()) == []
     a.add_event(tx.events[1], DYN_TOPIC, 0)
     (done,) = list(a.ready())
-    assert [e.position for e in done.events] == [1, 2, 3]
+    assert [e.position for e in done.events] == [0, 1, 2]
     assert done.counts == {REL: 2, DYN: 1}
 
 

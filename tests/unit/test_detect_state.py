@@ -78,3 +78,52 @@ def test_a_state_file_of_another_topic_prefix_is_refused(tmp_path: Path) -> None
     StateStore.open(path, "hera").close()
     with pytest.raises(StateFileError, match="topic prefix 'hera'"):
         StateStore.open(path, "other")
+
+
+def test_the_identity_and_captured_tables_are_stored_with_the_offsets(tmp_path: Path) -> None:
+    from capture.identity import StreamIdentity
+
+    path = tmp_path / "s.sqlite"
+    store = StateStore.open(path, "hera")
+    ident = StreamIdentity(topic_prefix="hera", kafka_cluster_id="c", db="hera", slot="s")
+    store.commit(Batch(released_lsn=5, deadletters=0, offsets={("hera.transaction", 0): 3},
+                       identity=ident, captured_tables=(REL, "public.core_dynamic_data")))
+    store.close()
+    loaded = StateStore.open(path, "hera").load()
+    assert loaded.identity == ident
+    assert loaded.captured_tables == (REL, "public.core_dynamic_data")
+
+
+def test_reset_forgets_the_stream_but_keeps_undelivered_alerts(tmp_path: Path) -> None:
+    from capture.identity import StreamIdentity
+
+    store = StateStore.open(tmp_path / "s.sqlite", "hera")
+    alerts = run(make_detector(), Tx().truncate(REL))
+    store.commit(Batch(released_lsn=9, deadletters=0, offsets={("hera.transaction", 0): 3},
+                       memberships={"k": Membership("u", "o", 1)}, alerts=alerts,
+                       identity=StreamIdentity(topic_prefix="hera", kafka_cluster_id="c")))
+    store.reset_stream()
+    loaded = store.load()
+    assert (loaded.offsets, loaded.memberships, loaded.identity, loaded.released_lsn) == (
+        {}, [], None, 0)
+    assert store.outbox() == alerts
+
+
+def test_a_format_1_state_file_is_migrated_and_its_pending_alerts_kept(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+                             body TEXT NOT NULL);
+        INSERT INTO meta VALUES ('format_version', '1'), ('topic_prefix', 'hera'),
+                                ('released_lsn', '0'), ('deadletters', '0');""")
+    (alert,) = run(make_detector(), Tx().truncate(REL))
+    conn.execute("INSERT INTO outbox (id, body) VALUES (?, ?)",
+                 (str(alert.id), alert.model_dump_json()))
+    conn.commit()
+    conn.close()
+    store = StateStore.open(path, "hera")
+    assert store.outbox() == [alert]
+    store.delivered([str(alert.id)])
+    assert store.outbox() == []
