@@ -104,7 +104,7 @@ def test_a_rule_naming_a_table_the_detector_does_not_read_is_refused(tmp_path: P
 def test_a_threshold_of_zero_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "rules.toml"
     path.write_text("[mass_deletion]\nper_transaction = 0\n")
-    with pytest.raises(RulesFileError, match="mass_deletion.per_transaction"):
+    with pytest.raises(RulesFileError, match=r"mass_deletion\.per_transaction"):
         load_rules(path)
 
 

@@ -64,7 +64,7 @@ def test_a_sink_that_is_down_is_retried_after_a_back_off_and_the_others_get_it_o
     good, flaky = FlakySink("kafka"), FlakySink("webhook")
     good.up = True
     clock = [100.0]
-    box = Outbox(store, [good, flaky], DetectMetrics(), lambda: "t",  # type: ignore[list-item]
+    box = Outbox(store, [good, flaky], DetectMetrics(), lambda: "t",
                  monotonic=lambda: clock[0])
     assert box.deliver() == 2
     flaky.up = True
@@ -75,7 +75,7 @@ def test_a_sink_that_is_down_is_retried_after_a_back_off_and_the_others_get_it_o
     assert good.got == flaky.got == [str(a.id) for a in raised]
     assert store.outbox() == [] and box.deliver() == 0
     # a restart with the same state re-sends nothing
-    again = Outbox(StateStore.open(tmp_path / "s.sqlite", "hera"), [good, flaky],  # type: ignore[list-item]
+    again = Outbox(StateStore.open(tmp_path / "s.sqlite", "hera"), [good, flaky],
                    DetectMetrics(), lambda: "t")
     assert again.deliver() == 0 and len(good.got) == 2
 
@@ -88,7 +88,7 @@ def test_a_sink_delivery_recorded_before_a_crash_is_not_repeated(tmp_path: Path)
     store.close()
     good, other = FlakySink("kafka"), FlakySink("webhook")
     good.up = other.up = True
-    box = Outbox(StateStore.open(tmp_path / "s.sqlite", "hera"), [good, other],  # type: ignore[list-item]
+    box = Outbox(StateStore.open(tmp_path / "s.sqlite", "hera"), [good, other],
                  DetectMetrics(), lambda: "t")
     assert box.deliver() == 0
     assert good.got == [] and other.got == [str(raised[0].id)]
