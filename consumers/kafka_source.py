@@ -87,7 +87,7 @@ class RecordSource(Protocol):
     def close(self) -> None: ...
     # identity checks
     def assigned(self) -> set[TopicPartitionKey]: ...
-    def cluster_id(self) -> str | None: ...
+    def cluster_id(self, timeout_s: float = 15.0) -> str | None: ...
     def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
                    ) -> dict[TopicPartitionKey, tuple[int, int]]: ...
     def highwaters(self) -> dict[TopicPartitionKey, int]: ...
@@ -138,6 +138,7 @@ def fetch_watermarks(bootstrap_servers: str, partitions: Iterable[TopicPartition
                                  group_id=None, enable_auto_commit=False,
                                  fetch_max_wait_ms=10, max_partition_fetch_bytes=1024,
                                  request_timeout_ms=int(timeout_s * 1000) + 1000,
+                                 bootstrap_timeout_ms=int(timeout_s * 1000),
                                  client_id="hera-guard-watermarks")
     except KafkaError as exc:
         raise BrokerError.unreachable(bootstrap_servers, exc) from exc
@@ -173,7 +174,8 @@ def kafka_cluster_id(bootstrap_servers: str, timeout_s: float = 15.0) -> str | N
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
                                  client_id="hera-guard-identity",
-                                 request_timeout_ms=int(timeout_s * 1000))
+                                 request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(timeout_s * 1000))
     except KafkaError as exc:
         raise BrokerError.unreachable(bootstrap_servers, exc) from exc
     try:
@@ -259,8 +261,8 @@ class KafkaSource:
     def assigned(self) -> set[TopicPartitionKey]:
         return {(tp.topic, tp.partition) for tp in self._assigned}
 
-    def cluster_id(self) -> str | None:
-        return kafka_cluster_id(self._bootstrap)
+    def cluster_id(self, timeout_s: float = 15.0) -> str | None:
+        return kafka_cluster_id(self._bootstrap, timeout_s)
 
     def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
                    ) -> dict[TopicPartitionKey, tuple[int, int]]:
@@ -354,11 +356,11 @@ class ConfluentSource:
     def assigned(self) -> set[TopicPartitionKey]:
         return set(self._assigned)
 
-    def cluster_id(self) -> str | None:
+    def cluster_id(self, timeout_s: float = 15.0) -> str | None:
         from confluent_kafka import KafkaException
 
         try:
-            cid = self._consumer.list_topics(timeout=15).cluster_id
+            cid = self._consumer.list_topics(timeout=timeout_s).cluster_id
         except KafkaException as exc:
             raise BrokerError.unreachable(self._bootstrap, exc) from exc
         return str(cid) if cid else None

@@ -89,10 +89,13 @@ class _Probe:
     """The broker's cluster id, asked from a thread every few seconds: whether the broker
     answers (readiness) and, when it does, whether it is still the same cluster."""
 
-    def __init__(self, bootstrap: str, source: RecordSource, stop: threading.Event) -> None:
+    def __init__(self, bootstrap: str, source: RecordSource, stop: threading.Event,
+                 health: Health, metrics: DetectMetrics) -> None:
         self._bootstrap = bootstrap
         self._source = source
         self._stop = stop
+        self._health = health
+        self._metrics = metrics
         self.cluster_id: str | None = None
         self.error: str | None = None
         self.answers = 0  # how many probes succeeded (the loop checks each new answer)
@@ -105,11 +108,15 @@ class _Probe:
         while not self._stop.wait(_PROBE_S):
             try:
                 check_reachable(self._bootstrap, timeout_s=2.0)
-                self.cluster_id = self._source.cluster_id()
+                self.cluster_id = self._source.cluster_id(timeout_s=3.0)
                 self.error = None
                 self.answers += 1
-            except (BrokerError, Exception) as exc:  # any failure: the broker did not answer
+            except Exception as exc:  # any failure: the broker did not answer
                 self.error = f"no Kafka broker answers at {self._bootstrap}: {exc}"
+                # said here, not by the loop: a kafka-python metadata call of the loop may
+                # wait for the broker to come back
+                self._health.not_ready(self.error)
+                self._metrics.broker_up.set(0)
 
 
 class DetectorRunner:
@@ -154,7 +161,7 @@ class DetectorRunner:
         self.check = StreamCheck(options.state_path, loaded.identity
                                  or StreamIdentity(topic_prefix=prefix))
         self.check.changed = loaded.identity is None
-        self._named = {t: "--tables" for t in options.tables} | named_tables(rules)
+        self._named = named_tables(rules) | {t: "--tables" for t in options.tables}
         self._captured = loaded.captured_tables
         self._captured_changed = False
         if self._captured is not None:
@@ -196,7 +203,8 @@ class DetectorRunner:
             raise
         self.outbox = Outbox(self.store, self.sinks, self.metrics,
                              lambda: self.clock().isoformat())
-        self._probe = _Probe(options.bootstrap_servers, self._source, self.stop_event)
+        self._probe = _Probe(options.bootstrap_servers, self._source, self.stop_event,
+                             self.health, self.metrics)
         self._probe_seen = 0
         self._last_refresh = time.monotonic()
         self.metrics.broker_up.set(1)
@@ -424,6 +432,10 @@ class DetectorRunner:
         if now - self._last_refresh < _REFRESH_S:
             return
         self._last_refresh = now
+        try:  # kafka-python's metadata call waits, without a timeout, for a broker to answer
+            check_reachable(self.options.bootstrap_servers, timeout_s=1.0)
+        except BrokerError:
+            return  # the broker is down (the probe says so): look again later
         before = self.source.assigned()
         try:
             self.source.refresh(self._next)
