@@ -5,14 +5,12 @@ detector through the stream (one bulk-insert transaction, itself legitimate traf
 last one starts capture on a filled database, so they come from the snapshot (op r).
 
 Each rule fires on its workload, and legitimate traffic (a membership removed while the user
-keeps another, a bulk insert, role updates) raises nothing; a killed detector restarts
-without duplicating or losing an alert.
+keeps another, a bulk insert, role updates) raises nothing. (A detector killed while an
+alert waits in its outbox: tests/integration/test_detect_webhook.py.)
 """
 
 from __future__ import annotations
 
-import signal
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from devstack.broker import Broker
 from devstack.sample import SampleSize, load_sample
 from tests.capture_fixtures import running_capture, slot_active, wait_until
 from tests.conftest import HeraDB
-from tests.integration.test_detect_stream import alerts_on_kafka, running_detector, start_cli
+from tests.integration.test_detect_stream import alerts_on_kafka, running_detector
 
 
 def one(conn: Any, query: str) -> str:
@@ -86,42 +84,6 @@ def released(db: HeraDB, slot: str) -> None:
     """The walsender outlives capture's clean stop by a moment; the database can only be
     dropped (fixture teardown) once the slot is free."""
     wait_until(lambda: not slot_active(db.dsn, slot), 30, "the slot to be released")
-
-
-def outbox_empty(state: Path) -> bool:
-    if not state.exists():
-        return False
-    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as conn:
-        try:
-            row = conn.execute("SELECT count(*) FROM outbox").fetchone()
-        except sqlite3.OperationalError:  # not created yet
-            return False
-    return row is not None and row[0] == 0
-
-
-def test_a_killed_detector_restarts_without_duplicating_or_losing_an_alert(
-        broker: Broker, empty_db: HeraDB, topic_prefix: str, slot_name: str,
-        tmp_path: Path) -> None:
-    state = tmp_path / "state.sqlite"
-    with (running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name),
-          empty_db.connect() as conn):
-        load_sample(conn, SampleSize())
-        proc = start_cli(broker, topic_prefix, state)
-        conn.execute("TRUNCATE core_dynamic_data")
-        alerts_on_kafka(broker, topic_prefix, 1, settle_s=0)
-        wait_until(lambda: outbox_empty(state), 30, "the alert to leave the outbox")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        lonely = one(conn, SINGLE_MEMBERSHIP_USERS)
-        conn.execute("DELETE FROM core_relationships WHERE from_entity_id = %s", (lonely,))
-        proc = start_cli(broker, topic_prefix, state)
-        try:
-            alerts = alerts_on_kafka(broker, topic_prefix, 2, settle_s=1.5)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
-    released(empty_db, slot_name)
-    assert [a["rule"] for a in alerts] == [Rule.TRUNCATE, Rule.ORPHANED_USER]
 
 
 def test_memberships_from_the_snapshot_feed_the_orphan_rule(

@@ -202,3 +202,34 @@ def test_sigkill_loses_no_alert_and_postgres_holds_each_exactly_once(
     expected = sorted(tx.xid for tx in txs)
     assert sorted(int(str(x)) for (x,) in pg) == expected
     assert sorted({a["transaction"]["xid"] for a in kafka}) == expected
+
+
+def test_schema_changes_and_version_1_events_are_read_and_nothing_goes_to_dead_letters(
+        broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+    from capture.event import ColumnDef, SchemaChangeEvent
+    from capture.topics import transaction_topic
+
+    pub = Publisher(broker.bootstrap_servers, topic_prefix)
+    pub.snapshot(EPOCH, [membership("u1", ORG_A)])
+    ddl = Tx()
+    ddl.insert(REL, link(ORG_A, metadata='{"a": 1}'))  # v2: jsonb as text
+    pub.tx(ddl, end=False)
+    schema = SchemaChangeEvent(
+        xid=ddl.xid, commit_lsn=ddl.commit_lsn, position=1, lsn=ddl.commit_lsn - 1,
+        ts_us=ddl.commit_us, schema_="public", table="core_relationships",
+        columns=(ColumnDef(attnum=1, name="id", type="uuid"),), command_tag="ALTER TABLE",
+        ddl="ALTER TABLE core_relationships ADD COLUMN x int")
+    pub.raw(transaction_topic(topic_prefix), b"txn", schema.to_json())
+    end = ddl.end().model_copy(update={"schema_change_count": 1})
+    pub.raw(transaction_topic(topic_prefix), b"txn", end.to_json())
+    old = Tx()
+    for _ in range(30):
+        old.delete(REL, link(ORG_A, metadata={"a": 1}))  # v1: jsonb parsed
+    old.events = [e.model_copy(update={"schema_version": 1}) for e in old.events]
+    pub.tx(old)
+    with running_detector(broker, topic_prefix, tmp_path / "state.sqlite") as runner:
+        (alert,) = alerts_on_kafka(broker, topic_prefix, 1, settle_s=1.0)
+        wait_until(lambda: runner.stats.transactions >= 2, 30, "both transactions judged")
+    assert alert["rule"] == Rule.MASS_DELETION and alert["transaction"]["xid"] == old.xid
+    assert alert["counts"]["removed"] == 30
+    assert runner.stats.deadletters == 0
