@@ -197,11 +197,27 @@ def start_postgres(
     cluster = PostgresCluster(bindir, datadir, port, wd, owns, dict(extra_conf or {}))
     try:
         cluster.start()
+        _create_pg_cron(cluster)
     except StackError:
         if owns:
             shutil.rmtree(wd, ignore_errors=True)
         raise
     return cluster
+
+
+def _create_pg_cron(cluster: PostgresCluster) -> None:
+    """What a production DBA does once: the extension in the scheduler's own database
+    (``cron.database_name``), so ``guard install`` on any database can schedule the plan's
+    jobs there with ``cron.schedule_in_database``."""
+    import psycopg
+
+    cron_db = BASE_CONF["cron.database_name"].strip("'")
+    try:
+        with psycopg.connect(cluster.dsn(cron_db), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+    except psycopg.Error as exc:
+        cluster.stop("immediate")
+        raise StackError(f"cannot create pg_cron in database {cron_db}: {exc}") from exc
 
 
 @contextlib.contextmanager
