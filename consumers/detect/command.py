@@ -35,9 +35,10 @@ def _utc_now() -> datetime:
               help="directory of the state file detect-<prefix>.sqlite [env HERA_STATE_DIR]")
 @click.option("--state", type=click.Path(path_type=Path),
               help="the state file itself, instead of --state-dir [env HERA_STATE]")
-@click.option("--reset-state", is_flag=True, default=None,
+@click.option("--reset-state", is_flag=True, default=False,
               help="forget the stream the state was built from (offsets, identity, "
-                   "memberships) and start over [env HERA_RESET_STATE]")
+                   "memberships) and start over; a flag only, never an environment "
+                   "variable (it would reset every start)")
 @click.option("--archive-dir", help="archive named in replay commands [env HERA_ARCHIVE_DIR]")
 @click.option("--poll-ms", type=int, help="poll timeout in ms [env HERA_POLL_MS]")
 @click.option("--kafka-backend", type=click.Choice(["kafka-python", "confluent"]),
@@ -53,6 +54,7 @@ def _utc_now() -> datetime:
 def detect(**options: Any) -> None:
     """Watch the change topics and alert on mass deletions, truncates, orphaned users,
     removed roles and non-compliant smart codes."""
+    reset_state = bool(options.pop("reset_state"))
     s = settings_or_fail(COMMAND, DetectSettings, options)
     logs.configure(s.log_level)
     state = s.state_path()
@@ -76,7 +78,7 @@ def detect(**options: Any) -> None:
             webhook_url=s.webhook,
             webhook_secret=None if s.webhook_secret is None else
             s.webhook_secret.get_secret_value(),
-            webhook_format=s.webhook_format, reset_state=bool(s.reset_state)),
+            webhook_format=s.webhook_format, reset_state=reset_state),
             _utc_now, stop, metrics, health)
         stats = runner.run()
     except ConfigError as exc:

@@ -23,7 +23,6 @@ class DetectSettings(BaseSettings):
     # accident); --state names the file itself.
     state_dir: Path | None = None
     state: Path | None = None
-    reset_state: bool = False
     archive_dir: str = "./archive"
     poll_ms: int = Field(100, ge=1, le=10_000)
     kafka_backend: Literal["kafka-python", "confluent"] = "kafka-python"

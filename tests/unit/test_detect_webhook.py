@@ -92,3 +92,22 @@ def test_a_sink_delivery_recorded_before_a_crash_is_not_repeated(tmp_path: Path)
                  DetectMetrics(), lambda: "t")
     assert box.deliver() == 0
     assert good.got == [] and other.got == [str(raised[0].id)]
+
+
+def test_a_webhook_failure_names_the_host_only_and_logs_redact_hook_secrets() -> None:
+    from capture.logs import redact
+
+    sink = WebhookSink("http://user:pw@127.0.0.1:9/hook?token=abc", "secret", "json",
+                       fixed_clock, timeout_s=1)
+    (alert,) = alerts()
+    try:
+        sink.deliver(alert)
+        raise AssertionError("port 9 answered")
+    except SinkError as exc:
+        text = str(exc)
+    assert text.startswith("webhook at 127.0.0.1:9 unreachable")
+    assert "pw" not in text and "abc" not in text and "secret" not in text
+    assert redact("POST https://hooks.slack.com/services/T0/B0/XYZ failed") == (
+        "POST https://hooks.slack.com/services/*** failed")
+    assert redact("https://h/x?a=1&token=abc&b=2") == "https://h/x?a=1&token=***&b=2"
+    assert redact("host=db password=hunter2 user=x") == "host=db password=*** user=x"
