@@ -1,6 +1,6 @@
 """The poll loop: Kafka records -> transactions in commit order -> rules -> state + alerts.
 
-Records come through ``consumers.kafka_source.RecordSource`` (the archiver's reader; the
+Records come through ``consumers.kafka_source`` (the archiver's RecordSource; the
 kafka-python or the confluent backend), partitions assigned by hand (no consumer group):
 the restart point of every partition lives in the state file, written in the same SQLite
 transaction as the state, the stream's identity and the alerts. Per batch: poll, check the
@@ -48,7 +48,7 @@ from consumers.detect.state import Batch, StateStore
 from consumers.detect.stream_check import StreamCheck, check_tables
 from consumers.detect.webhook import WebhookFormat, WebhookSink
 from consumers.detect.window import RemovalWindow
-from consumers.kafka_source import Backend, Record, RecordSource, open_source
+from consumers.kafka_source import Backend, CheckedSource, Record, open_source
 
 log = logging.getLogger("hera.detect")
 
@@ -89,7 +89,7 @@ class _Probe:
     """The broker's cluster id, asked from a thread every few seconds: whether the broker
     answers (readiness) and, when it does, whether it is still the same cluster."""
 
-    def __init__(self, bootstrap: str, source: RecordSource, stop: threading.Event,
+    def __init__(self, bootstrap: str, source: CheckedSource, stop: threading.Event,
                  health: Health, metrics: DetectMetrics) -> None:
         self._bootstrap = bootstrap
         self._source = source
@@ -168,7 +168,7 @@ class DetectorRunner:
             check_tables(self._named, self._captured)
 
         sinks: list[AlertSink] = [LogSink()]
-        self._source: RecordSource | None = None
+        self._source: CheckedSource | None = None
         self._producer = None
         try:
             if options.dsn:  # first: a missing critical_system_alerts table stops us at once
@@ -186,7 +186,8 @@ class DetectorRunner:
                 self._source = open_source(
                     options.bootstrap_servers, prefix, options.tables, options.kafka_backend,
                     consumer="detect", clock=clock, fetch_max_wait_ms=50,
-                    max_poll_records=options.max_records, check_crcs=False)
+                    max_poll_records=options.max_records, check_crcs=False,
+                    return_early=True)
                 cluster_id = self._source.cluster_id()
             except (KafkaError, BrokerError):
                 raise BrokerUnavailable(
@@ -217,7 +218,7 @@ class DetectorRunner:
         self._barrier: dict[TopicPartitionKey, int] = {}
 
     @property
-    def source(self) -> RecordSource:
+    def source(self) -> CheckedSource:
         assert self._source is not None
         return self._source
 

@@ -132,14 +132,15 @@ def test_old_state_on_a_stream_of_another_database_is_refused_when_its_marker_ar
     assert dump(state_dir) == before
 
 
+@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
 def test_a_broker_restarted_empty_under_a_running_detector_stops_it_loudly(
-        own_broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+        own_broker: Broker, topic_prefix: str, tmp_path: Path, backend: str) -> None:
     state_dir = tmp_path / "state"
     pub = Publisher(own_broker.bootstrap_servers, topic_prefix)
     pub.snapshot(EPOCH, [membership(f"u{i}", ORG) for i in range(5)])
     pub.tx(mass_delete())
     pub.close()
-    proc = detect_cli(own_broker, topic_prefix, state_dir)
+    proc = detect_cli(own_broker, topic_prefix, state_dir, "--kafka-backend", backend)
     try:
         alerts_on_kafka(own_broker, topic_prefix, 1, settle_s=0)
         wait_until(lambda: outbox_delivered(state_dir), 30, "the alert marked delivered")
@@ -217,8 +218,9 @@ def http_status(url: str) -> int:
         return int(exc.code)
 
 
+@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
 def test_readyz_is_503_while_the_broker_is_down_and_healthz_stays_live(
-        own_broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+        own_broker: Broker, topic_prefix: str, tmp_path: Path, backend: str) -> None:
     state_dir = tmp_path / "state"
     pub = Publisher(own_broker.bootstrap_servers, topic_prefix)
     pub.snapshot(EPOCH, [membership("u1", ORG)])
@@ -226,7 +228,8 @@ def test_readyz_is_503_while_the_broker_is_down_and_healthz_stays_live(
     pub.close()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = detect_cli(own_broker, topic_prefix, state_dir, "--metrics-port", str(port))
+    proc = detect_cli(own_broker, topic_prefix, state_dir, "--metrics-port", str(port),
+                      "--kafka-backend", backend)
     try:
         alerts_on_kafka(own_broker, topic_prefix, 1, settle_s=0)
         wait_until(lambda: http_status(base + "/readyz") == 200, 30, "ready")
@@ -243,4 +246,5 @@ def test_readyz_is_503_while_the_broker_is_down_and_healthz_stays_live(
         assert proc.poll() is None  # a broker that is down is a passing fault: it waits
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        rc = proc.wait(60)
+    assert rc == 0, last_line(state_dir, topic_prefix)
