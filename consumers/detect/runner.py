@@ -177,12 +177,6 @@ class DetectorRunner:
                 sinks.append(WebhookSink(options.webhook_url, options.webhook_secret,
                                          options.webhook_format, clock))
             try:
-                # Fail fast on an unreachable broker, and create our output topics with one
-                # partition (auto-created ones get the broker's default count: no order).
-                ensure_topics(options.bootstrap_servers, [alerts_topic(prefix),
-                                                          deadletter_topic(prefix)])
-                self._producer = KafkaProducer(bootstrap_servers=options.bootstrap_servers,
-                                               acks="all", linger_ms=0)
                 self._source = open_source(
                     options.bootstrap_servers, prefix, options.tables, options.kafka_backend,
                     consumer="detect", clock=clock, fetch_max_wait_ms=50,
@@ -193,12 +187,24 @@ class DetectorRunner:
                 raise BrokerUnavailable(
                     f"no Kafka broker answers at {options.bootstrap_servers}: check "
                     "--bootstrap-servers and that the broker runs") from None
-            sinks.append(KafkaAlertSink(self._producer, alerts_topic(prefix)))
-            self.sinks = sinks
+            # The stream is checked before anything is created on the broker.
             self.check.cluster(cluster_id)
             self._source.assign(self._next)
-            self.check.stored_offsets(self._stored_offsets, self._source.watermarks(
-                set(self._stored_offsets) | self._source.assigned()))
+            # only partitions that exist: asking for others could auto-create them
+            self.check.stored_offsets(self._stored_offsets, self._source.watermarks())
+            try:
+                # Our output topics with one partition (auto-created ones get the broker's
+                # default count: no order).
+                ensure_topics(options.bootstrap_servers, [alerts_topic(prefix),
+                                                          deadletter_topic(prefix)])
+                self._producer = KafkaProducer(bootstrap_servers=options.bootstrap_servers,
+                                               acks="all", linger_ms=0)
+            except (KafkaError, BrokerError):
+                raise BrokerUnavailable(
+                    f"no Kafka broker answers at {options.bootstrap_servers}: check "
+                    "--bootstrap-servers and that the broker runs") from None
+            sinks.append(KafkaAlertSink(self._producer, alerts_topic(prefix)))
+            self.sinks = sinks
         except BaseException:
             self._close_all(sinks)
             raise

@@ -248,3 +248,25 @@ def test_readyz_is_503_while_the_broker_is_down_and_healthz_stays_live(
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
     assert rc == 0, last_line(state_dir, topic_prefix)
+
+
+def test_old_state_on_a_broker_without_the_topics_is_refused_and_creates_no_topic(
+        own_broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+    from kafka import KafkaAdminClient
+
+    state_dir = tmp_path / "state"
+    first_stream(own_broker, topic_prefix, state_dir)
+    before = dump(state_dir)
+    own_broker.stop()
+    own_broker.start()
+    proc = detect_cli(own_broker, topic_prefix, state_dir)
+    assert proc.wait(60) != 0
+    line = last_line(state_dir, topic_prefix)
+    assert "does not exist on the broker, the state has read it up to offset" in line
+    assert "--reset-state" in line and dump(state_dir) == before
+    admin = KafkaAdminClient(bootstrap_servers=own_broker.bootstrap_servers)
+    try:
+        topics = set(admin.list_topics())
+    finally:
+        admin.close()
+    assert not [t for t in topics if t.startswith(topic_prefix)]
