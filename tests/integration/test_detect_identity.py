@@ -270,3 +270,46 @@ def test_old_state_on_a_broker_without_the_topics_is_refused_and_creates_no_topi
     finally:
         admin.close()
     assert not [t for t in topics if t.startswith(topic_prefix)]
+
+
+def test_old_state_on_the_stream_of_another_database_is_refused_with_real_capture(
+        broker: Broker, empty_db: HeraDB, topic_prefix: str, slot_name: str,
+        tmp_path: Path) -> None:
+    """Capture of database A, the detector follows; then capture of database B is pointed
+    at the same topics: the detector refuses at B's first marker, its state untouched."""
+    import psycopg
+    from psycopg import sql
+
+    from tests.conftest import unique_name
+
+    state_dir = tmp_path / "state"
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name):
+        proc = detect_cli(broker, topic_prefix, state_dir)
+        with empty_db.connect() as conn:
+            conn.execute("TRUNCATE core_dynamic_data")
+        alerts_on_kafka(broker, topic_prefix, 1, settle_s=0)
+        wait_until(lambda: outbox_delivered(state_dir), 30, "the alert marked delivered")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    before = dump(state_dir)
+    other = HeraDB(empty_db.cluster, unique_name("other"))
+    with psycopg.connect(empty_db.cluster.dsn(), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE hera_template").format(
+            sql.Identifier(other.name)))
+    try:
+        other_slot = unique_name("slot")
+        with running_capture(other.dsn, broker.bootstrap_servers, topic_prefix, other_slot):
+            proc = detect_cli(broker, topic_prefix, state_dir)
+            rc = proc.wait(60)
+    finally:
+        with psycopg.connect(empty_db.cluster.dsn(), autocommit=True) as admin:
+            wait_until(lambda: admin.execute(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active",
+                (other_slot,)).fetchone() == (0,), 30, "the other slot released")
+            admin.execute("SELECT pg_drop_replication_slot(%s)", (other_slot,))
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+                sql.Identifier(other.name)))
+    assert rc != 0
+    line = last_line(state_dir, topic_prefix)
+    assert f"database is '{other.name}', expected '{empty_db.name}'" in line
+    assert "--reset-state" in line and dump(state_dir) == before
