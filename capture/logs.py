@@ -42,9 +42,18 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
+    """``hera.*`` at ``level``; every other logger (kafka-python's reconnect warnings, the
+    modules logging under their own name) at WARNING, through the same JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("hera")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    top = logging.getLogger()
+    # replace only our own handler of a previous call: others (pytest's capture) stay
+    top.handlers[:] = [h for h in top.handlers if not getattr(h, "hera_json", False)]
+    handler.hera_json = True  # type: ignore[attr-defined]
+    top.addHandler(handler)
+    if top.level == logging.NOTSET or top.level > logging.WARNING:
+        top.setLevel(logging.WARNING)

@@ -44,7 +44,7 @@ from capture.kafka_admin import ensure_topics
 from capture.topics import alerts_topic, deadletter_topic, table_topic, transaction_topic
 from consumers.deadletter import DeadLetter
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hera.consumers.kafka_source")  # under "hera": the JSON log
 
 
 class Record(NamedTuple):
