@@ -313,3 +313,15 @@ def test_old_state_on_the_stream_of_another_database_is_refused_with_real_captur
     line = last_line(state_dir, topic_prefix)
     assert f"database is '{other.name}', expected '{empty_db.name}'" in line
     assert "--reset-state" in line and dump(state_dir) == before
+
+
+def test_an_unreachable_broker_is_one_line_and_creates_no_state(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    proc = subprocess.run([CONSUMERS, "detect", "--bootstrap-servers", "127.0.0.1:1",
+                           "--state-dir", str(state_dir)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "consumers detect: no Kafka broker answers at 127.0.0.1:1: check --bootstrap-servers "
+        "and that the broker runs"]
+    assert not state_dir.exists()
