@@ -238,6 +238,10 @@ def test_readyz_is_503_while_the_broker_is_down_and_healthz_stays_live(
         assert ('hera_detect_alerts_raised_total{severity="EMERGENCY",'
                 'type="MASS_RELATIONSHIP_DELETION"} 1.0') in metrics
         assert "hera_detect_records_consumed_total" in metrics
+        assert (f'hera_detect_committed_offset{{partition="0",topic="{topic_prefix}'
+                '.transaction"}') in metrics
+        assert "hera_detect_identity_checks_failed_total 0.0" in metrics
+        assert "hera_detect_broker_up 1.0" in metrics
         own_broker.stop()
         wait_until(lambda: http_status(base + "/readyz") == 503, 30, "not ready")
         assert http_status(base + "/healthz") == 200
