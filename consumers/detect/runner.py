@@ -38,10 +38,11 @@ from capture.topics import alerts_topic, deadletter_topic, transaction_topic
 from consumers.detect.alerts import Alert
 from consumers.detect.assembler import Assembler, TopicPartitionKey
 from consumers.detect.config import RulesConfig, named_tables
-from consumers.detect.errors import BrokerUnavailable, DetectError
+from consumers.detect.errors import BrokerUnavailable, DetectError, StreamMismatch
 from consumers.detect.memberships import MembershipIndex
 from consumers.detect.metrics import DetectMetrics
 from consumers.detect.outbox import Outbox
+from consumers.detect.probe import Probe
 from consumers.detect.rules import Detector
 from consumers.detect.sinks import AlertSink, KafkaAlertSink, LogSink, PostgresAlertSink
 from consumers.detect.state import Batch, StateStore
@@ -54,7 +55,6 @@ log = logging.getLogger("hera.detect")
 
 Clock = Callable[[], datetime]
 _REFRESH_S = 2.0  # how often missing topics / new partitions are looked for
-_PROBE_S = 5.0  # how often the broker's identity is asked (a thread: the loop never waits)
 
 
 @dataclass(frozen=True)
@@ -83,40 +83,6 @@ class DetectStats:
     deadletters: int = 0
     duplicates: int = 0
     undelivered: int = 0
-
-
-class _Probe:
-    """The broker's cluster id, asked from a thread every few seconds: whether the broker
-    answers (readiness) and, when it does, whether it is still the same cluster."""
-
-    def __init__(self, bootstrap: str, source: CheckedSource, stop: threading.Event,
-                 health: Health, metrics: DetectMetrics) -> None:
-        self._bootstrap = bootstrap
-        self._source = source
-        self._stop = stop
-        self._health = health
-        self._metrics = metrics
-        self.cluster_id: str | None = None
-        self.error: str | None = None
-        self.answers = 0  # how many probes succeeded (the loop checks each new answer)
-        self._thread = threading.Thread(target=self._run, daemon=True, name="detect-probe")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(_PROBE_S):
-            try:
-                check_reachable(self._bootstrap, timeout_s=2.0)
-                self.cluster_id = self._source.cluster_id(timeout_s=3.0)
-                self.error = None
-                self.answers += 1
-            except Exception as exc:  # any failure: the broker did not answer
-                self.error = f"no Kafka broker answers at {self._bootstrap}: {exc}"
-                # said here, not by the loop: a kafka-python metadata call of the loop may
-                # wait for the broker to come back
-                self._health.not_ready(self.error)
-                self._metrics.broker_up.set(0)
 
 
 class DetectorRunner:
@@ -205,12 +171,15 @@ class DetectorRunner:
                     "--bootstrap-servers and that the broker runs") from None
             sinks.append(KafkaAlertSink(self._producer, alerts_topic(prefix)))
             self.sinks = sinks
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StreamMismatch):
+                self.metrics.identity_failed.inc()
+                self.health.not_ready(str(exc))
             self._close_all(sinks)
             raise
         self.outbox = Outbox(self.store, self.sinks, self.metrics,
                              lambda: self.clock().isoformat())
-        self._probe = _Probe(options.bootstrap_servers, self._source, self.stop_event,
+        self._probe = Probe(options.bootstrap_servers, self._source, self.stop_event,
                              self.health, self.metrics)
         self._probe_seen = 0
         self._last_refresh = time.monotonic()
@@ -238,6 +207,8 @@ class DetectorRunner:
             while not self.stop_event.is_set():
                 self.run_once()
         except DetectError as exc:
+            if isinstance(exc, StreamMismatch):
+                self.metrics.identity_failed.inc()
             self.health.not_ready(str(exc))
             raise
         finally:
@@ -293,11 +264,7 @@ class DetectorRunner:
             return
         if probe.answers != self._probe_seen:
             self._probe_seen = probe.answers
-            try:
-                self.check.cluster(probe.cluster_id)
-            except DetectError:
-                self.metrics.identity_failed.inc()
-                raise
+            self.check.cluster(probe.cluster_id)
             self.metrics.broker_up.set(1)
             self.health.ready()
 
@@ -348,11 +315,7 @@ class DetectorRunner:
         # a SchemaChangeEvent changes no row: nothing for the rules (END does not count it)
 
     def _on_marker(self, marker: StreamMarker) -> None:
-        try:
-            self.check.marker(marker)
-        except DetectError:
-            self.metrics.identity_failed.inc()
-            raise
+        self.check.marker(marker)
         if marker.tables and tuple(marker.tables) != self._captured:
             check_tables(self._named, tuple(marker.tables))
             self._captured, self._captured_changed = tuple(marker.tables), True
