@@ -14,12 +14,14 @@ beginning. New topics matching the selection are picked up by ``refresh()``.
     src.cluster_id()                                           # the Kafka cluster's id
     src.watermarks()                                           # {(topic, p): (low, high)}
     src.highwaters()                                           # cached, from the last fetches
+    src.topic_ids()                                            # {topic: id}, new if re-created
 
 Identity checks (capture/identity.py): ``cluster_id()`` names the cluster (tansu answers a
 constant ``tansu_cluster``, so a broker restarted empty is told by its offsets, not its id);
 ``watermarks()`` gives each assigned partition's start and end, the end being the high
 watermark of a fetch (tansu's ListOffsets under-reports it, see capture/ledger.py): stored
 offsets beyond the end, or a start past them, mean the stream the caller knew is gone.
+``topic_ids()`` tells a re-created topic even when its new end is past the stored offsets.
 ``highwaters()`` costs nothing (what the consumer's fetches last said): a poll loop can
 compare it with its positions after every poll. Fetching beyond the end of a partition is no
 error on tansu (an empty answer), so nothing else would say so.
@@ -93,6 +95,8 @@ class CheckedSource(RecordSource, Protocol):
 
     def assigned(self) -> set[TopicPartitionKey]: ...
     def cluster_id(self, timeout_s: float = 15.0) -> str | None: ...
+    def topic_ids(self, topics: Iterable[str] | None = None,
+                  timeout_s: float = 15.0) -> dict[str, str]: ...
     def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
                    ) -> dict[TopicPartitionKey, tuple[int, int]]: ...
     def highwaters(self) -> dict[TopicPartitionKey, int]: ...
@@ -171,6 +175,42 @@ def fetch_watermarks(bootstrap_servers: str, partitions: Iterable[TopicPartition
         raise BrokerError.unreachable(bootstrap_servers, exc) from exc
     finally:
         consumer.close()
+
+
+_NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def kafka_topic_ids(bootstrap_servers: str, topics: Iterable[str],
+                    timeout_s: float = 15.0) -> dict[str, str]:
+    """topic -> its topic id (KIP-516; changes when a topic is deleted and re-created, and
+    on tansu when the broker restarts empty). Topics the broker does not know, or gives no
+    id for, are left out. Name only topics that exist: a metadata request may auto-create.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    names = sorted(set(topics))
+    if not names:
+        return {}
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
+                                 client_id="hera-guard-identity",
+                                 request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as exc:
+        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+    try:
+        described = admin.describe_topics(names)
+    except KafkaError as exc:
+        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+    finally:
+        admin.close()
+    out: dict[str, str] = {}
+    for t in described:
+        tid = str(t.get("topic_id") or "")
+        if t.get("error_code", 0) == 0 and tid and tid != _NO_TOPIC_ID:
+            out[str(t["name"])] = tid
+    return out
 
 
 def kafka_cluster_id(bootstrap_servers: str, timeout_s: float = 15.0) -> str | None:
@@ -270,6 +310,11 @@ class KafkaSource:
 
     def cluster_id(self, timeout_s: float = 15.0) -> str | None:
         return kafka_cluster_id(self._bootstrap, timeout_s)
+
+    def topic_ids(self, topics: Iterable[str] | None = None,
+                  timeout_s: float = 15.0) -> dict[str, str]:
+        wanted = {t for t, _ in self.assigned()} if topics is None else topics
+        return kafka_topic_ids(self._bootstrap, wanted, timeout_s)
 
     def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
                    ) -> dict[TopicPartitionKey, tuple[int, int]]:
@@ -382,6 +427,12 @@ class ConfluentSource:
         except KafkaException as exc:
             raise BrokerError.unreachable(self._bootstrap, exc) from exc
         return str(cid) if cid else None
+
+    def topic_ids(self, topics: Iterable[str] | None = None,
+                  timeout_s: float = 15.0) -> dict[str, str]:
+        # the kafka-python helper for both backends: one spelling of the ids (UUID text)
+        wanted = {t for t, _ in self.assigned()} if topics is None else topics
+        return kafka_topic_ids(self._bootstrap, wanted, timeout_s)
 
     def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
                    ) -> dict[TopicPartitionKey, tuple[int, int]]:

@@ -29,6 +29,8 @@ class Probe:
         self._health = health
         self._metrics = metrics
         self.cluster_id: str | None = None
+        self.topics: frozenset[str] = frozenset()  # set by the loop: the topics it reads
+        self.topic_ids: dict[str, str] = {}
         self.error: str | None = None
         self.answers = 0  # how many probes succeeded (the loop checks each new answer)
         self._thread = threading.Thread(target=self._run, daemon=True, name="detect-probe")
@@ -41,6 +43,7 @@ class Probe:
             try:
                 check_reachable(self._bootstrap, timeout_s=2.0)
                 self.cluster_id = self._source.cluster_id(timeout_s=3.0)
+                self.topic_ids = self._source.topic_ids(self.topics, timeout_s=3.0)
                 self.error = None
                 self.answers += 1
             except Exception as exc:  # any failure: the broker did not answer

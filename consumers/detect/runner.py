@@ -125,7 +125,7 @@ class DetectorRunner:
         self._deadletter_total = loaded.deadletters
         self._latest_commit_us: int | None = None
         self.check = StreamCheck(options.state_path, loaded.identity
-                                 or StreamIdentity(topic_prefix=prefix))
+                                 or StreamIdentity(topic_prefix=prefix), loaded.topic_ids)
         self.check.changed = loaded.identity is None
         self._named = named_tables(rules) | {t: "--tables" for t in options.tables}
         self._captured = loaded.captured_tables
@@ -158,6 +158,7 @@ class DetectorRunner:
             self._source.assign(self._next)
             # only partitions that exist: asking for others could auto-create them
             self.check.stored_offsets(self._stored_offsets, self._source.watermarks())
+            self.check.topics(self._source.topic_ids())
             try:
                 # Our output topics with one partition (auto-created ones get the broker's
                 # default count: no order).
@@ -181,6 +182,7 @@ class DetectorRunner:
                              lambda: self.clock().isoformat())
         self._probe = Probe(options.bootstrap_servers, self._source, self.stop_event,
                              self.health, self.metrics)
+        self._probe.topics = frozenset(t for t, _ in self._source.assigned())
         self._probe_seen = 0
         self._last_refresh = time.monotonic()
         self.metrics.broker_up.set(1)
@@ -235,7 +237,8 @@ class DetectorRunner:
             self.metrics.transactions.inc()
             self._latest_commit_us = tx.commit_us
         self.stats.duplicates = self.assembler.duplicates
-        if polled or alerts or self.check.changed or self._captured_changed:
+        if (polled or alerts or self.check.changed or self.check.topics_changed
+                or self._captured_changed):
             self._commit(alerts)
         self._observe_lag()
         self._deliver_outbox()
@@ -265,6 +268,7 @@ class DetectorRunner:
         if probe.answers != self._probe_seen:
             self._probe_seen = probe.answers
             self.check.cluster(probe.cluster_id)
+            self.check.topics(probe.topic_ids)
             self.metrics.broker_up.set(1)
             self.health.ready()
 
@@ -368,9 +372,10 @@ class DetectorRunner:
                               else window.cutoff(self._latest_commit_us)),
             alerted=set(window.alerted) if window.changed else None, alerts=alerts,
             identity=self.check.identity if self.check.changed else None,
-            captured_tables=self._captured if self._captured_changed else None)
+            captured_tables=self._captured if self._captured_changed else None,
+            topic_ids=dict(self.check.topic_ids) if self.check.topics_changed else None)
         self.store.commit(batch)
-        self.check.changed = self._captured_changed = False
+        self.check.changed = self.check.topics_changed = self._captured_changed = False
         window.added = []
         window.changed = False
         self.stats.alerts += len(alerts)
@@ -413,6 +418,7 @@ class DetectorRunner:
             log.debug("refresh failed: %s", exc)
             return
         after = self.source.assigned()
+        self._probe.topics = frozenset(t for t, _ in after)
         self.check.vanished({tp: n for tp, n in self._next.items() if tp in before}, after)
         if after != before and before:
             log.info("partitions now %s", sorted(after))

@@ -9,13 +9,14 @@ it happens (so a restart re-delivers only to the sinks that had not taken it) an
 marked delivered once every sink took it.
 
 The stream's identity (capture/identity.py StreamIdentity: topic prefix, Kafka cluster id,
-PostgreSQL system identifier, database, slot, epoch) and the tables capture said it streams
-are stored in ``meta`` in the same transaction as the offsets: the offsets mean something
-only on that stream.
+PostgreSQL system identifier, database, slot, epoch), the Kafka topic ids and the tables
+capture said it streams are stored in ``meta`` in the same transaction as the offsets: the
+offsets mean something only on that stream.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class LoadedState:
     alerted: set[str]
     identity: StreamIdentity | None = None
     captured_tables: tuple[str, ...] | None = None  # None: no marker seen yet
+    topic_ids: dict[str, str] = field(default_factory=dict)  # topic -> Kafka topic id
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Batch:
     alerts: list[Alert] = field(default_factory=list)
     identity: StreamIdentity | None = None  # None: unchanged
     captured_tables: tuple[str, ...] | None = None  # None: unchanged
+    topic_ids: dict[str, str] | None = None  # None: unchanged
 
 
 class StateStore:
@@ -149,6 +152,7 @@ class StateStore:
                       if "identity" in meta else None),
             captured_tables=(tuple(meta["captured_tables"].split(","))
                              if meta.get("captured_tables") else None),
+            topic_ids=json.loads(meta.get("topic_ids", "{}")),
         )
 
     def reset_stream(self) -> None:
@@ -158,7 +162,7 @@ class StateStore:
         c.execute("BEGIN IMMEDIATE")
         for table in _STREAM_TABLES:
             c.execute(f"DELETE FROM {table}")  # noqa: S608 - our own constant table names
-        c.execute("DELETE FROM meta WHERE key IN ('identity', 'captured_tables')")
+        c.execute("DELETE FROM meta WHERE key IN ('identity', 'captured_tables', 'topic_ids')")
         c.executemany("UPDATE meta SET value = ? WHERE key = ?",
                       [("0", "released_lsn")])
         c.execute("COMMIT")
@@ -193,6 +197,9 @@ class StateStore:
             if batch.identity is not None:
                 c.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)",
                           (batch.identity.model_dump_json(),))
+            if batch.topic_ids is not None:
+                c.execute("INSERT OR REPLACE INTO meta VALUES ('topic_ids', ?)",
+                          (json.dumps(batch.topic_ids, sort_keys=True),))
             if batch.captured_tables is not None:
                 c.execute("INSERT OR REPLACE INTO meta VALUES ('captured_tables', ?)",
                           (",".join(batch.captured_tables),))

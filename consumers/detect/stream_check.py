@@ -27,10 +27,13 @@ def _way_out(state: Path) -> str:
 
 
 class StreamCheck:
-    def __init__(self, state: Path, identity: StreamIdentity) -> None:
+    def __init__(self, state: Path, identity: StreamIdentity,
+                 topic_ids: dict[str, str] | None = None) -> None:
         self.state = state
         self.identity = identity  # what the state says (completed as markers arrive)
         self.changed = False  # identity to store with the next commit
+        self.topic_ids = dict(topic_ids or {})  # topic -> id, as first seen
+        self.topics_changed = False  # topic ids to store with the next commit
 
     def _gone(self, found: str) -> StreamMismatch:
         return StreamMismatch(f"stream changed: {found}; {_way_out(self.state)}")
@@ -43,6 +46,19 @@ class StreamCheck:
         if self.identity.kafka_cluster_id is None and cluster_id is not None:
             self.identity = seen
             self.changed = True
+
+    def topics(self, seen: dict[str, str]) -> None:
+        """A topic whose id changed was deleted and re-created (on tansu: the broker
+        restarted empty), whatever its offsets say now."""
+        for topic, tid in sorted(seen.items()):
+            known = self.topic_ids.get(topic)
+            if known is not None and known != tid:
+                raise self._gone(f"topic {topic} was re-created (topic id {tid}, expected "
+                                 f"{known})")
+        new = {t: i for t, i in seen.items() if t not in self.topic_ids}
+        if new:
+            self.topic_ids.update(new)
+            self.topics_changed = True
 
     def marker(self, marker: StreamMarker) -> None:
         seen = StreamIdentity(topic_prefix=self.identity.topic_prefix,

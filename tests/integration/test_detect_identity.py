@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from capture.event import MarkerKind
-from capture.topics import transaction_topic
+from capture.kafka_admin import ensure_topics
+from capture.topics import table_topic, transaction_topic
 from consumers.detect.alerts import Rule
 from devstack.broker import Broker, start_broker
 from devstack.ports import free_port
@@ -76,8 +77,16 @@ def mass_delete(n: int = 30) -> Tx:
     return tx
 
 
+def create_topics(broker: Broker, prefix: str) -> None:
+    """As capture does: one partition per topic."""
+    ensure_topics(broker.bootstrap_servers, [
+        transaction_topic(prefix), table_topic(prefix, "public", "core_relationships"),
+        table_topic(prefix, "public", "core_dynamic_data")])
+
+
 def first_stream(broker: Broker, prefix: str, state_dir: Path) -> None:
     """A detector reads a stream (snapshot + a mass delete), alerts, stops cleanly."""
+    create_topics(broker, prefix)
     pub = Publisher(broker.bootstrap_servers, prefix)
     pub.snapshot(EPOCH, [membership(f"u{i}", ORG) for i in range(5)])
     pub.tx(mass_delete())
@@ -329,3 +338,30 @@ def test_an_unreachable_broker_is_one_line_and_creates_no_state(tmp_path: Path) 
         "consumers detect: no Kafka broker answers at 127.0.0.1:1: check --bootstrap-servers "
         "and that the broker runs"]
     assert not state_dir.exists()
+
+
+def test_old_state_on_a_re_created_topic_longer_than_its_offsets_is_refused(
+        own_broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+    """The broker restarted empty and capture published more than the detector had read:
+    every stored offset is inside the new partitions, only the topic ids tell."""
+    state_dir = tmp_path / "state"
+    first_stream(own_broker, topic_prefix, state_dir)
+    before = dump(state_dir)
+    own_broker.stop()
+    own_broker.start()
+    create_topics(own_broker, topic_prefix)
+    pub = Publisher(own_broker.bootstrap_servers, topic_prefix)
+    for _ in range(4):  # more records on every topic than the first stream had
+        pub.snapshot(EPOCH, [membership(f"u{i}", ORG) for i in range(5)])
+        pub.tx(mass_delete(40))
+        dyn = Tx()
+        for i in range(40):
+            dyn.insert(DYN, {"id": f"r{i}", "organization_id": ORG, "entity_id": f"u{i}",
+                             "field_name": "note", "field_value_text": "x"})
+        pub.tx(dyn)
+    pub.close()
+    proc = detect_cli(own_broker, topic_prefix, state_dir)
+    assert proc.wait(60) != 0
+    line = last_line(state_dir, topic_prefix)
+    assert "was re-created (topic id " in line and "--reset-state" in line
+    assert dump(state_dir) == before

@@ -112,3 +112,14 @@ def test_a_window_shorter_than_the_poll_is_refused() -> None:
     rules = RulesConfig.model_validate({"mass_deletion": {"window_seconds": 0.05}})
     with pytest.raises(ConfigError, match="shorter than the poll"):
         check_settings(rules, (REL, DYN), 100)
+
+
+def test_a_re_created_topic_is_refused_whatever_its_offsets() -> None:
+    check = known()
+    check.topics({"hera.transaction": "id-1"})
+    assert check.topics_changed and check.topic_ids == {"hera.transaction": "id-1"}
+    check.topics({"hera.transaction": "id-1", "hera.public.t": "id-2"})  # a new topic: kept
+    assert check.topic_ids == {"hera.transaction": "id-1", "hera.public.t": "id-2"}
+    with pytest.raises(StreamMismatch, match=r"topic hera.transaction was re-created "
+                                             r"\(topic id id-9, expected id-1\)"):
+        check.topics({"hera.transaction": "id-9"})
