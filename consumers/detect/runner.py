@@ -130,13 +130,13 @@ class DetectorRunner:
         self._named = named_tables(rules) | {t: "--tables" for t in options.tables}
         self._captured = loaded.captured_tables
         self._captured_changed = False
-        if self._captured is not None:
-            check_tables(self._named, self._captured)
 
         sinks: list[AlertSink] = [LogSink()]
         self._source: CheckedSource | None = None
         self._producer = None
         try:
+            if self._captured is not None:  # tables capture said it streams, last time
+                check_tables(self._named, self._captured)
             if options.dsn:  # first: a missing critical_system_alerts table stops us at once
                 sinks.append(PostgresAlertSink(options.dsn))
             if options.webhook_url:

@@ -365,3 +365,18 @@ def test_old_state_on_a_re_created_topic_longer_than_its_offsets_is_refused(
     line = last_line(state_dir, topic_prefix)
     assert "was re-created (topic id " in line and "--reset-state" in line
     assert dump(state_dir) == before
+
+
+def test_a_typo_in_tables_is_refused_at_start_once_the_state_knows_what_capture_streams(
+        broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    first_stream(broker, topic_prefix, state_dir)  # its markers said: REL and DYN
+    before = dump(state_dir)
+    proc = detect_cli(broker, topic_prefix, state_dir, "--tables",
+                      f"{DYN},public.core_relationship", "--rules",
+                      str(_rules(tmp_path, "public.core_relationship")))
+    assert proc.wait(60) == 2
+    assert last_line(state_dir, topic_prefix).startswith(
+        "consumers detect: public.core_relationship (--tables): not a table capture streams; "
+        f"capture streams {DYN}, {REL}")
+    assert dump(state_dir) == before
