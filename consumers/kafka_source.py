@@ -78,6 +78,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class OffsetOutOfRange(Exception):
+    """A position the broker no longer has (start moved past it, or end before it), raised
+    by ``poll`` of a source opened with ``offset_reset="none"`` instead of silently jumping
+    to another offset."""
+
+    def __init__(self, partitions: set[TopicPartitionKey]) -> None:
+        super().__init__(", ".join(f"{t}[{p}]" for t, p in sorted(partitions)))
+        self.partitions = partitions
+
+
 class RecordSource(Protocol):
     prefix: str
 
@@ -122,7 +132,8 @@ def dead_letter_value(record: Record, reason: str, consumer: str = "archive",
 def open_source(bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
                 backend: Backend = "kafka-python", **options: Any) -> CheckedSource:
     """``options``: include_transactions, max_poll_records, fetch_max_wait_ms, consumer
-    (the name in dead letters), clock, check_crcs; return_early (confluent only: a poll
+    (the name in dead letters), clock, check_crcs, offset_reset ("none": poll raises
+    OffsetOutOfRange instead of jumping to the start); return_early (confluent only: a poll
     returns once anything arrived, not at the timeout; kafka-python always does)."""
     if backend == "confluent":
         return ConfluentSource(bootstrap_servers, prefix, tables, **options)
@@ -238,7 +249,8 @@ class KafkaSource:
     def __init__(self, bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
                  *, include_transactions: bool = True, max_poll_records: int = 20_000,
                  fetch_max_wait_ms: int = 100, consumer: str = "archive",
-                 clock: Clock = utc_now, check_crcs: bool = True) -> None:
+                 clock: Clock = utc_now, check_crcs: bool = True,
+                 offset_reset: Literal["earliest", "none"] = "earliest") -> None:
         self.prefix = prefix
         self.tables = tables  # "schema.table" names, or None for every table topic
         self.include_transactions = include_transactions
@@ -246,7 +258,7 @@ class KafkaSource:
         self._clock = clock
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=max_poll_records,
+            auto_offset_reset=offset_reset, max_poll_records=max_poll_records,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
             fetch_max_wait_ms=fetch_max_wait_ms,
             # kafka-python checks CRC32C in pure Python: 70% of the detector's CPU when
@@ -286,9 +298,14 @@ class KafkaSource:
     refresh = assign
 
     def poll(self, timeout_ms: int = 200) -> list[Record]:
+        from kafka.errors import OffsetOutOfRangeError
+
         if not self._assigned:
             return []
-        batches = self._consumer.poll(timeout_ms=timeout_ms)
+        try:
+            batches = self._consumer.poll(timeout_ms=timeout_ms)
+        except OffsetOutOfRangeError as exc:
+            raise OffsetOutOfRange({(tp.topic, tp.partition) for tp in exc.args[0]}) from None
         return [Record(r.topic, r.partition, r.offset, r.key, r.value)
                 for recs in batches.values() for r in recs]
 
@@ -344,7 +361,8 @@ class ConfluentSource:
                  *, include_transactions: bool = True, max_poll_records: int = 20_000,
                  fetch_max_wait_ms: int = 100, consumer: str = "archive",
                  clock: Clock = utc_now, check_crcs: bool = True,
-                 return_early: bool = False) -> None:
+                 return_early: bool = False,
+                 offset_reset: Literal["earliest", "none"] = "earliest") -> None:
         from confluent_kafka import Consumer
 
         # librdkafka's consume(n, timeout) waits the whole timeout unless n records came:
@@ -363,6 +381,9 @@ class ConfluentSource:
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "enable.partition.eof": False, "fetch.wait.max.ms": fetch_max_wait_ms,
             "log_level": 3, "check.crcs": check_crcs,
+            # librdkafka's default is "largest": a lost position would silently skip to the
+            # end. "earliest" as kafka-python's source; "error" raises OffsetOutOfRange.
+            "auto.offset.reset": "error" if offset_reset == "none" else "earliest",
         })
         self._producer: Any = None
         self._assigned: set[tuple[str, int]] = set()
@@ -385,7 +406,7 @@ class ConfluentSource:
     refresh = assign
 
     def poll(self, timeout_ms: int = 200) -> list[Record]:
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaError, KafkaException
 
         if not self._assigned:
             return []
@@ -397,8 +418,12 @@ class ConfluentSource:
         else:
             msgs = self._consumer.consume(self._max, timeout_ms / 1000)
         for m in msgs:
-            if m.error() is not None:
-                raise KafkaException(m.error())
+            err = m.error()
+            if err is not None:
+                if err.code() in (KafkaError._AUTO_OFFSET_RESET,
+                                  KafkaError.OFFSET_OUT_OF_RANGE):
+                    raise OffsetOutOfRange({(m.topic(), m.partition())})
+                raise KafkaException(err)
             out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
         return out
 

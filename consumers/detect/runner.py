@@ -49,7 +49,13 @@ from consumers.detect.state import Batch, StateStore
 from consumers.detect.stream_check import StreamCheck, check_tables
 from consumers.detect.webhook import WebhookFormat, WebhookSink
 from consumers.detect.window import RemovalWindow
-from consumers.kafka_source import Backend, CheckedSource, Record, open_source
+from consumers.kafka_source import (
+    Backend,
+    CheckedSource,
+    OffsetOutOfRange,
+    Record,
+    open_source,
+)
 
 log = logging.getLogger("hera.detect")
 
@@ -147,7 +153,7 @@ class DetectorRunner:
                     options.bootstrap_servers, prefix, options.tables, options.kafka_backend,
                     consumer="detect", clock=clock, fetch_max_wait_ms=50,
                     max_poll_records=options.max_records, check_crcs=False,
-                    return_early=True)
+                    return_early=True, offset_reset="none")
                 cluster_id = self._source.cluster_id()
             except (KafkaError, BrokerError):
                 raise BrokerUnavailable(
@@ -223,7 +229,10 @@ class DetectorRunner:
         if not self.source.assigned():
             self.stop_event.wait(self.options.poll_ms / 1000)
             return
-        polled = self.source.poll(timeout_ms=self.options.poll_ms)
+        try:
+            polled = self.source.poll(timeout_ms=self.options.poll_ms)
+        except OffsetOutOfRange as exc:  # records it never read were deleted, or more
+            raise self.check.out_of_range(exc.partitions, self._next) from None
         self.check.positions(self._next, self.source.highwaters())
         for record in polled:
             self._route(record)

@@ -100,6 +100,13 @@ class StreamCheck:
                                  f"this detector had read it up to offset {nxt} (the broker "
                                  "lost its data)")
 
+    def out_of_range(self, partitions: set[TopicPartitionKey],
+                     positions: dict[TopicPartitionKey, int]) -> StreamMismatch:
+        """The broker answered OffsetOutOfRange: our position is not in the partition."""
+        tp = sorted(partitions)[0]
+        return self._gone(f"{tp[0]}[{tp[1]}] no longer holds offset {positions.get(tp, 0)} "
+                          "(its start moved past it or its end before it)")
+
     def vanished(self, positions: dict[TopicPartitionKey, int],
                  assigned: set[TopicPartitionKey]) -> None:
         """A partition read before is no longer on the broker."""
