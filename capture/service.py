@@ -33,7 +33,7 @@ from capture.kafka_admin import ensure_topics
 from capture.ledger import last_marker
 from capture.metrics import CaptureMetrics
 from capture.protocol import Keepalive, ReplicationStream
-from capture.publish import AckTracker, PendingTxn, Producer, make_producer
+from capture.publish import AckTracker, EventTooLarge, PendingTxn, Producer, producer_for
 from capture.settings import CaptureSettings
 from capture.slot import (
     TableInfo,
@@ -114,8 +114,7 @@ class CaptureService:
             with _connect(self.s.dsn) as conn:
                 drop_slot(conn, self.s.slot)
             existing = None
-        producer = make_producer(self.s.kafka_backend, self.s.bootstrap_servers,
-                                 self.s.topic_partitions == 1)
+        producer = producer_for(self.s)
         try:
             if existing is not None:
                 check_slot(existing, self.dbname)
@@ -141,7 +140,7 @@ class CaptureService:
         topics = [transaction_topic(self.s.topic_prefix)] + [
             table_topic(self.s.topic_prefix, t.schema, t.table) for t in self.tables]
         ensure_topics(self.s.bootstrap_servers, topics, self.s.topic_partitions,
-                      self.s.topic_replication_factor)
+                      self.s.topic_replication_factor, max_message_bytes=self.s.max_message_bytes)
 
     def _check_ours(self, confirmed: int, marker: StreamMarker | None) -> None:
         if marker is None:
@@ -240,12 +239,13 @@ class CaptureService:
                         f"slot {self.s.slot} disappeared while capturing (dropped behind "
                         "hera-guard's back): start a new epoch with capture run --new-snapshot"
                     ) from exc
-                if isinstance(exc, DecodeError | SlotError):
+                if isinstance(exc, DecodeError | SlotError | EventTooLarge):
                     producer.close()
                     raise
+                reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                self.metrics.health.not_ready(f"stream interrupted, retrying: {reason}")
                 log.warning("stream interrupted; retrying",
-                            extra={"error": str(exc).splitlines()[0] if str(exc) else repr(exc),
-                                   "backoff_s": backoff})
+                            extra={"error": reason, "backoff_s": backoff})
                 self.metrics.restarts.inc()
                 try:
                     producer.close()
@@ -268,8 +268,7 @@ class CaptureService:
                 # A broker that lost its data (or a new one) must get our topics back with
                 # our partition count before anything is sent.
                 self._ensure_topics()
-                return make_producer(self.s.kafka_backend, self.s.bootstrap_servers,
-                                     self.s.topic_partitions == 1)
+                return producer_for(self.s)
             except BrokerError as exc:
                 log.warning("broker unreachable; retrying", extra={"error": str(exc),
                                                                     "backoff_s": backoff})
@@ -298,6 +297,7 @@ class CaptureService:
             raise
         runner = _StreamRunner(self, producer, stream)
         self.ready.set()
+        self.metrics.health.ready()
         log.info("streaming", extra={"slot": self.s.slot, "from": format_lsn(start_lsn)})
         try:
             runner.loop(stop)

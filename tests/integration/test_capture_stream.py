@@ -9,6 +9,7 @@ from collections import Counter
 import psycopg
 
 from capture.event import ChangeEvent, Op, StreamMarker, TransactionEvent, parse_transaction_topic
+from capture.service_kit import ServiceEndpoint
 from capture.status import slot_status
 from capture.topics import transaction_topic
 from capture.wal2json import convert_text
@@ -170,17 +171,24 @@ def test_idle_captured_tables_do_not_pin_wal(
 
 def test_status_and_metrics_report_the_slot_position(
         hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
-    port = free_port()
     with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix,
                          slot_name) as svc:
-        svc.metrics.serve(port)
+        endpoint = ServiceEndpoint(svc.metrics.registry, svc.metrics.health, free_port())
+        url = f"http://127.0.0.1:{endpoint.port}/metrics"
+
+        def sample(name: str) -> float:
+            text = urllib.request.urlopen(url).read().decode()
+            return float(next(line.split()[1] for line in text.splitlines()
+                              if line.startswith(name + " ")))
+
         with hera_db.connect() as conn:
             conn.execute("UPDATE core_relationships SET version = version + 1 "
                          "WHERE relationship_type = 'SERVICE_IN_CATEGORY'")
-        wait_until(lambda: svc.metrics.confirmed_lsn._value.get() > svc.epoch_lsn, 30,
+        wait_until(lambda: sample("hera_capture_confirmed_lsn") > svc.epoch_lsn, 30,
                    "a confirmation")
         st = slot_status(hera_db.dsn, slot_name)
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        body = urllib.request.urlopen(url).read().decode()
+        endpoint.close()
     assert st.active and st.database == hera_db.name
     assert st.lag_bytes >= 0
     assert "hera_capture_events_published_total" in body
