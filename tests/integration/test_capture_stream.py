@@ -8,7 +8,14 @@ from collections import Counter
 
 import psycopg
 
-from capture.event import ChangeEvent, Op, StreamMarker, TransactionEvent, parse_transaction_topic
+from capture.event import (
+    ChangeEvent,
+    Op,
+    StreamMarker,
+    TransactionEvent,
+    parse_lsn,
+    parse_transaction_topic,
+)
 from capture.service_kit import ServiceEndpoint
 from capture.status import slot_status
 from capture.topics import transaction_topic
@@ -190,11 +197,47 @@ def test_status_and_metrics_report_the_slot_position(
         body = urllib.request.urlopen(url).read().decode()
         endpoint.close()
     assert st.active and st.database == hera_db.name
-    assert st.lag_bytes >= 0
+    assert parse_lsn(st.confirmed_lsn) >= svc.epoch_lsn
     assert "hera_capture_events_published_total" in body
     published = [line for line in body.splitlines()
                  if line.startswith("hera_capture_events_published_total")]
     assert float(published[0].split()[1]) > 0
+
+
+def _server_now(conn: psycopg.Connection[tuple[object, ...]]) -> float:
+    (now,) = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone() \
+        or (0.0,)
+    return float(str(now))
+
+
+def test_status_lag_is_the_age_of_the_oldest_unconfirmed_commit_of_a_known_backlog(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name):
+        pass  # the slot exists and is confirmed up to here; nothing reads it now
+    with hera_db.connect() as conn:
+        confirmed = parse_lsn(slot_status(hera_db.dsn, slot_name).confirmed_lsn)
+        without = slot_status(hera_db.dsn, slot_name)
+        conn.execute("CREATE EXTENSION pg_walinspect")
+        # The backlog: one small commit, then ~30 MB of WAL in later transactions.
+        before_first = _server_now(conn)
+        conn.execute("UPDATE core_relationships SET version = version + 1 WHERE ctid = "
+                     "(SELECT ctid FROM core_relationships LIMIT 1)")
+        after_first = _server_now(conn)
+        conn.execute("CREATE TABLE backlog (t text)")
+        for _ in range(3):
+            conn.execute("INSERT INTO backlog SELECT repeat('x', 500) "
+                         "FROM generate_series(1, 20000)")
+        (written,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone() or (0,)
+        asked = _server_now(conn)
+        st = slot_status(hera_db.dsn, slot_name)
+        answered = _server_now(conn)
+    # Without pg_walinspect the lag is unknown, not a guess.
+    assert without.lag_seconds is None and "pg_walinspect" in without.lag_source
+    assert parse_lsn(st.confirmed_lsn) == confirmed and not st.active
+    assert st.lag_bytes >= int(str(written)) - confirmed > 20 * 1024 * 1024
+    assert st.lag_source == "pg_walinspect" and st.lag_seconds is not None
+    # The age of the first commit, not of the last (what flush_lag would have said).
+    assert asked - after_first <= st.lag_seconds <= answered - before_first
 
 
 def test_rows_committed_during_the_snapshot_appear_exactly_once(
