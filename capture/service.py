@@ -46,6 +46,7 @@ from capture.slot import (
     table_info,
 )
 from capture.snapshot import SESSION_OPTIONS, snapshot_rows
+from capture.table_names import check_tables_exist
 from capture.topics import table_topic, transaction_topic
 from capture.wal2json import (
     HEARTBEAT_PREFIX,
@@ -103,6 +104,7 @@ class CaptureService:
         with _connect(self.s.dsn) as conn:
             self.dbname = str((conn.execute("SELECT current_database()").fetchone() or [""])[0])
             check_server(conn)
+            check_tables_exist(conn, self.s.tables, self.dbname)
             self.tables = [table_info(conn, t) for t in self.s.tables]
             for t in self.tables:
                 if ensure_replica_identity_full(conn, t):

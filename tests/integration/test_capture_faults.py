@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -201,6 +202,17 @@ def test_missing_table_and_table_without_primary_key_are_named(
                        broker.bootstrap_servers, "--slot", slot_name,
                        "--tables", "public.core_relationships,public.nope")
     _one_line_error(res, "public.nope does not exist")
+    # A typo is named with the table it probably meant, every missing name at once, and the
+    # tables the database does have; nothing is created.
+    res = _capture_cli("run", "--dsn", hera_db.dsn, "--bootstrap-servers",
+                       broker.bootstrap_servers, "--slot", slot_name,
+                       "--tables", "public.core_relationship,public.nope")
+    _one_line_error(res, "tables public.core_relationship, public.nope do not exist")
+    assert "public.core_relationship -> public.core_relationships?" in res.stderr
+    assert "tables here: " in res.stderr and "public.core_dynamic_data" in res.stderr
+    with hera_db.connect() as conn:
+        assert conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                            (slot_name,)).fetchone() is None
     with hera_db.connect() as conn:
         conn.execute("CREATE TABLE keyless (a int)")
     res = _capture_cli("run", "--dsn", hera_db.dsn, "--bootstrap-servers",
@@ -423,6 +435,16 @@ def test_an_existing_topic_with_a_smaller_limit_is_raised_to_the_setting(
     assert _topic_limit(broker.bootstrap_servers, topic) == 8 * 1024 * 1024
 
 
+def test_a_confirm_interval_of_zero_from_the_environment_is_refused(
+        hera_db: HeraDB, broker: Broker, slot_name: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "capture", "run", "--dsn", hera_db.dsn,
+                          "--bootstrap-servers", broker.bootstrap_servers, "--slot", slot_name],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HERA_CONFIRM_INTERVAL_S": "0"})
+    _one_line_error(res, "--confirm-interval-s (HERA_CONFIRM_INTERVAL_S)")
+    assert "greater than 0" in res.stderr
+
+
 @pytest.mark.parametrize("args,expected", [
     (["--max-message-bytes", "1000"], "--max-message-bytes (HERA_MAX_MESSAGE_BYTES)"),
     (["--max-message-bytes", str(2 * 1024 ** 3)], "--max-message-bytes (HERA_MAX_MESSAGE_BYTES)"),
@@ -437,3 +459,21 @@ def test_settings_that_cannot_work_are_refused_at_start_in_one_line(
     with hera_db.connect() as conn:
         assert conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
                             (slot_name,)).fetchone() is None
+
+
+def test_capture_run_serves_metrics_health_and_readiness_on_its_metrics_port(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        tmp_path: Path) -> None:
+    port = free_port()
+    cap = CaptureProcess(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         extra_args=["--metrics-port", str(port)],
+                         log_path=tmp_path / "capture.log")
+    cap.start()
+    try:
+        wait_until(lambda: _readyz(port) == 200, 30, "/readyz 200 once streaming")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as res:
+            assert res.status == 200
+        assert _metric(port, "hera_capture_ready") == 1
+        assert _metric(port, "hera_capture_events_published_total") > 0  # the snapshot
+    finally:
+        assert cap.terminate() == 0
