@@ -362,11 +362,14 @@ def _topic_limit(bootstrap_servers: str, topic: str) -> int:
     return int(described["topic"][topic][MAX_MESSAGE_BYTES]["value"])
 
 
+@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
 def test_a_2_mb_event_is_captured_with_the_default_limit(
-        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        backend: str) -> None:
     _big_table(empty_db, 1_000_000)
     with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
-                         tables=("public.big",)), empty_db.connect() as conn:
+                         tables=("public.big",), kafka_backend=backend), \
+            empty_db.connect() as conn:
         # REPLICA IDENTITY FULL: the UPDATE's event carries the old and the new 1 MB value
         # (a few kB in PostgreSQL, compressed; 2 MB as an event).
         conn.execute("UPDATE big SET v = repeat('B', 1000000)")
