@@ -66,3 +66,59 @@ def test_capture_is_not_ready_before_it_streams_and_the_metric_says_the_same() -
     m.health.not_ready("stream interrupted")
     assert m.health.state() == (False, "stream interrupted")
     assert m.registry.get_sample_value("hera_capture_ready") == 0
+
+
+class _FakeAdmin:
+    """kafka-python's KafkaAdminClient answers, as an Apache Kafka broker gives them."""
+
+    def __init__(self, broker_configs: dict[str, str], topic_limit: int | None = None,
+                 alter_result: str = "OK") -> None:
+        self.broker_configs = broker_configs
+        self.topic_limit = topic_limit
+        self.alter_result = alter_result
+        self.altered: list[dict[str, str]] = []
+
+    def describe_cluster(self) -> dict[str, object]:
+        return {"brokers": [{"broker_id": 1}]}
+
+    def describe_configs(self, resources: list[object], config_filter: str = "all"
+                         ) -> dict[str, object]:
+        r = resources[0]
+        if r.resource_type.name == "BROKER":  # type: ignore[attr-defined]
+            return {"broker": {"1": {k: {"value": v} for k, v in self.broker_configs.items()}}}
+        name = r.name  # type: ignore[attr-defined]
+        limit = {} if self.topic_limit is None else {
+            "max.message.bytes": {"value": str(self.topic_limit)}}
+        return {"topic": {name: limit}}
+
+    def alter_configs(self, resources: list[object]) -> dict[str, object]:
+        r = resources[0]
+        self.altered.append(r.configs)  # type: ignore[attr-defined]
+        return {"topic": {r.name: self.alter_result}}  # type: ignore[attr-defined]
+
+
+def test_a_setting_above_the_brokers_request_ceiling_is_refused_naming_both() -> None:
+    from capture.errors import ConfigError
+    from capture.kafka_admin import check_request_ceiling
+
+    admin = _FakeAdmin({"socket.request.max.bytes": "104857600"})
+    check_request_ceiling(admin, 100 * 1024 * 1024)
+    with pytest.raises(ConfigError, match=r"socket\.request\.max\.bytes = 104857600"):
+        check_request_ceiling(admin, 200 * 1024 * 1024)
+    check_request_ceiling(_FakeAdmin({}), 200 * 1024 * 1024)  # not reported: not refused
+
+
+def test_a_smaller_topic_limit_is_raised_and_a_failed_raise_refuses_with_the_command() -> None:
+    from capture.errors import BrokerError
+    from capture.kafka_admin import _raise_limits
+
+    admin = _FakeAdmin({}, topic_limit=1048588)
+    _raise_limits(admin, ["hera.public.t"], 16 * 1024 * 1024)
+    assert admin.altered == [{"max.message.bytes": str(16 * 1024 * 1024)}]
+    refusing = _FakeAdmin({}, topic_limit=1048588, alter_result="TopicAuthorizationFailed")
+    with pytest.raises(BrokerError, match=r"kafka-configs\.sh --alter") as refused:
+        _raise_limits(refusing, ["hera.public.t"], 16 * 1024 * 1024)
+    assert "1048588" in str(refused.value) and "TopicAuthorizationFailed" in str(refused.value)
+    bigger = _FakeAdmin({}, topic_limit=64 * 1024 * 1024)
+    _raise_limits(bigger, ["hera.public.t"], 16 * 1024 * 1024)
+    assert bigger.altered == []  # never lowered
