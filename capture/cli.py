@@ -65,6 +65,7 @@ def run(log_level: str, **options: Any) -> None:
                               f"{settings.metrics_port} ({exc.strerror}): choose another "
                               "--metrics-port", 2)
         service.run(stop)
+        service.metrics.health.not_ready("stopped")
     except CaptureError as exc:
         service.metrics.health.not_ready(str(exc))
         service.metrics.fatal_errors.labels(kind=type(exc).__name__).inc()

@@ -420,6 +420,23 @@ def test_an_event_above_the_limit_stops_capture_and_a_larger_limit_captures_it_n
     assert update.after == {"id": 1, "v": "B" * 600_000}
 
 
+def test_a_snapshot_row_above_the_limit_stops_capture_and_the_next_start_snapshots_again(
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        tmp_path: Path) -> None:
+    _big_table(empty_db, 1_200_000)
+    res = _capture_cli("run", "--dsn", empty_db.dsn, "--bootstrap-servers",
+                       broker.bootstrap_servers, "--slot", slot_name, "--topic-prefix",
+                       topic_prefix, "--tables", "public.big", "--max-message-bytes",
+                       str(1024 * 1024))
+    _one_line_error(res, "event too large: public.big key {\"id\":1}")
+    assert read_events(broker.bootstrap_servers, topic_prefix, "big") == []
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         tables=("public.big",)):
+        events = wait_for_events(broker.bootstrap_servers, topic_prefix,
+                                 lambda evs: len(evs) == 1, table="big")
+    assert events[0].op == Op.READ and events[0].after == {"id": 1, "v": "A" * 1_200_000}
+
+
 def test_an_existing_topic_with_a_smaller_limit_is_raised_to_the_setting(
         empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
     from kafka import KafkaAdminClient
