@@ -67,5 +67,6 @@ class StatusSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HERA_", frozen=True, extra="ignore")
 
-    dsn: str = Field(description="libpq connection string of the captured database")
+    dsn: str = Field(min_length=1,
+                     description="libpq connection string of the captured database")
     slot: str = "hera_guard"
