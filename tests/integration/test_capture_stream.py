@@ -212,14 +212,15 @@ def _server_now(conn: psycopg.Connection[tuple[object, ...]]) -> float:
 
 def test_status_lag_is_the_age_of_the_oldest_unconfirmed_commit_of_a_known_backlog(
         hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    with hera_db.connect() as conn:
+        started = _server_now(conn)  # every commit after the slot's position is later
     with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name):
         pass  # the slot exists and is confirmed up to here; nothing reads it now
     with hera_db.connect() as conn:
         confirmed = parse_lsn(slot_status(hera_db.dsn, slot_name).confirmed_lsn)
         without = slot_status(hera_db.dsn, slot_name)
         conn.execute("CREATE EXTENSION pg_walinspect")
-        # The backlog: one small commit, then ~30 MB of WAL in later transactions.
-        before_first = _server_now(conn)
+        # The backlog: a small commit, then ~30 MB of WAL in later transactions.
         conn.execute("UPDATE core_relationships SET version = version + 1 WHERE ctid = "
                      "(SELECT ctid FROM core_relationships LIMIT 1)")
         after_first = _server_now(conn)
@@ -228,7 +229,7 @@ def test_status_lag_is_the_age_of_the_oldest_unconfirmed_commit_of_a_known_backl
             conn.execute("INSERT INTO backlog SELECT repeat('x', 500) "
                          "FROM generate_series(1, 20000)")
         (written,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone() or (0,)
-        asked = _server_now(conn)
+        last_commit = _server_now(conn)
         st = slot_status(hera_db.dsn, slot_name)
         answered = _server_now(conn)
     # Without pg_walinspect the lag is unknown, not a guess.
@@ -236,8 +237,10 @@ def test_status_lag_is_the_age_of_the_oldest_unconfirmed_commit_of_a_known_backl
     assert parse_lsn(st.confirmed_lsn) == confirmed and not st.active
     assert st.lag_bytes >= int(str(written)) - confirmed > 20 * 1024 * 1024
     assert st.lag_source == "pg_walinspect" and st.lag_seconds is not None
-    # The age of the first commit, not of the last (what flush_lag would have said).
-    assert asked - after_first <= st.lag_seconds <= answered - before_first
+    # At least the age of the first backlog commit (flush_lag-style figures give the age of
+    # the last one, or nothing for an inactive slot), at most the age of the slot's epoch.
+    assert last_commit - after_first > 0
+    assert last_commit - after_first <= st.lag_seconds <= answered - started
 
 
 def test_rows_committed_during_the_snapshot_appear_exactly_once(
