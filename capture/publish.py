@@ -266,6 +266,9 @@ class ConfluentProducer:
             "queue.buffering.max.kbytes": max(65536, 2 * max_message_bytes // 1024),
             "message.max.bytes": max_message_bytes,
             "compression.type": compression,
+            # gzip at zlib level 1 costs about half the CPU of librdkafka's default (6) for
+            # JSON events and still shrinks them several times (measured here).
+            **({"compression.level": 1} if compression == "gzip" else {}),
             "message.timeout.ms": 30000,
             "enable.idempotence": False,
             "client.id": "hera-guard-capture",
