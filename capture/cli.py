@@ -1,37 +1,23 @@
-"""``capture run`` and ``capture status``: thin click commands over capture.service."""
+"""``capture run`` and ``capture status``: thin click commands over capture.service.
+
+The CLI glue (settings errors -> one line, signals, exit codes) is capture.service_kit's, the
+same for every long-running service.
+"""
 
 from __future__ import annotations
 
 import json
-import signal
-import sys
-import threading
 from dataclasses import asdict
-from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from capture import logs
-from capture.errors import CaptureError, ConfigError
-from capture.settings import CaptureSettings
+from capture.errors import CaptureError
+from capture.service_kit import ServiceEndpoint, fail, settings_or_fail, stop_on_signals
+from capture.settings import CaptureSettings, StatusSettings
 
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"capture: {logs.redact(message)}", err=True)
-    sys.exit(code)
-
-
-def _settings(**given: Any) -> CaptureSettings:
-    try:
-        return CaptureSettings(**{k: v for k, v in given.items() if v is not None and v != ()})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
-        flag = field.replace("_", "-")
-        hint = "" if err["type"] != "missing" else f" (--{flag} or HERA_{field.upper()})"
-        raise ConfigError(f"{field}: {err['msg']}{hint}") from None
+COMMAND = "capture"
 
 
 @click.group()
@@ -50,8 +36,16 @@ def main() -> None:
 @click.option("--plugin", type=click.Choice(["auto", "wal2json", "pgoutput"]),
               help="output plugin of a new slot; an existing slot keeps its own "
                    "[HERA_PLUGIN, default auto: wal2json if exact (>= 2.6), else pgoutput]")
-@click.option("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+@click.option("--metrics-port", type=int,
+              help="serve /metrics, /healthz and /readyz on this port [HERA_METRICS_PORT]")
 @click.option("--heartbeat-interval-s", type=float, help="idle heartbeat period, seconds")
+@click.option("--max-message-bytes", type=int,
+              help="largest event (key + value) capture publishes: the topics' "
+                   "max.message.bytes and the producers' request size; an event above it "
+                   "stops capture [HERA_MAX_MESSAGE_BYTES, default 16777216 = 16 MiB]")
+@click.option("--compression", type=click.Choice(["none", "gzip", "snappy", "lz4", "zstd"]),
+              help="producer compression; every codec but gzip needs a Python package on "
+                   "kafka-python readers [HERA_COMPRESSION, default gzip]")
 @click.option("--new-snapshot", is_flag=True, default=None,
               help="drop the slot and start a new epoch with a fresh snapshot")
 @click.option("--log-level", default="INFO", show_default=True)
@@ -60,39 +54,46 @@ def run(log_level: str, **options: Any) -> None:
     from capture.service import CaptureService
 
     logs.configure(log_level)
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    settings = settings_or_fail(COMMAND, CaptureSettings, options)
+    service = CaptureService(settings)
+    stop = stop_on_signals()
+    endpoint: ServiceEndpoint | None = None
     try:
-        settings = _settings(**options)
-        service = CaptureService(settings)
         if settings.metrics_port is not None:
-            service.metrics.serve(settings.metrics_port, settings.metrics_host)
+            try:
+                endpoint = ServiceEndpoint(service.metrics.registry, service.metrics.health,
+                                           settings.metrics_port, settings.metrics_host)
+            except OSError as exc:
+                fail(COMMAND, f"cannot serve metrics on {settings.metrics_host}:"
+                              f"{settings.metrics_port} ({exc.strerror}): choose another "
+                              "--metrics-port", 2)
         service.run(stop)
+        service.metrics.health.not_ready("stopped")
     except CaptureError as exc:
-        _fail(str(exc), exc.exit_code)
+        service.metrics.health.not_ready(str(exc))
+        service.metrics.fatal_errors.labels(kind=type(exc).__name__).inc()
+        fail(COMMAND, str(exc), exc.exit_code)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 @main.command()
 @click.option("--dsn", help="PostgreSQL connection string [HERA_DSN]")
-@click.option("--slot", default="hera_guard", show_default=True, envvar="HERA_SLOT")
+@click.option("--slot", help="replication slot name [HERA_SLOT, default hera_guard]")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def status(dsn: str | None, slot: str, as_json: bool) -> None:
+def status(dsn: str | None, slot: str | None, as_json: bool) -> None:
     """Slot, confirmed LSN, lag in bytes and seconds, whether capture is active."""
     from rich.console import Console
     from rich.table import Table
 
     from capture.status import slot_status
 
+    settings = settings_or_fail(COMMAND, StatusSettings, {"dsn": dsn, "slot": slot})
     try:
-        dsn = dsn or _settings_env_dsn()
-        st = slot_status(dsn, slot)
+        st = slot_status(settings.dsn, settings.slot)
     except CaptureError as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(COMMAND, str(exc), exc.exit_code)
     if as_json:
         click.echo(json.dumps(asdict(st)))
         return
@@ -102,12 +103,3 @@ def status(dsn: str | None, slot: str, as_json: bool) -> None:
     for k, v in asdict(st).items():
         table.add_row(k, "-" if v is None else str(v))
     Console().print(table)
-
-
-def _settings_env_dsn() -> str:
-    import os  # the CLI is the one place that may read the environment
-
-    dsn = os.environ.get("HERA_DSN")
-    if not dsn:
-        raise ConfigError("dsn: missing (--dsn or HERA_DSN)")
-    return dsn

@@ -1,15 +1,29 @@
-"""Creating the topics capture writes to, with an explicit partition count.
+"""Creating the topics capture writes to, with an explicit partition count and message size.
 
 Brokers auto-create unknown topics with their own default partition count (tansu: 4, Kafka:
 num.partitions): strict per-table order needs the topic to exist with the count we chose
-before the first record is sent.
+before the first record is sent. Each topic gets ``max.message.bytes`` = capture's
+``max_message_bytes``, so the broker takes every event capture lets through; an existing
+topic with a smaller limit is raised to it (capture owns these topics), or capture refuses to
+start with the command that would. A broker that reports a request-size ceiling below the
+setting (Kafka's ``socket.request.max.bytes``) is refused at start too.
+
+Measured on the test broker (tansu 0.6): it stores topic configs and reports them in
+DescribeConfigs, but enforces no size limit and reports no broker configs; Apache Kafka
+enforces both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from capture.errors import BrokerError
+from capture.errors import BrokerError, ConfigError
+
+log = logging.getLogger("hera.capture")
+MAX_MESSAGE_BYTES = "max.message.bytes"
+_FLAG = "--max-message-bytes (HERA_MAX_MESSAGE_BYTES)"
 
 
 def check_reachable(bootstrap_servers: str, timeout_s: float = 5.0) -> None:
@@ -27,8 +41,83 @@ def check_reachable(bootstrap_servers: str, timeout_s: float = 5.0) -> None:
     raise BrokerError.unreachable(bootstrap_servers)
 
 
+def _config_value(described: object, kind: str, name: str, key: str) -> int | None:
+    """``key`` of resource ``name`` from kafka-python's describe_configs answer
+    ({kind: {name: {key: {"value": ...}}}}); None when the broker does not report it."""
+    if not isinstance(described, Mapping):
+        return None
+    entry = (described.get(kind) or {}).get(name, {}).get(key)
+    value = entry.get("value") if isinstance(entry, Mapping) else None
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _describe(admin: Any, resources: list[Any]) -> object:
+    from kafka.errors import KafkaError
+
+    try:
+        # No key filter: tansu drops the connection on a DescribeConfigs naming keys.
+        return admin.describe_configs(resources, config_filter="all")
+    except (KafkaError, ValueError, TypeError) as exc:
+        log.warning("broker does not describe configs; message sizes unchecked",
+                    extra={"error": repr(exc)})
+        return None
+
+
+def check_request_ceiling(admin: Any, max_message_bytes: int) -> None:
+    """Refuse a setting above what a broker accepts in one request."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    try:
+        brokers = [b["broker_id"] for b in admin.describe_cluster()["brokers"]]
+    except Exception:  # best effort: a broker that cannot say is not refused
+        log.warning("broker ids unknown; request ceiling unchecked", exc_info=True)
+        return
+    for broker in brokers:
+        described = _describe(admin, [ConfigResource(ConfigResourceType.BROKER, str(broker))])
+        ceiling = _config_value(described, "broker", str(broker), "socket.request.max.bytes")
+        if ceiling is not None and max_message_bytes > ceiling:
+            raise ConfigError(
+                f"{_FLAG} is {max_message_bytes}, above what broker {broker} accepts in one "
+                f"request (socket.request.max.bytes = {ceiling}): lower the setting, or raise "
+                "socket.request.max.bytes on the broker")
+
+
+def _raise_limits(admin: Any, names: list[str], max_message_bytes: int) -> None:
+    """Existing topics with a smaller max.message.bytes get ours; refuse if that fails."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import KafkaError
+
+    if not names:
+        return
+    described = _describe(admin, [ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+    for name in names:
+        current = _config_value(described, "topic", name, MAX_MESSAGE_BYTES)
+        if current is None or current >= max_message_bytes:
+            continue
+        how = (f"kafka-configs.sh --alter --entity-type topics --entity-name {name} "
+               f"--add-config {MAX_MESSAGE_BYTES}={max_message_bytes}")
+        try:
+            result = admin.alter_configs([ConfigResource(
+                ConfigResourceType.TOPIC, name,
+                configs={MAX_MESSAGE_BYTES: str(max_message_bytes)})])
+        except (KafkaError, ValueError) as exc:
+            result = {"topic": {name: repr(exc)}}
+        outcome = (result.get("topic") or {}).get(name) if isinstance(result, Mapping) else None
+        if outcome != "OK":
+            raise BrokerError(
+                f"topic {name} takes messages up to {current} bytes ({MAX_MESSAGE_BYTES}), "
+                f"below {_FLAG} {max_message_bytes}, and capture could not raise it "
+                f"({outcome}): run {how}, or lower the setting")
+        log.info("raised the topic's max.message.bytes",
+                 extra={"topic": name, "from": current, "to": max_message_bytes})
+
+
 def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1,
-                  replication_factor: int = 1) -> None:
+                  replication_factor: int = 1, *,
+                  max_message_bytes: int | None = None) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -39,16 +128,24 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
                                  client_id="hera-guard-admin", request_timeout_ms=15000)
     except KafkaError as exc:
         raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+    configs = {} if max_message_bytes is None else {MAX_MESSAGE_BYTES: str(max_message_bytes)}
     try:
+        if max_message_bytes is not None:
+            check_request_ceiling(admin, max_message_bytes)
         existing = set(admin.list_topics())
+        present: list[str] = []
         for name in names:
             if name in existing:
+                present.append(name)
                 continue
             try:
-                admin.create_topics([NewTopic(name, partitions, replication_factor)])
+                admin.create_topics([NewTopic(name, partitions, replication_factor,
+                                              topic_configs=configs)])
             except TopicAlreadyExistsError:
-                pass  # created concurrently by another process: fine
+                present.append(name)  # created concurrently by another process
             except KafkaError as exc:
                 raise BrokerError(f"cannot create topic {name}: {exc!r}") from exc
+        if max_message_bytes is not None:
+            _raise_limits(admin, present, max_message_bytes)
     finally:
         admin.close()

@@ -1,8 +1,29 @@
-"""Prometheus metrics of the capture service (served on /metrics when --metrics-port is set)."""
+"""Prometheus metrics and readiness of the capture service, served by
+capture.service_kit.ServiceEndpoint (/metrics, /healthz, /readyz) when --metrics-port is set."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from capture.service_kit import Health
+
+
+class CaptureHealth(Health):
+    """Readiness that is also a metric: ``hera_capture_ready`` is 1 exactly while /readyz
+    answers 200 (streaming: snapshot done, broker taking events)."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        super().__init__()
+        self._gauge = gauge
+        gauge.set(0)
+
+    def ready(self) -> None:
+        super().ready()
+        self._gauge.set(1)
+
+    def not_ready(self, reason: str) -> None:
+        super().not_ready(reason)
+        self._gauge.set(0)
 
 
 class CaptureMetrics:
@@ -26,12 +47,18 @@ class CaptureMetrics:
         self.schema_changes = Counter(
             "hera_capture_schema_changes", "SchemaChangeEvents published (DDL on captured tables)",
             registry=self.registry)
+        self.ready = Gauge(
+            "hera_capture_ready",
+            "1 while capture streams (snapshot done, broker acknowledging), else 0",
+            registry=self.registry)
+        self.fatal_errors = Counter(
+            "hera_capture_fatal_errors",
+            "Errors that stopped capture (event too large, slot lost, bad set-up), by kind",
+            ["kind"], registry=self.registry)
+        self.health = CaptureHealth(self.ready)
 
         self.commit_to_ack = Histogram(
             "hera_capture_commit_to_ack_seconds",
             "PostgreSQL commit -> every event of the transaction acknowledged by the broker",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry)
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=host, registry=self.registry)

@@ -4,18 +4,89 @@ Two backends behind one small interface: kafka-python (required, the default) an
 confluent-kafka (optional extra ``fast``; the benchmark shows the client is the bottleneck).
 Delivery reports are handed to the main thread through a queue, so the ack bookkeeping has one
 owner and needs no locks.
+
+Size: one setting (``max_message_bytes``) bounds an event. Both backends check every record
+against it before handing it to the client, so an event that cannot be published is known at
+once, by table, key and LSN, instead of surfacing as a client error retried forever; the
+broker's own refusal (its limit below ours) is reported the same way. Either stops capture:
+the transaction holding the event is never confirmed, and a restart with a larger limit
+publishes it.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from capture.errors import BrokerError
+from capture.errors import BrokerError, CaptureError, ConfigError
+from capture.event import format_lsn
+
+if TYPE_CHECKING:
+    from capture.settings import CaptureSettings
+
+# What a record batch adds around one record's key and value (batch header 61 bytes, record
+# header and varints < 30): an event fits when key + value + this <= max_message_bytes.
+RECORD_OVERHEAD = 1024
+_FLAG = "--max-message-bytes (HERA_MAX_MESSAGE_BYTES)"
+
+
+class EventTooLarge(CaptureError):
+    """An event does not fit the message size limit. Not retried: capture stops, and nothing
+    from the event's transaction on is confirmed."""
+
+
+def _about(topic: str, key: bytes | None, value: bytes) -> str:
+    """'<table> key <key> at LSN <lsn> (commit <lsn>)' read from the event itself; only on the
+    failure path, so the hot path never parses what it publishes."""
+    table, where = topic, ""
+    try:
+        raw = json.loads(value)
+        source = raw.get("source") or {}
+        if source.get("schema") and source.get("table"):
+            table = f"{source['schema']}.{source['table']}"
+        elif raw.get("schema") and raw.get("table"):  # a SchemaChangeEvent
+            table = f"{raw['schema']}.{raw['table']}"
+        lsn = source.get("lsn") if isinstance(source.get("lsn"), int) else raw.get("lsn")
+        if isinstance(lsn, int):
+            where = f" at LSN {format_lsn(lsn)}"
+        if isinstance(raw.get("commit_lsn"), int):
+            where += f" (transaction commit {format_lsn(raw['commit_lsn'])})"
+    except (ValueError, AttributeError, TypeError):
+        pass
+    shown = (key or b"").decode("utf-8", "replace")
+    if len(shown) > 200:
+        shown = shown[:200] + "..."
+    return f"{table} key {shown}{where}"
+
+
+def record_size(key: bytes | None, value: bytes) -> int:
+    return len(key or b"") + len(value) + RECORD_OVERHEAD
+
+
+def check_size(topic: str, key: bytes | None, value: bytes, limit: int) -> None:
+    """Raise EventTooLarge when the record cannot be published under ``limit``."""
+    size = record_size(key, value)
+    if size > limit:
+        raise EventTooLarge(
+            f"event too large: {_about(topic, key, value)} is {size} bytes, above "
+            f"max_message_bytes {limit}: raise {_FLAG} to at least {size} and restart "
+            "capture; nothing from this transaction on was confirmed")
+
+
+def refused_as_too_large(topic: str, key: bytes | None, value: bytes, limit: int,
+                         error: str) -> EventTooLarge:
+    """The broker refused a record we had let through: its limit is below ours."""
+    return EventTooLarge(
+        f"the broker refused the event for {_about(topic, key, value)} "
+        f"({record_size(key, value)} bytes) as too large ({error}), although "
+        f"max_message_bytes is {limit}: raise the topic's max.message.bytes (and the broker's "
+        f"message.max.bytes / socket.request.max.bytes) to {limit}, or lower {_FLAG}; "
+        "nothing from this transaction on was confirmed")
 
 
 @dataclass(slots=True)
@@ -68,6 +139,8 @@ class AckTracker:
                 item = self._done.get_nowait()
             except queue.Empty:
                 return
+            if isinstance(item, CaptureError):
+                raise item  # already says what and how to fix (e.g. EventTooLarge)
             if isinstance(item, BaseException):
                 raise BrokerError(f"the broker did not acknowledge a record: {item!r}")
             txn, size = item
@@ -99,11 +172,17 @@ class Producer(Protocol):
     def close(self) -> None: ...
 
 
+_PYTHON_CODECS = {"lz4": "lz4", "zstd": "zstandard", "snappy": "python-snappy"}
+
+
 class KafkaPythonProducer:
-    def __init__(self, bootstrap_servers: str, single_partition: bool = False) -> None:
+    def __init__(self, bootstrap_servers: str, single_partition: bool = False, *,
+                 max_message_bytes: int = 16 * 1024 * 1024,
+                 compression: str = "gzip") -> None:
         # With one partition per topic the key-hash partitioner is pure overhead (~15 µs a
         # record in kafka-python): name the partition.
         self._partition = 0 if single_partition else None
+        self._limit = max_message_bytes
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
@@ -115,23 +194,44 @@ class KafkaPythonProducer:
                 batch_size=512 * 1024,
                 max_block_ms=15000,
                 request_timeout_ms=15000,
+                # A broker that takes nothing for 30 s fails the records (as confluent's
+                # message.timeout.ms does), so the stream restarts and /readyz says so, instead
+                # of kafka-python's default 120 s of silent retrying.
+                delivery_timeout_ms=30000,
                 retries=5,
                 max_in_flight_requests_per_connection=5,
                 client_id="hera-guard-capture",
+                max_request_size=max_message_bytes,
+                compression_type=None if compression == "none" else compression,
             )
         except KafkaError as exc:
             raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+        except RuntimeError as exc:  # "Libraries for lz4 compression codec not found"
+            package = _PYTHON_CODECS.get(compression, compression)
+            raise ConfigError(
+                f"compression {compression} needs the Python package {package} with "
+                f"kafka-python (pip install {package}, here and on every kafka-python "
+                "consumer), or use --compression gzip") from exc
 
     def send(self, topic: str, key: bytes | None, value: bytes,
              on_delivery: Callable[[BaseException | None], None]) -> None:
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
+        check_size(topic, key, value, self._limit)
         try:
             fut = self._p.send(topic, key=key, value=value, partition=self._partition)
         except KafkaError as exc:
             raise BrokerError(f"cannot publish to {topic}: {exc!r}") from exc
+
+        def failed(exc: BaseException) -> None:
+            # The closure keeps ``value`` until the ack (bounded by max_in_flight_bytes):
+            # kafka-python's errback gets only the exception, and a refusal must name the row.
+            if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError):
+                exc = refused_as_too_large(topic, key, value, self._limit, type(exc).__name__)
+            on_delivery(exc)
+
         fut.add_callback(lambda _md: on_delivery(None))
-        fut.add_errback(on_delivery)
+        fut.add_errback(failed)
 
     def poll(self, timeout: float) -> None:
         pass  # kafka-python reports deliveries from its own I/O thread
@@ -149,8 +249,11 @@ class KafkaPythonProducer:
 
 
 class ConfluentProducer:
-    def __init__(self, bootstrap_servers: str, single_partition: bool = False) -> None:
+    def __init__(self, bootstrap_servers: str, single_partition: bool = False, *,
+                 max_message_bytes: int = 16 * 1024 * 1024,
+                 compression: str = "gzip") -> None:
         self._partition = 0 if single_partition else -1  # -1: librdkafka's partitioner
+        self._limit = max_message_bytes
         from confluent_kafka import Producer as CProducer
 
         self._p: Any = CProducer({
@@ -158,7 +261,14 @@ class ConfluentProducer:
             "acks": "all",
             "linger.ms": 5,
             "batch.size": 1_000_000,
-            "queue.buffering.max.kbytes": 65536,
+            # The local queue must hold the largest event (librdkafka refuses a message
+            # bigger than its queue outright).
+            "queue.buffering.max.kbytes": max(65536, 2 * max_message_bytes // 1024),
+            "message.max.bytes": max_message_bytes,
+            "compression.type": compression,
+            # gzip at zlib level 1 costs about half the CPU of librdkafka's default (6) for
+            # JSON events and still shrinks them several times (measured here).
+            **({"compression.level": 1} if compression == "gzip" else {}),
             "message.timeout.ms": 30000,
             "enable.idempotence": False,
             "client.id": "hera-guard-capture",
@@ -169,8 +279,18 @@ class ConfluentProducer:
 
     def send(self, topic: str, key: bytes | None, value: bytes,
              on_delivery: Callable[[BaseException | None], None]) -> None:
-        def report(err: Any, _msg: Any) -> None:
-            on_delivery(None if err is None else BrokerError(str(err)))
+        from confluent_kafka import KafkaError
+
+        check_size(topic, key, value, self._limit)
+
+        def report(err: Any, msg: Any) -> None:
+            if err is None:
+                on_delivery(None)
+            elif err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                on_delivery(refused_as_too_large(topic, msg.key(), msg.value() or b"",
+                                                 self._limit, str(err)))
+            else:
+                on_delivery(BrokerError(str(err)))
 
         while True:
             try:
@@ -190,13 +310,25 @@ class ConfluentProducer:
         self._p.flush(5)
 
 
-def make_producer(backend: str, bootstrap_servers: str,
-                  single_partition: bool = False) -> Producer:
+def make_producer(backend: str, bootstrap_servers: str, single_partition: bool = False, *,
+                  max_message_bytes: int = 16 * 1024 * 1024,
+                  compression: str = "gzip") -> Producer:
     if backend == "confluent":
         try:
-            return ConfluentProducer(bootstrap_servers, single_partition)
+            return ConfluentProducer(bootstrap_servers, single_partition,
+                                     max_message_bytes=max_message_bytes,
+                                     compression=compression)
         except ImportError as exc:
             raise BrokerError(
                 "kafka backend 'confluent' needs confluent-kafka: pip install 'hera-guard[fast]'"
             ) from exc
-    return KafkaPythonProducer(bootstrap_servers, single_partition)
+    return KafkaPythonProducer(bootstrap_servers, single_partition,
+                               max_message_bytes=max_message_bytes, compression=compression)
+
+
+def producer_for(settings: CaptureSettings) -> Producer:
+    """The producer capture's settings ask for (backend, size limit, compression)."""
+    return make_producer(settings.kafka_backend, settings.bootstrap_servers,
+                         settings.topic_partitions == 1,
+                         max_message_bytes=settings.max_message_bytes,
+                         compression=settings.compression)

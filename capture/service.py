@@ -26,7 +26,7 @@ from capture.kafka_admin import ensure_topics
 from capture.ledger import last_marker
 from capture.metrics import CaptureMetrics
 from capture.protocol import ReplicationStream
-from capture.publish import AckTracker, Producer, make_producer
+from capture.publish import AckTracker, EventTooLarge, Producer, producer_for
 from capture.runner import StreamRunner
 from capture.settings import CaptureSettings
 from capture.slot import (
@@ -41,6 +41,7 @@ from capture.slot import (
     table_info,
 )
 from capture.snapshot import snapshot_rows
+from capture.table_names import check_tables_exist
 from capture.topics import table_topic, transaction_topic
 
 log = logging.getLogger("hera.capture")
@@ -81,6 +82,7 @@ class CaptureService:
         with _connect(self.s.dsn) as conn:
             self.dbname = str((conn.execute("SELECT current_database()").fetchone() or [""])[0])
             check_server(conn)
+            check_tables_exist(conn, self.s.tables, self.dbname)
             self.system_identifier = _system_identifier(conn)
             self.tables = [table_info(conn, t) for t in self.s.tables]
             self.known_columns = {(t.schema, t.table): t.columns for t in self.tables}
@@ -101,8 +103,7 @@ class CaptureService:
             with _connect(self.s.dsn) as conn:
                 drop_slot(conn, self.s.slot)
             existing = None
-        producer = make_producer(self.s.kafka_backend, self.s.bootstrap_servers,
-                                 self.s.topic_partitions == 1)
+        producer = producer_for(self.s)
         try:
             if existing is not None:
                 check_slot(existing, self.dbname, PLUGINS)
@@ -128,7 +129,7 @@ class CaptureService:
         topics = [transaction_topic(self.s.topic_prefix)] + [
             table_topic(self.s.topic_prefix, t.schema, t.table) for t in self.tables]
         ensure_topics(self.s.bootstrap_servers, topics, self.s.topic_partitions,
-                      self.s.topic_replication_factor)
+                      self.s.topic_replication_factor, max_message_bytes=self.s.max_message_bytes)
 
     def _check_ours(self, confirmed: int, marker: StreamMarker | None) -> None:
         if marker is None:
@@ -235,12 +236,13 @@ class CaptureService:
                         f"slot {self.s.slot} disappeared while capturing (dropped behind "
                         "hera-guard's back): start a new epoch with capture run --new-snapshot"
                     ) from exc
-                if isinstance(exc, DecodeError | SlotError):
+                if isinstance(exc, DecodeError | SlotError | EventTooLarge):
                     producer.close()
                     raise
+                reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                self.metrics.health.not_ready(f"stream interrupted, retrying: {reason}")
                 log.warning("stream interrupted; retrying",
-                            extra={"error": str(exc).splitlines()[0] if str(exc) else repr(exc),
-                                   "backoff_s": backoff})
+                            extra={"error": reason, "backoff_s": backoff})
                 self.metrics.restarts.inc()
                 try:
                     producer.close()
@@ -264,8 +266,7 @@ class CaptureService:
                 # A broker that lost its data (or a new one) must get our topics back with
                 # our partition count before anything is sent.
                 self._ensure_topics()
-                return make_producer(self.s.kafka_backend, self.s.bootstrap_servers,
-                                     self.s.topic_partitions == 1)
+                return producer_for(self.s)
             except BrokerError as exc:
                 log.warning("broker unreachable; retrying", extra={"error": str(exc),
                                                                     "backoff_s": backoff})
@@ -286,6 +287,7 @@ class CaptureService:
             raise
         runner = StreamRunner(self, producer, stream)
         self.ready.set()
+        self.metrics.health.ready()
         log.info("streaming", extra={"slot": self.s.slot, "plugin": self.dec.caps.name,
                                      "from": format_lsn(start_lsn)})
         try:

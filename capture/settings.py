@@ -11,6 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from capture.topics import DEFAULT_TABLES, TableList
 
 _SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
+MIB = 1024 * 1024
+# librdkafka's ceiling for message.max.bytes; kafka-python has none, the broker has its own
+# (socket.request.max.bytes, checked at start by capture.kafka_admin).
+MAX_MESSAGE_BYTES_CEILING = 1_000_000_000
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 
 
 class CaptureSettings(BaseSettings):
@@ -29,14 +34,21 @@ class CaptureSettings(BaseSettings):
     plugin: Literal["auto", "wal2json", "pgoutput"] = "auto"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
-    heartbeat_interval_s: float = 10.0
-    confirm_interval_s: float = 0.5
-    status_interval_s: float = 5.0
+    heartbeat_interval_s: float = Field(10.0, gt=0)
+    confirm_interval_s: float = Field(0.5, gt=0)
+    status_interval_s: float = Field(5.0, gt=0)
     new_snapshot: bool = False
-    snapshot_batch_rows: int = 5000
+    snapshot_batch_rows: int = Field(5000, ge=1)
     max_in_flight: int = Field(20_000, ge=100)  # records sent but not yet acknowledged
-    max_in_flight_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024)
-    max_backoff_s: float = 30.0
+    max_in_flight_bytes: int = Field(32 * MIB, ge=MIB)
+    max_backoff_s: float = Field(30.0, gt=0)
+    # The largest event (key + value) capture may publish: the topics' max.message.bytes and
+    # the producers' request size. With REPLICA IDENTITY FULL an UPDATE carries the old and the
+    # new row, so a 1 MB value makes a 2 MB event; 16 MiB leaves HERA rows room.
+    max_message_bytes: int = Field(16 * MIB, ge=MIB, le=MAX_MESSAGE_BYTES_CEILING)
+    # gzip: the one codec every Kafka reader here decodes without extra packages (kafka-python
+    # needs lz4 / zstandard / python-snappy for the others, on capture and on every consumer).
+    compression: Compression = "gzip"
 
     @field_validator("slot")
     @classmethod
@@ -51,3 +63,13 @@ class CaptureSettings(BaseSettings):
         if not re.match(r"^[A-Za-z0-9._-]{1,100}$", v):
             raise ValueError("topic prefixes are made of letters, digits, '.', '_' and '-'")
         return v
+
+
+class StatusSettings(BaseSettings):
+    """``capture status``: the same HERA_DSN / HERA_SLOT as ``capture run``."""
+
+    model_config = SettingsConfigDict(env_prefix="HERA_", frozen=True, extra="ignore")
+
+    dsn: str = Field(min_length=1,
+                     description="libpq connection string of the captured database")
+    slot: str = "hera_guard"

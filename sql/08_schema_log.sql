@@ -18,7 +18,9 @@
 -- inheritance/partition descendants (ADD/DROP/RENAME COLUMN and ALTER TYPE propagate to
 -- them). Not only the captured ones: this script does not know capture's --tables, DDL is
 -- rare and a message is a few hundred bytes of WAL; capture ignores messages for tables it
--- does not stream. Views, sequences, indexes and foreign tables are skipped.
+-- does not stream. Views, sequences, indexes, foreign and temporary tables are skipped.
+-- Unlogged tables are not: ALTER TABLE ... SET UNLOGGED on a captured table takes it out of
+-- logical decoding, and that DDL must be on the record too.
 --
 -- Privileges: CREATE EVENT TRIGGER needs a superuser. Installed by anyone else, this script
 -- creates the function, warns, and leaves no trigger: capture then still notices column-set
@@ -61,7 +63,7 @@ BEGIN
         FROM touched t
         JOIN pg_class k ON k.oid = t.relid
         JOIN pg_namespace n ON n.oid = k.relnamespace
-        WHERE k.relkind IN ('r', 'p')
+        WHERE k.relkind IN ('r', 'p') AND k.relpersistence <> 't'
         ORDER BY t.relid
     LOOP
         PERFORM pg_logical_emit_message(true, 'hera-guard.schema', json_build_object(

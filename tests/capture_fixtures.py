@@ -203,3 +203,14 @@ def wait_for_events(bootstrap_servers: str, prefix: str,
 
 __all__ = ["DEFAULT_TABLES", "PLUGINS", "CaptureProcess", "confirmed_lsn", "read_events",
            "read_topic", "running_capture", "slot_active", "wait_for_events", "wait_until"]
+
+
+def scrape(url: str, name: str) -> float:
+    """A sample's value as ``/metrics`` at ``url`` serves it (the text an operator scrapes)."""
+    import urllib.request
+
+    body = urllib.request.urlopen(url, timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in {url}")

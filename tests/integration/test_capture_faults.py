@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,10 @@ import psycopg
 import pytest
 
 from capture.event import Op
+from capture.kafka_admin import MAX_MESSAGE_BYTES
+from capture.service import CaptureService
+from capture.service_kit import ServiceEndpoint
+from capture.topics import table_topic
 from devstack.broker import Broker, start_broker
 from devstack.ports import free_port
 from devstack.postgres import PostgresCluster, start_postgres
@@ -26,6 +33,27 @@ from tests.capture_fixtures import (
     wait_until,
 )
 from tests.conftest import HeraDB
+
+
+def _metric(port: int, name: str) -> float:
+    """A sample's value as /metrics serves it over HTTP (the text an operator scrapes)."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def _readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as res:
+            return int(res.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _serve(svc: CaptureService) -> ServiceEndpoint:
+    return ServiceEndpoint(svc.metrics.registry, svc.metrics.health, free_port())
 
 
 def _current_lsn(db: HeraDB) -> int:
@@ -106,7 +134,9 @@ def test_broker_outage_is_waited_out_and_caught_up(
     own = start_broker()
     try:
         with running_capture(hera_db.dsn, own.bootstrap_servers, topic_prefix, slot_name,
-                             max_backoff_s=1.0) as svc:
+                             max_backoff_s=1.0, heartbeat_interval_s=0.5) as svc:
+            endpoint = _serve(svc)
+            assert _readyz(endpoint.port) == 200
             own.stop()  # memory storage: its topics are gone with it
             # What was acknowledged before the outage may still be confirmed; the DELETE,
             # whose WAL starts after this point, must not be while the broker is down.
@@ -117,10 +147,16 @@ def test_broker_outage_is_waited_out_and_caught_up(
             with pytest.raises(TimeoutError):
                 wait_until(lambda: confirmed_lsn(hera_db.dsn, slot_name) > before, 3,
                            "no confirmation of the DELETE while the broker is down")
+            # Not ready while the broker is gone (the heartbeat's marker finds out when idle).
+            wait_until(lambda: _readyz(endpoint.port) == 503, 60, "/readyz to answer 503")
+            assert _metric(endpoint.port, "hera_capture_ready") == 0
             own.start()
             events = wait_for_events(own.bootstrap_servers, topic_prefix,
                                      lambda evs: any(e.op == Op.DELETE for e in evs), timeout=90)
-            assert svc.metrics.restarts._value.get() >= 1
+            wait_until(lambda: _readyz(endpoint.port) == 200, 60, "/readyz to answer 200 again")
+            assert _metric(endpoint.port, "hera_capture_ready") == 1
+            assert _metric(endpoint.port, "hera_capture_stream_restarts_total") >= 1
+            endpoint.close()
     finally:
         own.stop()
     with hera_db.connect() as conn:
@@ -168,6 +204,17 @@ def test_missing_table_and_table_without_primary_key_are_named(
                        broker.bootstrap_servers, "--slot", slot_name,
                        "--tables", "public.core_relationships,public.nope")
     _one_line_error(res, "public.nope does not exist")
+    # A typo is named with the table it probably meant, every missing name at once, and the
+    # tables the database does have; nothing is created.
+    res = _capture_cli("run", "--dsn", hera_db.dsn, "--bootstrap-servers",
+                       broker.bootstrap_servers, "--slot", slot_name,
+                       "--tables", "public.core_relationship,public.nope")
+    _one_line_error(res, "tables public.core_relationship, public.nope do not exist")
+    assert "public.core_relationship -> public.core_relationships?" in res.stderr
+    assert "tables here: " in res.stderr and "public.core_dynamic_data" in res.stderr
+    with hera_db.connect() as conn:
+        assert conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                            (slot_name,)).fetchone() is None
     with hera_db.connect() as conn:
         conn.execute("CREATE TABLE keyless (a int)")
     res = _capture_cli("run", "--dsn", hera_db.dsn, "--bootstrap-servers",
@@ -283,11 +330,172 @@ def test_postgres_restart_is_waited_out_and_streaming_resumes(
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("DELETE FROM core_relationships WHERE relationship_type = "
                              "'SERVICE_IN_CATEGORY'")
+            endpoint = _serve(svc)
             events = wait_for_events(broker.bootstrap_servers, topic_prefix,
                                      lambda evs: any(e.op == Op.DELETE for e in evs), timeout=90)
-            assert svc.metrics.restarts._value.get() >= 1
+            assert _metric(endpoint.port, "hera_capture_stream_restarts_total") >= 1
+            endpoint.close()
     finally:
         cluster.destroy()
     deletes = {str((e.before or {})["id"]) for e in events if e.op == Op.DELETE}
     assert len(deletes) == sum(1 for e in events if e.op == Op.READ and
                                (e.after or {})["relationship_type"] == "SERVICE_IN_CATEGORY")
+
+
+# --- large events: one limit, captured below it, a loud stop above it -------------------------
+
+
+def _big_table(db: HeraDB, value_bytes: int) -> None:
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL)")
+        conn.execute("INSERT INTO big VALUES (1, repeat('A', %s))", (value_bytes,))
+
+
+def _topic_limit(bootstrap_servers: str, topic: str) -> int:
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)],
+                                           config_filter="all")
+    finally:
+        admin.close()
+    return int(described["topic"][topic][MAX_MESSAGE_BYTES]["value"])
+
+
+@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
+def test_a_2_mb_event_is_captured_with_the_default_limit(
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        backend: str) -> None:
+    _big_table(empty_db, 1_000_000)
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         tables=("public.big",), kafka_backend=backend), \
+            empty_db.connect() as conn:
+        # REPLICA IDENTITY FULL: the UPDATE's event carries the old and the new 1 MB value
+        # (a few kB in PostgreSQL, compressed; 2 MB as an event).
+        conn.execute("UPDATE big SET v = repeat('B', 1000000)")
+        events = wait_for_events(broker.bootstrap_servers, topic_prefix,
+                                 lambda evs: any(e.op == Op.UPDATE for e in evs), table="big")
+    (update,) = [e for e in events if e.op == Op.UPDATE]
+    assert update.before == {"id": 1, "v": "A" * 1_000_000}
+    assert update.after == {"id": 1, "v": "B" * 1_000_000}
+    assert _topic_limit(broker.bootstrap_servers, table_topic(topic_prefix, "public", "big")) \
+        == 16 * 1024 * 1024
+
+
+def test_an_event_above_the_limit_stops_capture_and_a_larger_limit_captures_it_next_start(
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        tmp_path: Path) -> None:
+    _big_table(empty_db, 600_000)  # the snapshot's 600 kB event fits 1 MiB
+    small = CaptureProcess(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                           extra_args=["--tables", "public.big", "--max-message-bytes",
+                                       str(1024 * 1024)],
+                           log_path=tmp_path / "small.log")
+    small.start()
+    with empty_db.connect() as conn:
+        conn.execute("UPDATE big SET v = repeat('B', 600000)")  # 1.2 MB: old + new row
+        after = _current_lsn(empty_db)
+    assert small.proc is not None
+    rc = small.proc.wait(120)
+    lines = [line for line in small.log().splitlines() if line.startswith("capture:")]
+    assert rc != 0 and len(lines) == 1, small.log()
+    line = lines[0]
+    for part in ("event too large: public.big", 'key {"id":1}', "at LSN ", "bytes",
+                 "--max-message-bytes", "HERA_MAX_MESSAGE_BYTES"):
+        assert part in line, line
+    assert confirmed_lsn(empty_db.dsn, slot_name) < after  # the transaction was not confirmed
+    assert not any(e.op == Op.UPDATE
+                   for e in read_events(broker.bootstrap_servers, topic_prefix, "big"))
+    # The next start with the default limit (16 MiB) captures it from the slot.
+    default = CaptureProcess(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                             extra_args=["--tables", "public.big"],
+                             log_path=tmp_path / "default.log")
+    default.start()
+    try:
+        events = wait_for_events(broker.bootstrap_servers, topic_prefix,
+                                 lambda evs: any(e.op == Op.UPDATE for e in evs), table="big")
+        wait_until(lambda: confirmed_lsn(empty_db.dsn, slot_name) >= after, 60, "confirmation")
+    finally:
+        assert default.terminate() == 0
+    (update,) = [e for e in events if e.op == Op.UPDATE]
+    assert update.after == {"id": 1, "v": "B" * 600_000}
+
+
+def test_a_snapshot_row_above_the_limit_stops_capture_and_the_next_start_snapshots_again(
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        tmp_path: Path) -> None:
+    _big_table(empty_db, 1_200_000)
+    res = _capture_cli("run", "--dsn", empty_db.dsn, "--bootstrap-servers",
+                       broker.bootstrap_servers, "--slot", slot_name, "--topic-prefix",
+                       topic_prefix, "--tables", "public.big", "--max-message-bytes",
+                       str(1024 * 1024))
+    _one_line_error(res, "event too large: public.big key {\"id\":1}")
+    assert read_events(broker.bootstrap_servers, topic_prefix, "big") == []
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         tables=("public.big",)):
+        events = wait_for_events(broker.bootstrap_servers, topic_prefix,
+                                 lambda evs: len(evs) == 1, table="big")
+    assert events[0].op == Op.READ and events[0].after == {"id": 1, "v": "A" * 1_200_000}
+
+
+def test_an_existing_topic_with_a_smaller_limit_is_raised_to_the_setting(
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    _big_table(empty_db, 10)
+    topic = table_topic(topic_prefix, "public", "big")
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={MAX_MESSAGE_BYTES: "1048588"})])
+    finally:
+        admin.close()
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         tables=("public.big",), max_message_bytes=8 * 1024 * 1024):
+        pass
+    assert _topic_limit(broker.bootstrap_servers, topic) == 8 * 1024 * 1024
+
+
+def test_a_confirm_interval_of_zero_from_the_environment_is_refused(
+        hera_db: HeraDB, broker: Broker, slot_name: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "capture", "run", "--dsn", hera_db.dsn,
+                          "--bootstrap-servers", broker.bootstrap_servers, "--slot", slot_name],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HERA_CONFIRM_INTERVAL_S": "0"})
+    _one_line_error(res, "--confirm-interval-s (HERA_CONFIRM_INTERVAL_S)")
+    assert "greater than 0" in res.stderr
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--max-message-bytes", "1000"], "--max-message-bytes (HERA_MAX_MESSAGE_BYTES)"),
+    (["--max-message-bytes", str(2 * 1024 ** 3)], "--max-message-bytes (HERA_MAX_MESSAGE_BYTES)"),
+    (["--heartbeat-interval-s", "0"], "--heartbeat-interval-s (HERA_HEARTBEAT_INTERVAL_S)"),
+])
+def test_settings_that_cannot_work_are_refused_at_start_in_one_line(
+        hera_db: HeraDB, broker: Broker, slot_name: str, args: list[str], expected: str) -> None:
+    res = _capture_cli("run", "--dsn", hera_db.dsn, "--bootstrap-servers",
+                       broker.bootstrap_servers, "--slot", slot_name, *args)
+    _one_line_error(res, expected)
+    assert res.returncode == 2
+    with hera_db.connect() as conn:
+        assert conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                            (slot_name,)).fetchone() is None
+
+
+def test_capture_run_serves_metrics_health_and_readiness_on_its_metrics_port(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        tmp_path: Path) -> None:
+    port = free_port()
+    cap = CaptureProcess(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         extra_args=["--metrics-port", str(port)],
+                         log_path=tmp_path / "capture.log")
+    cap.start()
+    try:
+        wait_until(lambda: _readyz(port) == 200, 30, "/readyz 200 once streaming")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as res:
+            assert res.status == 200
+        assert _metric(port, "hera_capture_ready") == 1
+        assert _metric(port, "hera_capture_events_published_total") > 0  # the snapshot
+    finally:
+        assert cap.terminate() == 0

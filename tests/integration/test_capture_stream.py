@@ -11,7 +11,15 @@ import psycopg
 import pytest
 
 from capture.encoding import from_pg_text
-from capture.event import ChangeEvent, Op, StreamMarker, TransactionEvent, parse_transaction_topic
+from capture.event import (
+    ChangeEvent,
+    Op,
+    StreamMarker,
+    TransactionEvent,
+    parse_lsn,
+    parse_transaction_topic,
+)
+from capture.service_kit import ServiceEndpoint
 from capture.status import slot_status
 from capture.topics import transaction_topic
 from devstack.broker import Broker
@@ -22,6 +30,7 @@ from tests.capture_fixtures import (
     read_events,
     read_topic,
     running_capture,
+    scrape,
     wait_for_events,
     wait_until,
 )
@@ -190,9 +199,12 @@ def test_idle_captured_tables_do_not_pin_wal(
         wait_until(lambda: confirmed_lsn(hera_db.dsn, slot_name) >= int(str(lsn)), 30,
                    "the slot to move past writes to uncaptured tables")
         # Idle now: heartbeats go through the slot (and are decoded) and move it on.
-        beats = svc.metrics.heartbeats._value.get()
-        wait_until(lambda: svc.metrics.heartbeats._value.get() >= beats + 2, 30,
+        endpoint = ServiceEndpoint(svc.metrics.registry, svc.metrics.health, free_port())
+        url = f"http://127.0.0.1:{endpoint.port}/metrics"
+        beats = scrape(url, "hera_capture_heartbeats_total")
+        wait_until(lambda: scrape(url, "hera_capture_heartbeats_total") >= beats + 2, 30,
                    "two heartbeats")
+        endpoint.close()
         (lsn,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone() or (0,)
         wait_until(lambda: confirmed_lsn(hera_db.dsn, slot_name) >= int(str(lsn)), 30,
                    "the slot to move past the heartbeats")
@@ -202,23 +214,64 @@ def test_idle_captured_tables_do_not_pin_wal(
 def test_status_and_metrics_report_the_slot_position(
         hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
         plugin: str) -> None:
-    port = free_port()
     with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix,
                          slot_name, plugin=plugin) as svc:
-        svc.metrics.serve(port)
+        endpoint = ServiceEndpoint(svc.metrics.registry, svc.metrics.health, free_port())
+        url = f"http://127.0.0.1:{endpoint.port}/metrics"
         with hera_db.connect() as conn:
             conn.execute("UPDATE core_relationships SET version = version + 1 "
                          "WHERE relationship_type = 'SERVICE_IN_CATEGORY'")
-        wait_until(lambda: svc.metrics.confirmed_lsn._value.get() > svc.epoch_lsn, 30,
+        wait_until(lambda: scrape(url, "hera_capture_confirmed_lsn") > svc.epoch_lsn, 30,
                    "a confirmation")
         st = slot_status(hera_db.dsn, slot_name)
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        body = urllib.request.urlopen(url).read().decode()
+        endpoint.close()
     assert st.active and st.database == hera_db.name and st.plugin == plugin
-    assert st.lag_bytes >= 0
+    assert parse_lsn(st.confirmed_lsn) >= svc.epoch_lsn
     assert "hera_capture_events_published_total" in body
     published = [line for line in body.splitlines()
                  if line.startswith("hera_capture_events_published_total")]
     assert float(published[0].split()[1]) > 0
+
+
+def _server_now(conn: psycopg.Connection[tuple[object, ...]]) -> float:
+    (now,) = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone() \
+        or (0.0,)
+    return float(str(now))
+
+
+def test_status_lag_is_the_age_of_the_oldest_unconfirmed_commit_of_a_known_backlog(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    with hera_db.connect() as conn:
+        started = _server_now(conn)  # every commit after the slot's position is later
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name):
+        pass  # the slot exists and is confirmed up to here; nothing reads it now
+    with hera_db.connect() as conn:
+        confirmed = parse_lsn(slot_status(hera_db.dsn, slot_name).confirmed_lsn)
+        without = slot_status(hera_db.dsn, slot_name)
+        conn.execute("CREATE EXTENSION pg_walinspect")
+        # The backlog: a small commit, then ~30 MB of WAL in later transactions.
+        conn.execute("UPDATE core_relationships SET version = version + 1 WHERE ctid = "
+                     "(SELECT ctid FROM core_relationships LIMIT 1)")
+        after_first = _server_now(conn)
+        conn.execute("CREATE TABLE backlog (t text)")
+        for _ in range(3):
+            conn.execute("INSERT INTO backlog SELECT repeat('x', 500) "
+                         "FROM generate_series(1, 20000)")
+        (written,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone() or (0,)
+        last_commit = _server_now(conn)
+        st = slot_status(hera_db.dsn, slot_name)
+        answered = _server_now(conn)
+    # Without pg_walinspect the lag is unknown, not a guess.
+    assert without.lag_seconds is None and "pg_walinspect" in without.lag_source
+    assert parse_lsn(st.confirmed_lsn) == confirmed and not st.active
+    assert st.lag_bytes >= int(str(written)) - confirmed > 20 * 1024 * 1024
+    assert st.lag_source == "pg_walinspect" and st.lag_seconds is not None
+    # At least the age of the first backlog commit (flush_lag-style figures give the age of
+    # the last one, or nothing for an inactive slot), at most the age of the slot's epoch.
+    assert last_commit - after_first > 0
+    assert last_commit - after_first <= st.lag_seconds <= answered - started
+
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)

@@ -175,6 +175,17 @@ def test_a_partitioned_tables_ddl_logs_each_partition_too(
     assert all(column(m, "w")["default"] == "'w'::text" for m in msgs)
 
 
+def test_ddl_on_a_temporary_table_emits_nothing_but_set_unlogged_is_on_the_record(
+        logged: tuple[psycopg.Connection[Any], str]) -> None:
+    conn, slot = logged
+    conn.execute("CREATE TEMP TABLE scratch (a int)")
+    ddl(conn, "ALTER TABLE scratch ADD COLUMN b int DEFAULT 1")
+    assert decoded_messages(conn, slot) == []
+    xid = ddl(conn, "ALTER TABLE probe SET UNLOGGED")  # out of logical decoding from here
+    assert [(m.xid, m.content["table"]) for m in decoded_messages(conn, slot)] == [
+        (xid, "probe")]
+
+
 def test_ddl_under_session_replication_role_replica_is_still_logged(
         logged: tuple[psycopg.Connection[Any], str]) -> None:
     conn, slot = logged
