@@ -48,7 +48,7 @@ def open_pg(dsn: str) -> Conn:
 def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
     """The main command: rebuild/output/restore, or revert one transaction."""
     def progress(msg: str) -> None:
-        err.print(f"[dim]replay:[/dim] {msg}", highlight=False)
+        err.print(f"[dim]replay:[/dim] {msg}", highlight=False, soft_wrap=True)
 
     modes = [m for m, on in (("--output", s.output), ("--into-table", s.into_table),
                              ("--restore", s.restore), ("--revert-xid", s.revert_xid))
@@ -87,7 +87,9 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
                          live_types=live_types, progress=progress)
         progress(f"point: {point.describe()} = LSN {format_lsn(state.upto_lsn)}")
         if s.output is not None:
-            n = write_file(duck, state.rel, state.types, s.output)
+            n, kept = write_file(duck, state.rel, state.types, s.output)
+            if kept:
+                progress(f"kept as PostgreSQL text in {s.output.name}: {', '.join(kept)}")
             out.print(f"wrote {n} rows of {state.describe()} to {s.output}")
             return 0
         pg = pg or open_pg(_dsn(s, "--into-table / --restore"))
@@ -111,10 +113,9 @@ def _into_table(s: ReplaySettings, duck: duckdb.DuckDBPyConnection, pg: Conn, st
     assert s.into_table is not None
     target = TableId.parse(s.into_table)
     state = materialize(duck, state, "_into")
-    rows = [str(r[0]) for r in state.rel.project("row::VARCHAR").fetchall()]
     with pg.transaction():
         create_table(pg, target, state.types, s.replace)
-        n = fill_table(pg, target, state.types, rows)
+        n = fill_table(pg, duck, target, state.types, state.rel)
     out.print(f"created {target} with {n} rows: {state.describe()}")
     return 0
 

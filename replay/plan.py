@@ -5,8 +5,8 @@ what to re-insert, revert (update back), and remove. With ``expected`` (a revert
 state the transaction left) a key whose live row differs from what is expected is a
 conflict instead. Nothing here touches PostgreSQL or the archive; DuckDB only computes.
 
-Rows are compared column by column as JSON (minified, numbers parsed), so key order and
-whitespace never make two equal rows differ.
+Rows are compared column by column on their PostgreSQL text (the event encoding: see
+replay/values.py): exact, whatever the member order or the JSON spelling of the row.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from replay.rebuild import pk_paths
 from replay.tables import TableId
+from replay.values import key_sql
 
 INSERT, UPDATE, DELETE, CONFLICT = "insert", "update", "delete", "conflict"
 
@@ -81,10 +82,11 @@ def _scope_sql(row: str, scope: Scope, params: dict[str, object]) -> str:
 
 
 def _same(a: str, b: str) -> str:
-    """Rows ``a`` and ``b`` of the join are both absent, or both present and equal."""
+    """Rows ``a`` and ``b`` of the join are both absent, or both present and equal: the
+    same text, or every column's PostgreSQL text the same."""
     return (f"(({a}k IS NULL AND {b}k IS NULL) OR ({a}k IS NOT NULL AND {b}k IS NOT NULL AND "
-            f"(json({a}row) = json({b}row) OR json_extract({a}row, $cols)::VARCHAR = "
-            f"json_extract({b}row, $cols)::VARCHAR)))")
+            f"({a}row = {b}row OR json_extract_string({a}row, $cols) IS NOT DISTINCT FROM "
+            f"json_extract_string({b}row, $cols))))")
 
 
 def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
@@ -108,7 +110,7 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
     conflict = f"NOT ({_same('e', 'l')})" if has_e else "FALSE"
     query = f"""
         WITH w AS (SELECT key, row::VARCHAR AS row FROM _w {only}),
-        l AS (SELECT * FROM (SELECT json_extract(row, $pk)::VARCHAR AS key, row::VARCHAR AS row
+        l AS (SELECT * FROM (SELECT {key_sql('row')} AS key, row::VARCHAR AS row
                              FROM _l) {only}),
         e AS ({"SELECT key, row::VARCHAR AS row FROM _e " + only if has_e else
                "SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS row WHERE FALSE"}),

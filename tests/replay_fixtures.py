@@ -21,6 +21,7 @@ import duckdb
 import psycopg
 from psycopg import sql
 
+from capture.encoding import SCHEMA_VERSION
 from capture.event import (
     ChangeEvent,
     MarkerKind,
@@ -60,6 +61,7 @@ class History:
     next_lsn: int = 0x2000
     next_xid: int = 700
     clock: datetime = T0
+    version: int = SCHEMA_VERSION  # schema_version of the events made from now on
 
     def _source(self, xid: int | None, lsn: int, at: datetime, snap: str) -> Source:
         return Source(name="hera", db="db", schema_=self.schema, table=self.table, txId=xid,
@@ -78,7 +80,7 @@ class History:
                 source=self._source(None, self.epoch_lsn, at,
                                     "last" if i == len(rows) - 1 else "true"),
                 commit_lsn=self.epoch_lsn, position=i, key={"id": row["id"]},
-                types=self.types))
+                types=self.types, schema_version=self.version))
         self.markers.append(StreamMarker(status=MarkerKind.SNAPSHOT_END, slot=self.slot,
                                          db="db", epoch_lsn=self.epoch_lsn,
                                          lsn=self.epoch_lsn, ts_ms=us(at) // 1000,
@@ -100,7 +102,7 @@ class History:
                 transaction=TransactionBlock(id=f"{xid}:{lsn}", total_order=pos + 1,
                                              data_collection_order=pos + 1),
                 commit_lsn=lsn, position=pos, key=key,
-                types=None if op == "t" else self.types))
+                types=None if op == "t" else self.types, schema_version=self.version))
         counts = Counter(f"{self.schema}.{self.table}" for _ in changes)
         self.ends.append(TransactionEvent(
             status="END", id=f"{xid}:{lsn}", xid=xid, commit_lsn=lsn, ts_ms=us(at) // 1000,
