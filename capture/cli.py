@@ -47,6 +47,9 @@ def main() -> None:
 @click.option("--tables", help="comma-separated schema.table list [HERA_TABLES]")
 @click.option("--kafka-backend", type=click.Choice(["kafka-python", "confluent"]),
               help="Kafka client [HERA_KAFKA_BACKEND, default kafka-python]")
+@click.option("--plugin", type=click.Choice(["auto", "wal2json", "pgoutput"]),
+              help="output plugin of a new slot; an existing slot keeps its own "
+                   "[HERA_PLUGIN, default auto: wal2json if exact (>= 2.6), else pgoutput]")
 @click.option("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
 @click.option("--heartbeat-interval-s", type=float, help="idle heartbeat period, seconds")
 @click.option("--new-snapshot", is_flag=True, default=None,

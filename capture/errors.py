@@ -16,7 +16,8 @@ class ConfigError(CaptureError):
 
 
 class PreflightError(CaptureError):
-    """The database is not ready for capture (wal_level, wal2json, tables, keys, privileges)."""
+    """The database is not ready for capture (wal_level, output plugin, publication, tables,
+    keys, privileges)."""
 
 
 class SlotError(CaptureError):
@@ -35,4 +36,4 @@ class BrokerError(CaptureError):
 
 
 class DecodeError(CaptureError):
-    """A wal2json message could not be understood; nothing past it was confirmed."""
+    """A logical-decoding message could not be understood; nothing past it was confirmed."""

@@ -20,6 +20,9 @@ class CaptureMetrics:
         self.restarts = Counter(
             "hera_capture_stream_restarts", "Times the stream was re-established after a fault",
             registry=self.registry)
+        self.schema_changes = Counter(
+            "hera_capture_schema_changes", "SchemaChangeEvents published (DDL on captured tables)",
+            registry=self.registry)
 
         self.commit_to_ack = Histogram(
             "hera_capture_commit_to_ack_seconds",

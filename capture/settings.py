@@ -24,6 +24,9 @@ class CaptureSettings(BaseSettings):
     topic_partitions: int = Field(1, ge=1)
     topic_replication_factor: int = Field(1, ge=1)
     kafka_backend: Literal["kafka-python", "confluent"] = "kafka-python"
+    # The output plugin of a new slot (an existing slot keeps its own); auto: wal2json when
+    # the server's is exact (>= 2.6), else pgoutput.
+    plugin: Literal["auto", "wal2json", "pgoutput"] = "auto"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     heartbeat_interval_s: float = 10.0

@@ -1,6 +1,6 @@
 """Everything capture checks and sets up in PostgreSQL before it streams, idempotently.
 
-Preflight: wal_level, wal2json loadable and allowed, the captured tables exist with a primary
+Preflight: wal_level, the output plugin allowed, the captured tables exist with a primary
 key and REPLICA IDENTITY FULL (set when missing: without it a delete carries only the key and a
 deleted relationship could not be restored). Slot: created with an exported snapshot, or an
 existing one checked (plugin, database, WAL not lost).
@@ -43,7 +43,7 @@ class SlotInfo:
     wal_status: str | None
 
 
-def check_server(conn: Conn) -> None:
+def check_server(conn: Conn, plugin: str) -> None:
     row = conn.execute("SHOW wal_level").fetchone()
     if row is None or row[0] != "logical":
         raise PreflightError(
@@ -55,11 +55,11 @@ def check_server(conn: Conn) -> None:
     ).fetchone()
     if has_setting is not None:
         allowed = [p.strip() for p in str(has_setting[0]).split(",")]
-        if "wal2json" not in allowed:
+        if plugin not in allowed:
             raise PreflightError(
-                "this PostgreSQL restricts logical output plugins and wal2json is not allowed: "
-                "add it, e.g. output_plugin_libraries = 'pgoutput, test_decoding, wal2json', "
-                "and reload"
+                f"this PostgreSQL restricts logical output plugins and {plugin} is not allowed: "
+                f"add it, e.g. output_plugin_libraries = '{', '.join([*allowed, plugin])}', "
+                "and reload (or capture run --plugin pgoutput)"
             )
 
 
@@ -139,11 +139,11 @@ def slot_info(conn: Conn, slot: str) -> SlotInfo | None:
     )
 
 
-def check_slot(info: SlotInfo, dbname: str) -> None:
-    if info.plugin != "wal2json":
+def check_slot(info: SlotInfo, dbname: str, plugins: tuple[str, ...]) -> None:
+    if info.plugin not in plugins:
         raise SlotError(
-            f"slot {info.name} uses plugin {info.plugin or 'none (physical)'}, not wal2json: "
-            "choose another --slot name, or drop that slot if it is unused"
+            f"slot {info.name} uses plugin {info.plugin or 'none (physical)'}, not one of "
+            f"{', '.join(plugins)}: choose another --slot name, or drop that slot if it is unused"
         )
     if info.database != dbname:
         raise SlotError(
@@ -169,13 +169,13 @@ class CreatedSlot:
     snapshot_name: str
 
 
-def create_slot(repl: Conn, slot: str) -> CreatedSlot:
+def create_slot(repl: Conn, slot: str, plugin: str) -> CreatedSlot:
     """CREATE_REPLICATION_SLOT with an exported snapshot. ``repl`` must run no other command
     until the snapshot has been imported elsewhere (the export ends with the next command)."""
     try:
         row = repl.execute(
-            sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL wal2json (SNAPSHOT 'export')").format(
-                sql.Identifier(slot)
+            sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL {} (SNAPSHOT 'export')").format(
+                sql.Identifier(slot), sql.Identifier(plugin)
             )
         ).fetchone()
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -185,14 +185,14 @@ def create_slot(repl: Conn, slot: str) -> CreatedSlot:
         ) from exc
     except psycopg.errors.UndefinedFile as exc:
         raise PreflightError(
-            "the wal2json output plugin is not installed on the server: "
-            "install postgresql-15-wal2json (or your version's package)"
+            f"the {plugin} output plugin is not installed on the server: install it (for "
+            "wal2json: postgresql-NN-wal2json), or capture run --plugin pgoutput"
         ) from exc
     except psycopg.Error as exc:
         text = str(exc).strip().splitlines()[0]
         if "may not be used as an output plugin" in text:
             raise PreflightError(
-                f"{text}: add wal2json to output_plugin_libraries and reload PostgreSQL"
+                f"{text}: add {plugin} to output_plugin_libraries and reload PostgreSQL"
             ) from exc
         raise PreflightError(f"cannot create slot {slot}: {text}") from exc
     assert row is not None

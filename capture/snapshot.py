@@ -12,18 +12,18 @@ from collections.abc import Iterator, Sequence
 import psycopg
 from psycopg import sql
 
+from capture.encoding import SESSION_OPTIONS, from_pg_text
 from capture.event import Row
 from capture.slot import TableInfo
-from capture.wal2json import convert_text
-
-# The same text output settings on the snapshot and the replication connection, so a value
-# reads identically whether it came from the snapshot or from wal2json.
-SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,MDY -c extra_float_digits=1"
 
 
 def snapshot_rows(dsn: str, snapshot_name: str, tables: Sequence[TableInfo],
                   batch_rows: int) -> Iterator[tuple[TableInfo, Row, Row]]:
-    """(table, row, key) for every row of ``tables`` as of the exported snapshot."""
+    """(table, row, key) for every row of ``tables`` as of the exported snapshot.
+
+    Values are ``col::text`` under the same SESSION_OPTIONS as the replication connection, so
+    a row reads identically whether it came from the snapshot or from the stream.
+    """
     with psycopg.connect(dsn, autocommit=False, options=SESSION_OPTIONS) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
@@ -39,7 +39,7 @@ def snapshot_rows(dsn: str, snapshot_name: str, tables: Sequence[TableInfo],
                 cur.itersize = batch_rows
                 cur.execute(query)
                 for values in cur:
-                    row = {n: convert_text(types[n], v)
+                    row = {n: from_pg_text(types[n], v)
                            for n, v in zip(names, values, strict=True)}
                     yield table, row, {k: row[k] for k in table.primary_key}
         conn.rollback()

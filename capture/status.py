@@ -21,6 +21,7 @@ class SlotStatus:
     lag_bytes: int
     lag_seconds: float | None  # from pg_stat_replication while active; None when unknown
     wal_status: str | None
+    plugin: str | None = None  # the slot's output plugin (wal2json or pgoutput)
 
 
 def slot_status(dsn: str, slot: str) -> SlotStatus:
@@ -33,7 +34,7 @@ def slot_status(dsn: str, slot: str) -> SlotStatus:
         row = conn.execute(
             "SELECT s.database, s.active, s.active_pid, s.confirmed_flush_lsn::text,"
             " pg_current_wal_lsn()::text, s.wal_status,"
-            " extract(epoch FROM r.flush_lag)::float8"
+            " extract(epoch FROM r.flush_lag)::float8, s.plugin"
             " FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid"
             " WHERE s.slot_name = %s",
             (slot,),
@@ -49,4 +50,5 @@ def slot_status(dsn: str, slot: str) -> SlotStatus:
         lag_bytes=max(0, current - confirmed),
         lag_seconds=None if row[6] is None else float(str(row[6])),
         wal_status=None if row[5] is None else str(row[5]),
+        plugin=None if row[7] is None else str(row[7]),
     )

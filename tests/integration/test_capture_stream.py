@@ -11,7 +11,7 @@ import psycopg
 from capture.event import ChangeEvent, Op, StreamMarker, TransactionEvent, parse_transaction_topic
 from capture.status import slot_status
 from capture.topics import transaction_topic
-from capture.wal2json import convert_text
+from capture.encoding import from_pg_text
 from devstack.broker import Broker
 from devstack.ports import free_port
 from tests.capture_fixtures import (
@@ -38,7 +38,7 @@ def _live_rows(db: HeraDB, table: str) -> dict[str, dict[str, object]]:
         rows = conn.execute(f"SELECT {select} FROM {table}").fetchall()  # noqa: S608 - test-owned names
     out = {}
     for values in rows:
-        row = {n: convert_text(types[n], None if v is None else str(v))
+        row = {n: from_pg_text(types[n], None if v is None else str(v))
                for n, v in zip(names, values, strict=True)}
         out[str(row["id"])] = row
     return out

@@ -1,4 +1,4 @@
-"""Decoding wal2json v2 messages: exact values, TOAST fill-in, truncate, refusals."""
+"""Decoding wal2json v2 messages: exact values (raw JSON text), TOAST fill-in, refusals."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ import json
 
 import pytest
 
+from capture.decoding import Begin, Commit, RowChange, Truncate
+from capture.decoding.wal2json import Wal2JsonDecoder, json_value, ts_us
+from capture.encoding import from_pg_text
 from capture.errors import DecodeError
-from capture.wal2json import Begin, Commit, RowChange, Truncate, convert_text, decode, ts_us
+
+
+def _decode(payload: bytes | str) -> object:
+    raw = payload.encode() if isinstance(payload, str) else payload
+    return Wal2JsonDecoder([]).decode(raw, 0)
 
 
 def _msg(**kw: object) -> bytes:
@@ -18,51 +25,87 @@ def _col(name: str, type_: str, value: str) -> str:
     return f'{{"name":"{name}","type":"{type_}","value":{value}}}'
 
 
-def test_numbers_keep_every_digit_and_bigints_survive() -> None:
-    payload = (
-        '{"action":"I","xid":7,"lsn":"0/10","schema":"public","table":"t","columns":['
-        + _col("id", "integer", "1") + ","
-        + _col("n", "numeric", "123456789012345678901234567890.123456789") + ","
-        + _col("big", "bigint", "9007199254740993") + ","
-        + _col("f", "double precision", "0.1") + ","
-        + _col("j", "jsonb", json.dumps('{"a": [1, 2]}')) + ","
-        + _col("b", "boolean", "true") + ","
-        + _col("x", "text", "null")
-        + '],"pk":[{"name":"id","type":"integer"}]}'
-    )
-    rec = decode(payload)
+def _insert(*cols: str) -> str:
+    return ('{"action":"I","xid":7,"lsn":"0/10","schema":"public","table":"t","columns":['
+            + ",".join(cols) + '],"pk":[{"name":"id","type":"integer"}]}')
+
+
+def test_numbers_keep_every_digit_sign_and_exponent_as_printed() -> None:
+    rec = _decode(_insert(
+        _col("id", "integer", "1"),
+        _col("n", "numeric", "1234567890123456789012345678901234567890.123456789"),
+        _col("big", "bigint", "9223372036854775807"),
+        _col("neg", "bigint", "-9223372036854775807"),
+        _col("z", "double precision", "-0"),
+        _col("tiny", "numeric", "1e-400"),
+        _col("f", "double precision", "0.1"),
+        _col("b", "boolean", "true"),
+        _col("x", "text", "null")))
     assert isinstance(rec, RowChange)
-    assert rec.after == {"id": 1, "n": "123456789012345678901234567890.123456789",
-                         "big": "9007199254740993", "f": "0.1", "j": {"a": [1, 2]}, "b": True,
-                         "x": None}
+    assert rec.after == {"id": 1, "n": "1234567890123456789012345678901234567890.123456789",
+                         "big": "9223372036854775807", "neg": "-9223372036854775807",
+                         "z": "-0", "tiny": "1e-400", "f": "0.1", "b": True, "x": None}
     assert rec.key == {"id": 1}
     assert rec.types["n"] == "numeric"
 
 
-def test_update_fills_unchanged_toast_columns_from_the_old_row() -> None:
+def test_json_values_stay_their_text_and_jsonb_null_is_not_sql_null() -> None:
+    text = '{"a" : 1.50, "a": [1e-400, 12345678901234567890.123456789], "é": "\\u00e9"}'
+    rec = _decode(_insert(_col("id", "integer", "1"), _col("j", "json", json.dumps(text)),
+                          _col("jb", "jsonb", json.dumps("null"))))
+    assert isinstance(rec, RowChange) and rec.after is not None
+    assert rec.after["j"] == text
+    assert rec.after["jb"] == "null"
+
+
+def test_bytea_gets_postgresqls_hex_prefix_and_quoted_integers_become_ints() -> None:
+    rec = _decode(_insert(_col("id", "integer", '"1"'), _col("b", "bytea", '"00ff10"'),
+                          _col("s", "smallint", '"-3"'), _col("n", "numeric", '"NaN"')))
+    assert isinstance(rec, RowChange)
+    assert rec.after == {"id": 1, "b": "\\x00ff10", "s": -3, "n": "NaN"}
+
+
+def test_strings_with_escapes_are_unescaped_exactly() -> None:
+    assert json_value("text", json.dumps('q"\\ü\n\u0001').encode()) == 'q"\\ü\n\u0001'
+    assert json_value("text[]", b'"{\\"a\\\\\\"b\\",NULL}"') == '{"a\\"b",NULL}'
+
+
+def test_update_fills_unchanged_toast_columns_from_the_old_row_in_column_order() -> None:
     payload = (
         '{"action":"U","xid":7,"lsn":"0/10","schema":"public","table":"t","columns":['
         + _col("id", "integer", "1") + "," + _col("flag", "boolean", "false")
         + '],"identity":['
-        + _col("id", "integer", "1") + "," + _col("flag", "boolean", "true") + ","
-        + _col("big_text", "text", '"' + "x" * 5000 + '"')
+        + _col("id", "integer", "1") + "," + _col("big_text", "text", '"' + "x" * 5000 + '"')
+        + "," + _col("flag", "boolean", "true")
         + '],"pk":[{"name":"id","type":"integer"}]}'
     )
-    rec = decode(payload)
+    rec = _decode(payload)
     assert isinstance(rec, RowChange)
     assert rec.after is not None and rec.before is not None
+    assert list(rec.after) == ["id", "big_text", "flag"]
     assert rec.after["big_text"] == "x" * 5000
     assert rec.after["flag"] is False and rec.before["flag"] is True
+    assert list(rec.types) == ["id", "big_text", "flag"]
+
+
+def test_the_types_dict_is_one_object_while_the_columns_stay_the_same() -> None:
+    dec = Wal2JsonDecoder([])
+    one = dec.decode(_insert(_col("id", "integer", "1")).encode(), 0)
+    two = dec.decode(_insert(_col("id", "integer", "2")).encode(), 0)
+    three = dec.decode(_insert(_col("id", "bigint", "3")).encode(), 0)
+    assert isinstance(one, RowChange) and isinstance(two, RowChange)
+    assert isinstance(three, RowChange)
+    assert one.types is two.types and three.types is not one.types
 
 
 def test_begin_commit_and_truncate_carry_their_positions() -> None:
     ts = "2026-11-27 03:04:05.936768+00"
-    b = decode(_msg(action="B", xid=9, timestamp=ts, lsn="0/15182C0", nextlsn="0/15182F0"))
-    c = decode(_msg(action="C", xid=9, timestamp=ts, lsn="0/15182C0", nextlsn="0/15182F0"))
-    t = decode(_msg(action="T", xid=9, timestamp=ts, lsn="0/1518100", schema="s", table="x"))
+    b = _decode(_msg(action="B", xid=9, timestamp=ts, lsn="0/15182C0", nextlsn="0/15182F0"))
+    c = _decode(_msg(action="C", xid=9, timestamp=ts, lsn="0/15182C0", nextlsn="0/15182F0"))
+    t = _decode(_msg(action="T", xid=9, timestamp=ts, lsn="0/1518100", schema="s", table="x"))
     assert b == Begin(9, 0x15182C0, ts_us(ts))
     assert c == Commit(9, 0x15182C0, 0x15182F0, ts_us(ts))
-    assert t == Truncate("s", "x", 0x1518100)
+    assert t == Truncate((("s", "x"),), 0x1518100)
 
 
 def test_commit_timestamp_is_microseconds_since_epoch_utc() -> None:
@@ -73,22 +116,32 @@ def test_commit_timestamp_is_microseconds_since_epoch_utc() -> None:
 @pytest.mark.parametrize("payload", [b"{not json", b'{"action":"Z"}', b'{"action":"I"}'])
 def test_unparseable_messages_raise_decode_error(payload: bytes) -> None:
     with pytest.raises(DecodeError):
-        decode(payload)
+        _decode(payload)
 
 
 def test_change_without_primary_key_is_refused() -> None:
     payload = ('{"action":"I","xid":7,"lsn":"0/10","schema":"public","table":"t","columns":['
                + _col("id", "integer", "1") + "]}")
     with pytest.raises(DecodeError, match="primary key"):
-        decode(payload)
+        _decode(payload)
+
+
+def test_older_wal2json_is_retried_without_numeric_as_string_and_says_it_is_inexact() -> None:
+    dec = Wal2JsonDecoder([])
+    assert dec.start_options()["numeric-data-types-as-string"] == "1"
+    assert dec.caps.exact_special_values
+    assert dec.adapt('option "numeric-data-types-as-string" = "1" is unknown')
+    assert "numeric-data-types-as-string" not in dec.start_options()
+    assert not dec.caps.exact_special_values
+    assert not dec.adapt("something else")
 
 
 def test_snapshot_text_values_convert_like_stream_values() -> None:
-    assert convert_text("boolean", "t") is True
-    assert convert_text("boolean", "true") is True
-    assert convert_text("boolean", "false") is False
-    assert convert_text("integer", "42") == 42
-    assert convert_text("jsonb", '{"a": 1}') == {"a": 1}
-    assert convert_text("numeric", "NaN") == "NaN"
-    assert convert_text("text[]", '{x,"y z"}') == '{x,"y z"}'
-    assert convert_text("uuid", None) is None
+    assert from_pg_text("boolean", "t") is True
+    assert from_pg_text("boolean", "true") is True
+    assert from_pg_text("boolean", "false") is False
+    assert from_pg_text("integer", "42") == 42
+    assert from_pg_text("jsonb", '{"a": 1}') == '{"a": 1}'
+    assert from_pg_text("numeric", "NaN") == "NaN"
+    assert from_pg_text("text[]", '{x,"y z"}') == '{x,"y z"}'
+    assert from_pg_text("uuid", None) is None

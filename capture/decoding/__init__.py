@@ -1,0 +1,55 @@
+"""Logical decoding behind one seam: plugin-neutral records, one Decoder per output plugin.
+
+Nothing outside this package knows which plugin runs: callers build a decoder with
+``make_decoder`` and ask it (``caps``, ``start_options``, ``prepare``, ``decode``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from capture.decoding.base import (
+    HEARTBEAT_PREFIX,
+    SCHEMA_PREFIX,
+    Capabilities,
+    Catalog,
+    Decoder,
+)
+from capture.decoding.choice import PLUGINS, choose_plugin
+from capture.decoding.records import (
+    Begin,
+    Columns,
+    Commit,
+    Decoded,
+    Message,
+    Relation,
+    Row,
+    RowChange,
+    Truncate,
+)
+
+if TYPE_CHECKING:
+    from capture.slot import TableInfo
+
+
+def make_decoder(plugin: str, tables: Sequence[TableInfo], catalog: Catalog,
+                 publication: str) -> Decoder:
+    """The decoder for ``plugin`` (a slot's plugin name)."""
+    if plugin == "wal2json":
+        from capture.decoding.wal2json import Wal2JsonDecoder
+
+        return Wal2JsonDecoder(tables)
+    if plugin == "pgoutput":
+        from capture.decoding.pgoutput import PgOutputDecoder
+
+        return PgOutputDecoder(tables, catalog, publication)
+    from capture.errors import SlotError
+
+    raise SlotError(f"output plugin {plugin} is not one capture decodes: use one of "
+                    f"{', '.join(PLUGINS)}")
+
+
+__all__ = ["HEARTBEAT_PREFIX", "PLUGINS", "SCHEMA_PREFIX", "Begin", "Capabilities", "Catalog",
+           "Columns", "Commit", "Decoded", "Decoder", "Message", "Relation", "Row", "RowChange",
+           "Truncate", "choose_plugin", "make_decoder"]

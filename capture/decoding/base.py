@@ -1,0 +1,67 @@
+"""The decoder seam: what capture needs from a logical-decoding output plugin, as data.
+
+The service, slot set-up, snapshot and heartbeats ask a ``Decoder`` (its ``caps`` and its
+methods) instead of knowing the plugin: which plugin to create the slot with, which options to
+give START_REPLICATION, what it delivers exactly, what it needs set up in the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from capture.decoding.records import Decoded
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from capture.slot import TableInfo
+
+    Conn = psycopg.Connection[tuple[object, ...]]
+
+# Logical-message prefixes capture reads: heartbeats (non-transactional) and the schema log
+# (transactional, from sql/08_schema_log.sql; contract in SCHEMA_LOG.md).
+HEARTBEAT_PREFIX = "hera-guard"
+SCHEMA_PREFIX = "hera-guard.schema"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    name: str  # what StreamMarker.plugin and `capture status` show
+    slot_plugin: str  # the output plugin the slot is created with
+    exact_special_values: bool  # NaN/±Infinity of numeric and floats arrive exactly
+    needs_publication: bool
+    heartbeat: str  # how an idle slot is moved on: "logical-message" (pg_logical_emit_message)
+    exactness_note: str  # one line for the log when a slot is created with this decoder
+
+
+class Catalog(Protocol):
+    """Side-connection look-ups a decoder may need (once per relation, never per change)."""
+
+    def relation_columns(self, relid: int, type_oids: Sequence[tuple[int, int]]
+                         ) -> tuple[list[str], tuple[str, ...]]:
+        """format_type of each (type OID, typmod), and the table's primary key columns."""
+        ...
+
+
+class Decoder(Protocol):
+    caps: Capabilities
+
+    def start_options(self) -> dict[str, str]:
+        """START_REPLICATION options (each call: they may change after ``adapt``)."""
+        ...
+
+    def adapt(self, start_error: str) -> bool:
+        """START_REPLICATION failed with ``start_error``: True when the decoder changed its
+        options so that a retry can work (e.g. an option an older plugin does not know)."""
+        ...
+
+    def prepare(self, conn: Conn, tables: Sequence[TableInfo], slot: str) -> None:
+        """Database set-up the plugin needs before a slot is created or streamed (idempotent)."""
+        ...
+
+    def decode(self, payload: bytes, lsn: int) -> Decoded | None:
+        """One XLogData payload (``lsn``: its start) -> a record, or None for messages capture
+        does not use. Raises DecodeError on anything it cannot understand."""
+        ...

@@ -1,0 +1,203 @@
+"""wal2json (format-version 2) messages -> plugin-neutral records.
+
+Exact by construction where wal2json is: each value is taken as the raw JSON text wal2json
+printed (``msgspec.Raw``), so numbers keep every digit and their sign (``-0``), and strings are
+unescaped without being reinterpreted. wal2json's deviations from PostgreSQL's text output are
+corrected here: bytea is printed as bare hex (``00ff`` -> ``\\x00ff``). Its one loss cannot be
+corrected: before 2.6 (no ``numeric-data-types-as-string``) NaN and ±Infinity of numeric, real
+and double precision arrive as null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from capture.decoding.base import HEARTBEAT_PREFIX, SCHEMA_PREFIX, Capabilities
+from capture.decoding.records import (
+    Begin,
+    Commit,
+    Decoded,
+    Message,
+    Row,
+    RowChange,
+    Truncate,
+)
+from capture.encoding import INT_TYPES, Value, normalise_wal2json_bytea
+from capture.errors import DecodeError
+from capture.event import parse_lsn
+
+if TYPE_CHECKING:
+    from capture.decoding.base import Conn
+    from capture.slot import TableInfo
+
+# wal2json options; the slot is created with the plugin, options are given at START_REPLICATION.
+WAL2JSON_OPTIONS: dict[str, str] = {
+    "format-version": "2",
+    "include-xids": "1",
+    "include-timestamp": "1",
+    "include-types": "1",
+    "include-lsn": "1",
+    "include-pk": "1",
+    "include-transaction": "1",
+}
+NUMERIC_AS_STRING = "numeric-data-types-as-string"  # wal2json >= 2.6 only
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NULL = msgspec.Raw(b"null")
+
+
+class _Col(msgspec.Struct):
+    name: str
+    type: str = ""
+    value: msgspec.Raw = _NULL
+
+
+class _Pk(msgspec.Struct):
+    name: str
+
+
+class _Msg(msgspec.Struct):
+    action: str
+    xid: int = 0
+    timestamp: str = ""
+    lsn: str = ""
+    nextlsn: str = ""
+    schema: str = ""
+    table: str = ""
+    columns: list[_Col] = []
+    identity: list[_Col] | None = None
+    pk: list[_Pk] = []
+    prefix: str = ""
+    content: str = ""
+    transactional: bool = False
+
+
+_decode_msg = msgspec.json.Decoder(_Msg).decode
+_decode_str = msgspec.json.Decoder(str).decode
+
+
+def json_value(pg_type: str, raw: bytes) -> Value:
+    """The raw JSON text wal2json printed for a value -> its event encoding."""
+    first = raw[0]
+    if first == 0x22:  # a string: unescape only when there is an escape
+        text = raw[1:-1].decode() if b"\\" not in raw else _decode_str(raw)
+        if pg_type in INT_TYPES:  # numeric-data-types-as-string prints integers quoted too
+            return int(text)
+        if pg_type == "bytea":
+            return normalise_wal2json_bytea(text)
+        return text
+    if first == 0x6E:  # null
+        return None
+    if first == 0x74:  # true
+        return True
+    if first == 0x66:  # false
+        return False
+    # A number, exactly as printed (all digits, -0, exponents).
+    return int(raw) if pg_type in INT_TYPES else raw.decode()
+
+
+def ts_us(text: str) -> int:
+    """wal2json's commit timestamp ('2026-11-27 03:04:05.936768+00') -> µs since epoch."""
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        raise DecodeError(f"wal2json timestamp without a zone: {text!r}")
+    delta = dt - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class Wal2JsonDecoder:
+    caps = Capabilities(
+        name="wal2json", slot_plugin="wal2json", exact_special_values=True,
+        needs_publication=False, heartbeat="logical-message",
+        exactness_note="wal2json with numeric-data-types-as-string: every value exact")
+
+    def __init__(self, tables: Sequence[TableInfo]) -> None:
+        self.add_tables = ",".join(t.qualified for t in tables)
+        self.numeric_as_string = True  # dropped when the server's wal2json is older than 2.6
+        # One types dict per (table, column list) so RowChange.types is the same object while
+        # the columns stay the same.
+        self._types: dict[tuple[str, str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
+
+    def start_options(self) -> dict[str, str]:
+        options = dict(WAL2JSON_OPTIONS)
+        options["add-tables"] = self.add_tables
+        options["add-msg-prefixes"] = f"{HEARTBEAT_PREFIX},{SCHEMA_PREFIX}"
+        if self.numeric_as_string:
+            options[NUMERIC_AS_STRING] = "1"
+        return options
+
+    def adapt(self, start_error: str) -> bool:
+        if self.numeric_as_string and NUMERIC_AS_STRING in start_error:
+            # wal2json < 2.6 does not know the option and prints NaN/Infinity as null.
+            self.numeric_as_string = False
+            self.caps = Capabilities(
+                name="wal2json", slot_plugin="wal2json", exact_special_values=False,
+                needs_publication=False, heartbeat="logical-message",
+                exactness_note="wal2json < 2.6: NaN and ±Infinity of numeric/real/double "
+                               "precision arrive as null")
+            return True
+        return False
+
+    def prepare(self, conn: Conn, tables: Sequence[TableInfo], slot: str) -> None:
+        """wal2json needs nothing in the database beyond the slot."""
+
+    def decode(self, payload: bytes, lsn: int) -> Decoded | None:
+        try:
+            msg = _decode_msg(payload)
+            action = msg.action
+            if action in ("I", "U", "D"):
+                return self._row_change(msg)
+            if action == "B":
+                return Begin(msg.xid, parse_lsn(msg.lsn), ts_us(msg.timestamp))
+            if action == "C":
+                return Commit(msg.xid, parse_lsn(msg.lsn), parse_lsn(msg.nextlsn),
+                              ts_us(msg.timestamp))
+            if action == "T":
+                return Truncate(((msg.schema, msg.table),), parse_lsn(msg.lsn))
+            if action == "M":
+                return Message(parse_lsn(msg.lsn), msg.prefix, msg.content, msg.transactional)
+        except DecodeError:
+            raise
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DecodeError(
+                f"unparseable wal2json message ({exc!r}): {payload[:200]!r}") from exc
+        raise DecodeError(f"unknown wal2json action {action!r}: {payload[:200]!r}")
+
+    def _row(self, msg: _Msg, cols: list[_Col]) -> tuple[Row, dict[str, str]]:
+        sig = tuple((c.name, c.type) for c in cols)
+        key = (msg.schema, msg.table, sig)
+        types = self._types.get(key)
+        if types is None:
+            types = self._types[key] = dict(sig)
+        row: Row = {c.name: json_value(c.type, bytes(c.value)) for c in cols}
+        return row, types
+
+    def _row_change(self, msg: _Msg) -> RowChange:
+        before: Row | None = None
+        after: Row | None = None
+        types: dict[str, str] = {}
+        if msg.identity is not None:
+            before, types = self._row(msg, msg.identity)
+        if msg.action != "D":
+            after, new_types = self._row(msg, msg.columns)
+            if before is not None and len(after) < len(before):
+                # wal2json leaves unchanged TOASTed values out of the new row; with REPLICA
+                # IDENTITY FULL the old row has them, and they are by definition unchanged.
+                # Rebuilt in the table's column order so both decoders give the same bytes.
+                after = {name: after.get(name, value)
+                         for name, value in before.items()}
+                new_types = types
+            types = new_types
+        if not msg.pk:
+            raise DecodeError(
+                f"wal2json gave no primary key for {msg.schema}.{msg.table} (include-pk)")
+        source = after if after is not None else before
+        if source is None:
+            raise DecodeError(f"change without row data on {msg.schema}.{msg.table}")
+        key = {p.name: source.get(p.name) for p in msg.pk}
+        return RowChange(msg.action, msg.schema, msg.table, parse_lsn(msg.lsn), before, after,
+                         key, types)

@@ -1,0 +1,339 @@
+"""One connected replication stream: decoded records -> events -> broker -> confirmations.
+
+Thrown away on any fault (the service reconnects and re-reads from the confirmed LSN). Knows
+no plugin: it asks the service's decoder and handles plugin-neutral records.
+
+Schema changes: a transactional 'hera-guard.schema' message (sql/08_schema_log.sql) for a
+captured table becomes a recorded SchemaChangeEvent at its place in the transaction; a column
+set the decoder shows (pgoutput Relation, wal2json's columns) that differs from the last known
+one without such a message becomes a SchemaChangeEvent with recorded=False.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
+import psycopg
+
+from capture.decoding import (
+    HEARTBEAT_PREFIX,
+    SCHEMA_PREFIX,
+    Begin,
+    Columns,
+    Commit,
+    Message,
+    Relation,
+    Row,
+    RowChange,
+    Truncate,
+)
+from capture.errors import DecodeError
+from capture.event import (
+    ColumnDef,
+    MarkerKind,
+    Op,
+    SchemaChangeEvent,
+    TableCount,
+    TransactionEvent,
+    change_event_json,
+    encode_key,
+    format_lsn,
+)
+from capture.protocol import Keepalive, ReplicationStream
+from capture.publish import AckTracker, PendingTxn, Producer
+from capture.topics import table_topic, transaction_topic
+
+if TYPE_CHECKING:
+    import threading
+
+    from capture.service import CaptureService
+
+log = logging.getLogger("hera.capture")
+_OPS = {"I": Op.CREATE, "U": Op.UPDATE, "D": Op.DELETE}
+_SCHEMA_KEY = b"schema"
+
+
+class _SchemaColumn(msgspec.Struct):
+    attnum: int
+    name: str
+    type: str
+    not_null: bool = False
+    default: str | None = None
+    missing: str | None = None
+    has_missing: bool = False
+
+
+class _SchemaLog(msgspec.Struct):
+    schema: str
+    table: str
+    columns: list[_SchemaColumn]
+    command_tag: str | None = None
+    ddl: str | None = None
+
+
+_decode_schema_log = msgspec.json.Decoder(_SchemaLog).decode
+
+
+@dataclass
+class _Txn:
+    begin: Begin
+    pending: PendingTxn
+    position: int = 0  # next position: change events and schema changes share the numbering
+    changes: int = 0
+    schema_changes: int = 0
+    per_table: dict[str, int] = field(default_factory=dict)
+    began: bool = False
+
+
+class StreamRunner:
+    """The state of one connected stream; thrown away on any fault."""
+
+    def __init__(self, svc: CaptureService, producer: Producer,
+                 stream: ReplicationStream) -> None:
+        self.svc = svc
+        self.s = svc.s
+        self.decoder = svc.dec
+        self.producer = producer
+        self.stream = stream
+        self.tracker = AckTracker(on_acked=self._acked)
+        self.markers = AckTracker()
+        self.txn: _Txn | None = None
+        self.published = 0  # events handed to the producer, folded into the metric per burst
+        self.acked_lsn = svc.confirmed_lsn
+        self.marker_lsn = svc.confirmed_lsn  # highest PROGRESS published (maybe not acked)
+        self.last_confirm = 0.0
+        self.last_activity = time.monotonic()
+        self.last_heartbeat = time.monotonic()
+        self.wal_end = svc.confirmed_lsn
+        self.ttopic = transaction_topic(self.s.topic_prefix)
+        self.topics = {(t.schema, t.table): table_topic(self.s.topic_prefix, t.schema, t.table)
+                       for t in svc.tables}
+        # Column sets as last known per captured table, to notice a change without a message.
+        self.columns: dict[tuple[str, str], Columns] = svc.known_columns
+        self.last_types: dict[tuple[str, str], dict[str, str]] = {}
+
+    def _acked(self, txn: PendingTxn) -> None:
+        if txn.commit_ts_us:
+            seconds = max(0.0, self.svc.clock() - txn.commit_ts_us / 1e6)
+            self.svc.metrics.commit_to_ack.observe(seconds)
+            if self.svc.latency_observer is not None:
+                self.svc.latency_observer(seconds)
+
+    def loop(self, stop: threading.Event) -> None:
+        decode = self.decoder.decode
+        while not stop.is_set():
+            reply = False
+            # Take what the socket already holds in one burst; the bookkeeping below is per
+            # burst, not per change.
+            timeout = 0.05
+            for _ in range(2000):
+                frame = self.stream.read(timeout)
+                timeout = 0.0
+                if frame is None:
+                    break
+                if isinstance(frame, Keepalive):
+                    self.wal_end = max(self.wal_end, frame.wal_end)
+                    reply = reply or frame.reply_requested
+                    if self.txn is None and self.tracker.idle:
+                        # Nothing received is unacknowledged: everything up to the server's
+                        # WAL end has been published (or filtered out).
+                        self.acked_lsn = max(self.acked_lsn, frame.wal_end)
+                else:
+                    if frame.end_lsn > self.wal_end:
+                        self.wal_end = frame.end_lsn
+                    rec = decode(frame.payload, frame.start_lsn)
+                    if type(rec) is RowChange:
+                        self.row(rec)
+                    elif rec is not None:
+                        self.handle(rec)
+            self.producer.poll(0)
+            self.settle(force=reply)
+            self.maybe_heartbeat()
+        self.shutdown()
+
+    def handle(self, rec: object) -> None:
+        if isinstance(rec, Begin):
+            self.txn = _Txn(rec, self.tracker.open())
+        elif isinstance(rec, Commit):
+            self.commit(rec)
+        elif isinstance(rec, Truncate):
+            self.truncate(rec)
+        elif isinstance(rec, Relation):
+            self.columns_seen(rec.schema, rec.table, rec.lsn, rec.columns)
+        elif isinstance(rec, Message):
+            if rec.prefix == SCHEMA_PREFIX and rec.transactional and self.txn is not None:
+                self.schema_logged(rec)
+            elif rec.prefix == HEARTBEAT_PREFIX and self.txn is None and self.tracker.idle:
+                self.acked_lsn = max(self.acked_lsn, rec.lsn)
+
+    def _txn(self) -> _Txn:
+        if self.txn is None:
+            raise DecodeError("a change arrived outside a transaction (no BEGIN)")
+        return self.txn
+
+    def _begin(self, txn: _Txn) -> None:
+        txn.began = True
+        self._send(self.ttopic, b"txn", TransactionEvent(
+            status="BEGIN", id=f"{txn.begin.xid}:{txn.begin.commit_lsn}",
+            xid=txn.begin.xid, commit_lsn=txn.begin.commit_lsn,
+            ts_ms=txn.begin.ts_us // 1000, ts_us=txn.begin.ts_us).to_json(), txn.pending)
+
+    def _emit(self, txn: _Txn, op: Op, schema: str, table: str, lsn: int,
+              before: Row | None, after: Row | None, key: Row | None,
+              types: dict[str, str] | None) -> None:
+        if not txn.began:
+            self._begin(txn)
+        qualified = f"{schema}.{table}"
+        n = txn.per_table.get(qualified, 0) + 1
+        txn.per_table[qualified] = n
+        b = txn.begin
+        value = change_event_json(
+            before=before, after=after, op=op, ts_ms=int(self.svc.clock() * 1000),
+            name=self.s.topic_prefix, db=self.svc.dbname, schema=schema, table=table,
+            tx_id=b.xid, lsn=lsn, commit_ts_us=b.ts_us, snapshot="false",
+            commit_lsn=b.commit_lsn, position=txn.position, table_order=n, key=key,
+            types=types)
+        txn.position += 1
+        txn.changes += 1
+        topic = self.topics.get((schema, table)) or table_topic(self.s.topic_prefix, schema, table)
+        self._send(topic, encode_key(key, qualified), value, txn.pending)
+        self.published += 1
+
+    def _send(self, topic: str, key: bytes, value: bytes, pending: PendingTxn) -> None:
+        self.producer.send(topic, key, value, self.tracker.sent(pending, len(value)))
+        self.svc._backpressure(self.producer, self.tracker)
+
+    def row(self, rec: RowChange) -> None:
+        table = (rec.schema, rec.table)
+        if rec.types is not self.last_types.get(table):
+            # A column set not seen on this table's last change: compare with what is known.
+            self.columns_seen(rec.schema, rec.table, rec.lsn, tuple(rec.types.items()))
+            self.last_types[table] = rec.types
+        self._emit(self._txn(), _OPS[rec.action], rec.schema, rec.table, rec.lsn, rec.before,
+                   rec.after, rec.key, rec.types)
+
+    def truncate(self, rec: Truncate) -> None:
+        txn = self._txn()
+        for schema, table in rec.tables:
+            self._emit(txn, Op.TRUNCATE, schema, table, rec.lsn, None, None, None, None)
+
+    # --- schema changes ------------------------------------------------------------------
+
+    def columns_seen(self, schema: str, table: str, lsn: int, columns: Columns) -> None:
+        known = self.columns.get((schema, table))
+        if known == columns:
+            return
+        self.columns[(schema, table)] = columns
+        if known is None:
+            return  # a table capture did not know at start: nothing to compare with
+        log.warning("columns changed without a schema-log message (install "
+                    "sql/08_schema_log.sql for exact replay across DDL)",
+                    extra={"table": f"{schema}.{table}", "lsn": lsn})
+        defs = tuple(ColumnDef(attnum=i + 1, name=n, type=t)
+                     for i, (n, t) in enumerate(columns))
+        self._schema_event(self._txn(), schema, table, lsn, defs, None, None, recorded=False)
+
+    def schema_logged(self, rec: Message) -> None:
+        try:
+            logged = _decode_schema_log(rec.content.encode())
+        except msgspec.DecodeError as exc:
+            raise DecodeError(f"unparseable {SCHEMA_PREFIX} message ({exc}): "
+                              f"{rec.content[:200]!r}") from exc
+        table = (logged.schema, logged.table)
+        if table not in self.topics:
+            return  # a DDL on a table this stream does not capture
+        defs = tuple(ColumnDef(attnum=c.attnum, name=c.name, type=c.type, not_null=c.not_null,
+                               default=c.default, missing=c.missing, has_missing=c.has_missing)
+                     for c in logged.columns)
+        self.columns[table] = tuple((c.name, c.type) for c in logged.columns)
+        self._schema_event(self._txn(), logged.schema, logged.table, rec.lsn, defs,
+                           logged.command_tag, logged.ddl, recorded=True)
+
+    def _schema_event(self, txn: _Txn, schema: str, table: str, lsn: int,
+                      columns: tuple[ColumnDef, ...], command_tag: str | None, ddl: str | None,
+                      recorded: bool) -> None:
+        if not txn.began:
+            self._begin(txn)
+        b = txn.begin
+        value = SchemaChangeEvent(
+            xid=b.xid, commit_lsn=b.commit_lsn, position=txn.position, lsn=lsn, ts_us=b.ts_us,
+            schema_=schema, table=table, columns=columns, command_tag=command_tag, ddl=ddl,
+            recorded=recorded).to_json()
+        txn.position += 1
+        txn.schema_changes += 1
+        self._send(self.ttopic, _SCHEMA_KEY, value, txn.pending)
+        self.svc.metrics.schema_changes.inc()
+
+    # --- commit and confirmation ---------------------------------------------------------
+
+    def commit(self, rec: Commit) -> None:
+        txn = self._txn()
+        if txn.began:
+            self._send(self.ttopic, b"txn", TransactionEvent(
+                status="END", id=f"{rec.xid}:{rec.commit_lsn}", xid=rec.xid,
+                commit_lsn=rec.commit_lsn, ts_ms=rec.ts_us // 1000, ts_us=rec.ts_us,
+                event_count=txn.changes,
+                data_collections=tuple(TableCount(data_collection=k, event_count=v)
+                                       for k, v in txn.per_table.items()),
+                schema_change_count=txn.schema_changes).to_json(),
+                txn.pending)
+            txn.pending.commit_ts_us = rec.ts_us
+        self.tracker.close(txn.pending, rec.end_lsn)
+        self.txn = None
+        self.last_activity = time.monotonic()
+
+    def settle(self, force: bool = False) -> None:
+        """Deliveries -> acked prefix -> PROGRESS marker -> confirm to PostgreSQL."""
+        if self.published:
+            self.svc.metrics.events_published.inc(self.published)
+            self.published = 0
+        self.tracker.drain()
+        acked = self.tracker.confirmable()
+        if acked is not None:
+            self.acked_lsn = max(self.acked_lsn, acked)
+        now = time.monotonic()
+        if self.acked_lsn > self.marker_lsn and (
+                force or now - self.last_confirm >= self.s.confirm_interval_s):
+            m = self.markers.open()
+            marker = self.svc._marker(MarkerKind.PROGRESS, self.acked_lsn).to_json()
+            self.producer.send(self.ttopic, b"marker", marker, self.markers.sent(m, len(marker)))
+            self.markers.close(m, self.acked_lsn)
+            self.marker_lsn = self.acked_lsn
+            self.last_confirm = now
+        self.markers.drain()
+        published = self.markers.confirmable()
+        if published is not None and published > self.svc.confirmed_lsn:
+            self.svc.confirmed_lsn = published
+            self.stream.send_status(published)
+            self.svc.metrics.confirmed_lsn.set(published)
+        elif force:
+            self.stream.send_status(self.svc.confirmed_lsn)
+        self.svc.metrics.slot_lag_bytes.set(max(0, self.wal_end - self.svc.confirmed_lsn))
+
+    def maybe_heartbeat(self) -> None:
+        now = time.monotonic()
+        if (now - self.last_heartbeat < self.s.heartbeat_interval_s
+                or now - self.last_activity < self.s.heartbeat_interval_s):
+            return
+        self.last_heartbeat = now
+        # A quiet captured table must not pin WAL: a message through the slot moves it on.
+        try:
+            with psycopg.connect(self.s.dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_logical_emit_message(false, %s, 'heartbeat')",
+                             (HEARTBEAT_PREFIX,))
+        except psycopg.Error as exc:
+            log.warning("heartbeat failed", extra={"error": str(exc).splitlines()[0]})
+
+    def shutdown(self) -> None:
+        """Clean stop: wait for the broker's acks, publish the final marker, confirm."""
+        self.producer.flush(30)
+        deadline = time.monotonic() + 30
+        self.settle(force=True)
+        while self.markers.outstanding and time.monotonic() < deadline:
+            self.producer.flush(1)
+            self.settle(force=True)
+        log.info("stopped", extra={"confirmed": format_lsn(self.svc.confirmed_lsn)})
