@@ -34,7 +34,7 @@ def test_install_is_idempotent_and_takes_the_plans_initial_backup(hera_db: HeraD
         objects = guard_objects(conn)
     second = install_guard(hera_db, initial_backup=True)
     assert first.scripts == second.scripts
-    assert [s.split("_")[0] for s in first.scripts] == [f"{n:02d}" for n in range(8)]
+    assert [s.split("_")[0] for s in first.scripts] == [f"{n:02d}" for n in range(9)]
     assert first.warnings == second.warnings == []
     assert first.backup and first.backup.startswith("Emergency backup created: ")
     with hera_db.connect() as conn:
