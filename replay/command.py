@@ -83,8 +83,10 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
             assert pg is not None
             progress(f"reading base snapshot {s.base_snapshot}")
             base = load_base_snapshot(pg, s.base_snapshot, table)
+        # A restore writes into today's table: rows as they would read today (later schema
+        # changes applied); a file or a new table holds the point's own columns.
         state = state_at(duck, table, point, base=base, live_pk=live_pk,
-                         live_types=live_types, progress=progress)
+                         live_types=live_types, progress=progress, forward=bool(s.restore))
         progress(f"point: {point.describe()} = LSN {format_lsn(state.upto_lsn)}")
         if s.output is not None:
             n, kept = write_file(duck, state.rel, state.types, s.output)

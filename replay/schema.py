@@ -32,7 +32,7 @@ import duckdb
 from capture.event import format_lsn
 from replay.errors import ReplayError
 from replay.tables import TableId, first, quote_duck
-from replay.values import encode_text_sql, encoded_literal, literal, path
+from replay.values import encode_text_sql, encoded_literal, literal
 
 SENTINEL = "\x00hera-unknown:"
 # The sentinel as it appears inside JSON text (NUL is escaped), for a plain text search.
@@ -311,7 +311,7 @@ def unknown_rows(conn: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation,
     if not lossy:
         return
     rel.create_view("_schema_check", replace=True)
-    only = "" if keys is None else f"AND key IN (SELECT key FROM {quote_duck(keys)})"
+    only = "" if keys is None else f"AND key IN (SELECT key FROM {quote_duck(keys)})"  # noqa: S608
     for i, step in ((i, s) for i, (s, _) in enumerate(steps) if s.may_lose):
         found = first(conn.execute(
             f"SELECT count(*) FROM _schema_check WHERE contains(row, $p) {only}",  # noqa: S608
