@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import closing
-from pathlib import Path
 
 import duckdb
 import psycopg
@@ -12,6 +11,7 @@ from rich.console import Console
 from capture.event import format_lsn
 from replay.apply import Applied
 from replay.errors import BadPoint, ReplayError
+from replay.identity import check_target
 from replay.live import Conn, columns, connect, primary_key, require_privileges
 from replay.output import check_output_path, create_table, fill_table, write_file
 from replay.plan import Scope
@@ -31,9 +31,9 @@ def _dsn(s: ReplaySettings, what: str) -> str:
     return s.dsn.get_secret_value()
 
 
-def _archive(s: ReplaySettings) -> Path:
+def _archive(s: ReplaySettings) -> str:
     if s.archive is None:
-        raise BadPoint("--archive DIR (or HERA_ARCHIVE) is required")
+        raise BadPoint("--archive DIR|URI (or HERA_ARCHIVE) is required")
     return s.archive
 
 
@@ -59,6 +59,7 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
     duck = open_history(_archive(s))
     if s.revert_xid is not None:
         with closing(open_pg(_dsn(s, "--revert-xid"))) as conn:
+            check_target(duck, conn, "--revert-xid", s.allow_other_database, progress)
             outcome = revert(duck, conn, s.revert_xid, dry_run=s.dry_run, force=s.force,
                              skip_conflicts=s.skip_conflicts,
                              allow_orphaning=s.allow_orphaning,
@@ -95,6 +96,8 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
             out.print(f"wrote {n} rows of {state.describe()} to {s.output}")
             return 0
         pg = pg or open_pg(_dsn(s, "--into-table / --restore"))
+        check_target(duck, pg, "--into-table" if s.into_table else "--restore",
+                     s.allow_other_database, progress)
         if s.into_table is not None:
             return _into_table(s, duck, pg, state, out)
         scope = Scope(tuple((c, v) for c, v in (("organization_id", s.org),

@@ -53,18 +53,32 @@ class State:
         return f"{self.table} at {format_lsn(self.upto_lsn)}"
 
 
-def open_history(archive: Path) -> duckdb.DuckDBPyConnection:
-    """The archive's views; ReplayError when the directory is not a readable archive."""
-    from consumers.archive.layout import ArchiveError
+def _archive_error() -> type[Exception]:
+    """The archive reader's named error (its module moved with the Delta Lake archive)."""
+    try:
+        from consumers.archive.errors import ArchiveError  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        from consumers.archive.layout import ArchiveError  # type: ignore[no-redef,unused-ignore]
+    return ArchiveError  # type: ignore[no-any-return,unused-ignore]
+
+
+def open_history(archive: str | Path) -> duckdb.DuckDBPyConnection:
+    """The archive's views; ReplayError (one line) when it is not a readable archive."""
     from consumers.archive.reader import connect_history
 
-    if not archive.is_dir():
-        raise NotCovered(f"archive directory {archive} does not exist; pass the directory "
-                         "`consumers archive --archive` writes")
+    text = str(archive)
+    uri = "://" in text
+    if not uri and not Path(text).is_dir():
+        raise NotCovered(f"archive directory {text} does not exist; pass the directory "
+                         "or URI `consumers archive --archive` writes")
     try:
-        return connect_history(archive)
-    except ArchiveError as exc:
-        raise ReplayError(f"cannot read the archive {archive}: {exc}") from None
+        return connect_history(text if uri else Path(text))  # type: ignore[arg-type,unused-ignore]
+    except _archive_error() as exc:
+        raise ReplayError(f"cannot read the archive {text}: {exc}") from None
+    except duckdb.Error as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ReplayError(f"cannot read the archive {text}: {first_line}; restore the file "
+                          "from a backup or re-archive from Kafka") from None
 
 
 def archived_tables(conn: duckdb.DuckDBPyConnection) -> list[TableId]:

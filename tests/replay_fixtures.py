@@ -65,6 +65,8 @@ class History:
     next_xid: int = 700
     clock: datetime = T0
     version: int = SCHEMA_VERSION  # schema_version of the events made from now on
+    db: str = "db"
+    system_identifier: str | None = None
 
     def _source(self, xid: int | None, lsn: int, at: datetime, snap: str) -> Source:
         return Source(name="hera", db="db", schema_=self.schema, table=self.table, txId=xid,
@@ -74,9 +76,10 @@ class History:
         at = self.clock
         tid = f"{self.schema}.{self.table}"
         self.markers.append(StreamMarker(status=MarkerKind.SNAPSHOT_START, slot=self.slot,
-                                         db="db", epoch_lsn=self.epoch_lsn,
+                                         db=self.db, epoch_lsn=self.epoch_lsn,
                                          lsn=self.epoch_lsn, ts_ms=us(at) // 1000,
-                                         tables=(tid,)))
+                                         tables=(tid,),
+                                         system_identifier=self.system_identifier))
         for i, row in enumerate(rows):
             self.events.append(ChangeEvent(
                 op=Op.READ, after=row, ts_ms=us(at) // 1000,
@@ -85,9 +88,10 @@ class History:
                 commit_lsn=self.epoch_lsn, position=i, key={"id": row["id"]},
                 types=self.types, schema_version=self.version))
         self.markers.append(StreamMarker(status=MarkerKind.SNAPSHOT_END, slot=self.slot,
-                                         db="db", epoch_lsn=self.epoch_lsn,
+                                         db=self.db, epoch_lsn=self.epoch_lsn,
                                          lsn=self.epoch_lsn, ts_ms=us(at) // 1000,
-                                         tables=(tid,)))
+                                         tables=(tid,),
+                                         system_identifier=self.system_identifier))
 
     def commit(self, changes: list[tuple[str, Row | None, Row | None]]) -> tuple[int, int,
                                                                                   datetime]:
@@ -133,7 +137,8 @@ class History:
 
     def progress(self, lsn: int | None = None) -> None:
         self.markers.append(StreamMarker(
-            status=MarkerKind.PROGRESS, slot=self.slot, db="db", epoch_lsn=self.epoch_lsn,
+            status=MarkerKind.PROGRESS, slot=self.slot, db=self.db, epoch_lsn=self.epoch_lsn,
+            system_identifier=self.system_identifier,
             lsn=self.next_lsn if lsn is None else lsn, ts_ms=us(self.clock) // 1000 + 1,
             tables=(f"{self.schema}.{self.table}",)))
 

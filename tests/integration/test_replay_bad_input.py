@@ -47,7 +47,7 @@ class Case:
 
 @pytest.fixture
 def case(empty_db: HeraDB, tmp_path: Path) -> Case:
-    h = History()
+    h = History(db=empty_db.name)
     h.snapshot([row(1), row(2), row(3)])
     _, lsn, _ = h.commit([("u", row(1), row(1, n=100)), ("d", row(3), None)])
     h.progress()
