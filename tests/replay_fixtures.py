@@ -240,14 +240,15 @@ class Pipeline:
 
 @contextlib.contextmanager
 def pipeline(dsn: str, bootstrap: str, prefix: str, slot: str,
-             workdir: Path) -> Iterator[Pipeline]:
-    """Capture + archiver running for the block; the archive in ``workdir/archive``."""
+             workdir: Path, **capture: Any) -> Iterator[Pipeline]:
+    """Capture + archiver running for the block; the archive in ``workdir/archive``.
+    ``capture``: capture settings (e.g. ``plugin``, ``tables``)."""
     from tests.capture_fixtures import running_capture
     from tests.integration.archive_support import start_archiver
 
     archive = workdir / "archive"
-    with running_capture(dsn, bootstrap, prefix, slot, heartbeat_interval_s=0.5,
-                         confirm_interval_s=0.1):
+    with running_capture(dsn, bootstrap, prefix, slot, **{
+            "heartbeat_interval_s": 0.5, "confirm_interval_s": 0.1, **capture}):
         proc = start_archiver(bootstrap, prefix, archive, workdir / "archiver.log")
         try:
             yield Pipeline(dsn, archive)
