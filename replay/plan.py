@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from replay.rebuild import pk_paths
 from replay.tables import TableId
-from replay.values import key_sql
+from replay.values import key_sql, literal, path
 
 INSERT, UPDATE, DELETE, CONFLICT = "insert", "update", "delete", "conflict"
 
@@ -108,6 +108,25 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
     only = "" if keys is None else "WHERE key IN (SELECT key FROM _k)"
     has_e = expected is not None
     conflict = f"NOT ({_same('e', 'l')})" if has_e else "FALSE"
+    written = "wrow"
+    if has_e:
+        # A revert conflicts on a row only where a column the transaction changed has been
+        # changed again since; the row it writes takes the transaction's columns back and
+        # keeps the live value of every other column.
+        def txt(row: str, col: str) -> str:
+            return f"json_extract_string({row}, {literal(path(col))})"
+
+        changed = [f"({txt('wrow', c)} IS DISTINCT FROM {txt('erow', c)})" for c in columns]
+        again = " OR ".join(f"({ch} AND {txt('lrow', c)} IS DISTINCT FROM {txt('erow', c)})"
+                            for ch, c in zip(changed, columns, strict=True)) or "FALSE"
+        conflict = (f"CASE WHEN wk IS NOT NULL AND ek IS NOT NULL AND lk IS NOT NULL "
+                    f"THEN ({again}) ELSE {conflict} END")
+        members = ", ".join(
+            f"{literal(c)}, CASE WHEN {ch} THEN json_extract(wrow, {literal(path(c))}) "
+            f"ELSE json_extract(lrow, {literal(path(c))}) END"
+            for ch, c in zip(changed, columns, strict=True))
+        written = (f"CASE WHEN ek IS NOT NULL AND lk IS NOT NULL AND wk IS NOT NULL "
+                   f"THEN json_object({members})::VARCHAR ELSE wrow END")
     query = f"""
         WITH w AS (SELECT key, row::VARCHAR AS row FROM _w {only}),
         l AS (SELECT * FROM (SELECT {key_sql('row')} AS key, row::VARCHAR AS row
@@ -133,7 +152,7 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
                OR ek IS NOT NULL
         )
         SELECT action, key,
-               CASE WHEN action = 'delete' THEN lrow ELSE wrow END::VARCHAR AS row,
+               CASE WHEN action = 'delete' THEN lrow ELSE {written} END::VARCHAR AS row,
                lrow::VARCHAR AS current, erow::VARCHAR AS expected
         FROM d WHERE action IS NOT NULL
         ORDER BY key

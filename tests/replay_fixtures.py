@@ -286,5 +286,7 @@ def write_archive(root: Path, *histories: History) -> Path:
 
     with ArchiveStore.open_or_create(root) as store:
         for h in histories:
-            store.append(h.events, h.ends, h.markers)
+            extra: dict[str, Any] = {"schema_changes": h.schema_changes} if h.schema_changes \
+                else {}
+            store.append(h.events, h.ends, h.markers, **extra)
     return root

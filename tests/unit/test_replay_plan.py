@@ -90,3 +90,11 @@ def test_values_compare_on_their_exact_postgresql_text() -> None:
     numeric_key = plan_changes(duckdb.connect(), T, ["n"], COLS, pa.table({
         "key": ['["7"]'], "row": [json.dumps(row(7, n="7"))]}), live([row(7)]))
     assert numeric_key.counts() == {}
+
+
+def test_a_revert_keeps_later_changes_of_columns_the_transaction_did_not_touch() -> None:
+    keys = pa.table({"key": [json.dumps(["k1"])]})
+    # the transaction changed n (1 -> 10); later someone changed org only
+    p = plan([row(1)], [row(1, n=10, org="o9")], expected=keyed([row(1, n=10)]), keys=keys)
+    assert p.counts() == {UPDATE: 1}
+    assert p.rows(UPDATE)[0]["row"] == row(1, org="o9")
