@@ -5,14 +5,16 @@
   core_relationships-shaped rows and 1M changes (updates, deletes, inserts) in 10k
   transactions; timed: open the archive, resolve and check the point, rebuild the state
   into a table.
-* restore of 100k deleted relationships into the live table (target <= 10 s), next to the
-  plan's own ``restore_relationships_from_backup()`` (bench/plan_original.sql, as
-  ``plan_restore_relationships_from_backup``) on the same data (target >= 10x faster).
-  The database has the guard installed (the guardian sees both restores).
+* restore of 100k deleted relationships into the live table (target <= 10 s) and as a ratio
+  to its floor, a bare ``INSERT ... SELECT`` of exactly the missing rows (target <= 1.3x),
+  next to the plan's own ``restore_relationships_from_backup()`` (bench/plan_original.sql,
+  as ``plan_restore_relationships_from_backup``) on the same data. The database has the
+  guard installed (the guardian sees every restore).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -46,7 +48,7 @@ _ROW = """to_json({{
     'relationship_type': CASE WHEN {i} % 4 = 0 THEN 'USER_MEMBER_OF_ORG'
                               ELSE 'STAFF_PROVIDES_SERVICE' END,
     'relationship_direction': 'forward', 'relationship_strength': '1.0',
-    'relationship_data': {{'seq': {i}, 'v': {v}}},
+    'relationship_data': printf('{{"seq": %d, "v": %d}}', {i}, {v}),
     'smart_code': 'HERA.SALON.BENCH.LINK.v1', 'smart_code_status': 'ACTIVE',
     'ai_confidence': '0.9900', 'tags': '{{bench,"a b"}}', 'is_active': ({v} % 7 <> 3),
     'created_at': '2025-03-01 12:00:00.123456+00',
@@ -87,7 +89,7 @@ def _changes_sql(rows: int, changes: int, per_txn: int) -> str:
            to_json({{'id': printf('%08x-0000-4000-8000-%012x', tgt, tgt)}})::VARCHAR AS key,
            before, after, '{types}' AS types, snapshot,
            make_timestamptz(1740830400000000 + commit_lsn::BIGINT) AS event_ts,
-           1 AS schema_version
+           2 AS schema_version
     FROM (SELECT * FROM snap UNION ALL SELECT * FROM stream)
     ORDER BY commit_lsn, position
     """  # noqa: S608 - numbers and our own literals only
@@ -217,15 +219,22 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
 
     wipe()
     applied: list[int] = []
+    marks: list[tuple[float, str]] = []
+
+    def mark(msg: str) -> None:
+        marks.append((time.perf_counter(), msg.split(" ")[0]))
 
     def ours() -> None:
+        mark("open")
         duck = open_history(root)
         state = state_at(duck, table, snap_lsn)
-        outcome = restore(duck, pg, state)
+        outcome = restore(duck, pg, state, progress=mark)
+        mark("done")
         applied.append(outcome.applied[0].inserted)
 
     our_s = timed(ours)
     assert count() == total and applied == [deleted], (count(), applied)
+    phases = ", ".join(f"{a[1]} {b[0] - a[0]:.2f} s" for a, b in itertools.pairwise(marks))
     wipe()
     plan_s = timed(lambda: pg.execute(
         "SELECT * FROM plan_restore_relationships_from_backup(%s)", (backup,)).fetchall())
@@ -244,13 +253,12 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
         Figure("replay: restore of 100k deleted relationships into the live table", our_s,
                "s", "<= 10 s", our_s <= 10.0,
                f"{deleted} of {total} rows deleted; archive rebuild + live read + plan + "
-               "apply in one transaction, guardian installed"),
-        Figure("replay: restore speed-up over the plan's restore_relationships_from_backup",
-               plan_s / our_s, "x", ">= 10x", plan_s / our_s >= 10.0,
-               f"same {deleted} rows: replay {our_s:.2f} s, "
-               f"plan_restore_relationships_from_backup {plan_s:.2f} s; a bare INSERT ... "
-               f"SELECT of just the missing rows takes {insert_s:.2f} s, so no restore that "
-               f"inserts them can beat the plan by more than {plan_s / insert_s:.1f}x here; "
+               f"apply in one transaction, guardian installed; phases: {phases}"),
+        Figure("replay: restore of 100k deleted relationships / a bare INSERT ... SELECT of "
+               "exactly those rows", our_s / insert_s, "x", "<= 1.3x", our_s / insert_s <= 1.3,
+               f"same {deleted} rows: replay {our_s:.2f} s, the floor (INSERT ... SELECT of "  # noqa: S608 - prose
+               f"just the missing rows from the backup, same indexes and guardian) "
+               f"{insert_s:.2f} s; the plan's restore_relationships_from_backup {plan_s:.2f} s; "
                f"load average {load:.1f}"),
     ]
 

@@ -14,7 +14,6 @@ only when the user asked for it. The guardian is never disabled.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from psycopg import sql
 from replay.errors import GuardianRefused
 from replay.live import Column, Conn
 from replay.plan import DELETE, INSERT, UPDATE, Plan
+from replay.stream import copy_rows
 from replay.tables import quote_duck
 from replay.values import literal, texts_struct_sql
 
@@ -50,12 +50,6 @@ def lock(conn: Conn, plans_tables: list[sql.Composable]) -> None:
     """Writers wait while we read, plan and apply: the plan stays true until commit."""
     for ident in plans_tables:
         conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(ident))
-
-
-def _stream_file(conn: Conn, statement: sql.Composed | sql.SQL, path: Path) -> None:
-    with conn.cursor().copy(statement) as copy, path.open("rb") as f:
-        while block := f.read(1 << 20):
-            copy.write(block)
 
 
 def write_texts_csv(duck: duckdb.DuckDBPyConnection, source: str, names: list[str],
@@ -84,29 +78,24 @@ def _staging(conn: Conn, name: str, n: int) -> sql.Composable:
 
 
 def _load(conn: Conn, duck: duckdb.DuckDBPyConnection, name: str, names: list[str],
-          action: str, workdir: Path) -> tuple[sql.Composable, int]:
+          action: str) -> tuple[sql.Composable, int]:
     """The plan's ``action`` rows into staging table ``name`` (texts of ``names``)."""
     ident = _staging(conn, name, len(names))
-    path = workdir / f"{name}.csv"
-    n = write_texts_csv(duck, "_ops", names, path, f"action = {literal(action)}")
-    if n:
-        _stream_file(conn, sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(ident), path)
+    n = copy_rows(conn, duck, "_ops", names,
+                  sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(ident),
+                  f"action = {literal(action)}")
     return ident, n
 
 
 def copy_in(conn: Conn, duck: duckdb.DuckDBPyConnection, target: sql.Composable,
-            cols: list[Column], workdir: Path) -> int:
+            cols: list[Column]) -> int:
     """Insert the plan's re-inserts (``_ops``) with COPY: PostgreSQL's fastest path (INSERT
     triggers still fire). Each value is its PostgreSQL text, so the type input functions
-    restore it exactly."""
-    path = workdir / "inserts.csv"
-    n = write_texts_csv(duck, "_ops", [c.name for c in cols], path,
-                        f"action = {literal(INSERT)}")
-    if n:
-        names = sql.SQL(", ").join(sql.Identifier(c.name) for c in cols)
-        _stream_file(conn, sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, names),
-                     path)
-    return n
+    restore it exactly; DuckDB makes the lines while PostgreSQL takes them."""
+    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in cols)
+    return copy_rows(conn, duck, "_ops", [c.name for c in cols],
+                     sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, names),
+                     f"action = {literal(INSERT)}")
 
 
 def _cast(i: int, col: Column) -> sql.Composable:
@@ -122,13 +111,15 @@ def apply_plan(conn: Conn, plan: Plan, cols: list[Column]) -> Applied:
         return Applied(str(plan.table), 0, 0, 0)
     writable = [c for c in cols if not c.generated]
     duck = duckdb.connect()
-    duck.register("_ops", plan.ops)
-    with tempfile.TemporaryDirectory(prefix="hera-replay-") as tmp:
-        return _apply(conn, duck, plan, target, writable, Path(tmp))
+    try:
+        duck.register("_ops", plan.ops)
+        return _apply(conn, duck, plan, target, writable)
+    finally:
+        duck.close()
 
 
 def _apply(conn: Conn, duck: duckdb.DuckDBPyConnection, plan: Plan, target: sql.Composable,
-           writable: list[Column], workdir: Path) -> Applied:
+           writable: list[Column]) -> Applied:
     by_name = {c.name: c for c in writable}
     keys = [by_name[k] for k in plan.pk]
     match = sql.SQL(" AND ").join(
@@ -137,19 +128,19 @@ def _apply(conn: Conn, duck: duckdb.DuckDBPyConnection, plan: Plan, target: sql.
     try:
         deleted = updated = 0
         if plan.count(DELETE):
-            gone, _ = _load(conn, duck, "_replay_del", plan.pk, DELETE, workdir)
+            gone, _ = _load(conn, duck, "_replay_del", plan.pk, DELETE)
             deleted = conn.execute(sql.SQL("DELETE FROM {} t USING {} s WHERE {}").format(
                 target, gone, match)).rowcount
         if plan.count(UPDATE):
             names = [k.name for k in keys] + [c.name for c in writable if c.name not in plan.pk]
             cols = [by_name[n] for n in names]
-            staged, _ = _load(conn, duck, "_replay_upd", names, UPDATE, workdir)
+            staged, _ = _load(conn, duck, "_replay_upd", names, UPDATE)
             updated = conn.execute(sql.SQL("UPDATE {} t SET ({}) = ROW({}) FROM {} s WHERE {}"
                                            ).format(
                 target, sql.SQL(", ").join(sql.Identifier(n) for n in names),
                 sql.SQL(", ").join(_cast(i, c) for i, c in enumerate(cols)), staged, match)
             ).rowcount
-        inserted = copy_in(conn, duck, target, writable, workdir)
+        inserted = copy_in(conn, duck, target, writable)
     except psycopg.Error as exc:
         # The guardian's refusals: HG001 mass change, HG002 orphaning, HG003 truncate.
         if exc.sqlstate not in _GUARDIAN_CODES:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import duckdb
@@ -22,6 +21,7 @@ from psycopg import sql
 from replay.apply import write_texts_csv
 from replay.errors import OutputError, TargetExists, UnknownTable
 from replay.live import Conn, regclass, require_schema_create
+from replay.stream import copy_rows
 from replay.tables import TableId, quote_duck
 from replay.typed import TypedOutput, typed_select
 from replay.values import literal, path
@@ -124,15 +124,8 @@ def fill_table(conn: Conn, duck: duckdb.DuckDBPyConnection, target: TableId,
     ident = sql.Identifier(target.schema, target.name)
     state.create_view("_fill_src", replace=True)
     names = sql.SQL(", ").join(sql.Identifier(c) for c in types)
-    with tempfile.TemporaryDirectory(prefix="hera-replay-") as tmp:
-        file = Path(tmp) / "rows.csv"
-        n = write_texts_csv(duck, "_fill_src", list(types), file)
-        if n:
-            with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
-                    ident, names)) as copy, file.open("rb") as f:
-                while block := f.read(1 << 20):
-                    copy.write(block)
-    return n
+    return copy_rows(conn, duck, "_fill_src", list(types),
+                     sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(ident, names))
 
 
 __all__ = ["SUFFIXES", "TEXT_COLUMNS_KEY", "check_output_path", "create_table", "fill_table",

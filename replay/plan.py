@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from replay.rebuild import pk_paths
 from replay.tables import TableId
@@ -41,7 +41,9 @@ class Plan:
         return self.counts().get(action, 0)
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(self.ops.column("action").to_pylist()))
+        # value_counts in Arrow: a plan can hold 100k ops, counted many times.
+        found = pc.value_counts(self.ops.column("action")).to_pylist()
+        return {str(v["values"]): int(v["counts"]) for v in found}
 
     @property
     def changes(self) -> int:
@@ -49,19 +51,15 @@ class Plan:
 
     def rows(self, action: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Ops of one kind as dicts with parsed JSON (for samples and tests)."""
-        out = []
-        for op in self.ops.to_pylist():
-            if op["action"] != action:
-                continue
-            out.append({k: json.loads(v) if k != "action" and v is not None else v
-                        for k, v in op.items()})
-            if limit is not None and len(out) >= limit:
-                break
-        return out
+        ops = self.ops.filter(pc.equal(self.ops.column("action"), action))
+        if limit is not None:
+            ops = ops.slice(0, limit)
+        return [{k: json.loads(v) if k != "action" and v is not None else v
+                 for k, v in op.items()} for op in ops.to_pylist()]
 
     def without_conflicts(self) -> Plan:
-        mask = [a != CONFLICT for a in self.ops.column("action").to_pylist()]
-        return Plan(self.table, self.ops.filter(pa.array(mask)), self.pk)
+        return Plan(self.table, self.ops.filter(pc.not_equal(self.ops.column("action"),
+                                                             CONFLICT)), self.pk)
 
 
 @dataclass(frozen=True)

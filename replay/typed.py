@@ -77,7 +77,10 @@ def _misfit_sql(text: str, dt: str) -> str:
         return f"NOT starts_with({text}, '\\x')"
     typed = _typed_sql(text, dt, try_=True)
     if dt.endswith("[]"):
-        return (f"(starts_with({text}, '[') OR starts_with({text}, '{{{{') OR "
+        shape = f"(starts_with({text}, '[') OR starts_with({text}, '{{{{'))"
+        if dt == "VARCHAR[]":  # every element is text: only the array's shape can misfit
+            return shape
+        return (f"({shape} OR "
                 f"list_count({typed}) <> list_count({PG_ARRAY_SQL.format(x=text)}))")
     if dt in _INFINITE:
         return f"({typed} IS NULL OR isinf({typed}))"
@@ -108,7 +111,8 @@ def typed_select(conn: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation,
     conn.execute(f"CREATE OR REPLACE TEMP TABLE _typed_text AS SELECT {cols} FROM "  # noqa: S608 - names quoted
                  f"(SELECT {texts_struct_sql('row', names)} AS v FROM _typed_src)")
     proposed = {c: duck_type(t) for c, t in types.items()}
-    checks = [(c, dt) for c, dt in proposed.items() if dt is not None and dt != "VARCHAR"]
+    checks = [(c, dt) for c, dt in proposed.items()
+              if dt is not None and dt not in ("VARCHAR", "UUID", "BOOLEAN")]
     filters = "".join(f", count(*) FILTER (WHERE {quote_duck(c)} IS NOT NULL AND "
                       f"{_misfit_sql(quote_duck(c), dt)})" for c, dt in checks)
     counts = first(conn.execute(f"SELECT count(*){filters} FROM _typed_text"))  # noqa: S608
