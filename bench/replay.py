@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -228,24 +229,38 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
         mark("open")
         duck = open_history(root)
         state = state_at(duck, table, snap_lsn)
-        outcome = restore(duck, pg, state, progress=mark)
+        with closing(connect(dsn)) as reader:
+            outcome = restore(duck, pg, state, progress=mark, reader=reader)
         mark("done")
         applied.append(outcome.applied[0].inserted)
 
-    our_s = timed(ours)
-    assert count() == total and applied == [deleted], (count(), applied)
-    phases = ", ".join(f"{a[1]} {b[0] - a[0]:.2f} s" for a, b in itertools.pairwise(marks))
+    def floor() -> None:
+        # The floor of any restore that inserts the rows: one set-based INSERT of exactly
+        # the missing rows, nothing read, compared or planned (same indexes, checks,
+        # guardian).
+        pg.execute(sql.SQL(
+            "INSERT INTO core_relationships SELECT b.* FROM {} b WHERE NOT EXISTS "
+            "(SELECT 1 FROM core_relationships c WHERE c.id = b.id)").format(
+                sql.Identifier(backup)))
+
+    # Alternating runs, best of each: the machine is shared, a single pair is noise.
+    ours_runs, floor_runs = [], []
+    for rep in range(3):
+        if rep:
+            wipe()
+        marks.clear()
+        ours_runs.append(timed(ours))
+        assert count() == total and applied[-1] == deleted, (count(), applied)
+        if rep == 0:
+            phases = ", ".join(f"{a[1]} {b[0] - a[0]:.2f} s"
+                               for a, b in itertools.pairwise(marks))
+        wipe()
+        floor_runs.append(timed(floor))
+        assert count() == total
+    our_s, insert_s = min(ours_runs), min(floor_runs)
     wipe()
     plan_s = timed(lambda: pg.execute(
         "SELECT * FROM plan_restore_relationships_from_backup(%s)", (backup,)).fetchall())
-    assert count() == total
-    # The floor of any restore that inserts the rows: one set-based INSERT of exactly the
-    # missing rows, nothing read, compared or planned (same indexes, checks, guardian).
-    wipe()
-    insert_s = timed(lambda: pg.execute(sql.SQL(
-        "INSERT INTO core_relationships SELECT b.* FROM {} b WHERE NOT EXISTS "
-        "(SELECT 1 FROM core_relationships c WHERE c.id = b.id)").format(
-            sql.Identifier(backup))))
     assert count() == total
     pg.close()
     load = os.getloadavg()[0]
@@ -256,11 +271,20 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
                f"apply in one transaction, guardian installed; phases: {phases}"),
         Figure("replay: restore of 100k deleted relationships / a bare INSERT ... SELECT of "
                "exactly those rows", our_s / insert_s, "x", "<= 1.3x", our_s / insert_s <= 1.3,
-               f"same {deleted} rows: replay {our_s:.2f} s, the floor (INSERT ... SELECT of "  # noqa: S608 - prose
-               f"just the missing rows from the backup, same indexes and guardian) "
-               f"{insert_s:.2f} s; the plan's restore_relationships_from_backup {plan_s:.2f} s; "
-               f"load average {load:.1f}"),
+               _floor_detail(deleted, our_s, ours_runs, insert_s, floor_runs, plan_s, load)),
     ]
+
+
+def _floor_detail(deleted: int, our_s: float, ours_runs: list[float], insert_s: float,
+                  floor_runs: list[float], plan_s: float, load: float) -> str:
+    def runs(xs: list[float]) -> str:
+        return ", ".join(f"{x:.2f}" for x in xs)
+
+    floor = "INSERT ... SELECT of just the missing rows from the backup"
+    return (f"same {deleted} rows, best of 3 alternating runs: replay {our_s:.2f} s "
+            f"(runs {runs(ours_runs)}), the floor ({floor}, same indexes and guardian) "
+            f"{insert_s:.2f} s (runs {runs(floor_runs)}); the plan's "
+            f"restore_relationships_from_backup {plan_s:.2f} s; load average {load:.1f}")
 
 
 def run(ctx: BenchContext) -> list[Figure]:

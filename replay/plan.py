@@ -57,6 +57,10 @@ class Plan:
         return [{k: json.loads(v) if k != "action" and v is not None else v
                  for k, v in op.items()} for op in ops.to_pylist()]
 
+    def without(self, action: str) -> Plan:
+        return Plan(self.table, self.ops.filter(pc.not_equal(self.ops.column("action"),
+                                                             action)), self.pk)
+
     def without_conflicts(self) -> Plan:
         return Plan(self.table, self.ops.filter(pc.not_equal(self.ops.column("action"),
                                                              CONFLICT)), self.pk)
@@ -70,7 +74,8 @@ class Scope:
     equals: tuple[tuple[str, str], ...] = ()
 
 
-def _scope_sql(row: str, scope: Scope, params: dict[str, object]) -> str:
+def scope_sql(row: str, scope: Scope, params: dict[str, object]) -> str:
+    """SQL true for a row (JSON ``row``) in ``scope``; binds its values into ``params``."""
     conds = []
     for i, (col, value) in enumerate(scope.equals):
         params[f"sc{i}"] = pk_paths([col])[0]
@@ -145,8 +150,8 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
                 WHEN wk IS NULL THEN 'delete'
                 ELSE 'update' END AS action
             FROM j
-            WHERE ({_scope_sql('wrow', scope, params)}) AND wk IS NOT NULL
-               OR ({_scope_sql('lrow', scope, params)}) AND lk IS NOT NULL
+            WHERE ({scope_sql('wrow', scope, params)}) AND wk IS NOT NULL
+               OR ({scope_sql('lrow', scope, params)}) AND lk IS NOT NULL
                OR ek IS NOT NULL
         )
         SELECT action, key,
