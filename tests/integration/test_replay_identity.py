@@ -91,3 +91,15 @@ def test_a_corrupt_segment_is_one_line_naming_the_way_out(empty_db: HeraDB,
     one_line_error(result, "cannot read the archive")
     assert "re-archive from Kafka" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_missing_segment_is_one_line_naming_the_way_out(empty_db: HeraDB,
+                                                          tmp_path: Path) -> None:
+    root = write_archive(tmp_path / "a", history(empty_db.name))
+    files = sorted(root.rglob("*.parquet"))
+    assert files
+    for f in files:
+        f.unlink()
+    result = into_table(root, empty_db.dsn)
+    one_line_error(result, "cannot read the archive")
+    assert "Traceback" not in result.output
