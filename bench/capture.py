@@ -1,14 +1,15 @@
 """Capture figures, measured in one run on one workload:
 
-- pg_recvlogical decoding throughput (the ceiling: wal2json output to /dev/null) and capture's
-  end-to-end throughput (commit -> every event acknowledged by the broker -> confirmed), with the
-  kafka-python client and with the optional confluent-kafka backend, each as a ratio;
+- pg_recvlogical decoding throughput (the ceilings: wal2json and pgoutput output to /dev/null,
+  with the options capture gives each) and capture's end-to-end throughput (commit -> every
+  event acknowledged by the broker -> confirmed) with each plugin x each client (kafka-python,
+  the optional confluent-kafka backend), as ratios to pg_recvlogical+wal2json;
 - capture latency commit -> acknowledged at a steady 5k changes/s (p50/p99);
 - capture's peak memory while one large transaction streams through it (does it grow?).
 
 Throughput is catch-up throughput: the workload's WAL is written first, then each reader is
 timed from the moment it streams until it has confirmed the workload's end LSN. Every reader
-decodes the same WAL with the same wal2json options.
+of a plugin decodes the same WAL with the same options.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from pathlib import Path
 import psycopg
 
 from bench.common import BenchContext, Figure
+from capture.decoding import make_decoder
+from capture.decoding.catalog import SideCatalog
+from capture.decoding.choice import wal2json_exact
 from capture.event import format_lsn, parse_lsn
 from capture.service import CaptureService
 from capture.settings import CaptureSettings
-from capture.wal2json import WAL2JSON_OPTIONS
+from capture.slot import TableInfo
 
 TXN_ROWS = 1000
 
@@ -54,16 +58,22 @@ def _wait_confirmed(dsn: str, slot: str, lsn: int, timeout: float) -> None:
         time.sleep(0.02)
 
 
+_TABLES = "public.core_relationships,public.core_dynamic_data"
+PLUGINS = ("wal2json", "pgoutput")
+BACKENDS = ("kafka-python", "confluent")
+
+
 def _settings(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
-              tables: str = "public.core_relationships,public.core_dynamic_data"
-              ) -> CaptureSettings:
+              tables: str = _TABLES, plugin: str = "auto") -> CaptureSettings:
     return CaptureSettings(dsn=dsn, bootstrap_servers=ctx.broker.bootstrap_servers, slot=slot,
-                           topic_prefix=prefix, kafka_backend=backend, tables=tables)
+                           topic_prefix=prefix, kafka_backend=backend, tables=tables,
+                           plugin=plugin)
 
 
-def _prime(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str) -> None:
+def _prime(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
+           plugin: str) -> None:
     """Create capture's slot (empty snapshot), then stop, so the workload waits in the WAL."""
-    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend))
+    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin))
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
     t.start()
@@ -75,8 +85,8 @@ def _prime(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str) ->
 
 
 def _timed_capture(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
-                   end: int) -> float:
-    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend))
+                   end: int, plugin: str) -> float:
+    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin))
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
     t.start()
@@ -91,25 +101,45 @@ def _timed_capture(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend:
         t.join(120)
 
 
-def _recvlogical(ctx: BenchContext, dsn: str, slot: str, end: int) -> float:
+def _recv_options(dsn: str, plugin: str, slot: str) -> dict[str, str]:
+    """The START_REPLICATION options capture itself would give this plugin."""
+    tables = [TableInfo(t.split(".")[0], t.split(".")[1], (), ()) for t in _TABLES.split(",")]
+    decoder = make_decoder(plugin, tables, SideCatalog(dsn), slot)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if plugin == "wal2json" and not wal2json_exact(conn)[0]:
+            decoder.adapt("numeric-data-types-as-string")
+        if decoder.caps.needs_publication:
+            decoder.prepare(conn, tables, slot)
+    return decoder.start_options()
+
+
+def _recvlogical(ctx: BenchContext, dsn: str, slot: str, end: int,
+                 options: dict[str, str]) -> float:
     args = [str(ctx.cluster.bindir / "pg_recvlogical"), "-d", dsn, "--slot", slot, "--start",
             "-f", "/dev/null", "-E", format_lsn(end), "--no-loop"]
-    for k, v in WAL2JSON_OPTIONS.items():
+    for k, v in options.items():
         args += ["-o", f"{k}={v}"]
-    args += ["-o", "add-tables=public.core_relationships,public.core_dynamic_data"]
     t0 = time.perf_counter()
     subprocess.run(args, check=True, capture_output=True)
     return time.perf_counter() - t0
 
 
+def _slot(plugin: str, backend: str) -> str:
+    return f"tp_{plugin}_{backend.replace('-', '_')}"
+
+
 def throughput(ctx: BenchContext) -> list[Figure]:
     n = 50_000 if ctx.quick else 300_000
     dsn = ctx.new_database("bench_capture_tp")
-    backends = ["kafka-python", "confluent"]
-    for b in backends:
-        _prime(ctx, dsn, f"tp_{b.replace('-', '_')}", f"benchtp.{b}", b)
+    for plugin in PLUGINS:
+        for b in BACKENDS:
+            _prime(ctx, dsn, _slot(plugin, b), f"benchtp.{plugin}.{b}", b, plugin)
+    recv_options = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_create_logical_replication_slot('tp_recv', 'wal2json')")
+        for plugin in PLUGINS:
+            recv_options[plugin] = _recv_options(dsn, plugin, f"recv_{plugin}")
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)",
+                         (f"recv_{plugin}", plugin))
         for i in range(n // TXN_ROWS):
             conn.execute(
                 "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id,"
@@ -117,18 +147,35 @@ def throughput(ctx: BenchContext) -> list[Figure]:
                 " 'bench-' || %s || '-' || g, 'org', 'BENCH_LINK', 'HERA.BENCH.LINK.v1',"
                 " jsonb_build_object('g', g) FROM generate_series(1, %s) g", (i, TXN_ROWS))
     end = _lsn(dsn)
-    recv_s = _recvlogical(ctx, dsn, "tp_recv", end)
-    recv_rate = n / recv_s
-    figs = [Figure("pg_recvlogical decoding (baseline)", round(recv_rate), "changes/s",
-                   "the ceiling", None, f"{n} changes in {recv_s:.2f} s, wal2json to /dev/null")]
-    for b in backends:
-        secs = _timed_capture(ctx, dsn, f"tp_{b.replace('-', '_')}", f"benchtp.{b}", b, end)
-        rate = n / secs
-        ratio = rate / recv_rate
-        figs.append(Figure(f"capture throughput ({b})", round(rate), "changes/s",
-                           ">= 50% of pg_recvlogical", ratio >= 0.5,
-                           f"{ratio:.0%} of pg_recvlogical; {n} changes in {secs:.2f} s, "
-                           "commit -> broker ack -> confirmed"))
+    recv_rate: dict[str, float] = {}
+    figs = []
+    for plugin in PLUGINS:
+        recv_s = _recvlogical(ctx, dsn, f"recv_{plugin}", end, recv_options[plugin])
+        recv_rate[plugin] = n / recv_s
+        figs.append(Figure(f"pg_recvlogical decoding, {plugin} (ceiling)",
+                           round(recv_rate[plugin]), "changes/s", "the ceiling", None,
+                           f"{n} changes in {recv_s:.2f} s to /dev/null, capture's options"))
+    ceiling = recv_rate["wal2json"]
+    rates: dict[tuple[str, str], float] = {}
+    for plugin in PLUGINS:
+        for b in BACKENDS:
+            secs = _timed_capture(ctx, dsn, _slot(plugin, b), f"benchtp.{plugin}.{b}", b, end,
+                                  plugin)
+            rates[(plugin, b)] = rate = n / secs
+            ratio = rate / ceiling
+            want = 0.5 if b == "confluent" else 0.25
+            figs.append(Figure(
+                f"capture throughput ({plugin}, {b})", round(rate), "changes/s",
+                f">= {want:.0%} of pg_recvlogical+wal2json", ratio >= want,
+                f"{ratio:.0%} of pg_recvlogical+wal2json"
+                + ("" if plugin == "wal2json" else
+                   f", {rate / recv_rate[plugin]:.0%} of pg_recvlogical+{plugin}")
+                + f"; {n} changes in {secs:.2f} s, commit -> broker ack -> confirmed"))
+    for b in BACKENDS:
+        ratio = rates[("pgoutput", b)] / rates[("wal2json", b)]
+        figs.append(Figure(f"capture pgoutput / wal2json ({b})", round(ratio, 2), "x",
+                           ">= 1.0 (pgoutput at least as fast)", ratio >= 1.0,
+                           "same workload, same client, one run"))
     return figs
 
 

@@ -20,6 +20,7 @@ import json
 from enum import StrEnum
 from typing import Any
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from capture.encoding import SCHEMA_VERSION
@@ -114,6 +115,10 @@ class ChangeEvent(BaseModel):
         return encode_key(self.key, self.table_id)
 
 
+def _encode_sorted(key: Row) -> bytes:
+    return msgspec.json.encode(key, order="sorted")
+
+
 def encode_key(key: Row | None, table_id: str) -> bytes:
     """The Kafka record key: the row's primary key as canonical JSON (sorted keys).
 
@@ -121,7 +126,7 @@ def encode_key(key: Row | None, table_id: str) -> bytes:
     """
     if key is None:
         return json.dumps({"__table__": table_id}).encode()
-    return json.dumps(key, sort_keys=True, separators=(",", ":")).encode()
+    return _encode_sorted(key)
 
 
 class TableCount(BaseModel):
@@ -256,7 +261,10 @@ def parse_transaction_topic(data: bytes | str) -> TransactionTopicRecord:
     return StreamMarker.model_validate(raw)
 
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# msgspec is exact here: every value is str, bool, int or None (capture.encoding), and its
+# output equals pydantic's model_dump_json byte for byte (escapes included; a unit test holds
+# it), at a fraction of the stdlib encoder's cost.
+_dumps = msgspec.json.Encoder().encode
 
 
 def change_event_json(*, before: Row | None, after: Row | None, op: Op, ts_ms: int, name: str,
@@ -280,4 +288,4 @@ def change_event_json(*, before: Row | None, after: Row | None, op: Op, ts_ms: i
                    "ts_ms": commit_ts_us // 1000, "ts_us": commit_ts_us, "snapshot": snapshot},
         "transaction": transaction, "commit_lsn": commit_lsn, "position": position, "key": key,
         "types": types,
-    }).encode()
+    })

@@ -49,15 +49,16 @@ def encode_status(flush_lsn: int, now_us: int, reply: bool = False) -> bytes:
     return _STATUS.pack(b"r", flush_lsn, flush_lsn, flush_lsn, pg_clock(now_us), 1 if reply else 0)
 
 
-def parse_frame(frame: bytes) -> XLogData | Keepalive:
-    kind = frame[:1]
-    if kind == b"w":
+def parse_frame(frame: bytes | memoryview) -> XLogData | Keepalive:
+    """One CopyData frame; the payload is copied once, straight out of libpq's buffer."""
+    kind = frame[0]
+    if kind == 0x77:  # 'w'
         start, end, _clock = _XLOGDATA.unpack_from(frame, 1)
-        return XLogData(start, end, frame[1 + _XLOGDATA.size:])
-    if kind == b"k":
+        return XLogData(start, end, bytes(frame[1 + _XLOGDATA.size:]))
+    if kind == 0x6B:  # 'k'
         wal_end, _clock, reply = _KEEPALIVE.unpack_from(frame, 1)
         return Keepalive(wal_end, bool(reply))
-    raise CaptureError(f"unexpected replication frame type {kind!r}")
+    raise CaptureError(f"unexpected replication frame type {bytes(frame[:1])!r}")
 
 
 class ReplicationStream:
@@ -80,17 +81,19 @@ class ReplicationStream:
 
     def read(self, timeout: float) -> XLogData | Keepalive | None:
         """The next frame, or None when nothing arrived within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
+        deadline = 0.0
         while True:
             n, data = self._pg.get_copy_data(1)
             if n > 0:
-                return parse_frame(bytes(data))
+                return parse_frame(data)
             if n == -1:
                 raise StreamClosed("the server ended the replication stream")
             if n < -1:
                 raise StreamClosed(
                     f"replication stream error: {self._pg.error_message.decode(errors='replace')}"
                 )
+            if not deadline:
+                deadline = time.monotonic() + timeout
             remaining = max(0.0, deadline - time.monotonic())
             readable, _, _ = select.select([self._pg.socket], [], [], remaining)
             if not readable:

@@ -115,6 +115,10 @@ class StreamRunner:
         # Column sets as last known per captured table, to notice a change without a message.
         self.columns: dict[tuple[str, str], Columns] = svc.known_columns
         self.last_types: dict[tuple[str, str], dict[str, str]] = {}
+        # Column names the schema log announced; the decoder's next column set for the table
+        # becomes the baseline when its names match (the log spells types with search_path
+        # pg_catalog, e.g. public.mood, the decoders as format_type does for capture).
+        self.logged: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def _acked(self, txn: PendingTxn) -> None:
         if txn.commit_ts_us:
@@ -227,6 +231,10 @@ class StreamRunner:
         known = self.columns.get((schema, table))
         if known == columns:
             return
+        logged = self.logged.pop((schema, table), None)
+        if logged is not None and logged == tuple(n for n, _ in columns):
+            self.columns[(schema, table)] = columns
+            return
         self.columns[(schema, table)] = columns
         if known is None:
             return  # a table capture did not know at start: nothing to compare with
@@ -250,6 +258,7 @@ class StreamRunner:
                                default=c.default, missing=c.missing, has_missing=c.has_missing)
                      for c in logged.columns)
         self.columns[table] = tuple((c.name, c.type) for c in logged.columns)
+        self.logged[table] = tuple(c.name for c in logged.columns)
         self._schema_event(self._txn(), logged.schema, logged.table, rec.lsn, defs,
                            logged.command_tag, logged.ddl, recorded=True)
 

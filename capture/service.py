@@ -31,6 +31,7 @@ from capture.runner import StreamRunner
 from capture.settings import CaptureSettings
 from capture.slot import (
     TableInfo,
+    check_plugin_allowed,
     check_server,
     check_slot,
     create_slot,
@@ -79,6 +80,7 @@ class CaptureService:
         """Preflight, broker, slot (+ snapshot when new). Returns the producer and start LSN."""
         with _connect(self.s.dsn) as conn:
             self.dbname = str((conn.execute("SELECT current_database()").fetchone() or [""])[0])
+            check_server(conn)
             self.system_identifier = _system_identifier(conn)
             self.tables = [table_info(conn, t) for t in self.s.tables]
             self.known_columns = {(t.schema, t.table): t.columns for t in self.tables}
@@ -88,7 +90,7 @@ class CaptureService:
             existing = slot_info(conn, self.s.slot)
             plugin, why = choose_plugin(self.s.plugin, None if existing is None else
                                         existing.plugin, self.s.new_snapshot, conn, self.s.slot)
-            check_server(conn, plugin)
+            check_plugin_allowed(conn, plugin)
             self.decoder = make_decoder(plugin, self.tables, self.catalog, self.s.slot)
             log.info("output plugin chosen", extra={"plugin": plugin, "why": why})
             # Before a slot is created: pgoutput reads its publication as of each change.

@@ -43,13 +43,16 @@ class SlotInfo:
     wal_status: str | None
 
 
-def check_server(conn: Conn, plugin: str) -> None:
+def check_server(conn: Conn) -> None:
     row = conn.execute("SHOW wal_level").fetchone()
     if row is None or row[0] != "logical":
         raise PreflightError(
             f"wal_level is {row[0] if row else '?'}, capture needs 'logical': "
             "set wal_level = logical in postgresql.conf and restart PostgreSQL"
         )
+
+
+def check_plugin_allowed(conn: Conn, plugin: str) -> None:
     has_setting = conn.execute(
         "SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'"
     ).fetchone()

@@ -11,27 +11,38 @@ from collections.abc import Iterator, Sequence
 
 import psycopg
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 from capture.encoding import SESSION_OPTIONS, from_pg_text
 from capture.event import Row
 from capture.slot import TableInfo
 
 
+def output_text(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Make ``conn`` return every value as the text PostgreSQL's output function printed."""
+    for (oid,) in conn.execute("SELECT oid::int FROM pg_type").fetchall():
+        conn.adapters.register_loader(int(str(oid)), TextLoader)
+    if not conn.autocommit:
+        conn.rollback()  # the catalog read must not hold the snapshot transaction open
+
+
 def snapshot_rows(dsn: str, snapshot_name: str, tables: Sequence[TableInfo],
                   batch_rows: int) -> Iterator[tuple[TableInfo, Row, Row]]:
     """(table, row, key) for every row of ``tables`` as of the exported snapshot.
 
-    Values are ``col::text`` under the same SESSION_OPTIONS as the replication connection, so
-    a row reads identically whether it came from the snapshot or from the stream.
+    Values are each type's output text (not ``col::text``: inet's cast adds the netmask,
+    bpchar's trims) under the same SESSION_OPTIONS as the replication connection, so a row
+    reads byte for byte as the stream gives it.
     """
     with psycopg.connect(dsn, autocommit=False, options=SESSION_OPTIONS) as conn:
+        output_text(conn)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
         for table in tables:
             names = [c for c, _ in table.columns]
             types = dict(table.columns)
             query = sql.SQL("SELECT {} FROM {}.{} ORDER BY {}").format(
-                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in names),
+                sql.SQL(", ").join(sql.Identifier(c) for c in names),
                 sql.Identifier(table.schema), sql.Identifier(table.table),
                 sql.SQL(", ").join(sql.Identifier(c) for c in table.primary_key),
             )

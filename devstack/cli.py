@@ -1,7 +1,8 @@
 """``hera-stack up``: the local stack for trying the commands by hand.
 
-Starts a throw-away PostgreSQL (wal2json, pg_cron) and a tansu broker, optionally loads the
-sample HERA data, prints how to reach them, and removes everything on Ctrl-C / SIGTERM.
+Starts a throw-away PostgreSQL (pg_cron; wal2json if installed) and a tansu broker,
+optionally loads the sample HERA data, prints how to reach them, and removes everything on
+Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``make demo`` (``python -m devstack.demo``): the incident of the plan, and its prevention.
 
-On a throw-away local stack (PostgreSQL with wal2json and pg_cron, a Kafka-protocol broker):
+On a throw-away local stack (PostgreSQL with pg_cron, and wal2json where installed; a
+Kafka-protocol broker):
 a salon business with several organizations and a few thousand users; the guard installed;
 capture, archive and detect running as the real commands; then the disaster of the plan (a
 smart-code constraint migration that wipes memberships), a TRUNCATE, a soft-delete orphaning;
@@ -186,7 +187,10 @@ def step_pipeline(n: Narrator, stack: Stack) -> None:
             return bool(conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s "
                                      "AND active", (SLOT,)).fetchone())
         took = wait_until(streaming, 60, "capture to stream")
-        n.ok(f"capture took its snapshot and streams the slot {SLOT} ({took:.1f} s)")
+        plugin = _one(conn, "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s",
+                      (SLOT,))
+        n.ok(f"capture took its snapshot and streams the slot {SLOT} with {plugin} "
+             f"(--plugin auto) ({took:.1f} s)")
         rows = _one(conn, "SELECT (SELECT count(*) FROM core_relationships) + "
                           "(SELECT count(*) FROM core_dynamic_data)")
     target = _wal_now(stack.dsn)
@@ -459,7 +463,8 @@ def run_demo(console: Console, max_latency_s: float) -> bool:
         with _connect(cluster.dsn()) as conn:
             conn.execute("CREATE DATABASE hera")
         stack.dsn, stack.bootstrap = cluster.dsn("hera"), broker.bootstrap_servers
-        console.print(f"local stack: PostgreSQL {cluster.url('hera')} (wal2json, pg_cron), "
+        console.print(f"local stack: PostgreSQL {cluster.url('hera')} (pg_cron; capture "
+                      "--plugin auto), "
                       f"Kafka-protocol broker {stack.bootstrap}; work dir {workdir}\n")
         steps: list[tuple[str, Callable[[], None]]] = [
             ("A salon business, guarded, with traffic", lambda: step_business(n, stack)),

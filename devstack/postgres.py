@@ -1,7 +1,8 @@
 """A throw-away PostgreSQL cluster for tests, benchmarks and the demo.
 
 initdb into a private directory (as the ``postgres`` OS user when we run as root, since
-initdb refuses root), ``wal_level=logical``, wal2json allowed, pg_cron preloaded, a free
+initdb refuses root), ``wal_level=logical``, wal2json allowed where installed (capture's
+default ``--plugin auto`` also works with the built-in pgoutput alone), pg_cron preloaded, a free
 port on loopback. It never touches the machine's default cluster.
 """
 
@@ -27,19 +28,21 @@ class StackError(RuntimeError):
 
 
 def find_bindir() -> Path:
-    """The newest PostgreSQL >= 15 server whose lib dir has wal2json."""
-    candidates: list[tuple[int, Path]] = []
+    """The newest PostgreSQL >= 15 server, preferring one whose lib dir has wal2json (the
+    tests run both plugins; capture itself needs only the built-in pgoutput)."""
+    candidates: list[tuple[bool, int, Path]] = []
     for root in Path("/usr/lib/postgresql").glob("*"):
         if not root.name.isdigit() or int(root.name) < 15:
             continue
-        if (root / "bin" / "postgres").exists() and (root / "lib" / "wal2json.so").exists():
-            candidates.append((int(root.name), root / "bin"))
+        if (root / "bin" / "postgres").exists():
+            has_wal2json = (root / "lib" / "wal2json.so").exists()
+            candidates.append((has_wal2json, int(root.name), root / "bin"))
     if not candidates:
         raise StackError(
-            "no PostgreSQL >= 15 with wal2json found under /usr/lib/postgresql; "
+            "no PostgreSQL >= 15 found under /usr/lib/postgresql; "
             "run scripts/bootstrap.sh (installs postgresql-15, -wal2json and -cron)"
         )
-    return max(candidates)[1]
+    return max(candidates)[2]
 
 
 def _knows_setting(bindir: Path, name: str) -> bool:

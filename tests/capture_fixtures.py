@@ -27,6 +27,9 @@ from capture.settings import CaptureSettings
 from capture.topics import DEFAULT_TABLES, table_topic
 from tests.waiting import wait_until
 
+# Tests whose behaviour is the same for both output plugins run once per plugin.
+PLUGINS = ("wal2json", "pgoutput")
+
 
 def slot_active(dsn: str, slot: str) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -198,5 +201,5 @@ def wait_for_events(bootstrap_servers: str, prefix: str,
     return found
 
 
-__all__ = ["DEFAULT_TABLES", "CaptureProcess", "confirmed_lsn", "read_events", "read_topic",
-           "running_capture", "slot_active", "wait_for_events", "wait_until"]
+__all__ = ["DEFAULT_TABLES", "PLUGINS", "CaptureProcess", "confirmed_lsn", "read_events",
+           "read_topic", "running_capture", "slot_active", "wait_for_events", "wait_until"]

@@ -1,18 +1,19 @@
 """wal2json (format-version 2) messages -> plugin-neutral records.
 
-Exact by construction where wal2json is: each value is taken as the raw JSON text wal2json
-printed (``msgspec.Raw``), so numbers keep every digit and their sign (``-0``), and strings are
-unescaped without being reinterpreted. wal2json's deviations from PostgreSQL's text output are
-corrected here: bytea is printed as bare hex (``00ff`` -> ``\\x00ff``). Its one loss cannot be
-corrected: before 2.6 (no ``numeric-data-types-as-string``) NaN and ±Infinity of numeric, real
-and double precision arrive as null.
+Exact by construction where wal2json is: msgspec keeps every digit (unbounded integers; other
+numbers as their text through ``float_hook``) and unescapes strings without reinterpreting
+them; a message that may hold a JSON ``-0`` (which an integer parse would make 0) is read as
+raw JSON text per value (``msgspec.Raw``) instead. wal2json's deviations from PostgreSQL's
+text output are corrected here: bytea is printed as bare hex (``00ff`` -> ``\\x00ff``). Its
+one loss cannot be corrected: before 2.6 (no ``numeric-data-types-as-string``) NaN and
+±Infinity of numeric, real and double precision arrive as null.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -76,8 +77,51 @@ class _Msg(msgspec.Struct):
     transactional: bool = False
 
 
+class _FastCol(msgspec.Struct):
+    name: str
+    type: str = ""
+    value: Any = None
+
+
+class _FastMsg(msgspec.Struct):
+    action: str
+    xid: int = 0
+    timestamp: str = ""
+    lsn: str = ""
+    nextlsn: str = ""
+    schema: str = ""
+    table: str = ""
+    columns: list[_FastCol] = []
+    identity: list[_FastCol] | None = None
+    pk: list[_Pk] = []
+    prefix: str = ""
+    content: str = ""
+    transactional: bool = False
+
+
 _decode_msg = msgspec.json.Decoder(_Msg).decode
+# The fast path: msgspec gives strings, booleans, unbounded ints exactly, and (float_hook)
+# every non-integer number as its text. Only a JSON integer "-0" (a real/double -0 from
+# wal2json < 2.6) would lose its sign: messages that may hold one take the Raw path above.
+_decode_fast = msgspec.json.Decoder(_FastMsg, float_hook=str).decode
 _decode_str = msgspec.json.Decoder(str).decode
+_MINUS_ZERO = b'"value":-0}'
+# Types wal2json prints as JSON numbers (others are strings, booleans true/false).
+_NUMBER_TYPES = frozenset({"bigint", "oid", "real", "double precision", "numeric"})
+_TO_TEXT, _TO_INT, _BYTEA = 0, 1, 2
+
+
+def _fixes(sig: tuple[tuple[str, str], ...]) -> tuple[tuple[str, int], ...]:
+    """The columns whose decoded value needs a correction, computed once per column list."""
+    out = []
+    for name, t in sig:
+        if t in INT_TYPES:
+            out.append((name, _TO_INT))  # quoted by numeric-data-types-as-string
+        elif t in _NUMBER_TYPES or t.startswith("numeric("):
+            out.append((name, _TO_TEXT))
+        elif t == "bytea":
+            out.append((name, _BYTEA))
+    return tuple(out)
 
 
 def json_value(pg_type: str, raw: bytes) -> Value:
@@ -119,8 +163,9 @@ class Wal2JsonDecoder:
         self.add_tables = ",".join(t.qualified for t in tables)
         self.numeric_as_string = True  # dropped when the server's wal2json is older than 2.6
         # One types dict per (table, column list) so RowChange.types is the same object while
-        # the columns stay the same.
-        self._types: dict[tuple[str, str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
+        # the columns stay the same; with it, the columns whose values need a correction.
+        self._types: dict[tuple[str, str, tuple[tuple[str, str], ...]],
+                          tuple[dict[str, str], tuple[tuple[str, int], ...]]] = {}
 
     def start_options(self) -> dict[str, str]:
         options = dict(WAL2JSON_OPTIONS)
@@ -147,10 +192,11 @@ class Wal2JsonDecoder:
 
     def decode(self, payload: bytes, lsn: int) -> Decoded | None:
         try:
-            msg = _decode_msg(payload)
+            exact_raw = _MINUS_ZERO in payload
+            msg: _Msg | _FastMsg = (_decode_msg if exact_raw else _decode_fast)(payload)
             action = msg.action
             if action in ("I", "U", "D"):
-                return self._row_change(msg)
+                return self._row_change(msg, exact_raw)
             if action == "B":
                 return Begin(msg.xid, parse_lsn(msg.lsn), ts_us(msg.timestamp))
             if action == "C":
@@ -167,23 +213,41 @@ class Wal2JsonDecoder:
                 f"unparseable wal2json message ({exc!r}): {payload[:200]!r}") from exc
         raise DecodeError(f"unknown wal2json action {action!r}: {payload[:200]!r}")
 
-    def _row(self, msg: _Msg, cols: list[_Col]) -> tuple[Row, dict[str, str]]:
+    def _row(self, msg: _Msg | _FastMsg, cols: list[_Col] | list[_FastCol], exact_raw: bool
+             ) -> tuple[Row, dict[str, str]]:
         sig = tuple((c.name, c.type) for c in cols)
         key = (msg.schema, msg.table, sig)
-        types = self._types.get(key)
-        if types is None:
-            types = self._types[key] = dict(sig)
-        row: Row = {c.name: json_value(c.type, bytes(c.value)) for c in cols}
+        cached = self._types.get(key)
+        if cached is None:
+            cached = self._types[key] = (dict(sig), _fixes(sig))
+        types, fixes = cached
+        row: Row
+        if exact_raw:
+            row = {c.name: json_value(c.type, bytes(c.value)) for c in cols}
+            return row, types
+        row = {c.name: c.value for c in cols}  # type: ignore[misc]
+        for name, fix in fixes:
+            v = row[name]
+            if v is None:
+                continue
+            if fix == _TO_TEXT:
+                if type(v) is int:
+                    row[name] = str(v)
+            elif fix == _TO_INT:
+                if type(v) is str:
+                    row[name] = int(v)
+            else:
+                row[name] = normalise_wal2json_bytea(str(v))
         return row, types
 
-    def _row_change(self, msg: _Msg) -> RowChange:
+    def _row_change(self, msg: _Msg | _FastMsg, exact_raw: bool) -> RowChange:
         before: Row | None = None
         after: Row | None = None
         types: dict[str, str] = {}
         if msg.identity is not None:
-            before, types = self._row(msg, msg.identity)
+            before, types = self._row(msg, msg.identity, exact_raw)
         if msg.action != "D":
-            after, new_types = self._row(msg, msg.columns)
+            after, new_types = self._row(msg, msg.columns, exact_raw)
             if before is not None and len(after) < len(before):
                 # wal2json leaves unchanged TOASTed values out of the new row; with REPLICA
                 # IDENTITY FULL the old row has them, and they are by definition unchanged.

@@ -17,6 +17,7 @@ from devstack.broker import Broker, start_broker
 from devstack.ports import free_port
 from devstack.postgres import PostgresCluster, start_postgres
 from tests.capture_fixtures import (
+    PLUGINS,
     CaptureProcess,
     confirmed_lsn,
     read_events,
@@ -41,14 +42,15 @@ def _workload(dsn: str, batches: int, rows: int, done: threading.Event) -> None:
     done.set()
 
 
+@pytest.mark.parametrize("plugin", PLUGINS)
 def test_sigkill_during_a_100k_row_workload_loses_nothing(
         empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
-        tmp_path: Path) -> None:
+        tmp_path: Path, plugin: str) -> None:
     # A narrow captured table keeps the 100k events cheap to publish and to read back.
     with empty_db.connect() as conn:
         conn.execute("CREATE TABLE kill_probe (id bigint PRIMARY KEY, batch int NOT NULL)")
     cap = CaptureProcess(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
-                         extra_args=["--tables", "public.kill_probe"],
+                         extra_args=["--tables", "public.kill_probe", "--plugin", plugin],
                          log_path=tmp_path / "capture.log")
     cap.start()
     done = threading.Event()

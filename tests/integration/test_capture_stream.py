@@ -1,4 +1,5 @@
-"""capture against the real PostgreSQL + wal2json and the real broker: what it publishes."""
+"""capture against the real PostgreSQL and the real broker, with each output plugin: what it
+publishes."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import urllib.request
 from collections import Counter
 
 import psycopg
+import pytest
 
+from capture.encoding import from_pg_text
 from capture.event import ChangeEvent, Op, StreamMarker, TransactionEvent, parse_transaction_topic
 from capture.status import slot_status
 from capture.topics import transaction_topic
-from capture.encoding import from_pg_text
 from devstack.broker import Broker
 from devstack.ports import free_port
 from tests.capture_fixtures import (
+    PLUGINS,
     confirmed_lsn,
     read_events,
     read_topic,
@@ -36,9 +39,9 @@ def _live_rows(db: HeraDB, table: str) -> dict[str, dict[str, object]]:
         types = {str(c): str(t) for c, t in cols}
         select = ", ".join(f'"{n}"::text' for n in names)
         rows = conn.execute(f"SELECT {select} FROM {table}").fetchall()  # noqa: S608 - test-owned names
-    out = {}
+    out: dict[str, dict[str, object]] = {}
     for values in rows:
-        row = {n: from_pg_text(types[n], None if v is None else str(v))
+        row: dict[str, object] = {n: from_pg_text(types[n], None if v is None else str(v))
                for n, v in zip(names, values, strict=True)}
         out[str(row["id"])] = row
     return out
@@ -60,9 +63,12 @@ def _state(events: list[ChangeEvent]) -> dict[str, dict[str, object]]:
     return state
 
 
+@pytest.mark.parametrize("plugin", PLUGINS)
 def test_snapshot_and_workload_events_rebuild_the_live_tables_exactly(
-        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
-    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name), \
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        plugin: str) -> None:
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         plugin=plugin), \
             hera_db.connect() as conn:
         conn.execute("UPDATE core_relationships SET is_active = false, version = version + 1 "
                      "WHERE relationship_type = 'SERVICE_IN_CATEGORY'")
@@ -83,9 +89,12 @@ def test_snapshot_and_workload_events_rebuild_the_live_tables_exactly(
         assert _state(events) == _live_rows(hera_db, table)
 
 
+@pytest.mark.parametrize("plugin", PLUGINS)
 def test_transaction_metadata_counts_every_event_per_table(
-        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
-    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name), \
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        plugin: str) -> None:
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         plugin=plugin), \
             hera_db.connect() as conn:
         with conn.transaction():
             conn.execute("DELETE FROM core_relationships WHERE relationship_type = "
@@ -104,7 +113,12 @@ def test_transaction_metadata_counts_every_event_per_table(
     assert ends[0].event_count == 5
     assert {c.data_collection: c.event_count for c in ends[0].data_collections or ()} == {
         "public.core_relationships": 3, "public.core_dynamic_data": 2}
-    kinds = [r.status for r in records if isinstance(r, StreamMarker)]
+    markers = [r for r in records if isinstance(r, StreamMarker)]
+    kinds = [m.status for m in markers]
+    with hera_db.connect() as conn:
+        (sysid,) = conn.execute("SELECT system_identifier::text FROM pg_control_system()"
+                                ).fetchone() or ("",)
+    assert {(m.plugin, m.system_identifier) for m in markers} == {(plugin, sysid)}
     assert kinds[:2] == ["SNAPSHOT_START", "SNAPSHOT_END"] and "PROGRESS" in kinds
     deletes = [e for e in read_events(broker.bootstrap_servers, topic_prefix)
                if e.op == Op.DELETE]
@@ -113,9 +127,12 @@ def test_transaction_metadata_counts_every_event_per_table(
                for e in deletes)
 
 
+@pytest.mark.parametrize("plugin", PLUGINS)
 def test_truncate_of_two_tables_gives_one_event_per_table(
-        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
-    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name), \
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        plugin: str) -> None:
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         plugin=plugin), \
             hera_db.connect() as conn:
         conn.execute("TRUNCATE core_relationships, core_dynamic_data")
         rel = wait_for_events(broker.bootstrap_servers, topic_prefix,
@@ -129,8 +146,10 @@ def test_truncate_of_two_tables_gives_one_event_per_table(
     assert {e.position for e in truncs} == {0, 1}
 
 
+@pytest.mark.parametrize("plugin", PLUGINS)
 def test_every_column_type_round_trips_exactly(
-        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        plugin: str) -> None:
     big_text = "ü'\"\\" * 30000  # TOASTed, unicode, quotes, backslashes
     with empty_db.connect() as conn:
         conn.execute(
@@ -140,7 +159,8 @@ def test_every_column_type_round_trips_exactly(
             "'x', 'T', 123456789012345678901234567890.123456789, 0.1234, "
             "'{\"n\": [1, 2.5, null], \"s\": \"\\u00e9\"}', ARRAY['a b', 'c,d', NULL], "
             "'2031-02-03 04:05:06.789012+05:30', 9007199254740993, %s)", (big_text,))
-    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name), \
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         plugin=plugin), \
             empty_db.connect() as conn:
         conn.execute(
             "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id, "
@@ -157,10 +177,12 @@ def test_every_column_type_round_trips_exactly(
                for e in updates)
 
 
+@pytest.mark.parametrize("plugin", PLUGINS)
 def test_idle_captured_tables_do_not_pin_wal(
-        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        plugin: str) -> None:
     with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
-                         heartbeat_interval_s=0.3), hera_db.connect() as conn:
+                         heartbeat_interval_s=0.3, plugin=plugin), hera_db.connect() as conn:
         conn.execute("INSERT INTO app_users (email) SELECT 'quiet' || g FROM "
                      "generate_series(1, 2000) g")
         (lsn,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone() or (0,)
@@ -168,11 +190,13 @@ def test_idle_captured_tables_do_not_pin_wal(
                    "the slot to move past writes to uncaptured tables")
 
 
+@pytest.mark.parametrize("plugin", PLUGINS)
 def test_status_and_metrics_report_the_slot_position(
-        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        plugin: str) -> None:
     port = free_port()
     with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix,
-                         slot_name) as svc:
+                         slot_name, plugin=plugin) as svc:
         svc.metrics.serve(port)
         with hera_db.connect() as conn:
             conn.execute("UPDATE core_relationships SET version = version + 1 "
@@ -181,7 +205,7 @@ def test_status_and_metrics_report_the_slot_position(
                    "a confirmation")
         st = slot_status(hera_db.dsn, slot_name)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    assert st.active and st.database == hera_db.name
+    assert st.active and st.database == hera_db.name and st.plugin == plugin
     assert st.lag_bytes >= 0
     assert "hera_capture_events_published_total" in body
     published = [line for line in body.splitlines()
@@ -189,8 +213,10 @@ def test_status_and_metrics_report_the_slot_position(
     assert float(published[0].split()[1]) > 0
 
 
+@pytest.mark.parametrize("plugin", PLUGINS)
 def test_rows_committed_during_the_snapshot_appear_exactly_once(
-        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        plugin: str) -> None:
     with empty_db.connect() as conn:
         conn.execute("INSERT INTO core_relationships (organization_id, from_entity_id, "
                      "to_entity_id, relationship_type) SELECT gen_random_uuid(), 'pre' || g, "
@@ -214,7 +240,7 @@ def test_rows_committed_during_the_snapshot_appear_exactly_once(
         # The snapshot's semantics are under test, not the client: the fast backend keeps
         # this test short.
         with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
-                             kafka_backend="confluent"):
+                             kafka_backend="confluent", plugin=plugin):
             wait_until(lambda: len(inserted) > 50, 30, "concurrent inserts")
             stop.set()
             thread.join()

@@ -49,6 +49,24 @@ def test_numbers_keep_every_digit_sign_and_exponent_as_printed() -> None:
     assert rec.types["n"] == "numeric"
 
 
+@pytest.mark.parametrize("minus_zero", [False, True], ids=["fast path", "raw path"])
+def test_both_decoding_paths_give_the_same_exact_values(minus_zero: bool) -> None:
+    cols = [_col("id", "integer", "1"), _col("n", "numeric", "1e-400"),
+            _col("m", "numeric(40,2)", "12345678901234567890123456789012345678.50"),
+            _col("big", "bigint", "-9223372036854775807"), _col("o", "oid", "4294967295"),
+            _col("f", "real", "1.5e+38"), _col("q", "numeric", '"Infinity"'),
+            _col("s", "text", json.dumps('"value":-0}')), _col("b", "bytea", '"00"')]
+    if minus_zero:
+        cols.append(_col("z", "double precision", "-0"))
+    rec = _decode(_insert(*cols))
+    assert isinstance(rec, RowChange) and rec.after is not None
+    assert {k: v for k, v in rec.after.items() if k != "z"} == {
+        "id": 1, "n": "1e-400", "m": "12345678901234567890123456789012345678.50",
+        "big": "-9223372036854775807", "o": "4294967295", "f": "1.5e+38", "q": "Infinity",
+        "s": '"value":-0}', "b": "\\x00"}
+    assert rec.after.get("z", "-0") == "-0"
+
+
 def test_json_values_stay_their_text_and_jsonb_null_is_not_sql_null() -> None:
     text = '{"a" : 1.50, "a": [1e-400, 12345678901234567890.123456789], "é": "\\u00e9"}'
     rec = _decode(_insert(_col("id", "integer", "1"), _col("j", "json", json.dumps(text)),

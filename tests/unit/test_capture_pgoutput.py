@@ -38,7 +38,7 @@ def relation(relid: int, schema: str, table: str, cols: list[tuple[str, int, int
     return out
 
 
-def tuple_data(values: list[bytes | None | str]) -> bytes:
+def tuple_data(values: list[bytes | str | None]) -> bytes:
     out = struct.pack("!H", len(values))
     for v in values:
         if v is None:

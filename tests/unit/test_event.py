@@ -55,8 +55,11 @@ def test_kafka_key_is_canonical_primary_key_json() -> None:
 def test_fast_event_json_equals_the_models_json() -> None:
     from capture.event import TransactionBlock, change_event_json
 
-    before = {"id": "a", "n": "1.50", "j": {"x": [1, None, "é"]}, "b": True, "t": None}
-    after = {**before, "b": False, "s": 'q"\\ü'}
+    every_ascii = "".join(chr(i) for i in range(0x80))
+    before: dict[str, object] = {
+        "id": "a", "n": "1.50", "j": '{"x": [1, null, "é"], "x": 1e-400}', "b": True,
+        "t": None, "i": -2147483648, "big": "9223372036854775807"}
+    after = {**before, "b": False, "s": 'q"\\ü' + every_ascii + "\u2028\U0001f600\ufeff"}
     fast = change_event_json(
         before=before, after=after, op=Op.UPDATE, ts_ms=5, name="hera", db="d",
         schema="public", table="core_relationships", tx_id=77, lsn=10, commit_ts_us=1234567,
@@ -70,3 +73,9 @@ def test_fast_event_json_equals_the_models_json() -> None:
         commit_lsn=20, position=3, key={"id": "a"}, types={"id": "uuid"})
     assert ChangeEvent.from_json(fast) == model
     assert fast == model.to_json()
+    assert model.schema_version == 2
+
+
+def test_kafka_key_of_a_truncate_is_the_table() -> None:
+    assert encode_key(None, "public.t") == b'{"__table__": "public.t"}'
+    assert encode_key({"k": "é", "a": -1}, "public.t") == '{"a":-1,"k":"é"}'.encode()
