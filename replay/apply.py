@@ -110,7 +110,8 @@ def apply_plan(conn: Conn, plan: Plan, cols: list[Column]) -> Applied:
     if not any(counts.get(a) for a in (INSERT, UPDATE, DELETE)):
         return Applied(str(plan.table), 0, 0, 0)
     writable = [c for c in cols if not c.generated]
-    duck = duckdb.connect()
+    # One DuckDB thread makes the COPY lines: the cores are for PostgreSQL taking them.
+    duck = duckdb.connect(config={"threads": 1})
     try:
         duck.register("_ops", plan.ops)
         return _apply(conn, duck, plan, target, writable)

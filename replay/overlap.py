@@ -84,21 +84,29 @@ def restore_overlapped(duck: duckdb.DuckDBPyConnection, pg: Conn, reader: Conn, 
         rebuilt = pool.submit(materialize, duck, state, "_wanted")
         progress(f"locking {table} (writers wait until the restore commits)")
         lock(pg, [sql.Identifier(table.schema, table.name)])
+        keys = read_keys(pg, table, state.pk)  # narrow: before the wide read competes
         progress(f"reading live rows of {table} (second connection) while re-inserting")
         live_f = pool.submit(read_rows, reader, table, cols)
-        keys = read_keys(pg, table, state.pk)
         state = rebuilt.result()
         early = insert_plan(duck, state, keys, scope)
+        wanted = state
+
+        def full_plan() -> Plan:
+            # DuckDB plans (on ``duck``, which nothing else uses meanwhile) while
+            # PostgreSQL takes the re-inserts.
+            return plan_changes(duck, table, wanted.pk, list(wanted.types), wanted.rel,
+                                live_f.result(), scope=scope)
+
+        plan_f = pool.submit(full_plan)
+        progress(f"re-inserting {early.count(INSERT)} rows")
         inserted: int | None = None
         try:
             with pg.transaction():  # a savepoint: a unique collision falls back below
                 inserted = apply_plan(pg, early, cols).inserted
         except psycopg.errors.UniqueViolation:
             progress("a re-insert needs a value a removal frees: applying in order instead")
-        live = live_f.result()
-        progress(f"planning: {state.rel.shape[0]} wanted rows vs {live.num_rows} live rows")
-        plan = plan_changes(duck, table, state.pk, list(state.types), state.rel, live,
-                            scope=scope)
+        progress("planning the rest")
+        plan = plan_f.result()
         show([plan])
         reason = (f"replay {what} ({table}: +{plan.count(INSERT)} ~{plan.count('update')} "
                   f"-{plan.count('delete')})")
