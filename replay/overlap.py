@@ -95,7 +95,7 @@ def restore_overlapped(duck: duckdb.DuckDBPyConnection, pg: Conn, reader: Conn, 
             # DuckDB plans (on ``duck``, which nothing else uses meanwhile) while
             # PostgreSQL takes the re-inserts.
             return plan_changes(duck, table, wanted.pk, list(wanted.types), wanted.rel,
-                                live_f.result(), scope=scope)
+                                live_f.result(), scope=scope, compat=wanted.v1_json)
 
         plan_f = pool.submit(full_plan)
         progress(f"re-inserting {early.count(INSERT)} rows")

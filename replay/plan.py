@@ -84,23 +84,39 @@ def scope_sql(row: str, scope: Scope, params: dict[str, object]) -> str:
     return " AND ".join(conds) if conds else "TRUE"
 
 
-def _same(a: str, b: str) -> str:
+def _compat(row: str, columns: list[str], compat: tuple[str, ...]) -> str:
+    """The columns' texts, json/jsonb of ``compat`` minified (schema_version 1 archives
+    kept those re-serialised, so only their JSON, not their spelling, can be compared)."""
+    parts = []
+    for c in columns:
+        text = f"json_extract_string({row}, {literal(path(c))})"
+        parts.append(f"json({text})::VARCHAR" if c in compat else text)
+    return f"list_value({', '.join(parts)})"
+
+
+def _same(a: str, b: str, columns: list[str] | None = None,
+          compat: tuple[str, ...] = ()) -> str:
     """Rows ``a`` and ``b`` of the join are both absent, or both present and equal: the
     same text, or every column's PostgreSQL text the same."""
+    lenient = "" if not compat or columns is None else (
+        f" OR {_compat(a + 'row', columns, compat)} IS NOT DISTINCT FROM "
+        f"{_compat(b + 'row', columns, compat)}")
     return (f"(({a}k IS NULL AND {b}k IS NULL) OR ({a}k IS NOT NULL AND {b}k IS NOT NULL AND "
             f"({a}row = {b}row OR json_extract_string({a}row, $cols) IS NOT DISTINCT FROM "
-            f"json_extract_string({b}row, $cols))))")
+            f"json_extract_string({b}row, $cols){lenient})))")
 
 
 def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
                  columns: list[str], wanted: pa.Table | duckdb.DuckDBPyRelation,
                  live: pa.Table, *, expected: pa.Table | duckdb.DuckDBPyRelation | None = None,
                  keys: pa.Table | duckdb.DuckDBPyRelation | None = None,
-                 scope: Scope = Scope()) -> Plan:
+                 scope: Scope = Scope(), compat: tuple[str, ...] = ()) -> Plan:
     """The plan that turns ``live`` into ``wanted`` (on ``keys`` only, if given).
 
     ``wanted``/``expected``: relations with ``key`` and ``row``; ``live``: ``row`` only
     (its key is computed here the way the rebuild computes it); ``keys``: a ``key`` column.
+    ``compat``: json/jsonb columns the archive holds as schema_version 1 re-serialisations
+    (``State.v1_json``): compared as JSON, not as text.
     """
     for name, rel in (("_w", wanted), ("_l", live), ("_e", expected), ("_k", keys)):
         if isinstance(rel, duckdb.DuckDBPyRelation):
@@ -110,14 +126,15 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
     params: dict[str, object] = {"pk": pk_paths(pk), "cols": pk_paths(columns)}
     only = "" if keys is None else "WHERE key IN (SELECT key FROM _k)"
     has_e = expected is not None
-    conflict = f"NOT ({_same('e', 'l')})" if has_e else "FALSE"
+    conflict = f"NOT ({_same('e', 'l', columns, compat)})" if has_e else "FALSE"
     written = "wrow"
     if has_e:
         # A revert conflicts on a row only where a column the transaction changed has been
         # changed again since; the row it writes takes the transaction's columns back and
         # keeps the live value of every other column.
         def txt(row: str, col: str) -> str:
-            return f"json_extract_string({row}, {literal(path(col))})"
+            text = f"json_extract_string({row}, {literal(path(col))})"
+            return f"json({text})::VARCHAR" if col in compat else text
 
         changed = [f"({txt('wrow', c)} IS DISTINCT FROM {txt('erow', c)})" for c in columns]
         again = " OR ".join(f"({ch} AND {txt('lrow', c)} IS DISTINCT FROM {txt('erow', c)})"
@@ -144,7 +161,7 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
         ),
         d AS (
             SELECT *, CASE
-                WHEN {_same('w', 'l')} THEN NULL
+                WHEN {_same('w', 'l', columns, compat)} THEN NULL
                 WHEN {conflict} THEN 'conflict'
                 WHEN lk IS NULL THEN 'insert'
                 WHEN wk IS NULL THEN 'delete'

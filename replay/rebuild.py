@@ -122,6 +122,25 @@ def v1_columns(conn: duckdb.DuckDBPyConnection, src: str, where: str,
     return list(json_cols), list(bytea_cols)
 
 
+def _window_where(table: TableId, window: Window) -> tuple[str, dict[str, object]]:
+    snapshot_filter = "FALSE" if window.snapshot_lsn is None else "commit_lsn = $snap"
+    where = f"""table_schema = $s AND table_name = $t AND commit_lsn <= $upto
+              AND ((snapshot AND {snapshot_filter})
+                   OR (NOT snapshot AND commit_lsn > $after))"""
+    params: dict[str, object] = {"s": table.schema, "t": table.name,
+                                 "upto": window.upto_lsn, "after": window.after_lsn}
+    if window.snapshot_lsn is not None:
+        params["snap"] = window.snapshot_lsn
+    return where, params
+
+
+def window_v1_columns(conn: duckdb.DuckDBPyConnection, table: TableId, window: Window,
+                      changes: str = "changes") -> tuple[list[str], list[str]] | None:
+    """``v1_columns`` of the window a rebuild reads."""
+    where, params = _window_where(table, window)
+    return v1_columns(conn, quote_duck(raw_source(conn, changes)), where, params)
+
+
 def rebuild(
     conn: duckdb.DuckDBPyConnection,
     table: TableId,
@@ -144,18 +163,7 @@ def rebuild(
     updates), then the winning events' ``after`` fetched by (commit_lsn, position).
     """
     src = quote_duck(raw_source(conn, changes))
-    snapshot_filter = "FALSE" if window.snapshot_lsn is None else "commit_lsn = $snap"
-    where = f"""table_schema = $s AND table_name = $t AND commit_lsn <= $upto
-              AND ((snapshot AND {snapshot_filter})
-                   OR (NOT snapshot AND commit_lsn > $after))"""
-    params: dict[str, object] = {
-        "s": table.schema,
-        "t": table.name,
-        "upto": window.upto_lsn,
-        "after": window.after_lsn,
-    }
-    if window.snapshot_lsn is not None:
-        params["snap"] = window.snapshot_lsn
+    where, params = _window_where(table, window)
     # Duplicates of a winning event would join twice; keep one (rare: costs a grouping).
     dedup = has_duplicate_events(conn, src, where, params)
     v1 = v1_columns(conn, src, where, params)

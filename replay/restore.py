@@ -98,7 +98,7 @@ def restore(duck: duckdb.DuckDBPyConnection, pg: Conn, state: State, *,
         state = rebuilt.result()
         progress(f"planning: {state.rel.shape[0]} wanted rows vs {live.num_rows} live rows")
         plan = plan_changes(duck, table, state.pk, list(state.types), state.rel, live,
-                            scope=scope)
+                            scope=scope, compat=state.v1_json)
         show([plan])
         if dry_run:
             raise psycopg.Rollback(tx)
@@ -194,7 +194,8 @@ def revert(duck: duckdb.DuckDBPyConnection, pg: Conn, xid: int, *, dry_run: bool
             progress(f"reading live rows of {t}")
             live = read_rows(pg, t, cols)
             plans.append(plan_changes(duck, t, before.pk, list(before.types), before.rel,
-                                      live, expected=after.rel, keys=keys))
+                                      live, expected=after.rel, keys=keys,
+                                      compat=tuple({*before.v1_json, *after.v1_json})))
         show(plans)
         conflicts = sum(p.count(CONFLICT) for p in plans)
         if dry_run:

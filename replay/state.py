@@ -18,7 +18,7 @@ from capture.event import format_lsn
 from replay.coverage import check_coverage, resolve_point
 from replay.errors import NotCovered, ReplayError, UnknownTable
 from replay.point import Point
-from replay.rebuild import Window, primary_key_columns, raw_source, rebuild
+from replay.rebuild import Window, primary_key_columns, raw_source, rebuild, window_v1_columns
 from replay.schema import (
     Col,
     SchemaChangeRefused,
@@ -48,6 +48,9 @@ class State:
     pk: list[str]
     types: dict[str, str]
     steps: list[tuple[Step, list[Col]]] = field(default_factory=list)  # DDLs applied
+    # json/jsonb columns some rows hold as a schema_version 1 re-serialisation (compared as
+    # JSON by the planner; empty for archives written in version 2).
+    v1_json: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return f"{self.table} at {format_lsn(self.upto_lsn)}"
@@ -189,9 +192,10 @@ def state_at(conn: duckdb.DuckDBPyConnection, table: TableId, point: Point | int
         rel = rebuild(conn, table, window, pk)
     rel, types, steps = _with_schema_changes(conn, table, rel, types, window.after_lsn, upto,
                                              forward, strict)
+    v1 = window_v1_columns(conn, table, window)
     progress(f"rebuilding {table} at {format_lsn(upto)}"
              + (f" across {len(steps)} schema changes" if steps else ""))
-    return State(table, upto, rel, pk, types, steps)
+    return State(table, upto, rel, pk, types, steps, tuple(v1[0]) if v1 else ())
 
 
 def materialize(conn: duckdb.DuckDBPyConnection, state: State, name: str) -> State:
