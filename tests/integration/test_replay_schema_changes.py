@@ -87,14 +87,19 @@ class Run:
         self.pipe.wait_archived(parse_lsn(str(row[0])))
 
 
+@pytest.fixture(params=["pgoutput", "wal2json"])
+def plugin(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
 def run(empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
-        tmp_path: Path) -> Iterator[Run]:
+        tmp_path: Path, plugin: str) -> Iterator[Run]:
     with empty_db.connect() as conn:
         conn.execute(DDL)
         conn.execute(SCHEMA_LOG.read_text())
     with pipeline(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name, tmp_path,
-                  plugin="pgoutput", tables=("public.sc", "public.tick")) as pipe, \
+                  plugin=plugin, tables=("public.sc", "public.tick")) as pipe, \
             empty_db.connect() as conn:
         yield Run(empty_db, pipe, conn)
 
@@ -163,11 +168,11 @@ def test_revert_of_a_transaction_before_the_ddls_restores_only_what_it_changed(
 
 def test_without_the_schema_log_points_after_a_column_change_are_refused(
         empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
-        tmp_path: Path) -> None:
+        tmp_path: Path, plugin: str) -> None:
     with empty_db.connect() as conn:
         conn.execute(DDL)
     with pipeline(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name, tmp_path,
-                  plugin="pgoutput", tables=("public.sc", "public.tick")) as pipe, \
+                  plugin=plugin, tables=("public.sc", "public.tick")) as pipe, \
             empty_db.connect() as conn:
         run = Run(empty_db, pipe, conn)
         conn.execute("INSERT INTO sc VALUES (1, 'one', 1, 'ab')")
