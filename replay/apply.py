@@ -82,7 +82,7 @@ def _load(conn: Conn, duck: duckdb.DuckDBPyConnection, name: str, names: list[st
     """The plan's ``action`` rows into staging table ``name`` (texts of ``names``)."""
     ident = _staging(conn, name, len(names))
     n = copy_rows(conn, duck, "_ops", names,
-                  sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(ident),
+                  sql.SQL("COPY {} FROM STDIN").format(ident),
                   f"action = {literal(action)}")
     return ident, n
 
@@ -94,7 +94,7 @@ def copy_in(conn: Conn, duck: duckdb.DuckDBPyConnection, target: sql.Composable,
     restore it exactly; DuckDB makes the lines while PostgreSQL takes them."""
     names = sql.SQL(", ").join(sql.Identifier(c.name) for c in cols)
     return copy_rows(conn, duck, "_ops", [c.name for c in cols],
-                     sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, names),
+                     sql.SQL("COPY {} ({}) FROM STDIN").format(target, names),
                      f"action = {literal(INSERT)}")
 
 

@@ -125,7 +125,7 @@ def fill_table(conn: Conn, duck: duckdb.DuckDBPyConnection, target: TableId,
     state.create_view("_fill_src", replace=True)
     names = sql.SQL(", ").join(sql.Identifier(c) for c in types)
     return copy_rows(conn, duck, "_fill_src", list(types),
-                     sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(ident, names))
+                     sql.SQL("COPY {} ({}) FROM STDIN").format(ident, names))
 
 
 __all__ = ["SUFFIXES", "TEXT_COLUMNS_KEY", "check_output_path", "create_table", "fill_table",
