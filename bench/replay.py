@@ -18,7 +18,6 @@ import itertools
 import json
 import os
 import time
-from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -229,8 +228,7 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
         mark("open")
         duck = open_history(root)
         state = state_at(duck, table, snap_lsn)
-        with closing(connect(dsn)) as reader:
-            outcome = restore(duck, pg, state, progress=mark, reader=reader)
+        outcome = restore(duck, pg, state, progress=mark)
         mark("done")
         applied.append(outcome.applied[0].inserted)
 

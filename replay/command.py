@@ -103,15 +103,9 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
         scope = Scope(tuple((c, v) for c, v in (("organization_id", s.org),
                                                  ("relationship_type", s.relationship_type))
                             if v is not None))
-        reader = None if s.dry_run else open_pg(_dsn(s, "--restore"))
-        try:
-            outcome = restore(duck, pg, state, scope=scope, dry_run=s.dry_run,
-                              allow_orphaning=s.allow_orphaning,
-                              show=lambda plans: show_plans(out, plans), progress=progress,
-                              reader=reader)
-        finally:
-            if reader is not None:
-                reader.close()
+        outcome = restore(duck, pg, state, scope=scope, dry_run=s.dry_run,
+                          allow_orphaning=s.allow_orphaning,
+                          show=lambda plans: show_plans(out, plans), progress=progress)
         _finish(out, outcome.dry_run, outcome.applied)
         return 0
     finally:

@@ -65,12 +65,8 @@ def _apply_all(pg: Conn, plans: list[Plan], what: str, allow_orphaning: bool) ->
 
 def restore(duck: duckdb.DuckDBPyConnection, pg: Conn, state: State, *,
             scope: Scope | None = None, dry_run: bool = False, allow_orphaning: bool = False,
-            show: Show = _no_show, progress: Progress = quiet,
-            reader: Conn | None = None) -> Outcome:
-    """Put the live table back to ``state`` (within ``scope``); one transaction.
-
-    ``reader``: a second connection to the same database; with it the re-inserts stream in
-    while it reads the live rows for the rest of the plan (replay/overlap.py)."""
+            show: Show = _no_show, progress: Progress = quiet) -> Outcome:
+    """Put the live table back to ``state`` (within ``scope``); one transaction."""
     table = state.table
     scope = scope or Scope()
     cols = columns(pg, table)
@@ -78,14 +74,6 @@ def restore(duck: duckdb.DuckDBPyConnection, pg: Conn, state: State, *,
     _check_scope_columns(scope, cols, table)
     check_columns(state, cols)
     applied: list[Applied] = []
-    if reader is not None and not dry_run:
-        from replay.overlap import restore_overlapped
-
-        plan, applied = restore_overlapped(
-            duck, pg, reader, state, cols, scope,
-            f"restore {table} to {format_lsn(state.upto_lsn)}", allow_orphaning, show,
-            progress)
-        return Outcome([plan], applied, dry_run)
     # The rebuild (DuckDB) runs while PostgreSQL sends the live rows: the two use different
     # processes and cores; the rebuild does not depend on the lock.
     with ThreadPoolExecutor(max_workers=1) as pool, pg.transaction() as tx:
