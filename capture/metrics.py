@@ -20,6 +20,9 @@ class CaptureMetrics:
         self.restarts = Counter(
             "hera_capture_stream_restarts", "Times the stream was re-established after a fault",
             registry=self.registry)
+        self.heartbeats = Counter(
+            "hera_capture_heartbeats", "Logical messages emitted to move an idle slot on",
+            registry=self.registry)
         self.schema_changes = Counter(
             "hera_capture_schema_changes", "SchemaChangeEvents published (DDL on captured tables)",
             registry=self.registry)

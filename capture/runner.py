@@ -334,6 +334,7 @@ class StreamRunner:
             with psycopg.connect(self.s.dsn, autocommit=True) as conn:
                 conn.execute("SELECT pg_logical_emit_message(false, %s, 'heartbeat')",
                              (HEARTBEAT_PREFIX,))
+            self.svc.metrics.heartbeats.inc()
         except psycopg.Error as exc:
             log.warning("heartbeat failed", extra={"error": str(exc).splitlines()[0]})
 

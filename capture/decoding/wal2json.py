@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -48,6 +48,7 @@ WAL2JSON_OPTIONS: dict[str, str] = {
 NUMERIC_AS_STRING = "numeric-data-types-as-string"  # wal2json >= 2.6 only
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
 _NULL = msgspec.Raw(b"null")
 
 
@@ -63,8 +64,8 @@ class _Pk(msgspec.Struct):
 
 class _Msg(msgspec.Struct):
     action: str
-    xid: int = 0
-    timestamp: str = ""
+    xid: int | None = None  # null on a non-transactional message
+    timestamp: str | None = None
     lsn: str = ""
     nextlsn: str = ""
     schema: str = ""
@@ -85,8 +86,8 @@ class _FastCol(msgspec.Struct):
 
 class _FastMsg(msgspec.Struct):
     action: str
-    xid: int = 0
-    timestamp: str = ""
+    xid: int | None = None
+    timestamp: str | None = None
     lsn: str = ""
     nextlsn: str = ""
     schema: str = ""
@@ -144,6 +145,13 @@ def json_value(pg_type: str, raw: bytes) -> Value:
     return int(raw) if pg_type in INT_TYPES else raw.decode()
 
 
+def _req(value: T | None) -> T:
+    if value is None:
+        raise DecodeError("wal2json BEGIN/COMMIT without xid or timestamp (include-xids, "
+                          "include-timestamp)")
+    return value
+
+
 def ts_us(text: str) -> int:
     """wal2json's commit timestamp ('2026-11-27 03:04:05.936768+00') -> µs since epoch."""
     dt = datetime.fromisoformat(text)
@@ -198,10 +206,10 @@ class Wal2JsonDecoder:
             if action in ("I", "U", "D"):
                 return self._row_change(msg, exact_raw)
             if action == "B":
-                return Begin(msg.xid, parse_lsn(msg.lsn), ts_us(msg.timestamp))
+                return Begin(_req(msg.xid), parse_lsn(msg.lsn), ts_us(_req(msg.timestamp)))
             if action == "C":
-                return Commit(msg.xid, parse_lsn(msg.lsn), parse_lsn(msg.nextlsn),
-                              ts_us(msg.timestamp))
+                return Commit(_req(msg.xid), parse_lsn(msg.lsn), parse_lsn(msg.nextlsn),
+                              ts_us(_req(msg.timestamp)))
             if action == "T":
                 return Truncate(((msg.schema, msg.table),), parse_lsn(msg.lsn))
             if action == "M":

@@ -182,12 +182,20 @@ def test_idle_captured_tables_do_not_pin_wal(
         hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
         plugin: str) -> None:
     with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
-                         heartbeat_interval_s=0.3, plugin=plugin), hera_db.connect() as conn:
+                         heartbeat_interval_s=0.3, plugin=plugin) as svc, \
+            hera_db.connect() as conn:
         conn.execute("INSERT INTO app_users (email) SELECT 'quiet' || g FROM "
                      "generate_series(1, 2000) g")
         (lsn,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone() or (0,)
         wait_until(lambda: confirmed_lsn(hera_db.dsn, slot_name) >= int(str(lsn)), 30,
                    "the slot to move past writes to uncaptured tables")
+        # Idle now: heartbeats go through the slot (and are decoded) and move it on.
+        beats = svc.metrics.heartbeats._value.get()
+        wait_until(lambda: svc.metrics.heartbeats._value.get() >= beats + 2, 30,
+                   "two heartbeats")
+        (lsn,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone() or (0,)
+        wait_until(lambda: confirmed_lsn(hera_db.dsn, slot_name) >= int(str(lsn)), 30,
+                   "the slot to move past the heartbeats")
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)

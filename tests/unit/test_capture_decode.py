@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from capture.decoding import Begin, Commit, RowChange, Truncate
+from capture.decoding import Begin, Commit, Message, RowChange, Truncate
 from capture.decoding.wal2json import Wal2JsonDecoder, json_value, ts_us
 from capture.encoding import from_pg_text
 from capture.errors import DecodeError
@@ -124,6 +124,12 @@ def test_begin_commit_and_truncate_carry_their_positions() -> None:
     assert b == Begin(9, 0x15182C0, ts_us(ts))
     assert c == Commit(9, 0x15182C0, 0x15182F0, ts_us(ts))
     assert t == Truncate((("s", "x"),), 0x1518100)
+
+
+def test_non_transactional_messages_have_no_xid_or_timestamp() -> None:
+    payload = (b'{"action":"M","xid":null,"timestamp":null,"lsn":"0/2496C28",'
+               b'"transactional":false,"prefix":"hera-guard","content":"heartbeat"}')
+    assert _decode(payload) == Message(0x2496C28, "hera-guard", "heartbeat", False)
 
 
 def test_commit_timestamp_is_microseconds_since_epoch_utc() -> None:
