@@ -122,7 +122,7 @@ def v1_columns(conn: duckdb.DuckDBPyConnection, src: str, where: str,
     return list(json_cols), list(bytea_cols)
 
 
-def _window_where(table: TableId, window: Window) -> tuple[str, dict[str, object]]:
+def window_where(table: TableId, window: Window) -> tuple[str, dict[str, object]]:
     snapshot_filter = "FALSE" if window.snapshot_lsn is None else "commit_lsn = $snap"
     where = f"""table_schema = $s AND table_name = $t AND commit_lsn <= $upto
               AND ((snapshot AND {snapshot_filter})
@@ -137,7 +137,7 @@ def _window_where(table: TableId, window: Window) -> tuple[str, dict[str, object
 def window_v1_columns(conn: duckdb.DuckDBPyConnection, table: TableId, window: Window,
                       changes: str = "changes") -> tuple[list[str], list[str]] | None:
     """``v1_columns`` of the window a rebuild reads."""
-    where, params = _window_where(table, window)
+    where, params = window_where(table, window)
     return v1_columns(conn, quote_duck(raw_source(conn, changes)), where, params)
 
 
@@ -163,7 +163,7 @@ def rebuild(
     updates), then the winning events' ``after`` fetched by (commit_lsn, position).
     """
     src = quote_duck(raw_source(conn, changes))
-    where, params = _window_where(table, window)
+    where, params = window_where(table, window)
     # Duplicates of a winning event would join twice; keep one (rare: costs a grouping).
     dedup = has_duplicate_events(conn, src, where, params)
     v1 = v1_columns(conn, src, where, params)

@@ -18,7 +18,14 @@ from capture.event import format_lsn
 from replay.coverage import check_coverage, resolve_point
 from replay.errors import NotCovered, ReplayError, UnknownTable
 from replay.point import Point
-from replay.rebuild import Window, primary_key_columns, raw_source, rebuild, window_v1_columns
+from replay.rebuild import (
+    Window,
+    primary_key_columns,
+    raw_source,
+    rebuild,
+    window_v1_columns,
+    window_where,
+)
 from replay.schema import (
     Col,
     SchemaChangeRefused,
@@ -127,6 +134,34 @@ def archived_types(conn: duckdb.DuckDBPyConnection, table: TableId,
     return found[1]
 
 
+def _no_silent_column_change(conn: duckdb.DuckDBPyConnection, table: TableId,
+                             window: Window) -> None:
+    """An archive with no schema changes recorded (written before the schema log) whose
+    events show other columns at the end of the window than at its start: a DDL happened
+    that replay cannot apply, so the state would be wrong. Refused, naming where."""
+    src = quote_duck(raw_source(conn))
+    where, params = window_where(table, window)
+    ends = conn.execute(
+        f"(SELECT types::VARCHAR FROM {src} WHERE {where} AND types IS NOT NULL "  # noqa: S608
+        "ORDER BY commit_lsn, position LIMIT 1) UNION ALL "
+        f"(SELECT types::VARCHAR FROM {src} WHERE {where} AND types IS NOT NULL "
+        "ORDER BY commit_lsn DESC, position DESC LIMIT 1)", params).fetchall()
+    if len(ends) < 2:
+        return
+    start, end = (list(json.loads(str(t[0]))) for t in ends)
+    if set(start) == set(end):  # the same columns (capture lists them in attnum order)
+        return
+    found = first(conn.execute(
+        f"SELECT min(commit_lsn) FROM {src} WHERE {where} AND types IS NOT NULL "  # noqa: S608
+        "AND types::VARCHAR <> $first", {**params, "first": str(ends[0][0])}))
+    at = format_lsn(int(found[0])) if found and found[0] is not None else "?"
+    raise SchemaChangeRefused(
+        f"the columns of {table} changed at {at} (from {', '.join(start)} to "
+        f"{', '.join(end)}) and the archive records no schema change there (written "
+        "before the schema log, sql/08_schema_log.sql); replay cannot rebuild points "
+        f"after it exactly - pick a point before {at}")
+
+
 def _with_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId, rel: Rel,
                          types: dict[str, str], after_lsn: int, upto: int, forward: bool,
                          strict: bool) -> tuple[Rel, dict[str, str], list[tuple[Step, list[Col]]]]:
@@ -192,6 +227,8 @@ def state_at(conn: duckdb.DuckDBPyConnection, table: TableId, point: Point | int
         rel = rebuild(conn, table, window, pk)
     rel, types, steps = _with_schema_changes(conn, table, rel, types, window.after_lsn, upto,
                                              forward, strict)
+    if not steps and not load_schema_changes(conn, table):
+        _no_silent_column_change(conn, table, window)
     v1 = window_v1_columns(conn, table, window)
     progress(f"rebuilding {table} at {format_lsn(upto)}"
              + (f" across {len(steps)} schema changes" if steps else ""))

@@ -201,3 +201,15 @@ def test_forward_brings_rows_of_an_earlier_point_to_todays_columns() -> None:
     assert list(state.types) == ["id", "num", "kind", "x"]
     got = {json.loads(r)["num"]: json.loads(r) for (r,) in state.rel.project("row").fetchall()}
     assert got[10] == {"id": row(1)["id"], "num": 10, "kind": "k", "x": "a"}
+
+
+def test_an_archive_without_schema_changes_whose_columns_changed_is_refused() -> None:
+    h = history()
+    _, before, _ = h.commit([("u", row(1), row(1, n=10))])
+    h.types = {"id": "uuid", "n": "integer", "kind": "text", "x": "text"}  # a silent DDL
+    _, after, _ = h.commit([("u", row(2), row(2, x="b"))])
+    h.progress()
+    assert rows_at(h, before) == {1: row(1, n=10), 2: row(2)}
+    with pytest.raises(SchemaChangeRefused, match=f"changed at {format_lsn(after)}.*no schema "
+                                                   "change"):
+        rows_at(h, after)
