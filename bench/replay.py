@@ -5,14 +5,16 @@
   core_relationships-shaped rows and 1M changes (updates, deletes, inserts) in 10k
   transactions; timed: open the archive, resolve and check the point, rebuild the state
   into a table.
-* restore of 100k deleted relationships into the live table (target <= 10 s), next to the
-  plan's own ``restore_relationships_from_backup()`` (bench/plan_original.sql, as
-  ``plan_restore_relationships_from_backup``) on the same data (target >= 10x faster).
-  The database has the guard installed (the guardian sees both restores).
+* restore of 100k deleted relationships into the live table (target <= 10 s) and as a ratio
+  to its floor, a bare ``INSERT ... SELECT`` of exactly the missing rows (target <= 1.3x),
+  next to the plan's own ``restore_relationships_from_backup()`` (bench/plan_original.sql,
+  as ``plan_restore_relationships_from_backup``) on the same data. The database has the
+  guard installed (the guardian sees every restore).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -46,7 +48,7 @@ _ROW = """to_json({{
     'relationship_type': CASE WHEN {i} % 4 = 0 THEN 'USER_MEMBER_OF_ORG'
                               ELSE 'STAFF_PROVIDES_SERVICE' END,
     'relationship_direction': 'forward', 'relationship_strength': '1.0',
-    'relationship_data': {{'seq': {i}, 'v': {v}}},
+    'relationship_data': printf('{{"seq": %d, "v": %d}}', {i}, {v}),
     'smart_code': 'HERA.SALON.BENCH.LINK.v1', 'smart_code_status': 'ACTIVE',
     'ai_confidence': '0.9900', 'tags': '{{bench,"a b"}}', 'is_active': ({v} % 7 <> 3),
     'created_at': '2025-03-01 12:00:00.123456+00',
@@ -87,7 +89,7 @@ def _changes_sql(rows: int, changes: int, per_txn: int) -> str:
            to_json({{'id': printf('%08x-0000-4000-8000-%012x', tgt, tgt)}})::VARCHAR AS key,
            before, after, '{types}' AS types, snapshot,
            make_timestamptz(1740830400000000 + commit_lsn::BIGINT) AS event_ts,
-           1 AS schema_version
+           2 AS schema_version
     FROM (SELECT * FROM snap UNION ALL SELECT * FROM stream)
     ORDER BY commit_lsn, position
     """  # noqa: S608 - numbers and our own literals only
@@ -217,26 +219,46 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
 
     wipe()
     applied: list[int] = []
+    marks: list[tuple[float, str]] = []
+
+    def mark(msg: str) -> None:
+        marks.append((time.perf_counter(), msg.split(" ")[0]))
 
     def ours() -> None:
+        mark("open")
         duck = open_history(root)
         state = state_at(duck, table, snap_lsn)
-        outcome = restore(duck, pg, state)
+        outcome = restore(duck, pg, state, progress=mark)
+        mark("done")
         applied.append(outcome.applied[0].inserted)
 
-    our_s = timed(ours)
-    assert count() == total and applied == [deleted], (count(), applied)
+    def floor() -> None:
+        # The floor of any restore that inserts the rows: one set-based INSERT of exactly
+        # the missing rows, nothing read, compared or planned (same indexes, checks,
+        # guardian).
+        pg.execute(sql.SQL(
+            "INSERT INTO core_relationships SELECT b.* FROM {} b WHERE NOT EXISTS "
+            "(SELECT 1 FROM core_relationships c WHERE c.id = b.id)").format(
+                sql.Identifier(backup)))
+
+    # Alternating runs, best of each: the machine is shared, a single pair is noise.
+    ours_runs, floor_runs = [], []
+    for rep in range(3):
+        if rep:
+            wipe()
+        marks.clear()
+        ours_runs.append(timed(ours))
+        assert count() == total and applied[-1] == deleted, (count(), applied)
+        if rep == 0:
+            phases = ", ".join(f"{a[1]} {b[0] - a[0]:.2f} s"
+                               for a, b in itertools.pairwise(marks))
+        wipe()
+        floor_runs.append(timed(floor))
+        assert count() == total
+    our_s, insert_s = min(ours_runs), min(floor_runs)
     wipe()
     plan_s = timed(lambda: pg.execute(
         "SELECT * FROM plan_restore_relationships_from_backup(%s)", (backup,)).fetchall())
-    assert count() == total
-    # The floor of any restore that inserts the rows: one set-based INSERT of exactly the
-    # missing rows, nothing read, compared or planned (same indexes, checks, guardian).
-    wipe()
-    insert_s = timed(lambda: pg.execute(sql.SQL(
-        "INSERT INTO core_relationships SELECT b.* FROM {} b WHERE NOT EXISTS "
-        "(SELECT 1 FROM core_relationships c WHERE c.id = b.id)").format(
-            sql.Identifier(backup))))
     assert count() == total
     pg.close()
     load = os.getloadavg()[0]
@@ -244,15 +266,23 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
         Figure("replay: restore of 100k deleted relationships into the live table", our_s,
                "s", "<= 10 s", our_s <= 10.0,
                f"{deleted} of {total} rows deleted; archive rebuild + live read + plan + "
-               "apply in one transaction, guardian installed"),
-        Figure("replay: restore speed-up over the plan's restore_relationships_from_backup",
-               plan_s / our_s, "x", ">= 10x", plan_s / our_s >= 10.0,
-               f"same {deleted} rows: replay {our_s:.2f} s, "
-               f"plan_restore_relationships_from_backup {plan_s:.2f} s; a bare INSERT ... "
-               f"SELECT of just the missing rows takes {insert_s:.2f} s, so no restore that "
-               f"inserts them can beat the plan by more than {plan_s / insert_s:.1f}x here; "
-               f"load average {load:.1f}"),
+               f"apply in one transaction, guardian installed; phases: {phases}"),
+        Figure("replay: restore of 100k deleted relationships / a bare INSERT ... SELECT of "
+               "exactly those rows", our_s / insert_s, "x", "<= 1.3x", our_s / insert_s <= 1.3,
+               _floor_detail(deleted, our_s, ours_runs, insert_s, floor_runs, plan_s, load)),
     ]
+
+
+def _floor_detail(deleted: int, our_s: float, ours_runs: list[float], insert_s: float,
+                  floor_runs: list[float], plan_s: float, load: float) -> str:
+    def runs(xs: list[float]) -> str:
+        return ", ".join(f"{x:.2f}" for x in xs)
+
+    floor = "INSERT ... SELECT of just the missing rows from the backup"
+    return (f"same {deleted} rows, best of 3 alternating runs: replay {our_s:.2f} s "
+            f"(runs {runs(ours_runs)}), the floor ({floor}, same indexes and guardian) "
+            f"{insert_s:.2f} s (runs {runs(floor_runs)}); the plan's "
+            f"restore_relationships_from_backup {plan_s:.2f} s; load average {load:.1f}")
 
 
 def run(ctx: BenchContext) -> list[Figure]:

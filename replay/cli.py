@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import duckdb
 import psycopg
 from pydantic import ValidationError
 from rich.console import Console
@@ -38,6 +39,13 @@ def _run(fn: Any, settings: ReplaySettings) -> None:
     except ReplayError as exc:
         click.echo(f"replay: error: {exc}", err=True)
         sys.exit(1)
+    except duckdb.Error as exc:
+        # A segment that went missing or corrupt after the archive was opened (DuckDB reads
+        # the Parquet files lazily): one line naming it, nothing was changed.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"replay: error: cannot read the archive: {first}; restore the file from "
+                   "a backup or re-archive from Kafka; nothing was changed", err=True)
+        sys.exit(1)
     except psycopg.errors.InsufficientPrivilege as exc:
         click.echo(f"replay: error: missing privilege: {str(exc).splitlines()[0]}; nothing "
                    "was changed", err=True)
@@ -49,7 +57,7 @@ def _run(fn: Any, settings: ReplaySettings) -> None:
 
 
 @click.group(invoke_without_command=True, context_settings={"show_default": True})
-@click.option("--archive", type=click.Path(path_type=Path), help="archive directory")
+@click.option("--archive", help="archive directory or URI (s3://bucket/prefix)")
 @click.option("--table", help="schema.table to rebuild  [default: public.core_relationships]")
 @click.option("--until", help="point: time with zone (2025-03-01T14:05:00+00:00) or LSN")
 @click.option("--before-xid", type=int, help="point: just before transaction N committed")
@@ -66,6 +74,8 @@ def _run(fn: Any, settings: ReplaySettings) -> None:
               help="revert the rest, leave conflicting rows")
 @click.option("--allow-orphaning", is_flag=True, default=None,
               help="let a restore leave users without any organization")
+@click.option("--allow-other-database", is_flag=True, default=None,
+              help="write into a database that is not the one the archive was captured from")
 @click.option("--org", help="restore only this organization_id")
 @click.option("--relationship-type", help="restore only this relationship_type")
 @click.pass_context
@@ -77,7 +87,7 @@ def main(ctx: click.Context, /, **options: Any) -> None:
 
 
 @main.command("verify")
-@click.option("--archive", type=click.Path(path_type=Path), help="archive directory")
+@click.option("--archive", help="archive directory or URI (s3://bucket/prefix)")
 @click.option("--dsn", help="PostgreSQL connection string (or HERA_DSN)")
 @click.option("--table", help="check only this schema.table (default: every archived table)")
 @click.pass_context

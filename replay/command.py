@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import closing
-from pathlib import Path
 
 import duckdb
 import psycopg
@@ -12,6 +11,7 @@ from rich.console import Console
 from capture.event import format_lsn
 from replay.apply import Applied
 from replay.errors import BadPoint, ReplayError
+from replay.identity import check_target
 from replay.live import Conn, columns, connect, primary_key, require_privileges
 from replay.output import check_output_path, create_table, fill_table, write_file
 from replay.plan import Scope
@@ -31,9 +31,9 @@ def _dsn(s: ReplaySettings, what: str) -> str:
     return s.dsn.get_secret_value()
 
 
-def _archive(s: ReplaySettings) -> Path:
+def _archive(s: ReplaySettings) -> str:
     if s.archive is None:
-        raise BadPoint("--archive DIR (or HERA_ARCHIVE) is required")
+        raise BadPoint("--archive DIR|URI (or HERA_ARCHIVE) is required")
     return s.archive
 
 
@@ -48,7 +48,7 @@ def open_pg(dsn: str) -> Conn:
 def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
     """The main command: rebuild/output/restore, or revert one transaction."""
     def progress(msg: str) -> None:
-        err.print(f"[dim]replay:[/dim] {msg}", highlight=False)
+        err.print(f"[dim]replay:[/dim] {msg}", highlight=False, soft_wrap=True)
 
     modes = [m for m, on in (("--output", s.output), ("--into-table", s.into_table),
                              ("--restore", s.restore), ("--revert-xid", s.revert_xid))
@@ -59,6 +59,7 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
     duck = open_history(_archive(s))
     if s.revert_xid is not None:
         with closing(open_pg(_dsn(s, "--revert-xid"))) as conn:
+            check_target(duck, conn, "--revert-xid", s.allow_other_database, progress)
             outcome = revert(duck, conn, s.revert_xid, dry_run=s.dry_run, force=s.force,
                              skip_conflicts=s.skip_conflicts,
                              allow_orphaning=s.allow_orphaning,
@@ -83,14 +84,20 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
             assert pg is not None
             progress(f"reading base snapshot {s.base_snapshot}")
             base = load_base_snapshot(pg, s.base_snapshot, table)
+        # A restore writes into today's table: rows as they would read today (later schema
+        # changes applied); a file or a new table holds the point's own columns.
         state = state_at(duck, table, point, base=base, live_pk=live_pk,
-                         live_types=live_types, progress=progress)
+                         live_types=live_types, progress=progress, forward=bool(s.restore))
         progress(f"point: {point.describe()} = LSN {format_lsn(state.upto_lsn)}")
         if s.output is not None:
-            n = write_file(duck, state.rel, state.types, s.output)
+            n, kept = write_file(duck, state.rel, state.types, s.output)
+            if kept:
+                progress(f"kept as PostgreSQL text in {s.output.name}: {', '.join(kept)}")
             out.print(f"wrote {n} rows of {state.describe()} to {s.output}")
             return 0
         pg = pg or open_pg(_dsn(s, "--into-table / --restore"))
+        check_target(duck, pg, "--into-table" if s.into_table else "--restore",
+                     s.allow_other_database, progress)
         if s.into_table is not None:
             return _into_table(s, duck, pg, state, out)
         scope = Scope(tuple((c, v) for c, v in (("organization_id", s.org),
@@ -111,10 +118,9 @@ def _into_table(s: ReplaySettings, duck: duckdb.DuckDBPyConnection, pg: Conn, st
     assert s.into_table is not None
     target = TableId.parse(s.into_table)
     state = materialize(duck, state, "_into")
-    rows = [str(r[0]) for r in state.rel.project("row::VARCHAR").fetchall()]
     with pg.transaction():
         create_table(pg, target, state.types, s.replace)
-        n = fill_table(pg, target, state.types, rows)
+        n = fill_table(pg, duck, target, state.types, state.rel)
     out.print(f"created {target} with {n} rows: {state.describe()}")
     return 0
 

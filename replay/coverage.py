@@ -185,8 +185,15 @@ def check_coverage(conn: duckdb.DuckDBPyConnection, upto: int, table: TableId,
             + ("" if base is not None else "; use --base-snapshot with an older backup"))
     if ep.reach_lsn < upto or (ep.end_lsn is not None and upto >= ep.end_lsn):
         nxt = next((e for e in eps if e.epoch_lsn > ep.epoch_lsn), None)
+        if nxt is None:
+            # The newest epoch simply has not reached the point yet: nothing is lost.
+            raise NotCovered(
+                f"the archive is behind: archived up to {format_lsn(ep.reach_lsn)} "
+                f"(slot {ep.slot}), the point {format_lsn(upto)} is later; wait for capture "
+                "and the archiver to catch up, or pick an earlier point")
         gap = (f"; gap from {format_lsn(ep.reach_lsn)} to {format_lsn(nxt.epoch_lsn)} "
-               "(slot lost or re-created)") if nxt is not None and upto < nxt.epoch_lsn else ""
+               "(slot lost or re-created: no change between them was captured)"
+               ) if upto < nxt.epoch_lsn else ""
         raise NotCovered(f"the archive does not cover {format_lsn(upto)}: "
                          f"{describe_coverage(eps, table)}{gap}")
     _check_complete(conn, lo=base.lsn if base is not None else ep.epoch_lsn, hi=upto)
@@ -222,8 +229,25 @@ def _check_complete(conn: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
     ).fetchall()
     if bad:
         c, xid, tbl, want, got = bad[0]
+        what = (f"transaction {xid if xid is not None else '(no END record yet)'} at "
+                f"{format_lsn(int(c))} has {got} of {want if xid is not None else '?'} "
+                f"events of {tbl}")
+        schema, _, name = str(tbl).partition(".")
+        later = first(conn.execute(
+            f"SELECT 1 FROM {src} WHERE NOT snapshot AND commit_lsn > $c "  # noqa: S608
+            "AND table_schema = $s AND table_name = $t LIMIT 1",
+            {"c": int(c), "s": schema, "t": name}))
+        if later is None:
+            # Nothing of the table after it: the archiver is still writing this transaction
+            # (its events and its END record come from different topics).
+            done = first(conn.execute(
+                "SELECT max(commit_lsn) FROM transactions WHERE commit_lsn < $c", {"c": int(c)}))
+            upto = format_lsn(int(done[0])) if done and done[0] is not None else format_lsn(lo)
+            raise NotCovered(
+                f"the archive is behind: archived up to {upto}; {what} so far; wait for "
+                f"the archiver to catch up, or pick a point before {format_lsn(int(c))}")
         raise NotCovered(
-            f"the archive has a gap at {format_lsn(int(c))}: transaction "
-            f"{xid if xid is not None else '(no END record)'} has {got} of {want} events of "
-            f"{tbl}; pick a point before {format_lsn(int(c))} or re-archive from Kafka")
+            f"the archive has a gap at {format_lsn(int(c))}: {what} while later changes of "
+            f"{tbl} are archived; pick a point before {format_lsn(int(c))} or re-archive "
+            "from Kafka")
 

@@ -1,8 +1,10 @@
 """Reading PostgreSQL: a table's columns, primary key, privileges, and rows in the
 change-event encoding (so they compare with, and restore like, archived rows).
 
-The session uses capture's settings (UTC, ISO dates, extra_float_digits=1): a value's text
-is then exactly what capture archived for it.
+The session uses capture's settings (``capture.encoding.SESSION_OPTIONS``: UTC, ISO dates,
+postgres intervals, extra_float_digits=1, hex bytea): a value's text is then exactly what
+capture archived for it, and the row is built with capture's encoding rule (text as a JSON
+string; booleans and int2/int4 native), so live and archived rows compare exactly.
 """
 
 from __future__ import annotations
@@ -18,13 +20,11 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
+from capture.encoding import NATIVE_TYPES, SESSION_OPTIONS
 from replay.errors import PrivilegeError, UnknownTable
 from replay.tables import TableId
+from replay.values import encode_text_sql
 
-# The same session settings as capture's snapshot and stream (capture/snapshot.py).
-SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,MDY -c extra_float_digits=1"
-
-_NATIVE_JSON = {"json", "jsonb", "boolean", "smallint", "integer"}
 # json_build_object takes at most 100 arguments: 50 columns per call, merged beyond that.
 _MAX_PAIRS = 50
 
@@ -96,7 +96,7 @@ def require_schema_create(conn: Conn, schema: str) -> None:
 
 def _encoded(col: Column) -> sql.Composable:
     ident = sql.Identifier(col.name)
-    if col.type in _NATIVE_JSON:
+    if col.type in NATIVE_TYPES:
         return ident
     return sql.SQL("{}::text").format(ident)
 
@@ -115,28 +115,16 @@ def row_json_sql(cols: list[Column]) -> sql.Composable:
         sql.SQL(" || ").join(sql.SQL("{}::jsonb").format(p) for p in parts))
 
 
-def _json_value(col: Column, ref: str) -> str:
-    """DuckDB SQL: the JSON text of one column's PostgreSQL text (``ref``, not NULL)."""
-    if col.type in ("json", "jsonb"):
-        return ref  # PostgreSQL's own JSON text, embedded as is (no re-serialization)
-    if col.type == "boolean":
-        return f"CASE {ref} WHEN 't' THEN 'true' ELSE 'false' END"
-    if col.type in ("smallint", "integer"):
-        return ref
-    return f"to_json({ref})::VARCHAR"
-
-
 def rows_as_json(text: pa.Table, cols: list[Column]) -> pa.Table:
     """Columns of PostgreSQL text (``c0``..) -> one ``row`` column in the change-event
-    encoding, the same values ``row_json_sql`` builds (JSON text concatenated, so
-    json/jsonb values keep PostgreSQL's exact text)."""
+    encoding, the same values ``row_json_sql`` builds."""
     # One concat() call: chained || builds an intermediate string per operator (4x slower).
     parts = ["'{'"]
     for i, col in enumerate(cols):
         ref = f"c{i}"
         key = json.dumps(col.name) + ":"
         parts += ["'" + ("," if i else "") + key.replace("'", "''") + "'",
-                  f"CASE WHEN {ref} IS NULL THEN 'null' ELSE {_json_value(col, ref)} END"]
+                  encode_text_sql(col.type, ref)]
     parts.append("'}'")
     duck = duckdb.connect()
     try:

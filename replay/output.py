@@ -1,19 +1,33 @@
-"""Writing a rebuilt state: a file (.parquet, .csv, .jsonl by suffix) or a new table."""
+"""Writing a rebuilt state: a file (.parquet, .csv, .jsonl by suffix) or a new table.
+
+- ``.csv``: PostgreSQL's COPY CSV text with a header (every value its PostgreSQL text, NULL
+  an empty unquoted field), so ``COPY t FROM 'f.csv' (FORMAT csv, HEADER)`` loads it back
+  exactly: arrays in PostgreSQL's syntax, infinity, bytea hex, json text.
+- ``.parquet``: typed columns where Arrow holds the values exactly (replay/typed.py); the
+  others are PostgreSQL text, named on stderr and in the file's key-value metadata
+  (``hera_guard.text_columns``).
+- ``.jsonl``: one row per line in the change-event encoding (capture/encoding.py).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
 import psycopg
 from psycopg import sql
 
+from replay.apply import write_texts_csv
 from replay.errors import OutputError, TargetExists, UnknownTable
 from replay.live import Conn, regclass, require_schema_create
-from replay.tables import TableId, first
-from replay.typed import typed_select
+from replay.stream import copy_rows
+from replay.tables import TableId, quote_duck
+from replay.typed import TypedOutput, typed_select
+from replay.values import literal, path
 
 SUFFIXES = (".parquet", ".csv", ".jsonl")
+TEXT_COLUMNS_KEY = "hera_guard.text_columns"
 
 
 def check_output_path(path: Path) -> None:
@@ -24,28 +38,57 @@ def check_output_path(path: Path) -> None:
         raise OutputError(f"directory {path.parent} does not exist; create it first")
 
 
+def _csv(conn: duckdb.DuckDBPyConnection, types: dict[str, str], tmp: Path) -> int:
+    header = ",".join('"' + c.replace('"', '""') + '"' for c in types)
+    body = tmp.with_name(tmp.name + ".body")
+    try:
+        n = write_texts_csv(conn, "_out_src", list(types), body)
+        with tmp.open("wb") as out, body.open("rb") as f:
+            out.write(header.encode() + b"\n")
+            while block := f.read(1 << 20):
+                out.write(block)
+    finally:
+        body.unlink(missing_ok=True)
+    return n
+
+
+def _jsonl(conn: duckdb.DuckDBPyConnection, types: dict[str, str], tmp: Path) -> int:
+    # The row as the event encodes it, members in the table's column order.
+    members = ", ".join(f"{literal(c)}, json_extract(row, {literal(path(c))})" for c in types)
+    found = conn.execute(
+        f"COPY (SELECT json_object({members})::VARCHAR AS line FROM _out_src) "  # noqa: S608 - names quoted
+        f"TO {literal(str(tmp))} (FORMAT csv, HEADER false, QUOTE '', ESCAPE '', "
+        "DELIMITER '\x01')").fetchall()
+    return int(found[0][0]) if found and found[0] else 0
+
+
 def write_file(conn: duckdb.DuckDBPyConnection, state: duckdb.DuckDBPyRelation,
-               types: dict[str, str], path: Path) -> int:
-    """Typed columns into ``path`` (written to a temp name, then renamed). Returns rows."""
+               types: dict[str, str], path: Path) -> tuple[int, list[str]]:
+    """The state into ``path`` (written to a temp name, then renamed). Returns the row
+    count and, for Parquet, the columns kept as PostgreSQL text (with why)."""
     check_output_path(path)
-    rel = typed_select(conn, state, types)
     tmp = path.with_name(f".{path.name}.partial")
     suffix = path.suffix.lower()
+    state.create_view("_out_src", replace=True)
+    kept: list[str] = []
     try:
         if suffix == ".parquet":
-            rel.write_parquet(str(tmp))
+            typed: TypedOutput = typed_select(conn, conn.table("_out_src"), types)
+            kept = typed.text_notes
+            meta = json.dumps(typed.text_columns).replace("'", "''")
+            typed.rel.create_view("_typed_out", replace=True)
+            conn.execute(f"COPY _typed_out TO {literal(str(tmp))} (FORMAT parquet, "
+                         f"KV_METADATA {{{literal(TEXT_COLUMNS_KEY)}: '{meta}'}})")
+            n = typed.rows
         elif suffix == ".csv":
-            rel.write_csv(str(tmp), header=True)
+            n = _csv(conn, types, tmp)
         else:
-            rel.create_view("_typed_out", replace=True)
-            literal = "'" + str(tmp).replace("'", "''") + "'"
-            conn.execute(f"COPY _typed_out TO {literal} (FORMAT json)")
+            n = _jsonl(conn, types, tmp)
         tmp.replace(path)
     except (OSError, duckdb.Error) as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {str(exc).splitlines()[0]}") from None
-    row = first(conn.execute("SELECT count(*) FROM _typed_src"))
-    return int(row[0]) if row else 0
+    return n, kept
 
 
 def create_table(conn: Conn, target: TableId, types: dict[str, str], replace: bool) -> None:
@@ -66,19 +109,24 @@ def create_table(conn: Conn, target: TableId, types: dict[str, str], replace: bo
         except psycopg.errors.DataError as exc:
             raise UnknownTable(f"column {col} has a type PostgreSQL does not know here "
                                f"({pg_type}): {exc}") from None
+        except psycopg.errors.UndefinedObject as exc:
+            raise UnknownTable(f"column {col} has a type PostgreSQL does not know here "
+                               f"({pg_type}): {str(exc).splitlines()[0]}; create the type "
+                               "first") from None
         defs.append(sql.SQL("{} {}").format(sql.Identifier(col), sql.SQL(pg_type)))
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident, sql.SQL(", ").join(defs)))
 
 
-def fill_table(conn: Conn, target: TableId, types: dict[str, str], rows: list[str]) -> int:
-    """Insert rows (change-event JSON) through jsonb_populate_record: exact values."""
+def fill_table(conn: Conn, duck: duckdb.DuckDBPyConnection, target: TableId,
+               types: dict[str, str], state: duckdb.DuckDBPyRelation) -> int:
+    """COPY the state's rows into ``target``: each value its PostgreSQL text, so the types'
+    input functions store exactly the archived values."""
     ident = sql.Identifier(target.schema, target.name)
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _replay_rows (row jsonb) ON COMMIT DROP")
-    conn.execute("TRUNCATE _replay_rows")
-    with conn.cursor().copy("COPY _replay_rows (row) FROM STDIN") as copy:
-        for r in rows:
-            copy.write_row((r,))
+    state.create_view("_fill_src", replace=True)
     names = sql.SQL(", ").join(sql.Identifier(c) for c in types)
-    return conn.execute(sql.SQL(
-        "INSERT INTO {} ({}) SELECT r.* FROM _replay_rows o, "
-        "jsonb_populate_record(NULL::{}, o.row) r").format(ident, names, ident)).rowcount
+    return copy_rows(conn, duck, "_fill_src", list(types),
+                     sql.SQL("COPY {} ({}) FROM STDIN").format(ident, names))
+
+
+__all__ = ["SUFFIXES", "TEXT_COLUMNS_KEY", "check_output_path", "create_table", "fill_table",
+           "quote_duck", "write_file"]

@@ -5,23 +5,24 @@ what to re-insert, revert (update back), and remove. With ``expected`` (a revert
 state the transaction left) a key whose live row differs from what is expected is a
 conflict instead. Nothing here touches PostgreSQL or the archive; DuckDB only computes.
 
-Rows are compared column by column as JSON (minified, numbers parsed), so key order and
-whitespace never make two equal rows differ.
+Rows are compared column by column on their PostgreSQL text (the event encoding: see
+replay/values.py): exact, whatever the member order or the JSON spelling of the row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from replay.rebuild import pk_paths
 from replay.tables import TableId
+from replay.values import key_sql, literal, path
 
 INSERT, UPDATE, DELETE, CONFLICT = "insert", "update", "delete", "conflict"
 
@@ -40,7 +41,9 @@ class Plan:
         return self.counts().get(action, 0)
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(self.ops.column("action").to_pylist()))
+        # value_counts in Arrow: a plan can hold 100k ops, counted many times.
+        found = pc.value_counts(self.ops.column("action")).to_pylist()
+        return {str(v["values"]): int(v["counts"]) for v in found}
 
     @property
     def changes(self) -> int:
@@ -48,19 +51,19 @@ class Plan:
 
     def rows(self, action: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Ops of one kind as dicts with parsed JSON (for samples and tests)."""
-        out = []
-        for op in self.ops.to_pylist():
-            if op["action"] != action:
-                continue
-            out.append({k: json.loads(v) if k != "action" and v is not None else v
-                        for k, v in op.items()})
-            if limit is not None and len(out) >= limit:
-                break
-        return out
+        ops = self.ops.filter(pc.equal(self.ops.column("action"), action))
+        if limit is not None:
+            ops = ops.slice(0, limit)
+        return [{k: json.loads(v) if k != "action" and v is not None else v
+                 for k, v in op.items()} for op in ops.to_pylist()]
+
+    def without(self, action: str) -> Plan:
+        return Plan(self.table, self.ops.filter(pc.not_equal(self.ops.column("action"),
+                                                             action)), self.pk)
 
     def without_conflicts(self) -> Plan:
-        mask = [a != CONFLICT for a in self.ops.column("action").to_pylist()]
-        return Plan(self.table, self.ops.filter(pa.array(mask)), self.pk)
+        return Plan(self.table, self.ops.filter(pc.not_equal(self.ops.column("action"),
+                                                             CONFLICT)), self.pk)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class Scope:
     equals: tuple[tuple[str, str], ...] = ()
 
 
-def _scope_sql(row: str, scope: Scope, params: dict[str, object]) -> str:
+def scope_sql(row: str, scope: Scope, params: dict[str, object]) -> str:
+    """SQL true for a row (JSON ``row``) in ``scope``; binds its values into ``params``."""
     conds = []
     for i, (col, value) in enumerate(scope.equals):
         params[f"sc{i}"] = pk_paths([col])[0]
@@ -80,22 +84,39 @@ def _scope_sql(row: str, scope: Scope, params: dict[str, object]) -> str:
     return " AND ".join(conds) if conds else "TRUE"
 
 
-def _same(a: str, b: str) -> str:
-    """Rows ``a`` and ``b`` of the join are both absent, or both present and equal."""
+def _compat(row: str, columns: list[str], compat: tuple[str, ...]) -> str:
+    """The columns' texts, json/jsonb of ``compat`` minified (schema_version 1 archives
+    kept those re-serialised, so only their JSON, not their spelling, can be compared)."""
+    parts = []
+    for c in columns:
+        text = f"json_extract_string({row}, {literal(path(c))})"
+        parts.append(f"json({text})::VARCHAR" if c in compat else text)
+    return f"list_value({', '.join(parts)})"
+
+
+def _same(a: str, b: str, columns: list[str] | None = None,
+          compat: tuple[str, ...] = ()) -> str:
+    """Rows ``a`` and ``b`` of the join are both absent, or both present and equal: the
+    same text, or every column's PostgreSQL text the same."""
+    lenient = "" if not compat or columns is None else (
+        f" OR {_compat(a + 'row', columns, compat)} IS NOT DISTINCT FROM "
+        f"{_compat(b + 'row', columns, compat)}")
     return (f"(({a}k IS NULL AND {b}k IS NULL) OR ({a}k IS NOT NULL AND {b}k IS NOT NULL AND "
-            f"(json({a}row) = json({b}row) OR json_extract({a}row, $cols)::VARCHAR = "
-            f"json_extract({b}row, $cols)::VARCHAR)))")
+            f"({a}row = {b}row OR json_extract_string({a}row, $cols) IS NOT DISTINCT FROM "
+            f"json_extract_string({b}row, $cols){lenient})))")
 
 
 def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
                  columns: list[str], wanted: pa.Table | duckdb.DuckDBPyRelation,
                  live: pa.Table, *, expected: pa.Table | duckdb.DuckDBPyRelation | None = None,
                  keys: pa.Table | duckdb.DuckDBPyRelation | None = None,
-                 scope: Scope = Scope()) -> Plan:
+                 scope: Scope = Scope(), compat: tuple[str, ...] = ()) -> Plan:
     """The plan that turns ``live`` into ``wanted`` (on ``keys`` only, if given).
 
     ``wanted``/``expected``: relations with ``key`` and ``row``; ``live``: ``row`` only
     (its key is computed here the way the rebuild computes it); ``keys``: a ``key`` column.
+    ``compat``: json/jsonb columns the archive holds as schema_version 1 re-serialisations
+    (``State.v1_json``): compared as JSON, not as text.
     """
     for name, rel in (("_w", wanted), ("_l", live), ("_e", expected), ("_k", keys)):
         if isinstance(rel, duckdb.DuckDBPyRelation):
@@ -105,10 +126,30 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
     params: dict[str, object] = {"pk": pk_paths(pk), "cols": pk_paths(columns)}
     only = "" if keys is None else "WHERE key IN (SELECT key FROM _k)"
     has_e = expected is not None
-    conflict = f"NOT ({_same('e', 'l')})" if has_e else "FALSE"
+    conflict = f"NOT ({_same('e', 'l', columns, compat)})" if has_e else "FALSE"
+    written = "wrow"
+    if has_e:
+        # A revert conflicts on a row only where a column the transaction changed has been
+        # changed again since; the row it writes takes the transaction's columns back and
+        # keeps the live value of every other column.
+        def txt(row: str, col: str) -> str:
+            text = f"json_extract_string({row}, {literal(path(col))})"
+            return f"json({text})::VARCHAR" if col in compat else text
+
+        changed = [f"({txt('wrow', c)} IS DISTINCT FROM {txt('erow', c)})" for c in columns]
+        again = " OR ".join(f"({ch} AND {txt('lrow', c)} IS DISTINCT FROM {txt('erow', c)})"
+                            for ch, c in zip(changed, columns, strict=True)) or "FALSE"
+        conflict = (f"CASE WHEN wk IS NOT NULL AND ek IS NOT NULL AND lk IS NOT NULL "
+                    f"THEN ({again}) ELSE {conflict} END")
+        members = ", ".join(
+            f"{literal(c)}, CASE WHEN {ch} THEN json_extract(wrow, {literal(path(c))}) "
+            f"ELSE json_extract(lrow, {literal(path(c))}) END"
+            for ch, c in zip(changed, columns, strict=True))
+        written = (f"CASE WHEN ek IS NOT NULL AND lk IS NOT NULL AND wk IS NOT NULL "
+                   f"THEN json_object({members})::VARCHAR ELSE wrow END")
     query = f"""
         WITH w AS (SELECT key, row::VARCHAR AS row FROM _w {only}),
-        l AS (SELECT * FROM (SELECT json_extract(row, $pk)::VARCHAR AS key, row::VARCHAR AS row
+        l AS (SELECT * FROM (SELECT {key_sql('row')} AS key, row::VARCHAR AS row
                              FROM _l) {only}),
         e AS ({"SELECT key, row::VARCHAR AS row FROM _e " + only if has_e else
                "SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS row WHERE FALSE"}),
@@ -120,18 +161,18 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, table: TableId, pk: list[str],
         ),
         d AS (
             SELECT *, CASE
-                WHEN {_same('w', 'l')} THEN NULL
+                WHEN {_same('w', 'l', columns, compat)} THEN NULL
                 WHEN {conflict} THEN 'conflict'
                 WHEN lk IS NULL THEN 'insert'
                 WHEN wk IS NULL THEN 'delete'
                 ELSE 'update' END AS action
             FROM j
-            WHERE ({_scope_sql('wrow', scope, params)}) AND wk IS NOT NULL
-               OR ({_scope_sql('lrow', scope, params)}) AND lk IS NOT NULL
+            WHERE ({scope_sql('wrow', scope, params)}) AND wk IS NOT NULL
+               OR ({scope_sql('lrow', scope, params)}) AND lk IS NOT NULL
                OR ek IS NOT NULL
         )
         SELECT action, key,
-               CASE WHEN action = 'delete' THEN lrow ELSE wrow END::VARCHAR AS row,
+               CASE WHEN action = 'delete' THEN lrow ELSE {written} END::VARCHAR AS row,
                lrow::VARCHAR AS current, erow::VARCHAR AS expected
         FROM d WHERE action IS NOT NULL
         ORDER BY key

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import duckdb
 
 from replay.tables import TableId, first, quote_duck
+from replay.values import key_sql, paths, v1_to_v2_sql
 
 # (commit_lsn, position) as one sortable number; positions are below 2**31.
 _ORD = "(commit_lsn::HUGEINT * 4294967296 + position::HUGEINT)"
@@ -34,7 +35,7 @@ _ORD = "(commit_lsn::HUGEINT * 4294967296 + position::HUGEINT)"
 #   escaped), the top-level key is always there (REPLICA IDENTITY FULL), so if it occurs
 #   exactly once it IS the top-level key, and its value is then read off the text.
 # Anything else (several occurrences, other spacing or escaping) parses ``before``.
-_OLD_KEY = "coalesce(json_extract(before, $pk)::VARCHAR, k)"
+_OLD_KEY = f"coalesce({key_sql('before')}, k)"
 _OLD_KEY_FAST = f"""CASE WHEN before IS NULL THEN {_OLD_KEY}
     WHEN starts_with(before, '{{' || $pat || json_extract(k, '$[0]')::VARCHAR || ',')
          OR before = '{{' || $pat || json_extract(k, '$[0]')::VARCHAR || '}}'
@@ -61,7 +62,7 @@ class Window:
 
 def pk_paths(columns: list[str]) -> list[str]:
     """JSON paths (``$."col"``) of the primary-key columns, in key order."""
-    return ['$."' + c.replace('"', '\\"') + '"' for c in columns]
+    return paths(columns)
 
 
 def primary_key_columns(
@@ -101,6 +102,45 @@ def has_duplicate_events(conn: duckdb.DuckDBPyConnection, src: str, where: str,
     return bool(found and found[0])
 
 
+def v1_columns(conn: duckdb.DuckDBPyConnection, src: str, where: str,
+               params: dict[str, object]) -> tuple[list[str], list[str]] | None:
+    """json/jsonb and bytea columns of the window's schema_version 1 events (None: the
+    window holds no v1 event, the rows need no rewriting)."""
+    rows = conn.execute(
+        f"SELECT DISTINCT types::VARCHAR FROM {src} WHERE {where} "  # noqa: S608 - own relation
+        "AND schema_version = 1 AND types IS NOT NULL", params).fetchall()
+    if not rows:
+        return None
+    json_cols: dict[str, None] = {}
+    bytea_cols: dict[str, None] = {}
+    for (text,) in rows:
+        for col, pg_type in json.loads(text).items():
+            if pg_type in ("json", "jsonb"):
+                json_cols[col] = None
+            elif pg_type == "bytea":
+                bytea_cols[col] = None
+    return list(json_cols), list(bytea_cols)
+
+
+def window_where(table: TableId, window: Window) -> tuple[str, dict[str, object]]:
+    snapshot_filter = "FALSE" if window.snapshot_lsn is None else "commit_lsn = $snap"
+    where = f"""table_schema = $s AND table_name = $t AND commit_lsn <= $upto
+              AND ((snapshot AND {snapshot_filter})
+                   OR (NOT snapshot AND commit_lsn > $after))"""
+    params: dict[str, object] = {"s": table.schema, "t": table.name,
+                                 "upto": window.upto_lsn, "after": window.after_lsn}
+    if window.snapshot_lsn is not None:
+        params["snap"] = window.snapshot_lsn
+    return where, params
+
+
+def window_v1_columns(conn: duckdb.DuckDBPyConnection, table: TableId, window: Window,
+                      changes: str = "changes") -> tuple[list[str], list[str]] | None:
+    """``v1_columns`` of the window a rebuild reads."""
+    where, params = window_where(table, window)
+    return v1_columns(conn, quote_duck(raw_source(conn, changes)), where, params)
+
+
 def rebuild(
     conn: duckdb.DuckDBPyConnection,
     table: TableId,
@@ -110,8 +150,9 @@ def rebuild(
     changes: str = "changes",
     base: str | None = None,
 ) -> duckdb.DuckDBPyRelation:
-    """The rows of ``table`` at ``window.upto_lsn``: relation ``(key VARCHAR, row VARCHAR)``
-    (``row``: JSON text, as archived).
+    """The rows of ``table`` at ``window.upto_lsn``: relation ``(key VARCHAR, row VARCHAR,
+    ord HUGEINT)`` (``row``: JSON text in the v2 event encoding; ``ord``: the order
+    ``commit_lsn * 2^32 + position`` of the event that wrote the row, 0 for base rows).
 
     ``base`` names a relation with a ``row JSON`` column (the rows of a base snapshot at
     ``window.after_lsn``); it replaces the archive's snapshot rows.
@@ -122,47 +163,40 @@ def rebuild(
     updates), then the winning events' ``after`` fetched by (commit_lsn, position).
     """
     src = quote_duck(raw_source(conn, changes))
-    snapshot_filter = "FALSE" if window.snapshot_lsn is None else "commit_lsn = $snap"
-    where = f"""table_schema = $s AND table_name = $t AND commit_lsn <= $upto
-              AND ((snapshot AND {snapshot_filter})
-                   OR (NOT snapshot AND commit_lsn > $after))"""
-    params: dict[str, object] = {
-        "s": table.schema,
-        "t": table.name,
-        "upto": window.upto_lsn,
-        "after": window.after_lsn,
-    }
-    if window.snapshot_lsn is not None:
-        params["snap"] = window.snapshot_lsn
+    where, params = window_where(table, window)
     # Duplicates of a winning event would join twice; keep one (rare: costs a grouping).
     dedup = has_duplicate_events(conn, src, where, params)
+    v1 = v1_columns(conn, src, where, params)
+    after = "s.after::VARCHAR" if v1 is None or not (v1[0] or v1[1]) else (
+        f"CASE WHEN s.schema_version = 1 THEN {v1_to_v2_sql('s.after', *v1)} "
+        "ELSE s.after::VARCHAR END")
     base_touch = (
         ""
         if base is None
-        else "UNION ALL SELECT 0::HUGEINT, json_extract(row, $pk)::VARCHAR, 1 "  # noqa: S608
+        else f"UNION ALL SELECT 0::HUGEINT, {key_sql('row')}, 1 "  # noqa: S608
         f"FROM {quote_duck(base)}"
     )
     base_rows = (
         ""
         if base is None
         else f"""UNION ALL
-        SELECT w.k, b.row FROM win w JOIN (
-            SELECT json_extract(row, $pk)::VARCHAR AS k, row::VARCHAR AS row
+        SELECT w.k, b.row, 0::HUGEINT FROM win w JOIN (
+            SELECT {key_sql('row')} AS k, row::VARCHAR AS row
             FROM {quote_duck(base)}) b ON b.k = w.k
         WHERE w.present AND w.ord = 0"""  # noqa: S608
     )
     old_key = _OLD_KEY_FAST if len(pk) == 1 else _OLD_KEY
-    stream_rows = """
-        SELECT w.k, s.after::VARCHAR AS row
-        FROM win w JOIN {src} s
+    stream_rows = f"""
+        SELECT w.k, {after} AS row, w.ord
+        FROM win w JOIN {{src}} s
           ON s.commit_lsn = (w.ord >> 32)::UBIGINT
          AND s.position = (w.ord & 4294967295)::INTEGER
-        WHERE w.present AND w.ord > 0 AND {where}"""
+        WHERE w.present AND w.ord > 0 AND {{where}}"""  # noqa: S608 - own names, bound values
     if dedup:
-        stream_rows = f"SELECT k, any_value(row) AS row FROM ({stream_rows}) GROUP BY k"  # noqa: S608
+        stream_rows = f"SELECT k, any_value(row) AS row, any_value(ord) AS ord FROM ({stream_rows}) GROUP BY k"  # noqa: S608, E501
     query = f"""
         WITH ev AS (
-            SELECT {_ORD} AS ord, op, json_extract(key, $pk)::VARCHAR AS k,
+            SELECT {_ORD} AS ord, op, {key_sql('key')} AS k,
                    CASE WHEN op = 'u' THEN before::VARCHAR END AS before
             FROM {src}
             WHERE {where}
@@ -188,7 +222,7 @@ def rebuild(
             {stream_rows.format(src=src, where=_qualified(where))}
             {base_rows}
         )
-        SELECT k AS key, row FROM rows WHERE row IS NOT NULL
+        SELECT k AS key, row, ord FROM rows WHERE row IS NOT NULL
     """  # noqa: S608 - relation names are ours; every value is a bound parameter
     params["pk"] = pk_paths(pk)
     if len(pk) == 1:

@@ -7,6 +7,7 @@ before the live rows are read, so the plan is still true when it is applied.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from replay.errors import ConflictsFound, UnknownTable
 from replay.live import Column, Conn, columns, primary_key, read_rows, require_privileges
 from replay.plan import CONFLICT, DELETE, UPDATE, Plan, Scope, plan_changes
 from replay.rebuild import pk_paths
+from replay.schema import SchemaChangeRefused, unknown_rows
 from replay.state import Progress, State, materialize, quiet, state_at
 from replay.tables import TableId, first
+from replay.values import key_sql
 
 WRITE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
@@ -69,6 +72,7 @@ def restore(duck: duckdb.DuckDBPyConnection, pg: Conn, state: State, *,
     cols = columns(pg, table)
     require_privileges(pg, table, ("SELECT",) if dry_run else WRITE_PRIVILEGES)
     _check_scope_columns(scope, cols, table)
+    check_columns(state, cols)
     applied: list[Applied] = []
     # The rebuild (DuckDB) runs while PostgreSQL sends the live rows: the two use different
     # processes and cores; the rebuild does not depend on the lock.
@@ -82,7 +86,7 @@ def restore(duck: duckdb.DuckDBPyConnection, pg: Conn, state: State, *,
         state = rebuilt.result()
         progress(f"planning: {state.rel.shape[0]} wanted rows vs {live.num_rows} live rows")
         plan = plan_changes(duck, table, state.pk, list(state.types), state.rel, live,
-                            scope=scope)
+                            scope=scope, compat=state.v1_json)
         show([plan])
         if dry_run:
             raise psycopg.Rollback(tx)
@@ -90,6 +94,22 @@ def restore(duck: duckdb.DuckDBPyConnection, pg: Conn, state: State, *,
         applied = _apply_all(pg, [plan], f"restore {table} to {format_lsn(state.upto_lsn)}",
                              allow_orphaning)
     return Outcome([plan], applied, dry_run)
+
+
+def check_columns(state: State, cols: list[Column]) -> None:
+    """The rebuilt rows must have the live table's columns (names and types): otherwise the
+    archive and the table disagree on the schema and nothing can be written exactly."""
+    live = {c.name: c.type for c in cols if not c.generated}
+    archived = {n: t for n, t in state.types.items() if n in live or n not in
+                {c.name for c in cols}}
+    if archived != live:
+        diff = sorted(set(archived.items()) ^ set(live.items()))
+        shown = ", ".join(f"{n} {t}" for n, t in diff[:6])
+        raise SchemaChangeRefused(
+            f"the columns of {state.table} differ between the archive ({len(archived)} "
+            f"columns) and the live table ({len(live)}): {shown}; a schema change the "
+            "archive does not hold yet (wait for the archiver to catch up), or one it "
+            "could not record (install the schema log, sql/08_schema_log.sql)")
 
 
 def _check_scope_columns(scope: Scope, cols: list[Column], table: TableId) -> None:
@@ -110,13 +130,13 @@ def touched_keys(duck: duckdb.DuckDBPyConnection, table: TableId, commit_lsn: in
         {"s": table.schema, "t": table.name, "c": commit_lsn}))
     params = {"s": table.schema, "t": table.name, "c": commit_lsn, "pk": pk_paths(pk)}
     keys = duck.sql(
-        """
-        SELECT json_extract(after, $pk)::VARCHAR AS key FROM changes
+        f"""
+        SELECT {key_sql('after')} AS key FROM changes
         WHERE table_schema = $s AND table_name = $t AND commit_lsn = $c AND after IS NOT NULL
-        UNION SELECT json_extract(coalesce(before, key), $pk)::VARCHAR FROM changes
+        UNION SELECT {key_sql('coalesce(before, key)')} FROM changes
         WHERE table_schema = $s AND table_name = $t AND commit_lsn = $c
           AND op IN ('u', 'd') AND coalesce(before, key) IS NOT NULL
-        """, params=params)
+        """, params=params)  # noqa: S608 - our own SQL
     if truncated and truncated[0]:
         keys = keys.union(before.rel.project("key"))
     return keys
@@ -144,15 +164,26 @@ def revert(duck: duckdb.DuckDBPyConnection, pg: Conn, xid: int, *, dry_run: bool
             cols = columns(pg, t)
             pk = primary_key(pg, t)
             types = {c.name: c.type for c in cols}
+            # Both states brought to today's columns (every later schema change applied, as
+            # an untouched row reads today); only the touched keys must be knowable.
             before = materialize(duck, state_at(duck, t, commit - 1, live_pk=pk,
-                                                live_types=types), f"_before{i}")
+                                                live_types=types, forward=True,
+                                                strict=False), f"_before{i}")
             after = materialize(duck, state_at(duck, t, commit, live_pk=pk,
-                                               live_types=types), f"_after{i}")
+                                               live_types=types, forward=True,
+                                               strict=False), f"_after{i}")
+            check_columns(before, cols)
             keys = touched_keys(duck, t, commit, before.pk, before)
+            duck.execute(f"DROP TABLE IF EXISTS _touched{i}")
+            keys.distinct().to_table(f"_touched{i}")
+            keys = duck.table(f"_touched{i}")
+            for st in (before, after):
+                unknown_rows(duck, st.rel, st.steps, keys=f"_touched{i}")
             progress(f"reading live rows of {t}")
             live = read_rows(pg, t, cols)
             plans.append(plan_changes(duck, t, before.pk, list(before.types), before.rel,
-                                      live, expected=after.rel, keys=keys))
+                                      live, expected=after.rel, keys=keys,
+                                      compat=tuple({*before.v1_json, *after.v1_json})))
         show(plans)
         conflicts = sum(p.count(CONFLICT) for p in plans)
         if dry_run:
@@ -168,14 +199,24 @@ def revert(duck: duckdb.DuckDBPyConnection, pg: Conn, xid: int, *, dry_run: bool
 
 
 def _force(plan: Plan) -> Plan:
-    """Conflicts become the action that makes the row what it was before the transaction."""
+    """Conflicts become the action that makes the row what it was before the transaction.
+
+    A row the transaction updated and someone changed again gets back only the columns the
+    transaction changed; the other columns keep their live values."""
     ops = plan.ops.to_pylist()
     for op in ops:
         if op["action"] != CONFLICT:
             continue
         if op["row"] is None:
             op["action"], op["row"] = (DELETE, op["current"]) if op["current"] else (None, None)
+        elif op["current"] is not None:
+            op["action"] = UPDATE
+            if op["expected"] is not None:
+                before, after, now = (json.loads(op[k]) for k in ("row", "expected", "current"))
+                merged = {c: before.get(c) if before.get(c) != after.get(c) else now.get(c)
+                          for c in now}
+                op["row"] = json.dumps(merged, ensure_ascii=False)
         else:
-            op["action"] = UPDATE if op["current"] is not None else "insert"
+            op["action"] = "insert"
     kept = [o for o in ops if o["action"] is not None]
     return Plan(plan.table, pa.Table.from_pylist(kept, schema=plan.ops.schema), plan.pk)

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ReplaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HERA_", extra="ignore")
 
-    archive: Path | None = None
+    archive: str | None = None  # a directory or a URI (s3://bucket/prefix)
     table: str = "public.core_relationships"
     until: str | None = None
     before_xid: int | None = None
@@ -26,5 +26,6 @@ class ReplaySettings(BaseSettings):
     force: bool = False
     skip_conflicts: bool = False
     allow_orphaning: bool = False
+    allow_other_database: bool = False
     org: str | None = None
     relationship_type: str | None = None

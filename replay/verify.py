@@ -75,7 +75,7 @@ def verify(duck: duckdb.DuckDBPyConnection, pg: Conn, tables: list[TableId] | No
         wanted = duck.table("_verify_state")
         live = read_rows(pg, table, cols)
         names = [c.name for c in cols]
-        plan = plan_changes(duck, table, state.pk, names, wanted, live)
+        plan = plan_changes(duck, table, state.pk, names, wanted, live, compat=state.v1_json)
         samples = [(op["action"], op["key"]) for op in plan.ops.slice(0, sample).to_pylist()]
         checks.append(TableCheck(
             table, upto, wanted.shape[0], live.num_rows, _checksum(duck, wanted, names),

@@ -21,11 +21,14 @@ import duckdb
 import psycopg
 from psycopg import sql
 
+from capture.encoding import SCHEMA_VERSION
 from capture.event import (
     ChangeEvent,
+    ColumnDef,
     MarkerKind,
     Op,
     Row,
+    SchemaChangeEvent,
     Source,
     StreamMarker,
     TableCount,
@@ -57,9 +60,13 @@ class History:
     events: list[ChangeEvent] = field(default_factory=list)
     ends: list[TransactionEvent] = field(default_factory=list)
     markers: list[StreamMarker] = field(default_factory=list)
+    schema_changes: list[SchemaChangeEvent] = field(default_factory=list)
     next_lsn: int = 0x2000
     next_xid: int = 700
     clock: datetime = T0
+    version: int = SCHEMA_VERSION  # schema_version of the events made from now on
+    db: str = "db"
+    system_identifier: str | None = None
 
     def _source(self, xid: int | None, lsn: int, at: datetime, snap: str) -> Source:
         return Source(name="hera", db="db", schema_=self.schema, table=self.table, txId=xid,
@@ -69,20 +76,22 @@ class History:
         at = self.clock
         tid = f"{self.schema}.{self.table}"
         self.markers.append(StreamMarker(status=MarkerKind.SNAPSHOT_START, slot=self.slot,
-                                         db="db", epoch_lsn=self.epoch_lsn,
+                                         db=self.db, epoch_lsn=self.epoch_lsn,
                                          lsn=self.epoch_lsn, ts_ms=us(at) // 1000,
-                                         tables=(tid,)))
+                                         tables=(tid,),
+                                         system_identifier=self.system_identifier))
         for i, row in enumerate(rows):
             self.events.append(ChangeEvent(
                 op=Op.READ, after=row, ts_ms=us(at) // 1000,
                 source=self._source(None, self.epoch_lsn, at,
                                     "last" if i == len(rows) - 1 else "true"),
                 commit_lsn=self.epoch_lsn, position=i, key={"id": row["id"]},
-                types=self.types))
+                types=self.types, schema_version=self.version))
         self.markers.append(StreamMarker(status=MarkerKind.SNAPSHOT_END, slot=self.slot,
-                                         db="db", epoch_lsn=self.epoch_lsn,
+                                         db=self.db, epoch_lsn=self.epoch_lsn,
                                          lsn=self.epoch_lsn, ts_ms=us(at) // 1000,
-                                         tables=(tid,)))
+                                         tables=(tid,),
+                                         system_identifier=self.system_identifier))
 
     def commit(self, changes: list[tuple[str, Row | None, Row | None]]) -> tuple[int, int,
                                                                                   datetime]:
@@ -92,6 +101,8 @@ class History:
         self.next_xid += 1
         self.next_lsn += 0x100
         for pos, (op, before, after) in enumerate(changes):
+            if op == "x":  # the place of a schema change (see ``alter``)
+                continue
             row = after if after is not None else before
             key = None if op == "t" or row is None else {"id": row["id"]}
             self.events.append(ChangeEvent(
@@ -100,18 +111,34 @@ class History:
                 transaction=TransactionBlock(id=f"{xid}:{lsn}", total_order=pos + 1,
                                              data_collection_order=pos + 1),
                 commit_lsn=lsn, position=pos, key=key,
-                types=None if op == "t" else self.types))
-        counts = Counter(f"{self.schema}.{self.table}" for _ in changes)
+                types=None if op == "t" else self.types, schema_version=self.version))
+        counts = Counter(f"{self.schema}.{self.table}" for c in changes if c[0] != "x")
         self.ends.append(TransactionEvent(
             status="END", id=f"{xid}:{lsn}", xid=xid, commit_lsn=lsn, ts_ms=us(at) // 1000,
-            ts_us=us(at), event_count=len(changes),
+            ts_us=us(at), event_count=sum(counts.values()),
+            schema_change_count=sum(1 for c in changes if c[0] == "x"),
             data_collections=tuple(TableCount(data_collection=k, event_count=v)
                                    for k, v in counts.items())))
         return xid, lsn, at
 
+    def alter(self, ddl: str | None, columns: list[ColumnDef],
+              changes: list[tuple[str, Row | None, Row | None]] | None = None,
+              recorded: bool = True) -> tuple[int, int, datetime]:
+        """One transaction: a schema change (the table's definition after ``ddl``) at
+        position 0, then ``changes`` (made with the new columns); returns what commit does."""
+        self.types = {c.name: c.type for c in columns}
+        xid, lsn, at = self.commit([("x", None, None), *(changes or [])])
+        self.schema_changes.append(SchemaChangeEvent(
+            xid=xid, commit_lsn=lsn, position=0, lsn=lsn - 0x10, ts_us=us(at),
+            schema_=self.schema, table=self.table, columns=tuple(columns),
+            command_tag="ALTER TABLE" if recorded else None, ddl=ddl if recorded else None,
+            recorded=recorded))
+        return xid, lsn, at
+
     def progress(self, lsn: int | None = None) -> None:
         self.markers.append(StreamMarker(
-            status=MarkerKind.PROGRESS, slot=self.slot, db="db", epoch_lsn=self.epoch_lsn,
+            status=MarkerKind.PROGRESS, slot=self.slot, db=self.db, epoch_lsn=self.epoch_lsn,
+            system_identifier=self.system_identifier,
             lsn=self.next_lsn if lsn is None else lsn, ts_ms=us(self.clock) // 1000 + 1,
             tables=(f"{self.schema}.{self.table}",)))
 
@@ -124,7 +151,10 @@ CREATE TABLE changes (table_schema VARCHAR, table_name VARCHAR, op VARCHAR,
 CREATE TABLE transactions (xid BIGINT, commit_lsn UBIGINT, commit_ts TIMESTAMPTZ,
     event_count BIGINT, data_collections JSON);
 CREATE TABLE markers (status VARCHAR, slot VARCHAR, db VARCHAR, epoch_lsn UBIGINT,
-    lsn UBIGINT, ts TIMESTAMPTZ, tables VARCHAR[]);
+    lsn UBIGINT, ts TIMESTAMPTZ, tables VARCHAR[], system_identifier VARCHAR, plugin VARCHAR);
+CREATE TABLE schema_changes (table_schema VARCHAR, table_name VARCHAR, commit_lsn UBIGINT,
+    position INTEGER, xid BIGINT, commit_ts TIMESTAMPTZ, lsn UBIGINT, columns JSON,
+    command_tag VARCHAR, ddl VARCHAR, recorded BOOLEAN, schema_version INTEGER);
 """
 
 
@@ -157,9 +187,15 @@ def memory_history(*histories: History) -> duckdb.DuckDBPyConnection:
                  for t in h.ends])
         if h.markers:
             conn.executemany(
-                "INSERT INTO markers VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO markers VALUES (?,?,?,?,?,?,?,?,?)",
                 [[m.status.value, m.slot, m.db, m.epoch_lsn, m.lsn, _ts(m.ts_ms * 1000),
-                  list(m.tables)] for m in h.markers])
+                  list(m.tables), m.system_identifier, m.plugin] for m in h.markers])
+        if h.schema_changes:
+            conn.executemany(
+                "INSERT INTO schema_changes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [[e.schema_, e.table, e.commit_lsn, e.position, e.xid, _ts(e.ts_us), e.lsn,
+                  json.dumps([c.model_dump() for c in e.columns]), e.command_tag, e.ddl,
+                  e.recorded, e.schema_version] for e in h.schema_changes])
     return conn
 
 
@@ -204,14 +240,15 @@ class Pipeline:
 
 @contextlib.contextmanager
 def pipeline(dsn: str, bootstrap: str, prefix: str, slot: str,
-             workdir: Path) -> Iterator[Pipeline]:
-    """Capture + archiver running for the block; the archive in ``workdir/archive``."""
+             workdir: Path, **capture: Any) -> Iterator[Pipeline]:
+    """Capture + archiver running for the block; the archive in ``workdir/archive``.
+    ``capture``: capture settings (e.g. ``plugin``, ``tables``)."""
     from tests.capture_fixtures import running_capture
     from tests.integration.archive_support import start_archiver
 
     archive = workdir / "archive"
-    with running_capture(dsn, bootstrap, prefix, slot, heartbeat_interval_s=0.5,
-                         confirm_interval_s=0.1):
+    with running_capture(dsn, bootstrap, prefix, slot, **{
+            "heartbeat_interval_s": 0.5, "confirm_interval_s": 0.1, **capture}):
         proc = start_archiver(bootstrap, prefix, archive, workdir / "archiver.log")
         try:
             yield Pipeline(dsn, archive)
@@ -249,5 +286,7 @@ def write_archive(root: Path, *histories: History) -> Path:
 
     with ArchiveStore.open_or_create(root) as store:
         for h in histories:
-            store.append(h.events, h.ends, h.markers)
+            extra: dict[str, Any] = {"schema_changes": h.schema_changes} if h.schema_changes \
+                else {}
+            store.append(h.events, h.ends, h.markers, **extra)
     return root

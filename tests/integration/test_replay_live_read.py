@@ -53,4 +53,8 @@ def test_live_rows_read_as_text_equal_the_server_built_json_for_awkward_values(
     assert [exact(r) for r in filtered] == [built[2]]
     assert fast[2]["t"] == "line\nbreak, \"quoted\" \\ back\tslash é \u0001"
     assert fast[1]["t"] == "" and fast[1]["s"] is None
-    assert fast[0]["jb"] == {"x": Decimal("123456789012345678901234567890.5")}
+    # capture's encoding: json/jsonb as their exact text, bytea hex, natives for int/bool
+    assert fast[0]["jb"] == '{"x": 123456789012345678901234567890.5}'
+    assert fast[0]["j"] == '{"a": 1, "a": 2}' and fast[1]["jb"] == "null"
+    assert fast[0]["by"] == "\\x00ff" and fast[0]["big"] == "9007199254740993"
+    assert fast[0]["s"] == 1 and fast[0]["b"] is True

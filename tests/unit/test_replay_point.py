@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from capture.event import format_lsn
 from replay.coverage import Base, check_coverage, resolve_point
 from replay.errors import BadPoint, NotCovered, UnknownTransaction
 from replay.point import BeforeXid, LsnPoint, TimePoint, choose_point, parse_until
@@ -99,11 +100,12 @@ def test_a_point_covered_by_progress_is_answerable() -> None:
     assert check_coverage(memory_history(h), lsn + 0x400, TABLE).upto_lsn == lsn + 0x400
 
 
-def test_a_point_past_the_coverage_is_refused_saying_what_is_covered() -> None:
+def test_a_point_past_the_archive_is_refused_as_behind_not_as_a_gap() -> None:
     h = history()
     _, lsn, _ = h.commit([("c", None, r(2))])
-    with pytest.raises(NotCovered, match=r"covers 0/1000\.\.0/2000"):
+    with pytest.raises(NotCovered, match=r"the archive is behind: archived up to 0/2000") as e:
         check_coverage(memory_history(h), lsn + 1, TABLE)
+    assert "gap" not in str(e.value)
 
 
 def test_a_point_before_the_oldest_snapshot_is_refused() -> None:
@@ -123,14 +125,33 @@ def test_a_point_in_the_gap_between_two_epochs_is_refused_naming_the_gap() -> No
     assert check_coverage(conn, 0x9000, TABLE).epoch is not None
 
 
-def test_a_transaction_with_missing_events_is_a_gap() -> None:
+def test_a_transaction_with_missing_events_before_later_archived_ones_is_a_gap() -> None:
     h = history()
     _, lsn, _ = h.commit([("c", None, r(2)), ("c", None, r(3))])
     h.events.pop()  # lose one archived event of the transaction
+    _, later, _ = h.commit([("c", None, r(4))])
     conn = memory_history(h)
-    with pytest.raises(NotCovered, match="has 1 of 2 events"):
-        check_coverage(conn, lsn, TABLE)
+    with pytest.raises(NotCovered, match=r"gap at 0/2000: .*has 1 of 2 events.*re-archive "
+                                         r"from Kafka"):
+        check_coverage(conn, later, TABLE)
     assert check_coverage(conn, lsn - 1, TABLE).upto_lsn == lsn - 1
+
+
+def test_an_archive_ending_mid_transaction_is_behind_not_a_gap() -> None:
+    h = history()
+    _, first_lsn, _ = h.commit([("c", None, r(2))])
+    _, lsn, _ = h.commit([("c", None, r(3)), ("c", None, r(4))])
+    h.events.pop()  # the archiver has written the END record, not yet the last event
+    with pytest.raises(NotCovered, match=f"the archive is behind: archived up to "
+                                         f"{format_lsn(first_lsn)}; transaction 701 at 0/2100 "
+                                         "has 1 of 2 events") as e:
+        check_coverage(memory_history(h), lsn, TABLE)
+    assert "gap" not in str(e.value)
+    h.ends.pop()  # nor the END record yet
+    with pytest.raises(NotCovered, match=f"the archive is behind: archived up to "
+                                         f"{format_lsn(first_lsn)}") as e:
+        check_coverage(memory_history(h), lsn, TABLE)
+    assert "gap" not in str(e.value)
 
 
 def test_a_base_snapshot_answers_its_own_lsn_without_the_archive() -> None:

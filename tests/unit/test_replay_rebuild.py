@@ -7,7 +7,7 @@ from typing import Any
 
 from replay.rebuild import Window, rebuild
 from replay.tables import TableId
-from tests.replay_fixtures import History, memory_history
+from tests.replay_fixtures import REL_TYPES, History, memory_history
 
 TABLE = TableId("public", "rel")
 
@@ -16,7 +16,7 @@ def row(i: int, **over: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "id": f"00000000-0000-0000-0000-{i:012d}", "org": "10000000-0000-0000-0000-000000000001",
         "kind": "USER_MEMBER_OF_ORG", "is_active": True, "n": i, "big": str(10**12 + i),
-        "amount": "1.50", "data": {"role": "staff", "z": [1, 2]}, "tags": "{auth,\"a b\"}",
+        "amount": "1.50", "data": '{"role": "staff", "z": [1, 2]}', "tags": "{auth,\"a b\"}",
         "at": "2025-03-01 12:00:00.123456+00"}
     base.update(over)
     return base
@@ -26,7 +26,7 @@ def state(h: History, upto: int, after: int | None = None) -> dict[str, dict[str
     conn = memory_history(h)
     rel = rebuild(conn, TABLE, Window(upto_lsn=upto, after_lsn=after or h.epoch_lsn,
                                       snapshot_lsn=h.epoch_lsn), ["id"])
-    return {json.loads(k)[0]: json.loads(r) for k, r in rel.fetchall()}
+    return {json.loads(k)[0]: json.loads(r) for k, r, _ in rel.fetchall()}
 
 
 def test_snapshot_rows_are_the_state_at_the_epoch() -> None:
@@ -84,11 +84,24 @@ def test_a_deleted_then_reinserted_key_is_present_with_its_new_row() -> None:
 
 def test_values_keep_their_exact_encoding() -> None:
     h = History()
-    h.snapshot([row(1, amount="1.500", big="9223372036854775807", data={"b": 1, "a": None})])
+    h.snapshot([row(1, amount="1.500", big="9223372036854775807", data='{"b": 1, "a": null}')])
     (got,) = state(h, h.epoch_lsn).values()
     assert got["amount"] == "1.500"
     assert got["big"] == "9223372036854775807"
-    assert got["data"] == {"b": 1, "a": None}
+    assert got["data"] == '{"b": 1, "a": null}'
+
+
+def test_schema_version_1_rows_come_back_in_the_version_2_encoding() -> None:
+    h = History(version=1, types={**REL_TYPES, "raw": "bytea"})
+    h.snapshot([row(1, data={"b": 1, "a": [None, "x"]}, raw="00ff10"),
+                row(2, data=None, raw="\\x0a")])
+    h.version = 2
+    _, lsn, _ = h.commit([("c", None, row(3, data='{"q": 1.50}', raw="\\x00"))])
+    got = state(h, lsn)
+    assert got[row(1)["id"]]["data"] == '{"b":1,"a":[null,"x"]}'
+    assert got[row(1)["id"]]["raw"] == "\\x00ff10"
+    assert got[row(2)["id"]]["data"] is None and got[row(2)["id"]]["raw"] == "\\x0a"
+    assert got[row(3)["id"]]["data"] == '{"q": 1.50}' and got[row(3)["id"]]["raw"] == "\\x00"
 
 
 def test_an_event_archived_twice_yields_each_row_once() -> None:
@@ -103,7 +116,7 @@ def test_an_event_archived_twice_yields_each_row_once() -> None:
                                       snapshot_lsn=h.epoch_lsn), ["id"])
     rows = rel.fetchall()
     assert len(rows) == 2
-    assert {json.loads(k)[0]: json.loads(r) for k, r in rows} == {
+    assert {json.loads(k)[0]: json.loads(r) for k, r, _ in rows} == {
         row(1)["id"]: row(1, n=11), row(9)["id"]: row(9, n=3)}
 
 
