@@ -188,6 +188,10 @@ class StreamMarker(BaseModel):
     # PostgreSQL cluster (pg_control_system().system_identifier, as text) and the plugin.
     system_identifier: str | None = None
     plugin: str | None = None
+    # Each captured table's columns ((name, type), ...) as of ``lsn``: a capture restarting
+    # from this position compares the re-sent changes with these, not with today's catalog,
+    # so a DDL committed while capture was down is not taken for an unrecorded one.
+    columns: dict[str, tuple[tuple[str, str], ...]] | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

@@ -18,8 +18,9 @@ _CHUNK = 20_000
 
 
 def last_marker(bootstrap_servers: str, prefix: str, slot: str, db: str,
-                timeout_s: float = 15.0) -> StreamMarker | None:
-    """Scan ``<prefix>.transaction`` backwards in chunks for the newest marker of this slot."""
+                timeout_s: float = 15.0, at_most_lsn: int | None = None) -> StreamMarker | None:
+    """Scan ``<prefix>.transaction`` backwards in chunks for the newest marker of this slot
+    (with ``at_most_lsn``: the newest whose ``lsn`` is not past it)."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
@@ -43,7 +44,7 @@ def last_marker(bootstrap_servers: str, prefix: str, slot: str, db: str,
             hi = _true_end(consumer, tp, consumer.end_offsets([tp])[tp], timeout_s)
             while hi > begin:
                 lo = max(begin, hi - _CHUNK)
-                found = _scan(consumer, tp, lo, hi, slot, db, timeout_s)
+                found = _scan(consumer, tp, lo, hi, slot, db, timeout_s, at_most_lsn)
                 if found is not None:
                     if best is None or found.lsn > best.lsn:
                         best = found
@@ -72,7 +73,7 @@ def _true_end(consumer: object, tp: object, reported: int, timeout_s: float) -> 
 
 
 def _scan(consumer: object, tp: object, lo: int, hi: int, slot: str, db: str,
-          timeout_s: float) -> StreamMarker | None:
+          timeout_s: float, at_most_lsn: int | None = None) -> StreamMarker | None:
     import time
 
     c = consumer  # kafka-python is untyped
@@ -91,7 +92,8 @@ def _scan(consumer: object, tp: object, lo: int, hi: int, slot: str, db: str,
                     item = parse_transaction_topic(rec.value)
                 except (ValueError, json.JSONDecodeError):
                     continue
-                if isinstance(item, StreamMarker) and item.slot == slot and item.db == db:
+                if (isinstance(item, StreamMarker) and item.slot == slot and item.db == db
+                        and (at_most_lsn is None or item.lsn <= at_most_lsn)):
                     newest = item
         if not batch and time.monotonic() > deadline:
             raise BrokerError(f"timed out reading {tp} from the broker")

@@ -115,10 +115,20 @@ class StreamRunner:
         # Column sets as last known per captured table, to notice a change without a message.
         self.columns: dict[tuple[str, str], Columns] = svc.known_columns
         self.last_types: dict[tuple[str, str], dict[str, str]] = {}
+        # (end LSN of a commit, the column sets from then on): PROGRESS markers carry the
+        # sets as of their LSN, which may be behind what has been decoded.
+        self.column_history: list[tuple[int, dict[tuple[str, str], Columns]]] = [
+            (svc.confirmed_lsn, dict(self.columns))]
         # Column names the schema log announced; the decoder's next column set for the table
         # becomes the baseline when its names match (the log spells types with search_path
         # pg_catalog, e.g. public.mood, the decoders as format_type does for capture).
         self.logged: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def columns_at(self, lsn: int) -> dict[tuple[str, str], Columns]:
+        """The column sets in force after everything up to ``lsn``; older history dropped."""
+        while len(self.column_history) > 1 and self.column_history[1][0] <= lsn:
+            self.column_history.pop(0)
+        return self.column_history[0][1]
 
     def _acked(self, txn: PendingTxn) -> None:
         if txn.commit_ts_us:
@@ -292,6 +302,8 @@ class StreamRunner:
                 txn.pending)
             txn.pending.commit_ts_us = rec.ts_us
         self.tracker.close(txn.pending, rec.end_lsn)
+        if self.columns != self.column_history[-1][1]:
+            self.column_history.append((rec.end_lsn, dict(self.columns)))
         self.txn = None
         self.last_activity = time.monotonic()
 
@@ -308,7 +320,8 @@ class StreamRunner:
         if self.acked_lsn > self.marker_lsn and (
                 force or now - self.last_confirm >= self.s.confirm_interval_s):
             m = self.markers.open()
-            marker = self.svc._marker(MarkerKind.PROGRESS, self.acked_lsn).to_json()
+            marker = self.svc._marker(MarkerKind.PROGRESS, self.acked_lsn,
+                                      self.columns_at(self.acked_lsn)).to_json()
             self.producer.send(self.ttopic, b"marker", marker, self.markers.sent(m, len(marker)))
             self.markers.close(m, self.acked_lsn)
             self.marker_lsn = self.acked_lsn

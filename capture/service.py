@@ -119,6 +119,7 @@ class CaptureService:
                 assert marker is not None
                 self.epoch_lsn = marker.epoch_lsn
                 self.confirmed_lsn = existing.confirmed_flush_lsn or 0
+                self._resume_columns(marker)
                 return producer, self.confirmed_lsn
             return producer, self._new_epoch(producer)
         except BaseException:
@@ -159,12 +160,30 @@ class CaptureService:
         self.confirmed_lsn = self.epoch_lsn
         return self.epoch_lsn
 
-    def _marker(self, kind: MarkerKind, lsn: int) -> StreamMarker:
+    def _resume_columns(self, newest: StreamMarker) -> None:
+        """The column sets as of the confirmed LSN, where the stream resumes: PostgreSQL
+        re-sends from there, and a DDL committed since must not look unrecorded."""
+        marker: StreamMarker | None = newest
+        if newest.lsn > self.confirmed_lsn or newest.columns is None:
+            marker = last_marker(self.s.bootstrap_servers, self.s.topic_prefix, self.s.slot,
+                                 self.dbname, at_most_lsn=self.confirmed_lsn)
+        if marker is None or marker.columns is None:
+            return  # markers of an older capture: today's catalog is all there is
+        for qualified, columns in marker.columns.items():
+            schema, _, table = qualified.partition(".")
+            if (schema, table) in self.known_columns:
+                self.known_columns[(schema, table)] = tuple(columns)
+
+    def _marker(self, kind: MarkerKind, lsn: int,
+                columns: dict[tuple[str, str], tuple[tuple[str, str], ...]] | None = None
+                ) -> StreamMarker:
+        known = self.known_columns if columns is None else columns
         return StreamMarker(status=kind, slot=self.s.slot, db=self.dbname,
                             epoch_lsn=self.epoch_lsn, lsn=lsn, ts_ms=int(self.clock() * 1000),
                             tables=tuple(t.qualified for t in self.tables),
                             system_identifier=self.system_identifier,
-                            plugin=self.dec.caps.name)
+                            plugin=self.dec.caps.name,
+                            columns={f"{s}.{t}": c for (s, t), c in known.items()})
 
     @property
     def dec(self) -> Decoder:
@@ -293,6 +312,9 @@ class CaptureService:
         try:
             runner.loop(stop)
         finally:
+            # A new stream resumes from the confirmed LSN: compare its changes with the column
+            # sets of that position, not with those of what this one decoded beyond it.
+            self.known_columns = dict(runner.columns_at(self.confirmed_lsn))
             stream.close()
             self.catalog.close()
 

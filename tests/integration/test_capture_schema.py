@@ -111,3 +111,27 @@ def test_column_changes_without_the_schema_log_are_published_unrecorded(
     for i, s in enumerate(schema, start=1):
         # Published just before the first change that showed the new columns.
         assert (s.commit_lsn, s.position + 1) == inserts[i].order_key
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_ddl_committed_while_capture_was_down_is_recorded_not_taken_for_an_unrecorded_one(
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        plugin: str) -> None:
+    # On restart PostgreSQL re-sends the changes made before the DDL; today's catalog already
+    # has the new columns, so only the column sets carried by the markers tell them apart.
+    with empty_db.connect() as conn:
+        conn.execute(SCHEMA_LOG.read_text())
+        conn.execute("CREATE TABLE ddl_probe (id int PRIMARY KEY, v int)")
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         tables=("public.ddl_probe",), plugin=plugin):
+        pass
+    _run_steps(empty_db)
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         tables=("public.ddl_probe",), plugin=plugin):
+        events = wait_for_events(broker.bootstrap_servers, topic_prefix,
+                                 lambda evs: any(e.op.value == "u" for e in evs),
+                                 table="ddl_probe")
+    _check_rows(events)
+    schema = [r for r in _transaction_records(broker, topic_prefix)
+              if isinstance(r, SchemaChangeEvent)]
+    assert [(s.recorded, s.ddl) for s in schema] == [(True, ddl) for ddl, _ in STEPS]
