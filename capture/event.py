@@ -158,6 +158,22 @@ class TransactionEvent(BaseModel):
         return self.model_dump_json().encode()
 
 
+class ColumnDef(BaseModel):
+    """One column of a table definition, as the catalog has it right after a DDL."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    attnum: int  # pg_attribute.attnum: stable across RENAME and ALTER TYPE, new for ADD
+    name: str
+    type: str  # format_type(atttypid, atttypmod)
+    not_null: bool = False
+    default: str | None = None  # pg_get_expr(adbin, adrelid), None without a default
+    # The value every row that existed before ADD COLUMN ... DEFAULT reads (atthasmissing,
+    # attmissingval as PostgreSQL's text); None when the column has no missing value.
+    missing: str | None = None
+    has_missing: bool = False
+
+
 class MarkerKind(StrEnum):
     SNAPSHOT_START = "SNAPSHOT_START"  # a new epoch: the slot was created at ``epoch_lsn``
     SNAPSHOT_END = "SNAPSHOT_END"  # every snapshot row of the epoch has been published
@@ -192,25 +208,13 @@ class StreamMarker(BaseModel):
     # from this position compares the re-sent changes with these, not with today's catalog,
     # so a DDL committed while capture was down is not taken for an unrecorded one.
     columns: dict[str, tuple[tuple[str, str], ...]] | None = None
+    # SNAPSHOT_START: each captured table's definition as of the epoch's
+    # snapshot, spelled as the schema log spells it (sql/08_schema_log.sql): the baseline
+    # (attnums included) replay matches the epoch's first recorded DDL against.
+    definitions: dict[str, tuple[ColumnDef, ...]] | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
-
-
-class ColumnDef(BaseModel):
-    """One column of a table definition, as the catalog has it right after a DDL."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    attnum: int  # pg_attribute.attnum: stable across RENAME and ALTER TYPE, new for ADD
-    name: str
-    type: str  # format_type(atttypid, atttypmod)
-    not_null: bool = False
-    default: str | None = None  # pg_get_expr(adbin, adrelid), None without a default
-    # The value every row that existed before ADD COLUMN ... DEFAULT reads (atthasmissing,
-    # attmissingval as PostgreSQL's text); None when the column has no missing value.
-    missing: str | None = None
-    has_missing: bool = False
 
 
 class SchemaChangeEvent(BaseModel):

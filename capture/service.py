@@ -40,7 +40,7 @@ from capture.slot import (
     slot_info,
     table_info,
 )
-from capture.snapshot import snapshot_rows
+from capture.snapshot import snapshot_definitions, snapshot_rows
 from capture.table_names import check_tables_exist
 from capture.topics import table_topic, transaction_topic
 
@@ -195,7 +195,9 @@ class CaptureService:
         tracker = AckTracker()
         txn = tracker.open()
         ttopic = transaction_topic(self.s.topic_prefix)
-        start = self._marker(MarkerKind.SNAPSHOT_START, self.epoch_lsn).to_json()
+        definitions = snapshot_definitions(self.s.dsn, snapshot_name, self.tables)
+        start = self._marker(MarkerKind.SNAPSHOT_START, self.epoch_lsn).model_copy(
+            update={"definitions": definitions}).to_json()
         producer.send(ttopic, b"marker", start, tracker.sent(txn, len(start)))
         now_ms = int(self.clock() * 1000)
         position = 0

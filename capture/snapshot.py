@@ -14,8 +14,41 @@ from psycopg import sql
 from psycopg.types.string import TextLoader
 
 from capture.encoding import SESSION_OPTIONS, from_pg_text
-from capture.event import Row
+from capture.event import ColumnDef, Row
 from capture.slot import TableInfo
+
+# The columns of one table as sql/08_schema_log.sql reports them after a DDL (same fields,
+# same spelling: format_type under search_path pg_catalog).
+_DEFINITION_SQL = """
+SELECT a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid),
+       CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END, a.atthasmissing
+FROM pg_attribute a
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+
+def snapshot_definitions(dsn: str, snapshot_name: str, tables: Sequence[TableInfo]
+                         ) -> dict[str, tuple[ColumnDef, ...]]:
+    """Each table's definition as of the exported snapshot (the epoch's baseline)."""
+    out: dict[str, tuple[ColumnDef, ...]] = {}
+    with psycopg.connect(dsn, autocommit=False, options=SESSION_OPTIONS) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        for table in tables:
+            ident = sql.SQL("{}.{}").format(sql.Identifier(table.schema),
+                                            sql.Identifier(table.table)).as_string(conn)
+            rows = conn.execute(_DEFINITION_SQL, (ident,)).fetchall()
+            out[table.qualified] = tuple(
+                ColumnDef(attnum=int(str(r[0])), name=str(r[1]), type=str(r[2]),
+                          not_null=bool(r[3]), default=None if r[4] is None else str(r[4]),
+                          missing=None if r[5] is None else str(r[5]), has_missing=bool(r[6]))
+                for r in rows)
+        conn.rollback()
+    return out
 
 
 def output_text(conn: psycopg.Connection[tuple[object, ...]]) -> None:

@@ -11,12 +11,20 @@ import pytest
 
 from capture.event import (
     ChangeEvent,
+    MarkerKind,
     SchemaChangeEvent,
+    StreamMarker,
     TransactionEvent,
     parse_transaction_topic,
 )
 from devstack.broker import Broker
-from tests.capture_fixtures import PLUGINS, read_topic, running_capture, wait_for_events
+from tests.capture_fixtures import (
+    PLUGINS,
+    read_topic,
+    running_capture,
+    wait_for_events,
+    wait_until,
+)
 from tests.conftest import HeraDB
 
 SCHEMA_LOG = Path(__file__).resolve().parents[2] / "sql" / "08_schema_log.sql"
@@ -135,3 +143,31 @@ def test_ddl_committed_while_capture_was_down_is_recorded_not_taken_for_an_unrec
     schema = [r for r in _transaction_records(broker, topic_prefix)
               if isinstance(r, SchemaChangeEvent)]
     assert [(s.recorded, s.ddl) for s in schema] == [(True, ddl) for ddl, _ in STEPS]
+
+
+def test_an_epoch_starts_with_each_tables_definition_as_the_schema_log_spells_it(
+        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str) -> None:
+    with empty_db.connect() as conn:
+        conn.execute("CREATE TYPE mood AS ENUM ('ok', 'sad')")
+        conn.execute("CREATE TABLE ddl_probe (id int PRIMARY KEY, gone int, m mood, "
+                     "v text NOT NULL DEFAULT 'a')")
+        conn.execute("ALTER TABLE ddl_probe DROP COLUMN gone")
+        conn.execute(SCHEMA_LOG.read_text())
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         tables=("public.ddl_probe",)):
+        pass
+    with empty_db.connect() as conn:  # a DDL now: the trigger's spelling of the same columns
+        conn.execute("ALTER TABLE ddl_probe ALTER COLUMN v SET DEFAULT 'a'")
+    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                         tables=("public.ddl_probe",)):
+        wait_until(lambda: any(isinstance(r, SchemaChangeEvent)
+                               for r in _transaction_records(broker, topic_prefix)),
+                   30, "the schema change")
+    records = _transaction_records(broker, topic_prefix)
+    (start,) = [r for r in records if isinstance(r, StreamMarker)
+                and r.status == MarkerKind.SNAPSHOT_START]
+    (logged,) = [r for r in records if isinstance(r, SchemaChangeEvent)]
+    assert start.definitions is not None
+    baseline = start.definitions["public.ddl_probe"]
+    assert [(c.attnum, c.name) for c in baseline] == [(1, "id"), (3, "m"), (4, "v")]
+    assert baseline == logged.columns
