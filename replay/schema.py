@@ -61,6 +61,9 @@ class SchemaChange:
     ddl: str | None
     recorded: bool
     columns: tuple[Col, ...]
+    # An epoch's starting definition (its SNAPSHOT_START marker), not a DDL: never applied,
+    # only matched against (it gives the first DDL of the epoch its attnums).
+    baseline: bool = False
 
     @property
     def ord(self) -> int:
@@ -82,23 +85,58 @@ def _has_relation(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(found and found[0])
 
 
-def load_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId) -> list[SchemaChange]:
-    """Every archived schema change of ``table``, in WAL order (none for old archives)."""
-    if not _has_relation(conn, "schema_changes"):
+def _has_column(conn: duckdb.DuckDBPyConnection, relation: str, column: str) -> bool:
+    found = first(conn.execute("SELECT count(*) FROM information_schema.columns "
+                               "WHERE table_name = $r AND column_name = $c",
+                               {"r": relation, "c": column}))
+    return bool(found and found[0])
+
+
+def _cols(items: list[dict[str, object]]) -> tuple[Col, ...]:
+    def opt(v: object) -> str | None:
+        return None if v is None else str(v)
+
+    return tuple(Col(name=str(c["name"]), type=str(c["type"]),
+                     attnum=None if c.get("attnum") is None else int(str(c["attnum"])),
+                     default=opt(c.get("default")), missing=opt(c.get("missing")),
+                     has_missing=bool(c.get("has_missing")))
+                 for c in items)
+
+
+def load_baselines(conn: duckdb.DuckDBPyConnection, table: TableId) -> list[SchemaChange]:
+    """The table's definition at the start of each epoch that recorded one (markers
+    SNAPSHOT_START ``definitions``; archives from before have none)."""
+    if not (_has_relation(conn, "markers") and _has_column(conn, "markers", "definitions")):
         return []
+    rows = conn.execute(
+        "SELECT DISTINCT epoch_lsn, definitions::VARCHAR FROM markers "
+        "WHERE status = 'SNAPSHOT_START' AND definitions IS NOT NULL").fetchall()
+    out = []
+    for epoch_lsn, text in rows:
+        items = json.loads(text or "{}").get(str(table))
+        if items:
+            out.append(SchemaChange(int(epoch_lsn), -1, None, None, True, _cols(items),
+                                    baseline=True))
+    return out
+
+
+def load_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId,
+                        with_baselines: bool = False) -> list[SchemaChange]:
+    """Every archived schema change of ``table``, in WAL order (none for old archives);
+    ``with_baselines``: and each epoch's starting definition, in its place."""
+    baselines = load_baselines(conn, table) if with_baselines else []
+    if not _has_relation(conn, "schema_changes"):
+        return baselines
     rows = conn.execute(
         "SELECT DISTINCT commit_lsn, position, xid, ddl, recorded, columns::VARCHAR "
         "FROM schema_changes WHERE table_schema = $s AND table_name = $t "
         "ORDER BY commit_lsn, position", {"s": table.schema, "t": table.name}).fetchall()
-    out = []
+    out = list(baselines)
     for lsn, pos, xid, ddl, recorded, cols in rows:
-        defs = tuple(Col(name=str(c["name"]), type=str(c["type"]), attnum=c.get("attnum"),
-                         default=c.get("default"), missing=c.get("missing"),
-                         has_missing=bool(c.get("has_missing")))
-                     for c in json.loads(cols or "[]"))
         out.append(SchemaChange(int(lsn), int(pos), None if xid is None else int(xid),
-                                None if ddl is None else str(ddl), bool(recorded), defs))
-    return out
+                                None if ddl is None else str(ddl), bool(recorded),
+                                _cols(json.loads(cols or "[]"))))
+    return sorted(out, key=lambda c: c.ord)
 
 
 # --- what one DDL does to a row written before it ---------------------------------------

@@ -167,9 +167,9 @@ def _with_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId, rel: R
                          strict: bool) -> tuple[Rel, dict[str, str], list[tuple[Step, list[Col]]]]:
     """Apply the DDLs after ``after_lsn`` up to ``upto`` (and beyond, ``forward``: to the
     archive's latest definition, as rows untouched since the point look today)."""
-    changes = load_schema_changes(conn, table)
+    changes = load_schema_changes(conn, table, with_baselines=True)
     todo = [(i, c) for i, c in enumerate(changes) if c.commit_lsn > after_lsn
-            and (forward or c.commit_lsn <= upto)]
+            and (forward or c.commit_lsn <= upto) and not c.baseline]
     if not todo:
         return rel, types, []
     for _, c in todo:

@@ -67,6 +67,9 @@ class History:
     version: int = SCHEMA_VERSION  # schema_version of the events made from now on
     db: str = "db"
     system_identifier: str | None = None
+    # The table's definition the SNAPSHOT_START marker records (capture writes it since
+    # schema_version 2); None: a marker from before, names only.
+    definition: tuple[ColumnDef, ...] | None = None
 
     def _source(self, xid: int | None, lsn: int, at: datetime, snap: str) -> Source:
         return Source(name="hera", db="db", schema_=self.schema, table=self.table, txId=xid,
@@ -79,7 +82,9 @@ class History:
                                          db=self.db, epoch_lsn=self.epoch_lsn,
                                          lsn=self.epoch_lsn, ts_ms=us(at) // 1000,
                                          tables=(tid,),
-                                         system_identifier=self.system_identifier))
+                                         system_identifier=self.system_identifier,
+                                         definitions=None if self.definition is None
+                                         else {tid: self.definition}))
         for i, row in enumerate(rows):
             self.events.append(ChangeEvent(
                 op=Op.READ, after=row, ts_ms=us(at) // 1000,
@@ -151,7 +156,8 @@ CREATE TABLE changes (table_schema VARCHAR, table_name VARCHAR, op VARCHAR,
 CREATE TABLE transactions (xid BIGINT, commit_lsn UBIGINT, commit_ts TIMESTAMPTZ,
     event_count BIGINT, data_collections JSON);
 CREATE TABLE markers (status VARCHAR, slot VARCHAR, db VARCHAR, epoch_lsn UBIGINT,
-    lsn UBIGINT, ts TIMESTAMPTZ, tables VARCHAR[], system_identifier VARCHAR, plugin VARCHAR);
+    lsn UBIGINT, ts TIMESTAMPTZ, tables VARCHAR[], system_identifier VARCHAR, plugin VARCHAR,
+    definitions JSON);
 CREATE TABLE schema_changes (table_schema VARCHAR, table_name VARCHAR, commit_lsn UBIGINT,
     position INTEGER, xid BIGINT, commit_ts TIMESTAMPTZ, lsn UBIGINT, columns JSON,
     command_tag VARCHAR, ddl VARCHAR, recorded BOOLEAN, schema_version INTEGER);
@@ -187,9 +193,12 @@ def memory_history(*histories: History) -> duckdb.DuckDBPyConnection:
                  for t in h.ends])
         if h.markers:
             conn.executemany(
-                "INSERT INTO markers VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO markers VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [[m.status.value, m.slot, m.db, m.epoch_lsn, m.lsn, _ts(m.ts_ms * 1000),
-                  list(m.tables), m.system_identifier, m.plugin] for m in h.markers])
+                  list(m.tables), m.system_identifier, m.plugin,
+                  None if m.definitions is None else json.dumps(
+                      {t: [c.model_dump() for c in d] for t, d in m.definitions.items()})]
+                 for m in h.markers])
         if h.schema_changes:
             conn.executemany(
                 "INSERT INTO schema_changes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",

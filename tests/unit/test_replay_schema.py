@@ -213,3 +213,15 @@ def test_an_archive_without_schema_changes_whose_columns_changed_is_refused() ->
     with pytest.raises(SchemaChangeRefused, match=f"changed at {format_lsn(after)}.*no schema "
                                                    "change"):
         rows_at(h, after)
+
+
+def test_the_epochs_recorded_definition_matches_a_first_rename_the_statement_hides() -> None:
+    # The DDL ran inside a migration function: its text names no column, only the attnums of
+    # the epoch's starting definition (SNAPSHOT_START) tell a rename from a drop and an add.
+    h = History(types=dict(TYPES), definition=tuple(BASE))
+    h.snapshot([row(1), row(2)])
+    renamed = cols((1, "id", "uuid"), (2, "n", "integer"), (3, "Kind", "text"))
+    _, lsn, _ = h.alter("SELECT run_migration(42)", renamed)
+    h.progress()
+    assert rows_at(h, lsn) == {1: {"id": row(1)["id"], "n": 1, "Kind": "k"},
+                               2: {"id": row(2)["id"], "n": 2, "Kind": "k"}}
