@@ -62,11 +62,15 @@ def _current_lsn(db: HeraDB) -> int:
     return int(str(lsn))
 
 
-def _workload(dsn: str, batches: int, rows: int, done: threading.Event) -> None:
+def _workload(dsn: str, batches: int, rows: int, done: threading.Event,
+              end: list[int] | None = None) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for b in range(batches):
             conn.execute("INSERT INTO kill_probe (id, batch) SELECT %s * 1000000 + g, %s "
                          "FROM generate_series(1, %s) g", (b, b, rows))
+        if end is not None:  # the WAL position after the workload's last commit
+            (lsn,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone() or (0,)
+            end.append(int(str(lsn)))
     done.set()
 
 
@@ -82,9 +86,12 @@ def test_sigkill_during_a_100k_row_workload_loses_nothing(
                          log_path=tmp_path / "capture.log")
     cap.start()
     done = threading.Event()
-    writer = threading.Thread(target=_workload, args=(empty_db.dsn, 100, 1000, done))
+    workload_end: list[int] = []
+    writer = threading.Thread(target=_workload,
+                              args=(empty_db.dsn, 100, 1000, done, workload_end))
     writer.start()
     kills = 0
+    interrupted = 0  # kills that landed while the workload was not yet all confirmed
     try:
         for threshold in (15_000, 45_000, 75_000):
             # Kill while changes are flowing: wait until the slot has moved past some work.
@@ -94,8 +101,11 @@ def test_sigkill_during_a_100k_row_workload_loses_nothing(
                 return confirmed_lsn(empty_db.dsn, slot_name) > s or done.is_set()
 
             wait_until(moved, 60, f"progress before kill at ~{threshold}")
+            pending = not done.is_set() or confirmed_lsn(empty_db.dsn, slot_name) < \
+                workload_end[0]
             cap.kill()
             kills += 1
+            interrupted += pending
             cap.start()
         writer.join()
         end = _current_lsn(empty_db)
@@ -108,7 +118,7 @@ def test_sigkill_during_a_100k_row_workload_loses_nothing(
     events = read_events(broker.bootstrap_servers, topic_prefix, "kill_probe")
     unique = {e.order_key: e for e in events}
     ids = Counter(str((e.after or {})["id"]) for e in unique.values())
-    assert kills == 3
+    assert kills == 3 and interrupted == 3  # every kill cut into unconfirmed work
     assert len(ids) == 100_000 and set(ids.values()) == {1}
     assert all(e.op == Op.CREATE for e in unique.values())
 
