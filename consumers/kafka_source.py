@@ -63,6 +63,11 @@ class RecordSource(Protocol):
     def dead_letter(self, record: Record, reason: str) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+    # stream identity (the archiver's checks): the cluster id the broker reports (None if
+    # none), the partitions of the existing topics, and each partition's first offset
+    def cluster_id(self) -> str | None: ...
+    def partitions(self) -> set[tuple[str, int]]: ...
+    def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
 
 
 def select_topics(existing: set[str], prefix: str, tables: tuple[str, ...] | None,
@@ -135,6 +140,23 @@ class KafkaSource:
 
     refresh = assign
 
+    def cluster_id(self) -> str | None:
+        self._consumer.topics()  # a metadata request: the broker answers (or raises)
+        cid = self._consumer._client.cluster.cluster_id
+        return None if cid is None else str(cid)
+
+    def partitions(self) -> set[tuple[str, int]]:
+        out: set[tuple[str, int]] = set()
+        for topic in self._consumer.topics():
+            out.update((topic, p) for p in self._consumer.partitions_for_topic(topic) or ())
+        return out
+
+    def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if not tps:
+            return {}
+        got = self._consumer.beginning_offsets([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
+
     def poll(self, timeout_ms: int = 200) -> list[Record]:
         if not self._assigned:
             return []
@@ -198,6 +220,20 @@ class ConfluentSource:
         self._assigned |= new
 
     refresh = assign
+
+    def cluster_id(self) -> str | None:
+        cid = self._consumer.list_topics(timeout=10).cluster_id
+        return None if cid is None else str(cid)
+
+    def partitions(self) -> set[tuple[str, int]]:
+        meta = self._consumer.list_topics(timeout=10)
+        return {(t, p) for t, m in meta.topics.items() for p in m.partitions}
+
+    def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition
+
+        return {(t, p): int(self._consumer.get_watermark_offsets(
+            TopicPartition(t, p), timeout=10)[0]) for t, p in tps}
 
     def poll(self, timeout_ms: int = 200) -> list[Record]:
         from confluent_kafka import KafkaException
