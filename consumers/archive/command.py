@@ -1,7 +1,7 @@
 """CLI for the archive: ``consumers archive`` (the long-running writer), ``consumers archive
 migrate OLD_DIR NEW`` and ``consumers history ARCHIVE [SQL] [--version N | --as-of TIME]``.
 
-Each command ends with ``os._exit(code)`` after flushing its output: a process that used
+Each command on an object store ends with ``os._exit(code)`` after flushing: a process that used
 deltalake's object store can abort at interpreter exit (rc 134, "terminate called without an
 active exception", the Rust runtime's threads torn down by the C++ runtime), which would
 replace the command's own exit code.
@@ -26,7 +26,12 @@ from consumers.archive.settings import ArchiveSettings, StorageSettings
 log = logging.getLogger("consumers.archive")
 
 
+_OBJECT_STORE_USED = False  # only then the hard exit: tests invoke the local commands in-process
+
+
 def _exit(code: int) -> NoReturn:
+    if not _OBJECT_STORE_USED:
+        sys.exit(code)
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
@@ -42,8 +47,11 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 def _location(target: str) -> Any:
     from consumers.archive.location import archive_location
 
+    global _OBJECT_STORE_USED
     opts = settings_or_fail("consumers", StorageSettings, {}).storage_options()
-    return archive_location(target, opts)
+    loc = archive_location(target, opts)
+    _OBJECT_STORE_USED = _OBJECT_STORE_USED or not loc.is_local
+    return loc
 
 
 @click.group(invoke_without_command=True)
@@ -96,7 +104,9 @@ def _run(s: ArchiveSettings) -> int:
     metrics, health = ArchiveMetrics(), Health()
     endpoint = (None if s.metrics_port is None
                 else ServiceEndpoint(metrics.registry, health, s.metrics_port))
-    # The broker first: an unreachable one must not leave a directory or table behind.
+    # The archive's refusals, then the broker: an unreachable one must not leave a
+    # directory or table behind.
+    ArchiveStore.preflight(loc)
     try:
         source = open_source(s.bootstrap_servers, s.topic_prefix, s.tables, s.kafka_backend)
         source.cluster_id()

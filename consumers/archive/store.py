@@ -180,6 +180,19 @@ class ArchiveStore:
 
     # --- opening ------------------------------------------------------------------------
 
+    @staticmethod
+    def preflight(loc: ArchiveLocation) -> None:
+        """The refusals of ``open_or_create`` without writing anything (the CLI runs it
+        before it contacts the broker)."""
+        if DeltaTable.is_deltatable(loc.uri, storage_options=loc.options()):
+            open_table(loc)
+        elif loc.is_local and loc.path.exists() and (loc.path / "_delta_log").exists():
+            raise DamagedArchiveError(
+                f"the Delta log of {loc} cannot be read (no readable commit in _delta_log); "
+                "restore it from a backup, or re-archive from Kafka")
+        else:
+            _check_empty(loc)
+
     @classmethod
     def open_or_create(cls, target: str | Path | ArchiveLocation, *, create: bool = True,
                        clock: Clock = utc_now, dedup_capacity: int = 1_000_000,
@@ -191,19 +204,18 @@ class ArchiveStore:
         ArchiveLockedError when another process writes the local archive.
         """
         loc = archive_location(target, storage_options)
+        exists = DeltaTable.is_deltatable(loc.uri, storage_options=loc.options())
+        if not exists:  # refuse before anything is written (no lock file either)
+            if loc.is_local and loc.path.exists() and (loc.path / "_delta_log").exists():
+                raise DamagedArchiveError(
+                    f"the Delta log of {loc} cannot be read (no readable commit in "
+                    "_delta_log); restore it from a backup, or re-archive from Kafka")
+            if not create:
+                raise NotAnArchiveError(_not_an_archive(loc))
+            _check_empty(loc)
         lock = _lock(loc, create) if loc.is_local else None
         try:
-            if not DeltaTable.is_deltatable(loc.uri, storage_options=loc.options()):
-                if loc.is_local and loc.path.exists() and (loc.path / "_delta_log").exists():
-                    raise DamagedArchiveError(
-                        f"the Delta log of {loc} cannot be read (no readable commit in "
-                        "_delta_log); restore it from a backup, or re-archive from Kafka")
-                if not create:
-                    raise NotAnArchiveError(_not_an_archive(loc))
-                _check_empty(loc)
-                dt = create_table(loc, clock)
-            else:
-                dt = open_table(loc)
+            dt = create_table(loc, clock) if not exists else open_table(loc)
             return cls(loc, dt, lock, clock, dedup_capacity)
         except BaseException:
             if lock is not None:
@@ -341,6 +353,19 @@ class ArchiveStore:
         return ArchiveLockedError(
             f"another archiver committed to {self.location} (its app transaction is at "
             f"{seen}, this archiver expected {expected}){why}; run one archiver per archive")
+
+    def append_rows(self, kind: str, rows: pa.Table) -> None:
+        """Bulk-load rows of one kind (``SCHEMAS[kind]`` columns) in one plain commit, without
+        dedup or position (benchmarks, migration)."""
+        write_deltalake(self._dt, to_table_rows(kind, rows), mode="append",
+                        writer_properties=WRITER,
+                        commit_properties=CommitProperties(custom_metadata=self._state.metadata()))
+
+    def replace_segments(self, old: Sequence[object], table: pa.Table, kind: str) -> None:
+        """The old store's bulk-load entry point (bench/replay.py): only ``old=[]`` remains."""
+        if old:
+            raise ArchiveError("segments are Delta's business now: use housekeeping")
+        self.append_rows(kind, table)
 
     def start_new_epoch(self, identity: StreamIdentity) -> None:
         """``--new-archive-epoch``: one commit that drops the stored offsets and records the
