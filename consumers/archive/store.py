@@ -151,6 +151,10 @@ def read_commit_state(dt: DeltaTable) -> CommitState:
     for limit in (20, 500, None):
         for info in dt.history(limit):
             state = state_of_commit(info)
+            # history() lists the store's newest commits, also those after this snapshot
+            # (and labels their versions relative to it): match on the batch number instead
+            if state is not None and state.batch > batch:
+                continue
             if state is not None:
                 if state.batch != batch:
                     raise DamagedArchiveError(
