@@ -204,12 +204,7 @@ class Archiver:
                     last_commit = now
                 if now - last_refresh >= self.tuning.refresh_interval_s:
                     in_flight = _wait(in_flight)
-                    position = self.store.offsets() | batch.offsets
-                    if self._check_stream is not None:
-                        seen = self._check_stream(position)
-                        if seen is not None:
-                            self._check(seen)
-                    self.source.refresh(position)
+                    self._refresh(self.store.offsets() | batch.offsets)
                     last_refresh = now
                 if now - last_compact >= self.tuning.compact_interval_s:
                     in_flight = _wait(in_flight)
@@ -246,6 +241,19 @@ class Archiver:
             else:
                 p.markers.append(event)
         return p
+
+    def _refresh(self, position: Offsets) -> None:
+        """Re-check the stream and pick up new topics; a broker that does not answer is a
+        passing fault (``check_stream`` returns None then): skipped, tried again later."""
+        if self._check_stream is not None:
+            seen = self._check_stream(position)
+            if seen is None:
+                return
+            self._check(seen)
+        try:
+            self.source.refresh(position)
+        except Exception as exc:  # the Kafka clients' errors: the broker went away meanwhile
+            log.warning("topic refresh failed, retried later: %s", exc)
 
     def _check(self, seen: StreamIdentity) -> None:
         why = self.identity.mismatch(seen)

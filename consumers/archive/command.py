@@ -44,6 +44,19 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     _exit(code)
 
 
+def _configure_logs(level: str) -> None:
+    """capture's JSON log lines (one redactor) on stderr, for every logger of the process;
+    the Kafka client's connection chatter only from WARNING."""
+    from capture.logs import JsonFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+
+
 def _location(target: str) -> Any:
     from consumers.archive.location import archive_location
 
@@ -78,8 +91,7 @@ def archive(ctx: click.Context, /, log_level: str, **options: Any) -> None:
     """Archive every change event into a Delta table, exactly once, until SIGTERM/SIGINT."""
     if ctx.invoked_subcommand is not None:
         return
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logs(log_level)
     s = settings_or_fail("consumers", ArchiveSettings, options)
     try:
         code = _run(s)
@@ -121,7 +133,6 @@ def _run(s: ArchiveSettings) -> int:
                 seen = check_stream(source, store.identity(), store.offsets())
             except IdentityMismatchError:
                 if not s.new_archive_epoch:
-                    metrics.identity_failed.inc()
                     raise
                 seen = check_stream(source, None, {})
                 store.start_new_epoch(seen)
@@ -135,12 +146,18 @@ def _run(s: ArchiveSettings) -> int:
                                   0 if stats.caught_up else None)
 
             def recheck(offsets: dict[tuple[str, int], int]) -> Any:
+                """Whenever the broker answers; an outage is a passing fault (not ready)."""
                 try:
-                    return check_stream(source, identity, offsets)
+                    seen = check_stream(source, identity, offsets)
                 except IdentityMismatchError:
-                    metrics.identity_failed.inc()
                     health.not_ready("the broker serves another stream")
                     raise
+                except Exception as exc:
+                    health.not_ready(f"broker unreachable ({type(exc).__name__})")
+                    log.warning("stream check skipped, broker unreachable: %s", exc)
+                    return None
+                health.ready()
+                return seen
 
             health.ready()
             Archiver(store, source, ArchiverTuning(
