@@ -133,9 +133,9 @@ def verify(expected: dict[str, pa.Table], new: ArchiveLocation) -> None:
         diff = con.execute(
             f"SELECT (SELECT count(*) FROM (SELECT {cols} FROM _old EXCEPT ALL "  # noqa: S608
             f"SELECT {cols} FROM raw_{kind})) + (SELECT count(*) FROM (SELECT {cols} FROM "
-            f"raw_{kind} EXCEPT ALL SELECT {cols} FROM _old))").fetchone()
-        if diff is None or diff[0] != 0:
-            raise ArchiveError(f"verification failed: {diff[0] if diff else '?'} {kind} rows "
+            f"raw_{kind} EXCEPT ALL SELECT {cols} FROM _old))").fetchall()[0]
+        if diff[0] != 0:
+            raise ArchiveError(f"verification failed: {diff[0]} {kind} rows "
                                f"differ between the old archive and {new}; the new location "
                                "is not usable, remove it and report this")
         con.unregister("_old")
