@@ -92,6 +92,12 @@ def _time_travel(dt: DeltaTable, loc: ArchiveLocation, version: int | None,
     return dt
 
 
+def check_local_files(dt: DeltaTable, loc: ArchiveLocation) -> None:
+    for files in _files_by_kind(dt).values():
+        for rel, size in files:
+            check_file(loc.path / rel, size, loc)
+
+
 def _files_by_kind(dt: DeltaTable) -> dict[str, list[tuple[str, int]]]:
     actions = pa.table(dt.get_add_actions(flatten=True))
     out: dict[str, list[tuple[str, int]]] = {k: [] for k in KINDS}
@@ -130,6 +136,12 @@ def check_file(path: Path, size: int, loc: ArchiveLocation) -> None:
             f"data file {path} of the archive {loc} is damaged ({actual} bytes, the Delta "
             f"log says {size}); restore the file from a backup, or re-archive from Kafka "
             "into a new location")
+    with path.open("rb") as f:  # the footer's magic: a file overwritten in place fails here
+        f.seek(-4, 2)
+        if f.read(4) != b"PAR1":
+            raise DamagedArchiveError(
+                f"data file {path} of the archive {loc} is damaged (not a Parquet file); "
+                "restore the file from a backup, or re-archive from Kafka into a new location")
 
 
 def _dataset_relations(con: duckdb.DuckDBPyConnection, dt: DeltaTable) -> None:

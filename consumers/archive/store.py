@@ -176,11 +176,21 @@ class ArchiveStore:
         self._clock = clock
         self._broken = False
         self._state = read_commit_state(dt)
+        if loc.is_local:
+            from consumers.archive.reader import check_local_files
+
+            check_local_files(dt, loc)  # a missing or damaged file: one line, before anything
         self._changes = RecentKeys(dedup_capacity, lambda k: self._on_disk("changes", k))
         self._txns = RecentKeys(dedup_capacity, lambda k: self._on_disk("transactions", k))
         self._markers: set[tuple[object, ...]] = set()
         self._schema_keys: set[Key] = set()
-        self._load_dedup_state()
+        try:
+            self._load_dedup_state()
+        except (OSError, pa.ArrowException) as exc:
+            raise DamagedArchiveError(
+                f"a data file of the archive {loc} cannot be read ({_first_line(exc)}); "
+                "restore the file from a backup, or re-archive from Kafka into a new "
+                "location") from None
 
     # --- opening ------------------------------------------------------------------------
 
