@@ -87,8 +87,10 @@ def data_files(target: ArchiveTarget) -> list[str]:
     return [i.path for i in infos if i.path.endswith(".parquet") and "/kind=" in i.path]
 
 
-def start_archiver(bootstrap: str, prefix: str, target: ArchiveTarget, log: Path,
+def start_archiver(bootstrap: str, prefix: str, target: ArchiveTarget | Path, log: Path,
                    log_level: str = "WARNING", *extra: str) -> subprocess.Popen[bytes]:
+    if isinstance(target, Path):  # other areas' fixtures pass a local directory
+        target = ArchiveTarget("local", str(target), {})
     return subprocess.Popen(
         [CONSUMERS, "archive", "--bootstrap-servers", bootstrap, "--archive", target.uri,
          "--topic-prefix", prefix, "--flush-interval-s", "0.2", "--batch-events", "20000",
@@ -106,7 +108,7 @@ def archiver_thread(bootstrap: str, prefix: str, target: ArchiveTarget,
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def target() -> None:
+    def body() -> None:
         try:
             Archiver(store, source, ArchiverTuning(**{"flush_interval_s": 0.1,
                                                       "refresh_interval_s": 0.5,
@@ -114,7 +116,7 @@ def archiver_thread(bootstrap: str, prefix: str, target: ArchiveTarget,
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    thread = threading.Thread(target=target, name="archiver", daemon=True)
+    thread = threading.Thread(target=body, name="archiver", daemon=True)
     thread.start()
     try:
         yield store

@@ -49,6 +49,15 @@ class ListSource:
     def close(self) -> None:
         pass
 
+    def cluster_id(self) -> str | None:
+        return None
+
+    def partitions(self) -> set[tuple[str, int]]:
+        return set()
+
+    def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return dict.fromkeys(tps, 0)
+
 
 def test_canonical_lax_and_bad_records_of_one_batch_are_archived_or_dead_lettered(
         tmp_path: Path) -> None:
@@ -82,7 +91,7 @@ def test_canonical_lax_and_bad_records_of_one_batch_are_archived_or_dead_lettere
 def _schema_change(commit_lsn: int, position: int) -> SchemaChangeEvent:
     return SchemaChangeEvent(
         xid=7, commit_lsn=commit_lsn, position=position, lsn=commit_lsn - 1, ts_us=BASE_US,
-        schema="public", table="core_relationships", command_tag="ALTER TABLE",
+        schema_="public", table="core_relationships", command_tag="ALTER TABLE",
         ddl="ALTER TABLE core_relationships ADD COLUMN note text",
         columns=(ColumnDef(attnum=1, name="id", type="uuid", not_null=True),
                  ColumnDef(attnum=2, name="note", type="text")))
