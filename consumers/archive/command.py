@@ -115,7 +115,7 @@ def _run(s: ArchiveSettings) -> int:
     stop = stop_on_signals()
     metrics, health = ArchiveMetrics(), Health()
     endpoint = (None if s.metrics_port is None
-                else ServiceEndpoint(metrics.registry, health, s.metrics_port))
+                else ServiceEndpoint(metrics.registry, health, s.metrics_port, s.metrics_host))
     # The archive's refusals, then the broker: an unreachable one must not leave a
     # directory or table behind.
     ArchiveStore.preflight(loc)

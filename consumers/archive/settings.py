@@ -24,6 +24,7 @@ class ArchiveSettings(BaseSettings):
     retention_hours: float = Field(168.0, ge=0)  # vacuum keeps unreferenced files this long
     dedup_capacity: int = Field(1_000_000, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for Prometheus
     new_archive_epoch: bool = False  # continue this archive with another stream
 
     @field_validator("tables", mode="before")
