@@ -117,3 +117,60 @@ def _archive_some_on(broker: Broker, prefix: str, target: ArchiveTarget, tmp: Pa
     wait_for(lambda: sum(consumed_per_topic(target).values()) == 250, 60, "the workload")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0, log.read_text()[-3000:]  # the archiver's own code, not 134
+
+
+def test_a_second_archiver_on_the_same_archive_is_refused_with_one_line(
+        broker: Broker, topic_prefix: str, tmp_path: Path, archive_target: ArchiveTarget
+) -> None:
+    changes, ends = workload(transactions=400, per_txn=5)
+    publish(broker.bootstrap_servers, topic_prefix, changes[:1_000], ends[:200])
+    first = start_archiver(broker.bootstrap_servers, topic_prefix, archive_target,
+                           tmp_path / "1.log", "INFO")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: sum(consumed_per_topic(archive_target).values()) == 1_200, 60,
+                 "batch 1")
+        second = start_archiver(broker.bootstrap_servers, topic_prefix, archive_target,
+                                tmp_path / "2.log", "INFO")
+        # on a local path the second is refused at start (lock); on S3 at its first commit,
+        # which conflicts with the first archiver's app transaction: once the second has
+        # read the position, new records make both try to commit the same batch number
+        log2 = tmp_path / "2.log"
+        two = second
+        wait_for(lambda: "consuming " in log2.read_text() or two.poll() is not None, 60,
+                 "the second archiver to start")
+        publish(broker.bootstrap_servers, topic_prefix, changes[1_000:], ends[200:])
+        procs = {"1": first, "2": two}
+        wait_for(lambda: any(p.poll() is not None for p in procs.values()), 90,
+                 "one archiver to give up")
+        name = next(n for n, p in procs.items() if p.poll() is not None)
+        loser, winner = procs[name], procs["2" if name == "1" else "1"]
+        assert loser.returncode == 2
+        last = (tmp_path / f"{name}.log").read_text().strip().splitlines()[-1]
+        assert last.startswith("consumers: ") and "another archiver" in last
+        wait_for(lambda: sum(consumed_per_topic(archive_target).values()) == 2_400, 60,
+                 "the rest")
+        winner.send_signal(signal.SIGTERM)
+        assert winner.wait(20) == 0
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert archive_target.connect().execute(
+        "SELECT count(*), count(DISTINCT (commit_lsn, position)) FROM raw_changes"
+    ).fetchall() == [(2_000, 2_000)]
+
+
+def test_new_archive_epoch_continues_the_archive_with_the_new_broker(
+        own_broker: Broker, broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+    target = ArchiveTarget("local", str(tmp_path / "archive"), {})
+    _archive_some(own_broker, topic_prefix, target, tmp_path / "a.log")
+    changes, ends = workload(transactions=20, per_txn=4, first_lsn=900_000)
+    publish(broker.bootstrap_servers, topic_prefix, changes, ends)
+    proc = start_archiver(broker.bootstrap_servers, topic_prefix, target, tmp_path / "b.log",
+                          "WARNING", "--new-archive-epoch")
+    wait_for(lambda: sum(consumed_per_topic(target).values()) == 100, 60, "the new stream")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert target.connect().execute("SELECT count(*) FROM changes").fetchall() == [(280,)]
