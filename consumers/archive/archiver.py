@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ValidationError
 
+from capture.encoding import SCHEMA_VERSION
 from capture.event import (
-    SCHEMA_VERSION,
     ChangeEvent,
     SchemaChangeEvent,
     StreamMarker,
