@@ -68,6 +68,8 @@ class RecordSource(Protocol):
     def cluster_id(self) -> str | None: ...
     def partitions(self) -> set[tuple[str, int]]: ...
     def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
+    # the high watermark each assigned partition's last fetch reported (lag metrics)
+    def fetched_ends(self) -> dict[tuple[str, int], int]: ...
 
 
 def select_topics(existing: set[str], prefix: str, tables: tuple[str, ...] | None,
@@ -157,6 +159,14 @@ class KafkaSource:
         got = self._consumer.beginning_offsets([TopicPartition(t, p) for t, p in tps])
         return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
 
+    def fetched_ends(self) -> dict[tuple[str, int], int]:
+        out = {}
+        for tp in self._assigned:
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                out[(tp.topic, tp.partition)] = int(hw)
+        return out
+
     def poll(self, timeout_ms: int = 200) -> list[Record]:
         if not self._assigned:
             return []
@@ -234,6 +244,16 @@ class ConfluentSource:
 
         return {(t, p): int(self._consumer.get_watermark_offsets(
             TopicPartition(t, p), timeout=10)[0]) for t, p in tps}
+
+    def fetched_ends(self) -> dict[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition
+
+        out = {}
+        for t, p in self._assigned:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)
+            if high is not None and high >= 0:
+                out[(t, p)] = int(high)
+        return out
 
     def poll(self, timeout_ms: int = 200) -> list[Record]:
         from confluent_kafka import KafkaException

@@ -142,8 +142,14 @@ def _run(s: ArchiveSettings) -> int:
             tune_gc()
 
             def on_commit(stats: ArchiverStats) -> None:
+                try:
+                    ends = source.fetched_ends()
+                except Exception:  # a metric must not stop the archiver
+                    ends = {}
+                done = store.offsets()
+                lag = sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
                 metrics.on_commit(stats, store, stats.newest_commit_us,
-                                  0 if stats.caught_up else None)
+                                  lag if ends else None, stats.caught_up)
 
             def recheck(offsets: dict[tuple[str, int], int]) -> Any:
                 """Whenever the broker answers; an outage is a passing fault (not ready)."""

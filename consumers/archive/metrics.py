@@ -38,7 +38,10 @@ class ArchiveMetrics:
         self._last = ArchiverStats()
 
     def on_commit(self, stats: ArchiverStats, store: ArchiveStore,
-                  newest_commit_us: int | None, lag_records: int | None) -> None:
+                  newest_commit_us: int | None, lag_records: int | None,
+                  caught_up: bool = False) -> None:
+        """``lag_records``: records the last fetches saw beyond the committed offsets;
+        seconds: now minus the newest archived commit time, 0 once nothing is left."""
         self.records.inc(stats.records - self._last.records)
         self.batches.inc(stats.commits - self._last.commits)
         self.dead_letters.inc(stats.dead_letters - self._last.dead_letters)
@@ -46,7 +49,9 @@ class ArchiveMetrics:
         for (topic, partition), nxt in store.offsets().items():
             self.offset.labels(topic, str(partition)).set(nxt - 1)
         self.table_version.set(store.version())
-        if newest_commit_us is not None:
+        if caught_up and not lag_records:
+            self.lag_seconds.set(0.0)
+        elif newest_commit_us is not None:
             self.lag_seconds.set(max(0.0, self._clock() - newest_commit_us / 1e6))
         if lag_records is not None:
             self.lag_records.set(lag_records)

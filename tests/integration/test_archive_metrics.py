@@ -69,6 +69,7 @@ def test_the_archiver_exposes_its_progress_and_is_ready_only_while_the_broker_an
         assert _metric(text, "hera_archive_dead_letters_total") == 0
         assert _metric(text, "hera_archive_identity_checks_failed_total") == 0
         assert _metric(text, "hera_archive_consumer_lag_seconds") is not None
+        assert _metric(text, "hera_archive_consumer_lag_records") is not None
         own_broker.stop()
         wait_for(lambda: _get(port, "/readyz")[0] == 503, 90, "not ready while the broker is down")
         assert "broker unreachable" in _get(port, "/readyz")[1]

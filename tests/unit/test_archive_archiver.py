@@ -58,6 +58,9 @@ class ListSource:
     def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         return dict.fromkeys(tps, 0)
 
+    def fetched_ends(self) -> dict[tuple[str, int], int]:
+        return {}
+
 
 def test_canonical_lax_and_bad_records_of_one_batch_are_archived_or_dead_lettered(
         tmp_path: Path) -> None:
