@@ -82,6 +82,7 @@ def _location(target: str) -> Any:
               help="vacuum keeps unreferenced files this long (time travel) [168]")
 @click.option("--metrics-port", type=int,
               help="serve /metrics /healthz /readyz [HERA_METRICS_PORT]")
+@click.option("--metrics-host", help="address of that endpoint [HERA_METRICS_HOST, 127.0.0.1]")
 @click.option("--new-archive-epoch", is_flag=True, default=None,
               help="continue this archive with a stream of another identity (drops the "
                    "stored offsets)")
