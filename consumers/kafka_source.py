@@ -110,6 +110,10 @@ class KafkaSource:
             auto_offset_reset="earliest", max_poll_records=max_poll_records,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
             fetch_max_wait_ms=100,
+            # a consumer never creates topics: after the broker lost its data, its metadata
+            # requests must not bring the topics back empty (the archiver would then fetch
+            # past their end instead of seeing that they are gone)
+            allow_auto_create_topics=False,
         )
         self._producer: KafkaProducer | None = None
         self._bootstrap = bootstrap_servers

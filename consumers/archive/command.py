@@ -84,8 +84,8 @@ def _location(target: str) -> Any:
               help="serve /metrics /healthz /readyz [HERA_METRICS_PORT]")
 @click.option("--metrics-host", help="address of that endpoint [HERA_METRICS_HOST, 127.0.0.1]")
 @click.option("--new-archive-epoch", is_flag=True, default=None,
-              help="continue this archive with a stream of another identity (drops the "
-                   "stored offsets)")
+              help="continue this archive with a new stream: drops the stored offsets, "
+                   "keeps the rows (for one start, after a refusal)")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.pass_context
 def archive(ctx: click.Context, /, log_level: str, **options: Any) -> None:
@@ -130,14 +130,15 @@ def _run(s: ArchiveSettings) -> int:
     try:
         store = ArchiveStore.open_or_create(loc, dedup_capacity=s.dedup_capacity)
         try:
-            try:
-                seen = check_stream(source, store.identity(), store.offsets())
-            except IdentityMismatchError:
-                if not s.new_archive_epoch:
-                    raise
+            if s.new_archive_epoch:
+                # the operator says the stream changed (some changes cannot be seen from
+                # the broker: tansu reports one cluster id for every broker): drop the
+                # position, keep the rows, record the new identity. Meant for one start.
                 seen = check_stream(source, None, {})
                 store.start_new_epoch(seen)
                 log.warning("--new-archive-epoch: continuing %s with the stream %s", loc, seen)
+            else:
+                seen = check_stream(source, store.identity(), store.offsets())
             identity = (store.identity() or seen).model_copy(
                 update={"kafka_cluster_id": seen.kafka_cluster_id})
             tune_gc()
