@@ -68,6 +68,7 @@ class RecordSource(Protocol):
     def cluster_id(self) -> str | None: ...
     def partitions(self) -> set[tuple[str, int]]: ...
     def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
+    def end_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
     # the high watermark each assigned partition's last fetch reported (lag metrics)
     def fetched_ends(self) -> dict[tuple[str, int], int]: ...
 
@@ -163,6 +164,12 @@ class KafkaSource:
         got = self._consumer.beginning_offsets([TopicPartition(t, p) for t, p in tps])
         return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
 
+    def end_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if not tps:
+            return {}
+        got = self._consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
+
     def fetched_ends(self) -> dict[tuple[str, int], int]:
         out = {}
         for tp in self._assigned:
@@ -248,6 +255,12 @@ class ConfluentSource:
 
         return {(t, p): int(self._consumer.get_watermark_offsets(
             TopicPartition(t, p), timeout=10)[0]) for t, p in tps}
+
+    def end_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition
+
+        return {(t, p): int(self._consumer.get_watermark_offsets(
+            TopicPartition(t, p), timeout=10)[1]) for t, p in tps}
 
     def fetched_ends(self) -> dict[tuple[str, int], int]:
         from confluent_kafka import TopicPartition

@@ -5,14 +5,17 @@ Provable from the broker alone, at start and at every refresh:
 - the Kafka cluster id differs from the archived one (where both are known);
 - a topic partition the archive consumed no longer exists (an empty broker took its place);
 - a partition's first offset moved past the archive's position (records were deleted before
-  they were archived: retention or a re-created topic).
+  they were archived: retention or a re-created topic);
+- a partition the archive read records from is empty now (its end offset is 0): the topic was
+  re-created, e.g. by a broker that lost its data and auto-creates topics.
 While running, the archiver also stops when a partition serves an offset below its position
 (archiver.py): the client fell back to the beginning of a partition that is not the one it
 read. The database side (system identifier, database, slot) is checked at every marker.
 
-"Stored offsets beyond a partition's end" is not asked of the broker's ListOffsets: the test
-broker (tansu) under-reports end offsets of batched records, so such a check would refuse
-good archives; the backwards-offset guard covers the case once the broker serves records.
+"Stored offsets beyond a partition's end" in general is not asked of ListOffsets: the test
+broker (tansu) under-reports end offsets of batched records (never as 0 for a non-empty
+partition), so only the empty-partition case is provable on every broker; the
+backwards-offset guard covers the rest once the broker serves records.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ def check_stream(source: RecordSource, archived: StreamIdentity | None,
             f"the broker has no partition {t}[{p}] (the archive holds it up to offset "
             f"{offsets[(t, p)] - 1}; {len(missing)} partition(s) missing): the broker lost its "
             f"data or is another one; {WAY_OUT}")
+    ends = source.end_offsets(sorted(tp for tp, o in offsets.items() if o > 0))
+    for tp, end in sorted(ends.items()):
+        if end == 0:
+            raise IdentityMismatchError(
+                f"{tp[0]}[{tp[1]}] is empty, but the archive holds it up to offset "
+                f"{offsets[tp] - 1}: the topic was re-created (the broker lost its data); "
+                f"{WAY_OUT}")
     starts = source.start_offsets(sorted(offsets))
     for tp, start in sorted(starts.items()):
         if start > offsets[tp]:

@@ -76,7 +76,8 @@ def test_an_archiver_whose_broker_is_replaced_by_an_empty_one_stops_loudly(
     own_broker.start()  # same address, memory storage: empty
     assert proc.wait(60) == 3, log.read_text()[-3000:]
     last = log.read_text().strip().splitlines()[-1]
-    assert last.startswith("consumers: ") and "has no partition" in last
+    # seen before the broker re-creates the topics (missing) or after (empty)
+    assert last.startswith("consumers: ") and ("has no partition" in last or "is empty" in last)
     assert generation(archive_target) == batch
 
 

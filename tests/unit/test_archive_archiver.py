@@ -58,6 +58,9 @@ class ListSource:
     def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         return dict.fromkeys(tps, 0)
 
+    def end_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return dict.fromkeys(tps, 1)
+
     def fetched_ends(self) -> dict[tuple[str, int], int]:
         return {}
 
