@@ -114,11 +114,12 @@ def test_a_kill_inside_a_delta_commit_loses_and_repeats_nothing(
         proc = start_archiver(bootstrap, topic_prefix, target, log, "WARNING",
                               "--batch-events", "5000")
         before = _unreferenced(target)
-        # kill the moment a data file shows up that no version references yet: the commit
-        # is between writing its files and writing its log entry (or has just finished)
-        wait_for(lambda: _unreferenced(target) > before or proc.poll() is not None  # noqa: B023
-                 or consumed_per_topic(target) == published, 90, "a commit's data file",
-                 interval=0.001)
+        known = {Path(f).name for f in data_files(target)}
+        # kill the moment a new data file shows up (one store listing per check, fast on
+        # S3 too): its commit is between writing its files and writing its log entry, or
+        # has just finished; which one, the table tells afterwards
+        wait_for(lambda: bool({Path(f).name for f in data_files(target)} - known)  # noqa: B023
+                 or proc.poll() is not None, 90, "a commit's data file", interval=0.001)  # noqa: B023
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         kills += 1
