@@ -97,6 +97,14 @@ class RecordSource(Protocol):
     def dead_letter(self, record: Record, reason: str) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+    # stream identity (the archiver's checks): the cluster id the broker reports (None if
+    # none), the partitions of the existing topics, and each partition's first offset
+    def cluster_id(self, timeout_s: float = 15.0) -> str | None: ...
+    def partitions(self) -> set[tuple[str, int]]: ...
+    def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
+    def end_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]: ...
+    # the high watermark each assigned partition's last fetch reported (lag metrics)
+    def fetched_ends(self) -> dict[tuple[str, int], int]: ...
 
 
 class CheckedSource(RecordSource, Protocol):
@@ -265,6 +273,10 @@ class KafkaSource:
             # profiled; the detector turns it off (TCP checksums the bytes and the broker
             # validated each batch on write), the archiver keeps it.
             check_crcs=check_crcs,
+            # a consumer never creates topics: after the broker lost its data, its metadata
+            # requests must not bring the topics back empty (the archiver would then fetch
+            # past their end instead of seeing that they are gone)
+            allow_auto_create_topics=False,
         )
         self._producer: KafkaProducer | None = None
         self._bootstrap = bootstrap_servers
@@ -296,6 +308,32 @@ class KafkaSource:
         self._assigned = tps
 
     refresh = assign
+
+    def partitions(self) -> set[tuple[str, int]]:
+        out: set[tuple[str, int]] = set()
+        for topic in self._consumer.topics():
+            out.update((topic, p) for p in self._consumer.partitions_for_topic(topic) or ())
+        return out
+
+    def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if not tps:
+            return {}
+        got = self._consumer.beginning_offsets([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
+
+    def end_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if not tps:
+            return {}
+        got = self._consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
+
+    def fetched_ends(self) -> dict[tuple[str, int], int]:
+        out = {}
+        for tp in self._assigned:
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                out[(tp.topic, tp.partition)] = int(hw)
+        return out
 
     def poll(self, timeout_ms: int = 200) -> list[Record]:
         from kafka.errors import OffsetOutOfRangeError
@@ -404,6 +442,32 @@ class ConfluentSource:
         self._assigned |= new
 
     refresh = assign
+
+    def partitions(self) -> set[tuple[str, int]]:
+        meta = self._consumer.list_topics(timeout=10)
+        return {(t, p) for t, m in meta.topics.items() for p in m.partitions}
+
+    def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition
+
+        return {(t, p): int(self._consumer.get_watermark_offsets(
+            TopicPartition(t, p), timeout=10)[0]) for t, p in tps}
+
+    def end_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition
+
+        return {(t, p): int(self._consumer.get_watermark_offsets(
+            TopicPartition(t, p), timeout=10)[1]) for t, p in tps}
+
+    def fetched_ends(self) -> dict[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition
+
+        out = {}
+        for t, p in self._assigned:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)
+            if high is not None and high >= 0:
+                out[(t, p)] = int(high)
+        return out
 
     def poll(self, timeout_ms: int = 200) -> list[Record]:
         from confluent_kafka import KafkaError, KafkaException

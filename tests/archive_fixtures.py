@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 from capture.event import (
@@ -89,3 +91,39 @@ def workload(transactions: int, per_txn: int, first_lsn: int = 1_000) -> tuple[
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
     """Poll ``predicate`` until true (tests.waiting.wait_until under this area's name)."""
     wait_until(predicate, timeout, what, interval)
+
+
+# --- an archive of the old format (manifest + Parquet segments), for `archive migrate` -----
+
+def write_legacy_archive(root: Path, changes: list[ChangeEvent], ends: list[TransactionEvent],
+                         markers: list[StreamMarker], offsets: dict[str, dict[str, int]],
+                         dead_letters: int = 0, segments_per_kind: int = 2) -> Path:
+    """What hera-guard wrote before the Delta table: archive.json, manifest.json listing the
+    live segments and the offsets, segments/<kind>/*.parquet (markers without the identity
+    columns). Spread over several segments, with one duplicate change, as real ones were."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from consumers.archive.segments import changes_rows, markers_table, transactions_table
+
+    root.mkdir(parents=True)
+    (root / "archive.json").write_text(json.dumps({"format": "hera-guard-archive",
+                                                   "version": 1}))
+    tables = {"changes": changes_rows([*changes, *changes[:1]]),
+              "transactions": transactions_table(ends),
+              "markers": markers_table(markers).drop_columns(["system_identifier", "plugin"])}
+    segments = []
+    for kind, table in tables.items():
+        step = max(1, -(-table.num_rows // segments_per_kind))
+        for i, lo in enumerate(range(0, max(table.num_rows, 1), step)):
+            part: pa.Table = table.slice(lo, step)
+            rel = f"segments/{kind}/{i + 1:010d}-{uuid.uuid4().hex[:8]}.parquet"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(part, root / rel, compression="zstd")
+            segments.append({"file": rel, "kind": kind, "rows": part.num_rows,
+                             "bytes": (root / rel).stat().st_size})
+    (root / "manifest.json").write_text(json.dumps({
+        "version": 1, "generation": len(segments), "committed_at": "2025-01-01T00:00:00Z",
+        "segments": segments, "retired": [], "offsets": offsets,
+        "counters": {"dead_letters": dead_letters}}))
+    return root

@@ -1,5 +1,13 @@
 """The archiver loop: Kafka records -> parsed events -> one atomic store commit per batch.
 
+Each commit is one atomic Delta commit of the batch's rows, the consumed offsets and the
+stream identity (store.py). The identity (topic prefix, Kafka cluster id, and from the markers
+the PostgreSQL system identifier, database, slot and epoch) is checked against the one the
+archive was built from at start (``identity.check_stream``), at every refresh, and at every
+marker: a different stream stops the archiver with IdentityMismatchError before anything of
+it is committed. A partition whose records go backwards (the broker was replaced by an empty
+one and the client restarted from its beginning) stops it the same way.
+
 A batch is committed when it holds ``batch_events`` records or ``flush_interval_s`` has
 passed since the last commit. Records are parsed at the commit, all at once: change events
 in bulk by DuckDB straight into Arrow columns (``bulk_parse``), and whatever the bulk check
@@ -21,18 +29,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import ValidationError
 
+from capture.encoding import SCHEMA_VERSION
 from capture.event import (
-    SCHEMA_VERSION,
     ChangeEvent,
+    SchemaChangeEvent,
     StreamMarker,
     TransactionEvent,
     parse_transaction_topic,
 )
+from capture.identity import StreamIdentity
 from capture.topics import transaction_topic
 from consumers.archive.bulk_parse import BulkChangeParser
-from consumers.archive.compaction import CompactionPolicy, compact
+from consumers.archive.housekeeping import Housekeeping, housekeep
+from consumers.archive.layout import IdentityMismatchError
 from consumers.archive.store import ArchiveStore, Offsets
 from consumers.kafka_source import Record, RecordSource
 
@@ -44,8 +56,8 @@ class ArchiverTuning:
     batch_events: int = 50_000
     flush_interval_s: float = 1.0
     refresh_interval_s: float = 5.0  # look for new table topics
-    compact_interval_s: float = 30.0
-    compaction: CompactionPolicy = field(default_factory=CompactionPolicy)
+    compact_interval_s: float = 60.0  # housekeeping (optimize, vacuum) period
+    housekeeping: Housekeeping = field(default_factory=Housekeeping)
 
 
 @dataclass
@@ -55,8 +67,11 @@ class ArchiverStats:
     duplicates: int = 0
     transactions_written: int = 0
     markers_written: int = 0
+    schema_changes_written: int = 0
     dead_letters: int = 0
     commits: int = 0
+    newest_commit_us: int | None = None  # commit time of the newest archived change
+    caught_up: bool = False  # the last poll returned nothing
 
 
 @dataclass
@@ -71,6 +86,7 @@ class _Parsed:
     changes: list[ChangeEvent] = field(default_factory=list)
     transactions: list[TransactionEvent] = field(default_factory=list)
     markers: list[StreamMarker] = field(default_factory=list)
+    schema_changes: list[SchemaChangeEvent] = field(default_factory=list)
     dead_letters: int = 0
 
 
@@ -79,6 +95,12 @@ def _wait(commit: Future[None] | None) -> Future[None] | None:
     if commit is not None:
         commit.result()
     return None
+
+
+def _went_back(rec: Record, expected: int) -> str:
+    return (f"{rec.topic}[{rec.partition}] served offset {rec.offset} after {expected - 1} was "
+            "archived: the broker lost its data (replaced or reset); archive the new stream "
+            "into a new location, or pass --new-archive-epoch to continue this archive")
 
 
 def tune_gc() -> None:
@@ -96,14 +118,16 @@ def tune_gc() -> None:
     gc.set_threshold(200_000, 50, 100)
 
 
-def parse_record(record: Record, txn_topic: str) -> ChangeEvent | TransactionEvent | StreamMarker:
+Event = ChangeEvent | TransactionEvent | StreamMarker | SchemaChangeEvent
+
+
+def parse_record(record: Record, txn_topic: str) -> Event:
     """Raises ValueError with the reason for the dead-letter topic."""
     if record.value is None:
         raise ValueError("empty record value (tombstone)")
     try:
         if record.topic == txn_topic:
-            event: ChangeEvent | TransactionEvent | StreamMarker = (
-                parse_transaction_topic(record.value))
+            event: Event = parse_transaction_topic(record.value)
         else:
             event = ChangeEvent.model_validate_json(record.value)
     except ValidationError as exc:
@@ -124,8 +148,17 @@ def parse_record(record: Record, txn_topic: str) -> ChangeEvent | TransactionEve
 class Archiver:
     def __init__(self, store: ArchiveStore, source: RecordSource, tuning: ArchiverTuning,
                  monotonic: Callable[[], float] = time.monotonic,
-                 on_commit: Callable[[ArchiverStats], None] | None = None) -> None:
+                 on_commit: Callable[[ArchiverStats], None] | None = None,
+                 identity: StreamIdentity | None = None,
+                 check_stream: Callable[[Offsets], StreamIdentity | None] | None = None
+                 ) -> None:
+        """``identity``: the stream as checked at start (None: the archive's own, or only
+        the topic prefix); ``check_stream(offsets)``: re-checks the broker's side at every
+        refresh (cluster id, partition ends/starts), raising IdentityMismatchError."""
         self.store = store
+        self.identity = (identity or store.identity()
+                         or StreamIdentity(topic_prefix=source.prefix))
+        self._check_stream = check_stream
         self.source = source
         self.tuning = tuning
         self.stats = ArchiverStats()
@@ -144,6 +177,7 @@ class Archiver:
         compaction, rare, wait for the commit in flight first: they read the store.
         """
         self.source.assign(self.store.offsets())
+        expected = self.store.offsets()  # next offset per partition: never goes backwards
         batch = _Batch()
         now = self._monotonic()
         last_commit = last_refresh = last_compact = now
@@ -152,11 +186,15 @@ class Archiver:
             in_flight: Future[None] | None = None
             while not stop.is_set():
                 records = self.source.poll(timeout_ms=100)
+                self.stats.caught_up = not records
                 if records:
                     batch.records += records
                     offsets = batch.offsets
                     for rec in records:  # records of a partition arrive in offset order
-                        offsets[(rec.topic, rec.partition)] = rec.offset + 1
+                        tp = (rec.topic, rec.partition)
+                        if rec.offset < expected.get(tp, 0):
+                            raise IdentityMismatchError(_went_back(rec, expected[tp]))
+                        offsets[tp] = expected[tp] = rec.offset + 1
                 now = self._monotonic()
                 due = now - last_commit >= self.tuning.flush_interval_s
                 if len(batch.records) >= self.tuning.batch_events or (due and batch.records):
@@ -166,12 +204,11 @@ class Archiver:
                     last_commit = now
                 if now - last_refresh >= self.tuning.refresh_interval_s:
                     in_flight = _wait(in_flight)
-                    self.source.refresh(self.store.offsets() | batch.offsets)
+                    self._refresh(self.store.offsets() | batch.offsets)
                     last_refresh = now
                 if now - last_compact >= self.tuning.compact_interval_s:
                     in_flight = _wait(in_flight)
-                    compact(self.store, self.tuning.compaction)
-                    self.store.delete_expired()
+                    housekeep(self.store, self.tuning.housekeeping)
                     last_compact = now
             _wait(in_flight)
         if batch.records:
@@ -199,26 +236,61 @@ class Archiver:
                 p.changes.append(event)
             elif isinstance(event, TransactionEvent):
                 p.transactions.append(event)
+            elif isinstance(event, SchemaChangeEvent):
+                p.schema_changes.append(event)
             else:
                 p.markers.append(event)
         return p
 
+    def _refresh(self, position: Offsets) -> None:
+        """Re-check the stream and pick up new topics; a broker that does not answer is a
+        passing fault (``check_stream`` returns None then): skipped, tried again later."""
+        if self._check_stream is not None:
+            seen = self._check_stream(position)
+            if seen is None:
+                return
+            self._check(seen)
+        try:
+            self.source.refresh(position)
+        except Exception as exc:  # the Kafka clients' errors: the broker went away meanwhile
+            log.warning("topic refresh failed, retried later: %s", exc)
+
+    def _check(self, seen: StreamIdentity) -> None:
+        why = self.identity.mismatch(seen)
+        if why is not None:
+            raise IdentityMismatchError(
+                f"the stream is not the one archived in {self.store.location}: {why}; archive "
+                "it into a new location, or pass --new-archive-epoch to continue this archive "
+                "with the new stream")
+        known = self.identity.model_dump(exclude_none=True)
+        self.identity = self.identity.model_copy(update={
+            k: v for k, v in seen.model_dump(exclude_none=True).items() if k not in known
+            or k == "epoch_lsn"})
+
     def _commit(self, batch: _Batch) -> None:
         p = self._parse(batch.records)
+        for marker in sorted(p.markers, key=lambda m: m.lsn):
+            # a marker of another database/slot: stop before committing anything of it
+            self._check(self.identity.with_marker(marker))
         if p.dead_letters:
             self.source.flush()  # the dead letters are durable before their offsets move
         # the model-parsed changes go first: their relative order to the bulk-parsed ones
         # only matters for a key repeated inside one batch, where either copy is the event
         r = self.store.append(p.changes, p.transactions, p.markers, batch.offsets,
-                              dead_letters=p.dead_letters, change_rows=p.change_rows)
+                              dead_letters=p.dead_letters, change_rows=p.change_rows,
+                              schema_changes=p.schema_changes, identity=self.identity)
         s = self.stats
         s.records += len(batch.records)
         s.changes_written += r.changes_written
         s.duplicates += r.duplicates
         s.transactions_written += r.transactions_written
         s.markers_written += r.markers_written
+        s.schema_changes_written += r.schema_changes_written
         s.dead_letters += p.dead_letters
         s.commits += 1
+        if p.change_rows is not None and p.change_rows.num_rows:
+            newest = pc.max(p.change_rows["commit_ts"]).cast(pa.int64()).as_py()
+            s.newest_commit_us = max(s.newest_commit_us or 0, newest)
         if self._on_commit is not None:
             self._on_commit(s)
 

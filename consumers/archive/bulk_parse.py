@@ -28,7 +28,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from capture.event import SCHEMA_VERSION
+from capture.encoding import SCHEMA_VERSION
 from consumers.archive.segments import CHANGES_SCHEMA, UTC_US
 
 # The canonical document, exactly as capture writes it: every key present, in this order.

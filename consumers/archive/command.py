@@ -1,126 +1,251 @@
-"""CLI for the archive: ``consumers archive`` (the long-running writer) and
-``consumers history DIR [SQL]`` (a read-only query over DIR/history.duckdb)."""
+"""CLI for the archive: ``consumers archive`` (the long-running writer), ``consumers archive
+migrate OLD_DIR NEW`` and ``consumers history ARCHIVE [SQL] [--version N | --as-of TIME]``.
+
+Each command on an object store ends with ``os._exit(code)`` after flushing: a process that used
+deltalake's object store can abort at interpreter exit (rc 134, "terminate called without an
+active exception", the Rust runtime's threads torn down by the C++ runtime), which would
+replace the command's own exit code.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import signal
+import os
 import sys
-import threading
-from datetime import timedelta
-from pathlib import Path
-from types import FrameType
+from datetime import datetime
 from typing import Any, NoReturn
 
 import click
-from pydantic import ValidationError
 
-from consumers.archive.layout import ArchiveError
-from consumers.archive.settings import ArchiveSettings
+from capture.service_kit import fail as kit_fail
+from capture.service_kit import settings_or_fail, stop_on_signals
+from consumers.archive.layout import ArchiveError, IdentityMismatchError
+from consumers.archive.settings import ArchiveSettings, StorageSettings
+
+log = logging.getLogger("consumers.archive")
+
+
+_OBJECT_STORE_USED = False  # only then the hard exit: tests invoke the local commands in-process
+
+
+def _exit(code: int) -> NoReturn:
+    if not _OBJECT_STORE_USED:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"consumers: {message}", err=True)
-    sys.exit(code)
+    with contextlib.suppress(SystemExit):
+        kit_fail("consumers", message, code)
+    _exit(code)
 
 
-def _settings(**given: Any) -> ArchiveSettings:
-    try:
-        return ArchiveSettings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"]) or "settings"
-        hint = "" if err["type"] != "missing" else (
-            f" (--{name.replace('_', '-')} or HERA_{name.upper()})")
-        _fail(f"{name}: {err['msg']}{hint}")
+def _configure_logs(level: str) -> None:
+    """capture's JSON log lines (one redactor) on stderr, for every logger of the process;
+    the Kafka client's connection chatter only from WARNING."""
+    from capture.logs import JsonFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
 
 
-@click.command()
+def _location(target: str) -> Any:
+    from consumers.archive.location import archive_location
+
+    global _OBJECT_STORE_USED
+    opts = settings_or_fail("consumers", StorageSettings, {}).storage_options()
+    loc = archive_location(target, opts)
+    _OBJECT_STORE_USED = _OBJECT_STORE_USED or not loc.is_local
+    return loc
+
+
+@click.group(invoke_without_command=True)
 @click.option("--bootstrap-servers", help="Kafka HOST:PORT[,...] [HERA_BOOTSTRAP_SERVERS]")
-@click.option("--archive", type=click.Path(path_type=Path),
-              help="archive directory [HERA_ARCHIVE]")
+@click.option("--archive", help="archive directory or URI (s3://bucket/prefix) [HERA_ARCHIVE]; "
+              "object-store credentials from AWS_* variables")
 @click.option("--topic-prefix", help="topic prefix [HERA_TOPIC_PREFIX, default hera]")
 @click.option("--tables", help="comma-separated schema.table list [HERA_TABLES, default all]")
 @click.option("--kafka-backend", type=click.Choice(["kafka-python", "confluent"]),
               help="Kafka client [HERA_KAFKA_BACKEND, default kafka-python]")
 @click.option("--batch-events", type=int, help="commit after this many records")
 @click.option("--flush-interval-s", type=float, help="commit at least this often, seconds")
-@click.option("--compact-interval-s", type=float, help="compaction check period, seconds")
-@click.option("--grace-s", type=float, help="keep compacted-away segments this long")
+@click.option("--compact-interval-s", type=float, help="optimize + vacuum period, seconds")
+@click.option("--retention-hours", type=float,
+              help="vacuum keeps unreferenced files this long (time travel) [168]")
+@click.option("--metrics-port", type=int,
+              help="serve /metrics /healthz /readyz [HERA_METRICS_PORT]")
+@click.option("--metrics-host", help="address of that endpoint [HERA_METRICS_HOST, 127.0.0.1]")
+@click.option("--new-archive-epoch", is_flag=True, default=None,
+              help="continue this archive with a new stream: drops the stored offsets, "
+                   "keeps the rows (for one start, after a refusal)")
 @click.option("--log-level", default="INFO", show_default=True)
-def archive(log_level: str, **options: Any) -> None:
-    """Archive every change event into DIR, exactly once, until SIGTERM/SIGINT."""
-    from consumers.archive.archiver import Archiver, ArchiverTuning, tune_gc
-    from consumers.archive.history_db import write_history_db
+@click.pass_context
+def archive(ctx: click.Context, /, log_level: str, **options: Any) -> None:
+    """Archive every change event into a Delta table, exactly once, until SIGTERM/SIGINT."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _configure_logs(log_level)
+    s = settings_or_fail("consumers", ArchiveSettings, options)
+    try:
+        code = _run(s)
+    except ArchiveError as exc:
+        _fail(str(exc), 3 if isinstance(exc, IdentityMismatchError) else 2)
+    _exit(code)
+
+
+def _run(s: ArchiveSettings) -> int:
+    from datetime import timedelta
+
+    from capture.service_kit import Health, ServiceEndpoint
+    from consumers.archive.archiver import Archiver, ArchiverStats, ArchiverTuning, tune_gc
+    from consumers.archive.housekeeping import Housekeeping
+    from consumers.archive.identity_check import check_stream
+    from consumers.archive.metrics import ArchiveMetrics
     from consumers.archive.store import ArchiveStore
     from consumers.kafka_source import open_source
 
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    s = _settings(**options)
+    loc = _location(s.archive)
+    stop = stop_on_signals()
+    metrics, health = ArchiveMetrics(), Health()
+    endpoint = (None if s.metrics_port is None
+                else ServiceEndpoint(metrics.registry, health, s.metrics_port, s.metrics_host))
+    # The archive's refusals, then the broker: an unreachable one must not leave a
+    # directory or table behind.
+    ArchiveStore.preflight(loc)
     try:
-        store = ArchiveStore.open_or_create(s.archive, grace=timedelta(seconds=s.grace_s),
-                                            dedup_capacity=s.dedup_capacity)
-    except ArchiveError as exc:
-        _fail(str(exc))
-    tune_gc()
-    try:
-        write_history_db(store.root)
         source = open_source(s.bootstrap_servers, s.topic_prefix, s.tables, s.kafka_backend)
+        source.cluster_id()
+    except Exception as exc:
+        raise ArchiveError(f"cannot reach the Kafka broker at {s.bootstrap_servers} "
+                           f"({type(exc).__name__}); start it or fix --bootstrap-servers"
+                           ) from None
+    try:
+        store = ArchiveStore.open_or_create(loc, dedup_capacity=s.dedup_capacity)
         try:
+            if s.new_archive_epoch:
+                # the operator says the stream changed (some changes cannot be seen from
+                # the broker: tansu reports one cluster id for every broker): drop the
+                # position, keep the rows, record the new identity. Meant for one start.
+                seen = check_stream(source, None, {})
+                store.start_new_epoch(seen)
+                log.warning("--new-archive-epoch: continuing %s with the stream %s", loc, seen)
+            else:
+                seen = check_stream(source, store.identity(), store.offsets())
+            identity = (store.identity() or seen).model_copy(
+                update={"kafka_cluster_id": seen.kafka_cluster_id})
+            tune_gc()
+
+            def on_commit(stats: ArchiverStats) -> None:
+                try:
+                    ends = source.fetched_ends()
+                except Exception:  # a metric must not stop the archiver
+                    ends = {}
+                done = store.offsets()
+                lag = sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
+                metrics.on_commit(stats, store, stats.newest_commit_us,
+                                  lag if ends else None, stats.caught_up)
+
+            def recheck(offsets: dict[tuple[str, int], int]) -> Any:
+                """Whenever the broker answers; an outage is a passing fault (not ready)."""
+                try:
+                    seen = check_stream(source, identity, offsets)
+                except IdentityMismatchError:
+                    health.not_ready("the broker serves another stream")
+                    raise
+                except Exception as exc:
+                    health.not_ready(f"broker unreachable ({type(exc).__name__})")
+                    log.warning("stream check skipped, broker unreachable: %s", exc)
+                    return None
+                health.ready()
+                return seen
+
+            health.ready()
             Archiver(store, source, ArchiverTuning(
                 batch_events=s.batch_events, flush_interval_s=s.flush_interval_s,
-                compact_interval_s=s.compact_interval_s)).run(stop)
+                compact_interval_s=s.compact_interval_s,
+                housekeeping=Housekeeping(retention=timedelta(hours=s.retention_hours))),
+                on_commit=on_commit, identity=identity, check_stream=recheck).run(stop)
+        except IdentityMismatchError:
+            metrics.identity_failed.inc()
+            health.not_ready("identity check failed")
+            raise
         finally:
-            source.close()
+            store.close()
+    finally:
+        source.close()
+        if endpoint is not None:
+            endpoint.close()
+    return 0
+
+
+@archive.command()
+@click.argument("old_dir", type=click.Path(file_okay=False))
+@click.argument("new_uri")
+def migrate(old_dir: str, new_uri: str) -> None:
+    """Convert an archive of the old format (OLD_DIR) into a Delta archive at NEW_URI."""
+    from pathlib import Path
+
+    from consumers.archive.migrate import migrate as run
+
+    try:
+        r = run(Path(old_dir), _location(new_uri))
     except ArchiveError as exc:
         _fail(str(exc))
-    finally:
-        store.close()
+    click.echo(f"migrated {old_dir} -> {new_uri}: " + ", ".join(
+        f"{n} {k}" for k, n in r.rows.items()) + f"; offsets of {r.offsets} partition(s); "
+        f"verified row for row; table version {r.version}")
+    _exit(0)
 
 
 @click.command()
-@click.argument("archive_dir", type=click.Path(path_type=Path))
+@click.argument("archive_uri")
 @click.argument("query", required=False)
 @click.option("--limit", default=50, show_default=True, help="rows to print")
-def history(archive_dir: Path, query: str | None, limit: int) -> None:
-    """Run SQL on DIR/history.duckdb read-only (no SQL: list its views and macros)."""
+@click.option("--version", "version", type=int, help="read this table version")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z",
+                                                     "%Y-%m-%d %H:%M:%S%z"]),
+              help="read the table as it was at this time (with zone)")
+def history(archive_uri: str, query: str | None, limit: int, version: int | None,
+            as_of: datetime | None) -> None:
+    """Run SQL on the archive's views (no SQL: list its views and macros)."""
     import duckdb
     from rich.console import Console
     from rich.table import Table
 
-    from consumers.archive.layout import HISTORY_DB, check_or_init_marker
+    from consumers.archive.reader import connect_history
 
+    if version is not None and as_of is not None:
+        _fail("--version and --as-of exclude each other")
     try:
-        check_or_init_marker(archive_dir.absolute(), create=False)
+        con = connect_history(_location(archive_uri), version=version, as_of=as_of)
     except ArchiveError as exc:
         _fail(str(exc))
-    db = archive_dir / HISTORY_DB
-    if not db.exists():
-        _fail(f"{db} does not exist yet; start `consumers archive` once to create it")
-    con = duckdb.connect(str(db), read_only=True)
     try:
         sql = query or ("SELECT function_name AS name, 'macro' AS kind FROM duckdb_functions() "
-                        "WHERE NOT internal AND database_name = 'history' UNION ALL "
+                        "WHERE NOT internal AND NOT starts_with(function_name, '_') UNION ALL "
                         "SELECT view_name, 'view' FROM duckdb_views() WHERE NOT internal "
-                        "AND database_name = 'history' ORDER BY kind, name")
+                        "ORDER BY kind, name")
         rel = con.sql(sql)
-        if rel is None:
-            return
-        table = Table(show_lines=False)
-        for col in rel.columns:
-            table.add_column(col)
-        for row in rel.limit(limit).fetchall():
-            table.add_row(*("NULL" if v is None else str(v) for v in row))
-        Console(width=200).print(table)
+        if rel is not None:
+            table = Table(show_lines=False)
+            for col in rel.columns:
+                table.add_column(col)
+            for row in rel.limit(limit).fetchall():
+                table.add_row(*("NULL" if v is None else str(v) for v in row))
+            Console(width=200).print(table)
     except duckdb.Error as exc:
-        _fail(f"query failed: {exc}")
+        first = (str(exc).strip().splitlines() or ["?"])[0]
+        hint = (" (a data file of the archive cannot be read: restore it from a backup, or "
+                "re-archive from Kafka)" if "parquet" in first.lower() else "")
+        _fail(f"query failed: {first}{hint}")
     finally:
         con.close()
+    _exit(0)

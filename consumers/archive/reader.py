@@ -1,50 +1,157 @@
-"""Reading the archive: ``connect_history(archive_dir)``, the replay engineer's contract.
+"""Reading the archive: ``connect_history(archive)``, the replay engineer's contract.
 
-    con = connect_history(Path("archive"))      # in-memory DuckDB, read-only use
+    con = connect_history("archive")               # or "s3://bucket/prefix", Path(...)
+    con = connect_history("archive", version=12)   # an older table version (time travel)
     con.sql("SELECT * FROM changes WHERE table_name = 'core_relationships'")
 
-The views read exactly the live segments of the manifest at the moment of the call (a
-consistent snapshot: later commits are not seen; call again to refresh). Deduplicated:
+The views read exactly the files of one Delta table version (the newest at the moment of
+the call, or the one asked for): a consistent snapshot, later commits are not seen (call
+again to refresh). Local tables are read by DuckDB straight from the Parquet files the Delta
+log lists (no extension); remote ones through deltalake's pyarrow dataset (object store
+access by delta-rs; DuckDB scans the dataset lazily, filters pushed down), because DuckDB's
+httpfs extension may not be installable where this runs. Deduplicated:
 
 - ``changes``: table_schema VARCHAR, table_name VARCHAR, op VARCHAR ('c','u','d','r','t'),
   commit_lsn UBIGINT, position INTEGER, xid BIGINT (NULL for snapshot rows),
   commit_ts TIMESTAMPTZ (µs, from source.ts_us), key JSON, before JSON, after JSON,
   types JSON, snapshot BOOLEAN, event_ts TIMESTAMPTZ (capture's processing time, ts_ms),
-  schema_version INTEGER — one row per (commit_lsn, position).
+  schema_version INTEGER (1 or 2: see capture/encoding.py) — one row per (commit_lsn, position).
 - ``transactions``: xid BIGINT, commit_lsn UBIGINT, commit_ts TIMESTAMPTZ,
   event_count BIGINT, data_collections JSON (from END records) — one row per commit_lsn.
 - ``markers``: status VARCHAR, slot VARCHAR, db VARCHAR, epoch_lsn UBIGINT, lsn UBIGINT,
-  ts TIMESTAMPTZ, tables VARCHAR[].
+  ts TIMESTAMPTZ, tables VARCHAR[], system_identifier VARCHAR, plugin VARCHAR (NULL for old
+  markers).
+- ``schema_changes``: table_schema, table_name, commit_lsn UBIGINT, position INTEGER, xid,
+  commit_ts, lsn UBIGINT, columns JSON (capture.event.ColumnDef objects), command_tag, ddl,
+  recorded BOOLEAN, schema_version — one row per (commit_lsn, position).
+- ``raw_changes`` (and ``raw_transactions``, ``raw_markers``, ``raw_schema_changes``): the
+  same rows before deduplication.
 
 Plus the analysts' views and macros of ``views.VIEW_SQL`` (change_log, transaction_summary,
-row_timeline, relationship_timeline, table_as_of, table_as_of_lsn, lsn_text).
-Segments being compacted away stay on disk for the grace period, so a connection's queries
-keep working for at least that long after a compaction.
+row_timeline, relationship_timeline, table_as_of, table_as_of_lsn, lsn_text). Files a
+version references stay until vacuum's retention has passed, so a connection keeps working
+that long after newer commits and compactions.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+from deltalake import DeltaTable
 
-from consumers.archive.layout import KINDS, check_or_init_marker
-from consumers.archive.manifest import load_manifest
-from consumers.archive.views import VIEW_SQL, raw_relation_sql
+from consumers.archive.layout import ArchiveError, DamagedArchiveError, NotAnArchiveError
+from consumers.archive.location import ArchiveLocation, archive_location
+from consumers.archive.segments import KINDS
+from consumers.archive.store import open_table
+from consumers.archive.views import VIEW_SQL, parquet_source, raw_relation_sql
 
 
-def connect_history(archive_dir: Path) -> duckdb.DuckDBPyConnection:
+def connect_history(archive: str | Path | ArchiveLocation, *, version: int | None = None,
+                    as_of: datetime | None = None,
+                    storage_options: dict[str, str] | None = None
+                    ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the archive's views (see the module docstring).
 
-    Raises NotAnArchiveError / NewerArchiveError for a directory that is not a readable
-    archive. Never writes to the archive and takes no lock: safe while the archiver runs.
+    Raises NotAnArchiveError / NewerArchiveError for a location without a readable archive,
+    DamagedArchiveError for a Delta log that cannot be read or a data file that is missing or
+    truncated (naming the file). Never writes to the archive and takes no lock: safe while
+    the archiver runs.
     """
-    root = archive_dir.absolute()
-    check_or_init_marker(root, create=False)
-    manifest = load_manifest(root)
+    loc = archive_location(archive, storage_options)
+    if loc.is_local and not loc.path.is_dir():
+        raise NotAnArchiveError(f"{loc} does not exist (no archive there)")
+    dt = open_table(loc)
+    if version is not None or as_of is not None:
+        dt = _time_travel(dt, loc, version, as_of)
     con = duckdb.connect(":memory:")
-    for kind in KINDS:
-        files = [] if manifest is None else [root / s.file for s in manifest.of_kind(kind)]
-        con.execute(raw_relation_sql(f"raw_{kind}", kind, files))
+    if loc.is_local:
+        _local_relations(con, dt, loc)
+    else:
+        _dataset_relations(con, dt)
     con.execute(VIEW_SQL)
     return con
+
+
+def _time_travel(dt: DeltaTable, loc: ArchiveLocation, version: int | None,
+                 as_of: datetime | None) -> DeltaTable:
+    try:
+        if version is not None:
+            dt.load_as_version(version)
+        elif as_of is not None:
+            dt.load_as_version(as_of)
+    except Exception as exc:
+        newest = DeltaTable(loc.uri, storage_options=loc.options()).version()
+        what = f"version {version}" if version is not None else f"the time {as_of}"
+        raise ArchiveError(f"{loc} has no {what} (versions 0..{newest}, as far as the log "
+                           f"and vacuum's retention keep them): "
+                           f"{str(exc).strip().splitlines()[0][:200]}") from None
+    return dt
+
+
+def check_local_files(dt: DeltaTable, loc: ArchiveLocation) -> None:
+    for files in _files_by_kind(dt).values():
+        for rel, size in files:
+            check_file(loc.path / rel, size, loc)
+
+
+def _files_by_kind(dt: DeltaTable) -> dict[str, list[tuple[str, int]]]:
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    out: dict[str, list[tuple[str, int]]] = {k: [] for k in KINDS}
+    if not actions.num_rows:
+        return out
+    for path, size, kind in zip(actions["path"].to_pylist(), actions["size_bytes"].to_pylist(),
+                                actions["partition.kind"].to_pylist(), strict=True):
+        out.setdefault(kind, []).append((path, size))
+    return out
+
+
+def _local_relations(con: duckdb.DuckDBPyConnection, dt: DeltaTable,
+                     loc: ArchiveLocation) -> None:
+    root = loc.path
+    for kind, files in _files_by_kind(dt).items():
+        if kind not in KINDS:
+            continue
+        paths = []
+        for rel, size in files:
+            path = root / rel
+            check_file(path, size, loc)
+            paths.append(str(path))
+        con.execute(raw_relation_sql(f"raw_{kind}", kind, parquet_source(paths)))
+
+
+def check_file(path: Path, size: int, loc: ArchiveLocation) -> None:
+    """A data file the log lists must be there with its size (cheap: one stat)."""
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise DamagedArchiveError(
+            f"data file {path} of the archive {loc} is missing; restore the file from a "
+            "backup, or re-archive from Kafka into a new location") from None
+    if actual != size:
+        raise DamagedArchiveError(
+            f"data file {path} of the archive {loc} is damaged ({actual} bytes, the Delta "
+            f"log says {size}); restore the file from a backup, or re-archive from Kafka "
+            "into a new location")
+    with path.open("rb") as f:  # the footer's magic: a file overwritten in place fails here
+        f.seek(-4, 2)
+        if f.read(4) != b"PAR1":
+            raise DamagedArchiveError(
+                f"data file {path} of the archive {loc} is damaged (not a Parquet file); "
+                "restore the file from a backup, or re-archive from Kafka into a new location")
+
+
+def _dataset_relations(con: duckdb.DuckDBPyConnection, dt: DeltaTable) -> None:
+    dataset = dt.to_pyarrow_dataset()
+    kinds = set(_files_by_kind(dt))
+    for kind in KINDS:
+        if kind not in kinds:
+            con.execute(raw_relation_sql(f"raw_{kind}", kind, None))
+            continue
+        # A lazily scanned dataset (projection and filters pushed down by DuckDB).
+        part = dataset.filter(ds.field("kind") == kind)
+        con.register(f"_ds_{kind}", part)
+        con.execute(raw_relation_sql(f"raw_{kind}", kind, f"_ds_{kind}"))

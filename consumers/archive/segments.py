@@ -1,27 +1,33 @@
-"""Parquet segments: the Arrow schemas, event -> column conversion, and crash-safe writes.
+"""The archive's rows: one Arrow schema per kind, event -> column conversion, and the one
+Delta table schema they are all stored in.
 
-Columns are plain Parquet types (JSON documents as UTF-8 strings, timestamps as UTC
-microseconds/milliseconds with ``isAdjustedToUTC``) so DuckDB, Spark and Trino read them as-is.
-Rows of a segment are sorted by (table, commit_lsn, position): row-group statistics then
-let readers skip whole row groups when they filter on one table or an LSN range.
+The Delta table holds every kind (``changes``, ``transactions``, ``markers``,
+``schema_changes``) in one table partitioned by ``kind``: the columns of the table are the
+union of the kinds' columns (a row of one kind leaves the others' columns NULL, which Parquet
+stores for almost nothing). One table means one atomic Delta commit per archiver batch with
+every kind of row, the Kafka offsets and the stream identity in it: no protocol across tables.
+The ``kind`` partition puts each kind in its own directory, so a reader of one kind (``WHERE
+kind = 'changes'``) lists and reads only its files.
+
+Delta has no unsigned integers: LSNs are stored as ``long`` (int64; PostgreSQL LSNs stay far
+below 2**63) and the reader's views cast them back to UBIGINT. JSON documents are UTF-8
+strings, exactly the bytes capture wrote; timestamps are UTC microseconds.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 from pydantic_core import to_json
 
-from capture.event import ChangeEvent, StreamMarker, TransactionEvent
-from consumers.archive.layout import fsync_dir
+from capture.event import ChangeEvent, SchemaChangeEvent, StreamMarker, TransactionEvent
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
+# What the archiver's parsers produce for changes (bulk_parse and the model path).
 CHANGES_SCHEMA = pa.schema([
     ("table_schema", pa.string()),
     ("table_name", pa.string()),
@@ -55,10 +61,59 @@ MARKERS_SCHEMA = pa.schema([
     ("lsn", pa.uint64()),
     ("ts", UTC_US),
     ("tables", pa.list_(pa.string())),
+    ("system_identifier", pa.string()),
+    ("plugin", pa.string()),
+])
+
+SCHEMA_CHANGES_SCHEMA = pa.schema([
+    ("table_schema", pa.string()),
+    ("table_name", pa.string()),
+    ("commit_lsn", pa.uint64()),
+    ("position", pa.int32()),
+    ("xid", pa.int64()),
+    ("commit_ts", UTC_US),
+    ("lsn", pa.uint64()),
+    ("columns", pa.string()),
+    ("command_tag", pa.string()),
+    ("ddl", pa.string()),
+    ("recorded", pa.bool_()),
+    ("schema_version", pa.int32()),
 ])
 
 SCHEMAS = {"changes": CHANGES_SCHEMA, "transactions": TRANSACTIONS_SCHEMA,
-           "markers": MARKERS_SCHEMA}
+           "markers": MARKERS_SCHEMA, "schema_changes": SCHEMA_CHANGES_SCHEMA}
+KINDS = tuple(SCHEMAS)
+
+
+def _delta_type(t: pa.DataType) -> pa.DataType:
+    return pa.int64() if t == pa.uint64() else t
+
+
+def _table_schema() -> pa.Schema:
+    fields: dict[str, pa.DataType] = {"kind": pa.string()}
+    for schema in SCHEMAS.values():
+        for f in schema:
+            t = _delta_type(f.type)
+            if fields.setdefault(f.name, t) != t:
+                raise AssertionError(f"column {f.name} has two types")  # caught at import
+    return pa.schema(list(fields.items()))
+
+
+TABLE_SCHEMA = _table_schema()
+
+
+def to_table_rows(kind: str, rows: pa.Table) -> pa.Table:
+    """``rows`` of one kind (its ``SCHEMAS[kind]``) as rows of the Delta table."""
+    n = rows.num_rows
+    cols = []
+    for f in TABLE_SCHEMA:
+        if f.name == "kind":
+            cols.append(pa.array([kind] * n, pa.string()))
+        elif f.name in rows.column_names:
+            cols.append(rows[f.name].cast(f.type))
+        else:
+            cols.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(cols, schema=TABLE_SCHEMA)
 
 
 def _json(value: Any) -> str | None:
@@ -121,7 +176,28 @@ def markers_table(markers: Iterable[StreamMarker]) -> pa.Table:
         cols["lsn"].append(m.lsn)
         cols["ts"].append(m.ts_ms * 1000)
         cols["tables"].append(list(m.tables))
+        cols["system_identifier"].append(m.system_identifier)
+        cols["plugin"].append(m.plugin)
     return _sorted(pa.Table.from_pydict(cols, schema=MARKERS_SCHEMA), ["lsn"])
+
+
+def schema_changes_table(events: Iterable[SchemaChangeEvent]) -> pa.Table:
+    cols: dict[str, list[Any]] = {name: [] for name in SCHEMA_CHANGES_SCHEMA.names}
+    for e in events:
+        cols["table_schema"].append(e.schema_)
+        cols["table_name"].append(e.table)
+        cols["commit_lsn"].append(e.commit_lsn)
+        cols["position"].append(e.position)
+        cols["xid"].append(e.xid)
+        cols["commit_ts"].append(e.ts_us)
+        cols["lsn"].append(e.lsn)
+        cols["columns"].append(_json([c.model_dump() for c in e.columns]))
+        cols["command_tag"].append(e.command_tag)
+        cols["ddl"].append(e.ddl)
+        cols["recorded"].append(e.recorded)
+        cols["schema_version"].append(e.schema_version)
+    return _sorted(pa.Table.from_pydict(cols, schema=SCHEMA_CHANGES_SCHEMA),
+                   ["commit_lsn", "position"])
 
 
 def _sorted(table: pa.Table, by: list[str]) -> pa.Table:
@@ -130,14 +206,8 @@ def _sorted(table: pa.Table, by: list[str]) -> pa.Table:
     return table.sort_by([(c, "ascending") for c in by])
 
 
-def write_segment(table: pa.Table, path: Path) -> int:
-    """Write ``table`` to ``path`` crash-safely (tmp + fsync + rename); returns its size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        pq.write_table(table, f, compression="zstd", row_group_size=128 * 1024)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return path.stat().st_size
+def lsn_range(table: pa.Table, column: str) -> tuple[int | None, int | None]:
+    if not table.num_rows:
+        return None, None
+    mm = pc.min_max(table[column])
+    return mm["min"].as_py(), mm["max"].as_py()

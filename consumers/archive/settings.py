@@ -1,11 +1,11 @@
-"""Settings of ``consumers archive``: every option is also an environment variable HERA_*."""
+"""Settings of ``consumers archive``: every option is also an environment variable HERA_*;
+the object store's credentials are the standard ``AWS_*`` variables (``StorageSettings``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,15 +13,19 @@ class ArchiveSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HERA_", frozen=True, extra="ignore")
 
     bootstrap_servers: str = Field(description="Kafka bootstrap servers, HOST:PORT[,...]")
-    archive: Path = Field(description="the archive directory (created if missing or empty)")
+    archive: str = Field(description="the archive: a directory or a URI such as "
+                                     "s3://bucket/prefix (created if missing or empty)")
     topic_prefix: str = "hera"
     tables: tuple[str, ...] | None = None  # schema.table list; None: every table topic
     kafka_backend: Literal["kafka-python", "confluent"] = "kafka-python"
     batch_events: int = Field(50_000, gt=0)
     flush_interval_s: float = Field(1.0, gt=0)
-    compact_interval_s: float = Field(30.0, gt=0)
-    grace_s: float = Field(600.0, ge=0)  # compacted-away segments stay this long
+    compact_interval_s: float = Field(60.0, gt=0)  # optimize + vacuum period
+    retention_hours: float = Field(168.0, ge=0)  # vacuum keeps unreferenced files this long
     dedup_capacity: int = Field(1_000_000, gt=0)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for Prometheus
+    new_archive_epoch: bool = False  # continue this archive with another stream
 
     @field_validator("tables", mode="before")
     @classmethod
@@ -29,3 +33,34 @@ class ArchiveSettings(BaseSettings):
         if isinstance(v, str):
             return tuple(t.strip() for t in v.split(",") if t.strip()) or None
         return v
+
+
+class StorageSettings(BaseSettings):
+    """The object store of an ``s3://`` archive, from the standard AWS variables (the same
+    ones the AWS CLI and every S3 client read): AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL (S3-compatible stores: SeaweedFS,
+    MinIO), AWS_ALLOW_HTTP (true for a plain-http endpoint). Unset ones are left to
+    delta-rs' defaults (instance profile, ~/.aws). The secret is never logged."""
+
+    model_config = SettingsConfigDict(env_prefix="AWS_", frozen=True, extra="ignore")
+
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    allow_http: bool | None = None
+
+    def storage_options(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name in ("access_key_id", "region", "endpoint_url"):
+            value = getattr(self, name)
+            if value is not None:
+                out[f"AWS_{name.upper()}"] = value
+        for name in ("secret_access_key", "session_token"):
+            secret = getattr(self, name)
+            if secret is not None:
+                out[f"AWS_{name.upper()}"] = secret.get_secret_value()
+        if self.allow_http is not None:
+            out["AWS_ALLOW_HTTP"] = "true" if self.allow_http else "false"
+        return out

@@ -1,61 +1,85 @@
-"""The archive writer: append events + Kafka offsets in one atomic commit.
+"""The archive writer: one Delta Lake table, appended in atomic commits of rows + position.
 
 Usage (tests, benchmarks and the demo need no Kafka)::
 
-    store = ArchiveStore.open_or_create(Path("archive"))
-    result = store.append(changes=[...ChangeEvent], transactions=[...TransactionEvent],
-                          markers=[...StreamMarker], offsets={("hera.public.t", 0): 1234})
+    store = ArchiveStore.open_or_create("archive")            # or "s3://bucket/prefix"
+    store.append(changes=[...], transactions=[...], markers=[...], schema_changes=[...],
+                 offsets={("hera.public.t", 0): 1234}, identity=StreamIdentity(...))
     store.offsets()          # {("hera.public.t", 0): 1234} -- next offset to consume
-    store.compact()          # merge small segments (safe while analysts query)
     store.close()
 
-One commit = new immutable Parquet segments (tmp + fsync + rename) followed by one atomic
-replace of ``manifest.json`` listing them together with the offsets. SIGKILL at any instant
-leaves the previous manifest in force; unlisted segment files are deleted at the next open.
-Events whose (commit_lsn, position) is already archived are dropped (``RecentKeys``);
-transactions dedup on commit_lsn, markers on their whole content.
+One ``append`` = one Delta commit: the batch's Parquet files (one per kind present), the app
+transaction ``Transaction(APP_ID, batch + 1)`` and the commit state (offsets, identity,
+dead-letter count; commit_state.py) in its ``commitInfo``. A SIGKILL before the log entry
+leaves files no version references (readers never see them; vacuum deletes them); after it,
+the batch is in with its offsets. Nothing else is needed to resume: on any host, the position
+is read back from the table.
 
-One writer per directory: ``open_or_create`` takes an exclusive ``flock`` on
-``DIR/.writer.lock`` (released by the kernel when the process dies, SIGKILL included).
+One writer per table: every commit is conditioned on the app-transaction version this writer
+read (delta-rs' conflict checker fails a commit when another commit carrying the same app id
+landed since the writer's snapshot; the log entry itself is a put-if-absent, on object storage
+too). The loser gets ``ArchiveLockedError``. On a local path a ``flock`` on
+``_hera_writer.lock`` also refuses a second archiver at once, before it reads anything.
+
+Dedup: capture re-sends events after its own restart (same (commit_lsn, position), new Kafka
+offsets). Those are dropped at write (``RecentKeys``: recent keys in memory, older ones looked
+up in the table with file statistics pruning), so the table holds each event once;
+transactions dedup on commit_lsn, markers on their content, schema changes on
+(commit_lsn, position). The reader's views deduplicate again, as a safety net.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from capture.event import ChangeEvent, StreamMarker, TransactionEvent
+from capture.event import ChangeEvent, SchemaChangeEvent, StreamMarker, TransactionEvent
+from capture.identity import StreamIdentity
+from consumers.archive.commit_state import (
+    APP_ID,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    CommitState,
+    Offsets,
+    state_of_commit,
+)
 from consumers.archive.dedup import Key, RecentKeys
 from consumers.archive.layout import (
-    KINDS,
-    SEGMENTS_DIR,
     ArchiveError,
-    check_or_init_marker,
+    ArchiveLockedError,
+    DamagedArchiveError,
+    NewerArchiveError,
+    NotAnArchiveError,
 )
-from consumers.archive.manifest import Manifest, Retired, Segment, load_manifest, save_manifest
+from consumers.archive.location import ArchiveLocation, archive_location
 from consumers.archive.segments import (
-    SCHEMAS,
+    TABLE_SCHEMA,
     changes_rows,
     markers_table,
+    schema_changes_table,
     sort_changes,
+    to_table_rows,
     transactions_table,
-    write_segment,
 )
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-Offsets = dict[tuple[str, int], int]  # (topic, partition) -> next offset to consume
+LOCK_FILE = "_hera_writer.lock"  # "_" prefix: Delta readers and vacuum leave it alone
+LEGACY_FILES = ("manifest.json", "archive.json")
+WRITER = WriterProperties(compression="ZSTD")
 
 
 def utc_now() -> datetime:
@@ -64,65 +88,156 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class AppendResult:
-    generation: int
+    version: int  # the Delta table version after the call
     changes_written: int
     duplicates: int  # change events dropped because already archived
     transactions_written: int
     markers_written: int
+    schema_changes_written: int = 0
 
 
-class ArchiveLockedError(ArchiveError):
-    pass
+def open_table(loc: ArchiveLocation, version: int | None = None) -> DeltaTable:
+    """The archive's Delta table; NotAnArchiveError / DamagedArchiveError / NewerArchiveError."""
+    try:
+        dt = DeltaTable(loc.uri, version=version, storage_options=loc.options())
+    except TableNotFoundError:
+        raise NotAnArchiveError(_not_an_archive(loc)) from None
+    except DeltaError as exc:
+        raise DamagedArchiveError(
+            f"the Delta log of {loc} cannot be read ({_first_line(exc)}); restore its "
+            "_delta_log from a backup, or re-archive from Kafka into a new location") from None
+    except OSError as exc:
+        raise ArchiveError(f"cannot reach {loc}: {_first_line(exc)}") from None
+    fmt = archive_format(dt)
+    if fmt is None:
+        raise NotAnArchiveError(f"{loc} is a Delta table but not a hera-guard archive "
+                                f"(its name is not {FORMAT_KEY}); point --archive elsewhere")
+    if fmt > FORMAT_VERSION:
+        raise NewerArchiveError(
+            f"{loc} was written by a newer hera-guard (archive format {fmt}, this version "
+            f"reads up to {FORMAT_VERSION}); upgrade hera-guard to use it")
+    return dt
+
+
+def archive_format(dt: DeltaTable) -> int | None:
+    """The format version, from the table's name and description (delta-rs accepts no
+    custom table properties): name ``hera-guard-archive``, description ``format N: ...``."""
+    meta = dt.metadata()
+    if meta.name != FORMAT_KEY:
+        return None
+    head = (meta.description or "").split(":", 1)[0]
+    try:
+        return int(head.removeprefix("format "))
+    except ValueError:
+        return None
+
+
+def _not_an_archive(loc: ArchiveLocation) -> str:
+    if loc.is_local and any((loc.path / f).exists() for f in LEGACY_FILES):
+        return (f"{loc} is an archive of the old format (manifest + segments); convert it with "
+                f"`consumers archive migrate {loc} NEW_LOCATION`")
+    return f"{loc} is not a hera-guard archive (no Delta table there)"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def read_commit_state(dt: DeltaTable) -> CommitState:
+    """The newest commit state in the log; it must be of the table's app-transaction version."""
+    batch = dt.transaction_version(APP_ID)
+    if batch is None:
+        return CommitState()
+    for limit in (20, 500, None):
+        for info in dt.history(limit):
+            state = state_of_commit(info)
+            # history() lists the store's newest commits, also those after this snapshot
+            # (and labels their versions relative to it): match on the batch number instead
+            if state is not None and state.batch > batch:
+                continue
+            if state is not None:
+                if state.batch != batch:
+                    raise DamagedArchiveError(
+                        f"the Delta log of {dt.table_uri} is inconsistent (app transaction "
+                        f"{batch}, newest commit state of batch {state.batch}); restore the "
+                        "_delta_log from a backup")
+                return state
+    raise DamagedArchiveError(
+        f"the Delta log of {dt.table_uri} has app transaction {batch} but no commit with the "
+        "archiver's position (log entries expired?); restore the _delta_log from a backup")
 
 
 class ArchiveStore:
-    def __init__(self, root: Path, manifest: Manifest, lock: IO[bytes], clock: Clock,
-                 dedup_capacity: int, grace: timedelta) -> None:
-        self.root = root
-        self._manifest = manifest
+    def __init__(self, loc: ArchiveLocation, dt: DeltaTable, lock: IO[bytes] | None,
+                 clock: Clock, dedup_capacity: int) -> None:
+        self.location = loc
+        self._dt = dt
         self._lock = lock
         self._clock = clock
-        self.grace = grace
         self._broken = False
+        self._state = read_commit_state(dt)
+        if loc.is_local:
+            from consumers.archive.reader import check_local_files
+
+            check_local_files(dt, loc)  # a missing or damaged file: one line, before anything
         self._changes = RecentKeys(dedup_capacity, lambda k: self._on_disk("changes", k))
         self._txns = RecentKeys(dedup_capacity, lambda k: self._on_disk("transactions", k))
         self._markers: set[tuple[object, ...]] = set()
-        self._load_dedup_state()
+        self._schema_keys: set[Key] = set()
+        try:
+            self._load_dedup_state()
+        except (OSError, pa.ArrowException) as exc:
+            raise DamagedArchiveError(
+                f"a data file of the archive {loc} cannot be read ({_first_line(exc)}); "
+                "restore the file from a backup, or re-archive from Kafka into a new "
+                "location") from None
 
     # --- opening ------------------------------------------------------------------------
 
-    @classmethod
-    def open_or_create(cls, root: Path, *, create: bool = True, clock: Clock = utc_now,
-                       dedup_capacity: int = 1_000_000,
-                       grace: timedelta = timedelta(minutes=10)) -> ArchiveStore:
-        """Open the archive in ``root`` (creating it if missing/empty and ``create``).
+    @staticmethod
+    def preflight(loc: ArchiveLocation) -> None:
+        """The refusals of ``open_or_create`` without writing anything (the CLI runs it
+        before it contacts the broker)."""
+        if DeltaTable.is_deltatable(loc.uri, storage_options=loc.options()):
+            open_table(loc)
+        elif loc.is_local and loc.path.exists() and (loc.path / "_delta_log").exists():
+            raise DamagedArchiveError(
+                f"the Delta log of {loc} cannot be read (no readable commit in _delta_log); "
+                "restore it from a backup, or re-archive from Kafka")
+        else:
+            _check_empty(loc)
 
-        Raises NotAnArchiveError / NewerArchiveError (nothing written) and
-        ArchiveLockedError when another process is writing the archive.
+    @classmethod
+    def open_or_create(cls, target: str | Path | ArchiveLocation, *, create: bool = True,
+                       clock: Clock = utc_now, dedup_capacity: int = 1_000_000,
+                       storage_options: dict[str, str] | None = None) -> ArchiveStore:
+        """Open the archive at ``target`` (creating the table if there is none and ``create``).
+
+        Raises NotAnArchiveError (a non-empty directory without a table, an old-format
+        archive), NewerArchiveError, DamagedArchiveError (nothing written), and
+        ArchiveLockedError when another process writes the local archive.
         """
-        root = root.absolute()
-        check_or_init_marker(root, create)
-        lock = (root / ".writer.lock").open("ab")
+        loc = archive_location(target, storage_options)
+        exists = DeltaTable.is_deltatable(loc.uri, storage_options=loc.options())
+        if not exists:  # refuse before anything is written (no lock file either)
+            if loc.is_local and loc.path.exists() and (loc.path / "_delta_log").exists():
+                raise DamagedArchiveError(
+                    f"the Delta log of {loc} cannot be read (no readable commit in "
+                    "_delta_log); restore it from a backup, or re-archive from Kafka")
+            if not create:
+                raise NotAnArchiveError(_not_an_archive(loc))
+            _check_empty(loc)
+        lock = _lock(loc, create) if loc.is_local else None
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise ArchiveLockedError(
-                f"{root} is being written by another process (lock on .writer.lock); "
-                "run one archiver per archive directory"
-            ) from None
-        try:
-            manifest = load_manifest(root)
-            if manifest is None:
-                manifest = _initial_manifest(root, clock)
-            _delete_garbage(root, manifest)
-            return cls(root, manifest, lock, clock, dedup_capacity, grace)
+            dt = create_table(loc, clock) if not exists else open_table(loc)
+            return cls(loc, dt, lock, clock, dedup_capacity)
         except BaseException:
-            lock.close()
+            if lock is not None:
+                lock.close()
             raise
 
     def close(self) -> None:
-        if not self._lock.closed:
+        if self._lock is not None and not self._lock.closed:
             self._lock.close()
 
     def __enter__(self) -> ArchiveStore:
@@ -134,15 +249,30 @@ class ArchiveStore:
     # --- reading state ------------------------------------------------------------------
 
     @property
-    def manifest(self) -> Manifest:
-        return self._manifest.model_copy(deep=True)
+    def uri(self) -> str:
+        return self.location.uri
+
+    @property
+    def root(self) -> Path:
+        """The local directory (local archives only)."""
+        return self.location.path
+
+    @property
+    def table(self) -> DeltaTable:
+        return self._dt
+
+    @property
+    def state(self) -> CommitState:
+        return self._state
 
     def offsets(self) -> Offsets:
-        return {(t, int(p)): o for t, parts in self._manifest.offsets.items()
-                for p, o in parts.items()}
+        return self._state.offset_map()
 
-    def segment_paths(self, kind: str) -> list[Path]:
-        return [self.root / s.file for s in self._manifest.of_kind(kind)]
+    def identity(self) -> StreamIdentity | None:
+        return self._state.identity
+
+    def version(self) -> int:
+        return self._dt.version()
 
     # --- writing ------------------------------------------------------------------------
 
@@ -150,15 +280,16 @@ class ArchiveStore:
                transactions: Sequence[TransactionEvent] = (),
                markers: Sequence[StreamMarker] = (),
                offsets: Offsets | None = None, dead_letters: int = 0,
-               change_rows: pa.Table | None = None) -> AppendResult:
-        """Archive the events not archived yet and record ``offsets``, in one atomic commit.
+               change_rows: pa.Table | None = None,
+               schema_changes: Sequence[SchemaChangeEvent] = (),
+               identity: StreamIdentity | None = None) -> AppendResult:
+        """Archive the events not archived yet and record ``offsets`` (and ``identity``), in
+        one atomic Delta commit.
 
         ``change_rows``: change events already in ``CHANGES_SCHEMA`` columns (the archiver's
-        bulk parse), in arrival order, archived after ``changes``; among repeated
-        (commit_lsn, position) keys the first one is kept.
-
+        bulk parse), archived after ``changes``; among repeated keys the first one is kept.
         ``dead_letters`` (records sent to the dead-letter topic in this batch) is added to the
-        manifest's ``counters["dead_letters"]`` in the same commit, so the count is exact.
+        commit state's count in the same commit, so the count is exact.
         """
         if self._broken:
             raise ArchiveError("a previous commit failed; reopen the archive")
@@ -166,44 +297,101 @@ class ArchiveStore:
             rows = changes_rows(changes)
             if change_rows is not None and change_rows.num_rows:
                 rows = pa.concat_tables([rows, change_rows]) if rows.num_rows else change_rows
-            return self._append(rows, transactions, markers, offsets or {}, dead_letters)
+            return self._append(rows, transactions, markers, schema_changes, offsets or {},
+                                dead_letters, identity)
         except BaseException:
-            self._broken = True  # in-memory dedup state may be ahead of the disk
+            self._broken = True  # in-memory dedup state may be ahead of the table
             raise
 
     def _append(self, changes: pa.Table, transactions: Sequence[TransactionEvent],
-                markers: Sequence[StreamMarker], offsets: Offsets,
-                dead_letters: int) -> AppendResult:
+                markers: Sequence[StreamMarker], schema_changes: Sequence[SchemaChangeEvent],
+                offsets: Offsets, dead_letters: int,
+                identity: StreamIdentity | None) -> AppendResult:
         new_changes = self._new_changes(changes)
         ends = [t for t in transactions if t.status == "END"]
         keep_t = self._txns.filter_new([(t.commit_lsn, 0) for t in ends])
         new_txns = [t for t, k in zip(ends, keep_t, strict=True) if k]
         new_markers = []
         for marker in markers:
-            mk = (marker.status.value, marker.slot, marker.db, marker.epoch_lsn, marker.lsn,
-                  marker.ts_ms, marker.tables)
+            mk = _marker_key(marker.status.value, marker.slot, marker.db, marker.epoch_lsn,
+                             marker.lsn, marker.ts_ms, marker.tables)
             if mk not in self._markers:
                 self._markers.add(mk)
                 new_markers.append(marker)
-
-        tables = {"changes": sort_changes(new_changes) if new_changes.num_rows else None,
-                  "transactions": transactions_table(new_txns) if new_txns else None,
-                  "markers": markers_table(new_markers) if new_markers else None}
-        if not offsets and not dead_letters and all(t is None for t in tables.values()):
-            return AppendResult(self._manifest.generation, 0, changes.num_rows, 0, 0)
-        added = [self._write(kind, t) for kind, t in tables.items() if t is not None]
-        m = self._next_manifest()
-        m.segments.extend(added)
-        for (topic, partition), offset in offsets.items():
-            m.offsets.setdefault(topic, {})[str(partition)] = offset
-        if dead_letters:
-            m.counters["dead_letters"] = m.counters.get("dead_letters", 0) + dead_letters
-        self._commit(m)
+        new_schema = []
+        for sc in schema_changes:
+            if sc.order_key not in self._schema_keys:
+                self._schema_keys.add(sc.order_key)
+                new_schema.append(sc)
+        parts = []
+        if new_changes.num_rows:
+            parts.append(to_table_rows("changes", sort_changes(new_changes)))
+        if new_txns:
+            parts.append(to_table_rows("transactions", transactions_table(new_txns)))
+        if new_markers:
+            parts.append(to_table_rows("markers", markers_table(new_markers)))
+        if new_schema:
+            parts.append(to_table_rows("schema_changes", schema_changes_table(new_schema)))
+        changed_identity = identity is not None and identity != self._state.identity
+        if not offsets and not dead_letters and not parts and not changed_identity:
+            return AppendResult(self._dt.version(), 0, changes.num_rows, 0, 0)
+        state = self._state.advanced(self._state.batch + 1, offsets, identity, dead_letters)
+        data = pa.concat_tables(parts) if parts else TABLE_SCHEMA.empty_table()
+        self._commit(data, state)
         self._changes.evict()
         self._txns.evict()
-        return AppendResult(m.generation, new_changes.num_rows,
+        return AppendResult(self._dt.version(), new_changes.num_rows,
                             changes.num_rows - new_changes.num_rows, len(new_txns),
-                            len(new_markers))
+                            len(new_markers), len(new_schema))
+
+    def _commit(self, data: pa.Table, state: CommitState) -> None:
+        expected = self._state.batch
+        props = CommitProperties(custom_metadata=state.metadata(), app_transactions=[
+            Transaction(APP_ID, state.batch, int(self._clock().timestamp() * 1000))])
+        try:
+            write_deltalake(self._dt, data, mode="append", writer_properties=WRITER,
+                            commit_properties=props)
+        except CommitFailedError as exc:
+            raise self._conflict(expected, exc) from None
+        except OSError as exc:
+            raise ArchiveError(f"cannot write to {self.location}: {_first_line(exc)}") from None
+        if self._dt.transaction_version(APP_ID) != state.batch:  # belt and braces
+            raise self._conflict(expected, None)
+        self._state = state
+
+    def _conflict(self, expected: int, exc: BaseException | None) -> ArchiveLockedError:
+        with contextlib.suppress(Exception):
+            self._dt.update_incremental()
+        seen = self._dt.transaction_version(APP_ID)
+        why = "" if exc is None else f" ({_first_line(exc)})"
+        return ArchiveLockedError(
+            f"another archiver committed to {self.location} (its app transaction is at "
+            f"{seen}, this archiver expected {expected}){why}; run one archiver per archive")
+
+    def append_rows(self, kind: str, rows: pa.Table) -> None:
+        """Bulk-load rows of one kind (``SCHEMAS[kind]`` columns) in one plain commit, without
+        dedup or position (benchmarks, migration)."""
+        write_deltalake(self._dt, to_table_rows(kind, rows), mode="append",
+                        writer_properties=WRITER,
+                        commit_properties=CommitProperties(custom_metadata=self._state.metadata()))
+
+    def replace_segments(self, old: Sequence[object], table: pa.Table, kind: str) -> None:
+        """The old store's bulk-load entry point (bench/replay.py): only ``old=[]`` remains."""
+        if old:
+            raise ArchiveError("segments are Delta's business now: use housekeeping")
+        self.append_rows(kind, table)
+
+    def start_new_epoch(self, identity: StreamIdentity) -> None:
+        """``--new-archive-epoch``: one commit that drops the stored offsets and records the
+        new stream's identity; the rows already archived stay."""
+        state = CommitState(batch=self._state.batch + 1, offsets={}, identity=identity,
+                            dead_letters=self._state.dead_letters)
+        self._commit(TABLE_SCHEMA.empty_table(), state)
+
+    def commit_properties(self) -> CommitProperties:
+        """For housekeeping commits (optimize, vacuum): they repeat the current state, so the
+        newest commit of the log always carries the position."""
+        return CommitProperties(custom_metadata=self._state.metadata())
 
     def _new_changes(self, changes: pa.Table) -> pa.Table:
         """The rows whose (commit_lsn, position) is not archived yet (first of repeats)."""
@@ -220,121 +408,106 @@ class ArchiveStore:
         keep = self._changes.filter_new(keys)
         return changes if all(keep) else changes.filter(pa.array(keep, pa.bool_()))
 
-    def _write(self, kind: str, table: pa.Table, tag: str = "") -> Segment:
-        gen = self._manifest.generation + 1
-        rel = f"{SEGMENTS_DIR}/{kind}/{gen:010d}-{uuid.uuid4().hex[:8]}{tag}.parquet"
-        size = write_segment(table, self.root / rel)
-        lsn_col = "lsn" if kind == "markers" else "commit_lsn"
-        lo, hi = (None, None)
-        if table.num_rows:
-            mm = pc.min_max(table[lsn_col])
-            lo, hi = mm["min"].as_py(), mm["max"].as_py()
-        return Segment(file=rel, kind=kind, rows=table.num_rows, min_lsn=lo, max_lsn=hi,
-                       bytes=size)
-
-    def _next_manifest(self) -> Manifest:
-        m = self._manifest.model_copy(deep=True)
-        m.generation += 1
-        return m
-
-    def _commit(self, m: Manifest) -> None:
-        now = self._clock()
-        expired = [r for r in m.retired if now - r.retired_at >= self.grace]
-        m.retired = [r for r in m.retired if now - r.retired_at < self.grace]
-        m.committed_at = now
-        save_manifest(self.root, m)
-        self._manifest = m
-        for r in expired:  # after the commit: a crash before this leaves mere garbage
-            (self.root / r.file).unlink(missing_ok=True)
-
-    def replace_segments(self, old: list[Segment], table: pa.Table, kind: str) -> Segment:
-        """Compaction's commit: ``table`` (the union of ``old``) replaces ``old`` atomically.
-
-        The old files stay on disk, retired, for the grace period: queries that already
-        listed them keep working.
-        """
-        if self._broken:
-            raise ArchiveError("a previous commit failed; reopen the archive")
-        new = self._write(kind, table, tag="-c")
-        m = self._next_manifest()
-        gone = {s.file for s in old}
-        m.segments = [s for s in m.segments if s.file not in gone]
-        # keep the kinds' order stable: the merged segment takes the first old one's place
-        m.segments.append(new)
-        now = self._clock()
-        m.retired.extend(Retired(file=f, retired_at=now) for f in sorted(gone))
-        self._commit(m)
-        return new
-
-    def delete_expired(self) -> None:
-        """Delete retired files whose grace period is over (a manifest-only commit)."""
-        now = self._clock()
-        if any(now - r.retired_at >= self.grace for r in self._manifest.retired):
-            self._commit(self._next_manifest())
-
     # --- dedup state --------------------------------------------------------------------
 
+    def _dataset(self) -> ds.Dataset:
+        return self._dt.to_pyarrow_dataset()
+
     def _load_dedup_state(self) -> None:
+        if self._dt.version() == 0 and self._state.batch == 0:
+            return  # a new table
+        actions = pa.table(self._dt.get_add_actions(flatten=True))
+        if not actions.num_rows or "max.commit_lsn" not in actions.column_names:
+            return
+        dataset = self._dataset()
         for kind, keys in (("changes", self._changes), ("transactions", self._txns)):
-            segs = sorted((s for s in self._manifest.of_kind(kind) if s.rows),
-                          key=lambda s: s.max_lsn or 0, reverse=True)
-            loaded = 0
-            for i, s in enumerate(segs):
-                if loaded >= keys.capacity:
-                    keys.floor = max(x.max_lsn or 0 for x in segs[i:])
+            mine = actions.filter(pc.equal(actions["partition.kind"], kind))
+            files = sorted(zip(mine["max.commit_lsn"].to_pylist(),
+                               mine["min.commit_lsn"].to_pylist(),
+                               mine["num_records"].to_pylist(), strict=True),
+                           key=lambda f: f[0] or 0, reverse=True)
+            floor, rows = -1, 0
+            for i, (_hi, lo, n) in enumerate(files):
+                if rows + (n or 0) > keys.capacity and i:
+                    keys.floor = max((f[0] or 0) for f in files[i:])
                     break
-                cols = ["commit_lsn", "position"] if kind == "changes" else ["commit_lsn"]
-                t = pq.read_table(self.root / s.file, columns=cols)
-                lsns = t["commit_lsn"].to_pylist()
-                poss = t["position"].to_pylist() if kind == "changes" else [0] * len(lsns)
-                keys.add_many(zip(lsns, poss, strict=True))
-                loaded += s.rows
-        for s in self._manifest.of_kind("markers"):
-            for r in pq.read_table(self.root / s.file).to_pylist():
-                self._markers.add((r["status"], r["slot"], r["db"], r["epoch_lsn"], r["lsn"],
-                                   int(r["ts"].timestamp() * 1000), tuple(r["tables"])))
+                rows += n or 0
+                floor = lo if lo is not None else floor
+            if not files:
+                continue
+            cond = (ds.field("kind") == kind) & (ds.field("commit_lsn") >= max(floor, 0))
+            cols = ["commit_lsn", "position"] if kind == "changes" else ["commit_lsn"]
+            t = dataset.to_table(columns=cols, filter=cond)
+            lsns = t["commit_lsn"].to_pylist()
+            poss = t["position"].to_pylist() if kind == "changes" else [0] * len(lsns)
+            keys.add_many(
+                (lsn, pos) for lsn, pos in zip(lsns, poss, strict=True) if lsn > keys.floor)
+        for r in dataset.to_table(filter=ds.field("kind") == "markers").to_pylist():
+            self._markers.add(_marker_key(r["status"], r["slot"], r["db"], r["epoch_lsn"],
+                                          r["lsn"], int(r["ts"].timestamp() * 1000),
+                                          tuple(r["tables"] or ())))
+        sc = dataset.to_table(columns=["commit_lsn", "position"],
+                              filter=ds.field("kind") == "schema_changes")
+        self._schema_keys = set(zip(sc["commit_lsn"].to_pylist(), sc["position"].to_pylist(),
+                                    strict=True))
 
     def _on_disk(self, kind: str, keys: set[Key]) -> set[Key]:
         lo, hi = min(k[0] for k in keys), max(k[0] for k in keys)
-        lsns = pa.array(sorted({k[0] for k in keys}), pa.uint64())
-        found: set[Key] = set()
-        for s in self._manifest.of_kind(kind):
-            if not s.rows or (s.max_lsn or 0) < lo or (s.min_lsn or 0) > hi:
-                continue
-            cols = ["commit_lsn", "position"] if kind == "changes" else ["commit_lsn"]
-            t = pq.read_table(self.root / s.file, columns=cols)
-            t = t.filter(pc.is_in(t["commit_lsn"], value_set=lsns))
-            poss = t["position"].to_pylist() if kind == "changes" else [0] * t.num_rows
-            found.update(zip(t["commit_lsn"].to_pylist(), poss, strict=True))
-        return found & keys
+        cols = ["commit_lsn", "position"] if kind == "changes" else ["commit_lsn"]
+        cond = ((ds.field("kind") == kind) & (ds.field("commit_lsn") >= lo)
+                & (ds.field("commit_lsn") <= hi))
+        t = self._dataset().to_table(columns=cols, filter=cond)
+        poss = t["position"].to_pylist() if kind == "changes" else [0] * t.num_rows
+        return set(zip(t["commit_lsn"].to_pylist(), poss, strict=True)) & keys
 
 
-def _initial_manifest(root: Path, clock: Clock) -> Manifest:
-    """Generation 0: one empty segment per kind, so glob-based views always bind."""
-    m = Manifest(generation=0, committed_at=clock())
-    for kind in KINDS:
-        rel = f"{SEGMENTS_DIR}/{kind}/{0:010d}-{uuid.uuid4().hex[:8]}.parquet"
-        size = write_segment(SCHEMAS[kind].empty_table(), root / rel)
-        m.segments.append(Segment(file=rel, kind=kind, rows=0, bytes=size))
-    save_manifest(root, m)
-    return m
+def _marker_key(*parts: Any) -> tuple[object, ...]:
+    return tuple(tuple(p) if isinstance(p, list | tuple) else p for p in parts)
 
 
-def _delete_garbage(root: Path, manifest: Manifest) -> None:
-    """Delete segment files of crashed commits: on disk but neither live nor retired."""
-    known = {s.file for s in manifest.segments} | {r.file for r in manifest.retired}
-    base = root / SEGMENTS_DIR
-    if not base.exists():
+def create_table(loc: ArchiveLocation, clock: Clock) -> DeltaTable:
+    try:
+        return DeltaTable.create(
+            loc.uri, TABLE_SCHEMA, mode="error", partition_by=["kind"],
+            name=FORMAT_KEY,
+            description=f"format {FORMAT_VERSION}: every change of the captured tables",
+            configuration={"delta.appendOnly": "true"},
+            storage_options=loc.options())
+    except DeltaError as exc:
+        raise ArchiveError(f"cannot create the archive at {loc}: {_first_line(exc)}") from None
+
+
+def _check_empty(loc: ArchiveLocation) -> None:
+    if not loc.is_local:
         return
-    for path in _files(base.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if rel not in known:
-            log.info("deleting %s: not in the manifest (left by an interrupted commit)", rel)
-            path.unlink(missing_ok=True)
+    path = loc.path
+    if path.exists() and not path.is_dir():
+        raise NotAnArchiveError(f"{loc} is a file; point --archive at a directory")
+    entries = [p for p in path.iterdir() if p.name != LOCK_FILE] if path.exists() else []
+    if entries:
+        raise NotAnArchiveError(
+            _not_an_archive(loc) + " and is not empty; point --archive at an archive or at a "
+            "new, empty directory")
 
 
-def _files(paths: Iterable[Path]) -> list[Path]:
-    return [p for p in paths if p.is_file()]
+def _lock(loc: ArchiveLocation, create: bool) -> IO[bytes] | None:
+    path = loc.path
+    if not path.exists():
+        if not create:
+            raise NotAnArchiveError(f"{loc} does not exist")
+        path.mkdir(parents=True)
+    elif not path.is_dir():
+        raise NotAnArchiveError(f"{loc} is a file; point --archive at a directory")
+    lock = (path / LOCK_FILE).open("ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ArchiveLockedError(
+            f"{loc} is being written by another archiver (lock on {LOCK_FILE}); run one "
+            "archiver per archive") from None
+    return lock
 
 
-__all__ = ["AppendResult", "ArchiveLockedError", "ArchiveStore", "Offsets", "utc_now"]
+__all__ = ["AppendResult", "ArchiveLockedError", "ArchiveStore", "Offsets", "open_table",
+           "read_commit_state", "utc_now"]

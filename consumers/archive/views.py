@@ -1,16 +1,14 @@
-"""The SQL of the archive's views and table macros, shared by ``reader`` and ``history_db``.
+"""The SQL of the archive's views and table macros (``reader.connect_history``).
 
-Both define three raw relations first (``raw_changes``, ``raw_transactions``,
-``raw_markers``: the Parquet columns as written) and then run ``VIEW_SQL`` over them.
-Every view deduplicates: changes on (commit_lsn, position), transactions on commit_lsn,
-markers on their whole content. The writer already drops duplicates it can see; the views
-also hide those it cannot (e.g. a merged segment and its retired sources during the
-compaction grace period, when a view reads a glob).
+The reader defines four raw relations first (``raw_changes``, ``raw_transactions``,
+``raw_markers``, ``raw_schema_changes``: the rows of each kind as stored, LSNs cast back to
+UBIGINT) and then runs ``VIEW_SQL`` over them. Every view deduplicates: changes and schema
+changes on (commit_lsn, position), transactions on commit_lsn, markers on their whole
+content. The writer already drops the duplicates it sees; the views are the safety net for
+any table written otherwise (a migration, another tool).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from consumers.archive.segments import SCHEMAS
 
@@ -20,33 +18,31 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def raw_relation_sql(name: str, kind: str, files: list[Path] | str) -> str:
-    """``CREATE VIEW name`` over explicit segment files or one glob pattern.
-
-    The columns are cast to the written schema, so an empty file list (no segment yet)
-    still yields a typed, empty relation.
-    """
-    if isinstance(files, str):
-        source = f"read_parquet({sql_string(files)}, union_by_name = true)"
-    elif files:
-        listed = ", ".join(sql_string(str(f)) for f in files)
-        source = f"read_parquet([{listed}], union_by_name = true)"
-    else:
-        source = None
-    cols = SCHEMAS[kind].names
-    if source is None:
-        empty = ", ".join(f"NULL::{_duck_type(kind, c)} AS {c}" for c in cols)
-        return f"CREATE OR REPLACE VIEW {name} AS SELECT {empty} WHERE false"
-    return f"CREATE OR REPLACE VIEW {name} AS SELECT {', '.join(cols)} FROM {source}"  # noqa: S608 - literals escaped by sql_string
-
-
 _DUCK_TYPES = {"string": "VARCHAR", "uint64": "UBIGINT", "int32": "INTEGER", "int64": "BIGINT",
                "bool": "BOOLEAN", "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
                "list<item: string>": "VARCHAR[]"}
 
 
-def _duck_type(kind: str, column: str) -> str:
+def duck_type(kind: str, column: str) -> str:
     return _DUCK_TYPES[str(SCHEMAS[kind].field(column).type)]
+
+
+def raw_relation_sql(name: str, kind: str, source: str | None) -> str:
+    """``CREATE VIEW name`` over ``source`` (a FROM clause made of our own, escaped literals),
+    with the kind's columns in their reader types; no source: a typed, empty relation."""
+    cols = SCHEMAS[kind].names
+    if source is None:
+        empty = ", ".join(f"NULL::{duck_type(kind, c)} AS {c}" for c in cols)
+        return f"CREATE OR REPLACE VIEW {name} AS SELECT {empty} WHERE false"
+    casts = ", ".join(f"CAST({c} AS {duck_type(kind, c)}) AS {c}" for c in cols)
+    return f"CREATE OR REPLACE VIEW {name} AS SELECT {casts} FROM {source}"  # noqa: S608 - own literals
+
+
+def parquet_source(files: list[str]) -> str | None:
+    if not files:
+        return None
+    listed = ", ".join(sql_string(f) for f in files)
+    return f"read_parquet([{listed}], union_by_name = true)"
 
 
 VIEW_SQL = r"""
@@ -65,7 +61,13 @@ SELECT xid, commit_lsn, commit_ts, event_count,
 FROM (SELECT DISTINCT ON (commit_lsn) * FROM raw_transactions);
 
 CREATE OR REPLACE VIEW markers AS
-SELECT DISTINCT status, slot, db, epoch_lsn, lsn, ts, tables FROM raw_markers;
+SELECT DISTINCT status, slot, db, epoch_lsn, lsn, ts, tables, system_identifier, plugin
+FROM raw_markers;
+
+CREATE OR REPLACE VIEW schema_changes AS
+SELECT table_schema, table_name, commit_lsn, position, xid, commit_ts, lsn,
+       CAST(columns AS JSON) AS columns, command_tag, ddl, recorded, schema_version
+FROM (SELECT DISTINCT ON (commit_lsn, position) * FROM raw_schema_changes);
 
 -- For analysts: readable names, the LSN as PostgreSQL prints it, WAL order.
 CREATE OR REPLACE VIEW change_log AS
@@ -109,27 +111,40 @@ ORDER BY commit_lsn, position;
 CREATE OR REPLACE MACRO relationship_timeline(rel_id) AS TABLE
 SELECT * FROM row_timeline('public.core_relationships', rel_id);
 
--- The rows of a table as of a point: for each key its last change at or before the point,
--- unless that change is a delete or a later TRUNCATE (still at or before the point) emptied
--- the table. Points inside a gap between capture epochs are not detected here; `replay`
--- checks coverage.
+-- The rows of a table as of a point, by replay's rebuild rules (replay/rebuild.py; a DuckDB
+-- macro cannot call it, so they are restated here): in WAL order, c/r/u set the key's row,
+-- d removes it, an UPDATE that changes the primary key also removes the OLD key (from
+-- ``before``), and a TRUNCATE removes every row before it. Keys compare as the list of their
+-- column values' JSON texts, so the new key and one read off ``before`` compare exactly.
+-- Points inside a gap between capture epochs are not detected here; `replay` checks coverage.
+CREATE OR REPLACE MACRO _key_of(names, doc) AS
+    CAST(list_transform(names, lambda x: json_extract(doc, '$."' || x || '"')::VARCHAR)
+         AS VARCHAR);
+
 CREATE OR REPLACE MACRO _table_until(tbl, max_lsn, max_ts) AS TABLE
 WITH c AS (
-    SELECT * FROM changes
+    SELECT *, json_keys(key) AS names FROM changes
     WHERE (table_schema || '.' || table_name = tbl OR table_name = tbl)
       AND commit_lsn <= max_lsn AND commit_ts <= max_ts
+), cut AS (
+    SELECT coalesce(max(commit_lsn::HUGEINT * 4294967296 + position), -1::HUGEINT) AS t
+    FROM c WHERE op = 't'
+), touch AS (
+    SELECT _key_of(names, key) AS k, commit_lsn, position, op <> 'd' AS present, key,
+           after, op, commit_ts
+    FROM c WHERE op IN ('c', 'r', 'u', 'd')
+    UNION ALL
+    SELECT k_old, commit_lsn, position, false, NULL, NULL, op, commit_ts FROM (
+        SELECT _key_of(names, before) AS k_old, _key_of(names, key) AS k_new, *
+        FROM c WHERE op = 'u' AND before IS NOT NULL)
+    WHERE k_old IS DISTINCT FROM k_new
 ), last AS (
-    SELECT DISTINCT ON (key) * FROM c WHERE op <> 't'
-    ORDER BY key, commit_lsn DESC, position DESC
-), trunc AS (
-    SELECT commit_lsn, position FROM c WHERE op = 't' ORDER BY commit_lsn DESC, position DESC
-    LIMIT 1
+    SELECT DISTINCT ON (k) * FROM touch, cut
+    WHERE commit_lsn::HUGEINT * 4294967296 + position > cut.t
+    ORDER BY k, commit_lsn DESC, position DESC
 )
 SELECT key, after AS row, op AS last_op, commit_ts, lsn_text(commit_lsn) AS lsn, commit_lsn
-FROM last
-WHERE op <> 'd'
-  AND NOT EXISTS (SELECT 1 FROM trunc t WHERE t.commit_lsn > last.commit_lsn
-                  OR (t.commit_lsn = last.commit_lsn AND t.position > last.position));
+FROM last WHERE present;
 
 CREATE OR REPLACE MACRO table_as_of_lsn(tbl, at_lsn) AS TABLE
 SELECT * FROM _table_until(tbl, CAST(at_lsn AS UBIGINT), 'infinity'::TIMESTAMPTZ);

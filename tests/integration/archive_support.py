@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 import subprocess
 import sys
 import threading
@@ -16,8 +16,10 @@ from confluent_kafka import Producer
 from capture.event import ChangeEvent, TransactionEvent
 from capture.topics import table_topic, transaction_topic
 from consumers.archive.archiver import Archiver, ArchiverTuning
+from consumers.archive.layout import ArchiveError
 from consumers.archive.store import ArchiveStore
 from consumers.kafka_source import Backend, open_source
+from tests.s3_fixtures import ArchiveTarget
 
 CONSUMERS = str(Path(sys.executable).parent / "consumers")
 
@@ -44,53 +46,69 @@ def _produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
             producer.poll(0.05)
 
 
-def consumed_per_topic(root: Path) -> dict[str, int]:
-    """Records consumed per topic according to the manifest (offsets start at 0 and are
-    contiguous, so the sum of next offsets is the count). The broker's end offsets are not
-    used: tansu reports a wrong high watermark for batched records."""
+def consumed_per_topic(target: ArchiveTarget) -> dict[str, int]:
+    """Records consumed per topic according to the archive's commit state (offsets start at
+    0 and are contiguous, so the sum of next offsets is the count). The broker's end offsets
+    are not used: tansu reports a wrong high watermark for batched records."""
     totals: dict[str, int] = {}
-    for (topic, _), offset in committed(root).items():
+    for (topic, _), offset in committed(target).items():
         totals[topic] = totals.get(topic, 0) + offset
     return totals
 
 
-def manifest(root: Path) -> dict[str, object]:
+def committed(target: ArchiveTarget) -> dict[tuple[str, int], int]:
+    return target.state().offset_map()
+
+
+def generation(target: ArchiveTarget) -> int:
+    """The archiver's batch number (its app-transaction version); -1 before the table."""
     try:
-        return dict(json.loads((root / "manifest.json").read_text()))
-    except (FileNotFoundError, ValueError):
-        return {}
+        return target.state().batch
+    except ArchiveError:
+        return -1
 
 
-def committed(root: Path) -> dict[tuple[str, int], int]:
-    offsets = manifest(root).get("offsets", {})
-    assert isinstance(offsets, dict)
-    return {(t, int(p)): o for t, parts in offsets.items() for p, o in parts.items()}
+def data_files(target: ArchiveTarget) -> list[str]:
+    """Every Parquet file under the table's root, referenced or not (a store listing)."""
+    if target.backend == "local":
+        return [str(p) for p in Path(target.uri).glob("kind=*/*.parquet")]
+    import pyarrow.fs as pafs
+
+    env = target.env
+    fs = pafs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"],
+                           secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                           endpoint_override=env["AWS_ENDPOINT_URL"], scheme="http",
+                           region=env["AWS_REGION"])
+    base = target.uri.removeprefix("s3://")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    except (FileNotFoundError, OSError):
+        return []
+    return [i.path for i in infos if i.path.endswith(".parquet") and "/kind=" in i.path]
 
 
-def generation(root: Path) -> int:
-    g = manifest(root).get("generation", -1)
-    return int(g) if isinstance(g, int) else -1
-
-
-def start_archiver(bootstrap: str, prefix: str, root: Path, log: Path,
-                   log_level: str = "WARNING") -> subprocess.Popen[bytes]:
+def start_archiver(bootstrap: str, prefix: str, target: ArchiveTarget | Path, log: Path,
+                   log_level: str = "WARNING", *extra: str) -> subprocess.Popen[bytes]:
+    if isinstance(target, Path):  # other areas' fixtures pass a local directory
+        target = ArchiveTarget("local", str(target), {})
     return subprocess.Popen(
-        [CONSUMERS, "archive", "--bootstrap-servers", bootstrap, "--archive", str(root),
+        [CONSUMERS, "archive", "--bootstrap-servers", bootstrap, "--archive", target.uri,
          "--topic-prefix", prefix, "--flush-interval-s", "0.2", "--batch-events", "20000",
-         "--log-level", log_level],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+         "--log-level", log_level, *extra],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, **target.env})
 
 
 @contextlib.contextmanager
-def archiver_thread(bootstrap: str, prefix: str, root: Path, backend: Backend = "kafka-python",
-                    **tuning: Any) -> Iterator[ArchiveStore]:
+def archiver_thread(bootstrap: str, prefix: str, target: ArchiveTarget,
+                    backend: Backend = "kafka-python", **tuning: Any) -> Iterator[ArchiveStore]:
     """The archiver in-process (a thread) until the block ends, then a clean stop."""
-    store = ArchiveStore.open_or_create(root)
+    store = ArchiveStore.open_or_create(target.location())
     source = open_source(bootstrap, prefix, None, backend)
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def target() -> None:
+    def body() -> None:
         try:
             Archiver(store, source, ArchiverTuning(**{"flush_interval_s": 0.1,
                                                       "refresh_interval_s": 0.5,
@@ -98,7 +116,7 @@ def archiver_thread(bootstrap: str, prefix: str, root: Path, backend: Backend = 
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    thread = threading.Thread(target=target, name="archiver", daemon=True)
+    thread = threading.Thread(target=body, name="archiver", daemon=True)
     thread.start()
     try:
         yield store

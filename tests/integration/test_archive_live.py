@@ -4,6 +4,7 @@ dead-letter topic, and a real SQL workload arrives through capture exactly as co
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,6 @@ import pytest
 
 from capture.topics import deadletter_topic, table_topic
 from consumers.archive.bulk_parse import BulkChangeParser
-from consumers.archive.reader import connect_history
 from consumers.kafka_source import Backend
 from devstack.broker import Broker
 from tests.archive_fixtures import change, wait_for, workload
@@ -23,17 +23,19 @@ from tests.integration.archive_support import (
     archiver_thread,
     consumed_per_topic,
     generation,
-    manifest,
     publish,
     start_archiver,
 )
+from tests.s3_fixtures import ArchiveTarget
 
 ANALYST = """
-import sys, time, duckdb
-con = duckdb.connect(sys.argv[1], read_only=True)   # held open while the archiver writes
+import os, sys, time
+from consumers.archive.reader import connect_history
+opts = {k: v for k, v in os.environ.items() if k.startswith("AWS_")} or None
 seen = []
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
+    con = connect_history(sys.argv[1], storage_options=opts)  # each one a consistent version
     n = con.execute("SELECT count(*) FROM changes").fetchall()[0][0]
     t = con.execute("SELECT count(*) FROM transaction_summary").fetchall()[0][0]
     seen.append(n)
@@ -41,20 +43,23 @@ while time.monotonic() < deadline:
         break
     time.sleep(0.1)
 print(seen[0], seen[-1], t, len(seen))
+os._exit(0)
 """
 
 
 def test_an_analyst_queries_from_another_process_while_the_archiver_writes(
-        broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
-    bootstrap, root, log = broker.bootstrap_servers, tmp_path / "archive", tmp_path / "a.log"
+        broker: Broker, topic_prefix: str, tmp_path: Path, archive_target: ArchiveTarget
+) -> None:
+    bootstrap, root, log = broker.bootstrap_servers, archive_target, tmp_path / "a.log"
     changes, ends = workload(transactions=3_000, per_txn=10)
     publish(bootstrap, topic_prefix, changes[:1_000], ends[:100])
     proc = start_archiver(bootstrap, topic_prefix, root, log)
     try:
         wait_for(lambda: sum(consumed_per_topic(root).values()) >= 1_100, 60, "a first commit")
         analyst = subprocess.Popen(
-            [sys.executable, "-c", ANALYST, str(root / "history.duckdb"), str(len(changes))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-c", ANALYST, root.uri, str(len(changes))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **root.env})
         gen_at_query = generation(root)
         for lo in range(1_000, 30_000, 2_900):  # committed while the analyst reads
             publish(bootstrap, topic_prefix, changes[lo:lo + 2_900],
@@ -71,10 +76,11 @@ def test_an_analyst_queries_from_another_process_while_the_archiver_writes(
 
 @pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
 def test_malformed_and_unknown_schema_records_go_to_the_dead_letter_topic(
-        broker: Broker, topic_prefix: str, tmp_path: Path, backend: Backend) -> None:
+        broker: Broker, topic_prefix: str, archive_target: ArchiveTarget, backend: Backend
+) -> None:
     from confluent_kafka import Producer
 
-    bootstrap, root = broker.bootstrap_servers, tmp_path / "archive"
+    bootstrap, root = broker.bootstrap_servers, archive_target
     topic = table_topic(topic_prefix, "public", "core_relationships")
     newer = json.loads(change(300, 0).to_json())
     newer["schema_version"] = 9
@@ -90,15 +96,15 @@ def test_malformed_and_unknown_schema_records_go_to_the_dead_letter_topic(
     assert len(reasons) == 2
     assert reasons[0].startswith("not valid JSON") and "schema_version 9" in reasons[1]
     assert {x["topic"] for x in letters} == {topic}
-    assert manifest(root)["counters"] == {"dead_letters": 2}
-    con = connect_history(root)
+    assert root.state().dead_letters == 2
+    con = root.connect()
     assert con.execute("SELECT commit_lsn FROM changes ORDER BY 1").fetchall() == [(100,), (200,)]
 
 
 def test_a_sql_workload_through_capture_is_archived_exactly(
         empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
-        tmp_path: Path) -> None:
-    bootstrap, root = broker.bootstrap_servers, tmp_path / "archive"
+        archive_target: ArchiveTarget) -> None:
+    bootstrap, root = broker.bootstrap_servers, archive_target
     with running_capture(empty_db.dsn, bootstrap, topic_prefix, slot_name), \
             archiver_thread(bootstrap, topic_prefix, root):
         with empty_db.connect() as conn:
@@ -113,12 +119,12 @@ def test_a_sql_workload_through_capture_is_archived_exactly(
                 "SELECT id, is_active FROM core_relationships").fetchall()}
 
         def archived() -> int:
-            rows = connect_history(root).execute(
+            rows = root.connect().execute(
                 "SELECT count(*) FROM changes WHERE NOT snapshot").fetchall()
             return int(rows[0][0])
 
         wait_for(lambda: archived() == 370, 60, "370 changes in the archive", interval=0.2)
-    con = connect_history(root)
+    con = root.connect()
     per_txn = con.execute(
         "SELECT inserts, updates, deletes FROM transaction_summary WHERE xid IS NOT NULL "
         "ORDER BY commit_lsn").fetchall()

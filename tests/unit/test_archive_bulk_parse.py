@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from capture.encoding import SCHEMA_VERSION
 from capture.event import ChangeEvent, Op, change_event_json
 from consumers.archive.bulk_parse import BulkChangeParser
 from consumers.archive.segments import changes_rows
@@ -58,7 +59,7 @@ MUTATIONS: dict[str, Mutation] = {
     "missing source db": lambda d: d["source"].pop("db"),
     "missing optional schema_version": lambda d: d.pop("schema_version"),
     "missing optional source version": lambda d: d["source"].pop("version"),
-    "newer schema_version": lambda d: d.update(schema_version=2),
+    "newer schema_version": lambda d: d.update(schema_version=SCHEMA_VERSION + 1),
     "null schema_version": lambda d: d.update(schema_version=None),
     "unknown op": lambda d: d.update(op="z"),
     "negative commit_lsn": lambda d: d.update(commit_lsn=-1),

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from deltalake import DeltaTable
 
+from capture.encoding import SCHEMA_VERSION
 from consumers.archive.archiver import parse_record
+from consumers.archive.segments import TABLE_SCHEMA
 from consumers.cli import main
 from consumers.kafka_source import Record, is_table_topic
 from tests.archive_fixtures import change, end
@@ -31,8 +34,8 @@ def test_malformed_change_records_are_rejected_with_a_reason(value: bytes | None
 
 def test_a_change_of_a_newer_schema_version_is_rejected() -> None:
     raw = json.loads(change(100, 0).to_json())
-    raw["schema_version"] = 2
-    with pytest.raises(ValueError, match="unknown schema_version 2"):
+    raw["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ValueError, match=f"unknown schema_version {SCHEMA_VERSION + 1}"):
         parse_record(_rec("p.public.t", json.dumps(raw).encode()), "p.transaction")
 
 
@@ -60,7 +63,8 @@ def test_cli_refuses_a_directory_that_is_not_an_archive_in_one_line(tmp_path: Pa
 
 
 def test_cli_refuses_an_archive_written_by_a_newer_version(tmp_path: Path) -> None:
-    (tmp_path / "archive.json").write_text('{"format": "hera-guard-archive", "version": 2}')
+    DeltaTable.create(str(tmp_path), TABLE_SCHEMA, partition_by=["kind"],
+                      name="hera-guard-archive", description="format 99: from the future")
     result = CliRunner().invoke(main, ["history", str(tmp_path), "SELECT 1"])
     assert result.exit_code == 2
     assert "newer hera-guard" in result.output

@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
 
 from capture.event import MarkerKind, Op
 from consumers.archive.dedup import RecentKeys
 from consumers.archive.layout import NewerArchiveError, NotAnArchiveError
+from consumers.archive.location import archive_location
 from consumers.archive.reader import connect_history
-from consumers.archive.store import ArchiveLockedError, ArchiveStore
+from consumers.archive.segments import TABLE_SCHEMA
+from consumers.archive.store import ArchiveLockedError, ArchiveStore, open_table, utc_now
 from tests.archive_fixtures import begin, change, end, marker
 
 
@@ -68,35 +71,51 @@ def test_a_non_empty_directory_without_marker_is_refused_and_left_alone(tmp_path
 
 
 def test_an_archive_of_a_newer_version_is_refused_and_left_alone(tmp_path: Path) -> None:
-    marker_file = tmp_path / "archive.json"
-    marker_file.write_text(json.dumps({"format": "hera-guard-archive", "version": 99}))
+    DeltaTable.create(str(tmp_path), TABLE_SCHEMA, partition_by=["kind"],
+                      name="hera-guard-archive", description="format 99: from the future")
+    before = sorted(p.name for p in (tmp_path / "_delta_log").iterdir())
     with pytest.raises(NewerArchiveError, match="newer hera-guard"):
         ArchiveStore.open_or_create(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["archive.json"]
+    assert sorted(p.name for p in (tmp_path / "_delta_log").iterdir()) == before
     with pytest.raises(NewerArchiveError):
         connect_history(tmp_path)
 
 
-def test_a_foreign_marker_file_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "archive.json").write_text('{"format": "something-else", "version": 1}')
-    with pytest.raises(NotAnArchiveError, match="something-else"):
-        ArchiveStore.open_or_create(tmp_path)
+def test_a_foreign_delta_table_and_an_old_format_archive_are_refused(tmp_path: Path) -> None:
+    DeltaTable.create(str(tmp_path / "other"), TABLE_SCHEMA, name="sales")
+    with pytest.raises(NotAnArchiveError, match="not a hera-guard archive"):
+        ArchiveStore.open_or_create(tmp_path / "other")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    with pytest.raises(NotAnArchiveError, match="consumers archive migrate"):
+        ArchiveStore.open_or_create(old)
 
 
-def test_segments_of_an_interrupted_commit_are_deleted_at_open(tmp_path: Path) -> None:
+def test_files_of_an_interrupted_commit_are_never_read(tmp_path: Path) -> None:
     root = tmp_path / "a"
     with ArchiveStore.open_or_create(root) as store:
         store.append(changes=[change(100, 0)], offsets={("t", 0): 1})
-        live = store.manifest.of_kind("changes")
-    stray = root / "segments" / "changes" / "0000000009-deadbeef.parquet"
-    stray.write_bytes((root / store.manifest.of_kind("changes")[-1].file).read_bytes())
-    (root / "segments" / "changes" / "x.parquet.tmp").write_bytes(b"half")
-    assert live
+    live = next((root / "kind=changes").glob("*.parquet"))
+    # what a SIGKILL between writing the data file and the log entry leaves behind
+    (root / "kind=changes" / "part-00000-killed.zstd.parquet").write_bytes(live.read_bytes())
     with ArchiveStore.open_or_create(root) as store:
         assert store.offsets() == {("t", 0): 1}
-    assert not stray.exists()
-    assert not (root / "segments" / "changes" / "x.parquet.tmp").exists()
     assert _keys(root) == [(100, 0)]
+
+
+def test_a_second_writer_that_commits_behind_the_first_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    with ArchiveStore.open_or_create(root) as first:
+        first.append(changes=[change(100, 0)], offsets={("t", 0): 1})
+        loc = archive_location(root)
+        second = ArchiveStore(loc, open_table(loc), None, utc_now, 100)  # no flock: as on S3
+        first.append(changes=[change(101, 0)], offsets={("t", 0): 2})
+        with pytest.raises(ArchiveLockedError, match="another archiver committed"):
+            second.append(changes=[change(102, 0)], offsets={("t", 0): 3})
+    with ArchiveStore.open_or_create(root) as store:
+        assert store.offsets() == {("t", 0): 2}
+    assert _keys(root) == [(100, 0), (101, 0)]
 
 
 def test_a_second_writer_on_the_same_directory_is_refused(tmp_path: Path) -> None:

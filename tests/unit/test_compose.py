@@ -17,7 +17,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from capture.settings import CaptureSettings
-from consumers.archive.settings import ArchiveSettings
+from consumers.archive.settings import ArchiveSettings, StorageSettings
 from consumers.detect.settings import DetectSettings
 from guard.settings import InstallSettings
 
@@ -157,13 +157,40 @@ def test_services_wait_for_healthy_dependencies_and_have_health_checks() -> None
             assert dep in services, f"{name} depends on unknown {dep}"
 
 
-def test_the_archive_lives_on_a_named_volume_at_the_configured_path() -> None:
+def test_the_archive_lives_in_the_bucket_the_object_store_creates_at_start() -> None:
     compose = _compose()
-    archive = compose["services"]["archive"]
-    path = archive["environment"]["HERA_ARCHIVE"]
-    mounts = {m.split(":")[1]: m.split(":")[0] for m in archive["volumes"]}
-    assert path in mounts
-    assert mounts[path] in compose["volumes"]
+    services = compose["services"]
+    archive = services["archive"]
+    env = archive["environment"]
+    uri = env["HERA_ARCHIVE"]
+    assert uri.startswith("s3://")
+    bucket = uri.removeprefix("s3://").split("/", 1)[0]
+    # a one-shot service creates exactly that bucket, after the store is healthy
+    inits = [n for n, s in services.items() if f"s3.bucket.create -name {bucket}"
+             in " ".join(s.get("entrypoint", []) + s.get("command", []))]
+    assert inits, f"no service creates the bucket {bucket}"
+    init = services[inits[0]]
+    assert init.get("restart") == "no"
+    store = next(iter(init["depends_on"]))
+    assert init["depends_on"][store]["condition"] == "service_healthy"
+    assert archive["depends_on"][inits[0]]["condition"] == "service_completed_successfully"
+    # the archiver talks to that store, with the standard AWS variables StorageSettings reads
+    assert env["AWS_ENDPOINT_URL"].startswith(f"http://{store}:")
+    port = env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]
+    assert f"-s3.port={port}" in services[store]["command"]
+    known = {f"AWS_{f}".upper() for f in StorageSettings.model_fields}
+    assert {k for k in env if k.startswith("AWS_")} <= known
+    assert re.fullmatch(r"\$\{S3_SECRET_KEY:\?[^}]*\}", env["AWS_SECRET_ACCESS_KEY"])
+    # the store keeps its data on a named volume
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in services[store]["volumes"]}
+    assert mounts["/data"] in compose["volumes"]
+
+
+def test_the_archive_health_check_asks_its_readiness_probe() -> None:
+    archive = _services()["archive"]
+    port = str(archive["environment"]["HERA_METRICS_PORT"])
+    assert f":{port}/readyz" in " ".join(archive["healthcheck"]["test"])
+    assert archive["environment"]["HERA_METRICS_HOST"] == "0.0.0.0"
 
 
 def test_the_capture_health_check_uses_the_metrics_port_it_configures() -> None:
@@ -179,3 +206,8 @@ def test_no_password_is_written_into_the_file() -> None:
             text = str(value)
             if "password" in text.lower() or "PASSWORD" in key:
                 assert re.search(r"\$\{POSTGRES_PASSWORD[^}]*\}", text), (name, key)
+            if "SECRET" in key:
+                assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", text), (name, key)
+    for config in (_compose().get("configs") or {}).values():
+        for secret in re.findall(r'"secretKey":\s*"([^"]*)"', config.get("content", "")):
+            assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", secret), secret

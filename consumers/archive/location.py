@@ -1,0 +1,49 @@
+"""Where an archive lives: a local directory or any URI deltalake supports (``s3://bucket/p``,
+``gs://``, ``az://``, ...), with the object store's options (credentials, endpoint) passed in
+explicitly. The CLI builds those options from the standard ``AWS_*`` variables
+(``settings.StorageSettings``); library code never reads the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capture import logs
+
+_REMOTE = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://", "adl://",
+           "azure://", "memory://")
+
+
+@dataclass(frozen=True)
+class ArchiveLocation:
+    uri: str  # a local absolute path, or a remote URI
+    storage_options: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_local(self) -> bool:
+        return not self.uri.startswith(_REMOTE)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.uri)
+
+    def options(self) -> dict[str, str] | None:
+        return dict(self.storage_options) or None
+
+    def __str__(self) -> str:
+        """For messages: the URI without any user:password part."""
+        return logs.redact(self.uri)
+
+
+def archive_location(target: str | Path | ArchiveLocation,
+                     storage_options: Mapping[str, str] | None = None) -> ArchiveLocation:
+    if isinstance(target, ArchiveLocation):
+        return target
+    text = str(target)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if text.startswith(_REMOTE):
+        return ArchiveLocation(text.rstrip("/"), dict(storage_options or {}))
+    return ArchiveLocation(str(Path(text).absolute()), {})
