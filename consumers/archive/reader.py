@@ -19,7 +19,8 @@ httpfs extension may not be installable where this runs. Deduplicated:
 - ``transactions``: xid BIGINT, commit_lsn UBIGINT, commit_ts TIMESTAMPTZ,
   event_count BIGINT, data_collections JSON (from END records) — one row per commit_lsn.
 - ``markers``: status VARCHAR, slot VARCHAR, db VARCHAR, epoch_lsn UBIGINT, lsn UBIGINT,
-  ts TIMESTAMPTZ, tables VARCHAR[], system_identifier VARCHAR, plugin VARCHAR (NULL for old
+  ts TIMESTAMPTZ, tables VARCHAR[], system_identifier VARCHAR, plugin VARCHAR,
+  definitions JSON (the tables' definitions at SNAPSHOT_START; NULL for old
   markers).
 - ``schema_changes``: table_schema, table_name, commit_lsn UBIGINT, position INTEGER, xid,
   commit_ts, lsn UBIGINT, columns JSON (capture.event.ColumnDef objects), command_tag, ddl,

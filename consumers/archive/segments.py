@@ -63,6 +63,7 @@ MARKERS_SCHEMA = pa.schema([
     ("tables", pa.list_(pa.string())),
     ("system_identifier", pa.string()),
     ("plugin", pa.string()),
+    ("definitions", pa.string()),  # SNAPSHOT_START: the tables' definitions (JSON)
 ])
 
 SCHEMA_CHANGES_SCHEMA = pa.schema([
@@ -178,6 +179,8 @@ def markers_table(markers: Iterable[StreamMarker]) -> pa.Table:
         cols["tables"].append(list(m.tables))
         cols["system_identifier"].append(m.system_identifier)
         cols["plugin"].append(m.plugin)
+        cols["definitions"].append(None if m.definitions is None else _json(
+            {t: [c.model_dump() for c in d] for t, d in m.definitions.items()}))
     return _sorted(pa.Table.from_pydict(cols, schema=MARKERS_SCHEMA), ["lsn"])
 
 

@@ -61,7 +61,8 @@ SELECT xid, commit_lsn, commit_ts, event_count,
 FROM (SELECT DISTINCT ON (commit_lsn) * FROM raw_transactions);
 
 CREATE OR REPLACE VIEW markers AS
-SELECT DISTINCT status, slot, db, epoch_lsn, lsn, ts, tables, system_identifier, plugin
+SELECT DISTINCT status, slot, db, epoch_lsn, lsn, ts, tables, system_identifier, plugin,
+       CAST(definitions AS JSON) AS definitions
 FROM raw_markers;
 
 CREATE OR REPLACE VIEW schema_changes AS

@@ -187,3 +187,18 @@ def test_without_the_schema_log_points_after_a_column_change_are_refused(
         refused = run.replay("--until", format_lsn(after), "--into-table", "public.r_after")
         assert refused.exit_code == 1, refused.output
         assert "unrecorded schema change" in refused.output
+
+
+def test_a_first_rename_inside_a_migration_function_keeps_the_values(run: Run) -> None:
+    # The statement text (SELECT migrate()) names no column: only the epoch's starting
+    # definition, with its attnums, tells the rename from a drop and an add.
+    c = run.conn
+    c.execute("INSERT INTO sc VALUES (1, 'one', 1, 'ab'), (2, 'two', 2, NULL)")
+    c.execute("CREATE FUNCTION migrate() RETURNS void LANGUAGE plpgsql AS "
+              "$$ BEGIN EXECUTE 'ALTER TABLE sc RENAME a TO label'; END $$")
+    c.execute("SELECT migrate()")
+    at = run.copy("at_hidden_rename")
+    run.sync()
+    result = run.replay("--until", format_lsn(at), "--into-table", "public.r_hidden")
+    assert result.exit_code == 0, result.output
+    assert difference(c, "at_hidden_rename", "r_hidden") == 0
