@@ -11,6 +11,7 @@ one without such a message becomes a SchemaChangeEvent with recorded=False.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -89,6 +90,27 @@ class _Txn:
     began: bool = False
 
 
+# Allocations between young-generation collections (CPython's default: 700). See tune_gc.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for capture's allocation pattern.
+
+    Every record in flight holds a few objects (the client's future, its callbacks, our
+    delivery closure) until the broker acknowledges it, so they survive the young
+    collections, reach the oldest generation and make CPython run full collections over the
+    whole heap (modules, clients, pydantic) every few thousand records: measured, a third of
+    kafka-python's producing time. What exists once streaming starts lives as long as the
+    process: ``gc.freeze`` takes it out of every collection; the higher thresholds collect
+    the (rare) cyclic garbage of the hot path in fewer, equally cheap passes. Reference
+    counting still frees everything else at once, so memory stays as bounded as before.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 class StreamRunner:
     """The state of one connected stream; thrown away on any fault."""
 
@@ -128,6 +150,7 @@ class StreamRunner:
                 self.svc.latency_observer(seconds)
 
     def loop(self, stop: threading.Event) -> None:
+        tune_gc()
         decode = self.decoder.decode
         while not stop.is_set():
             reply = False
