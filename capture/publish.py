@@ -218,7 +218,7 @@ _PYTHON_CODECS = {"lz4": "lz4", "zstd": "zstandard", "snappy": "python-snappy"}
 class KafkaPythonProducer:
     def __init__(self, bootstrap_servers: str, single_partition: bool = False, *,
                  max_message_bytes: int = 16 * 1024 * 1024,
-                 compression: str = "gzip") -> None:
+                 compression: str = "lz4") -> None:
         # With one partition per topic the key-hash partitioner is pure overhead (~15 µs a
         # record in kafka-python): name the partition.
         self._partition = 0 if single_partition else None
@@ -311,7 +311,7 @@ class KafkaPythonProducer:
 class ConfluentProducer:
     def __init__(self, bootstrap_servers: str, single_partition: bool = False, *,
                  max_message_bytes: int = 16 * 1024 * 1024,
-                 compression: str = "gzip") -> None:
+                 compression: str = "lz4") -> None:
         self._partition = 0 if single_partition else -1  # -1: librdkafka's partitioner
         self._limit = max_message_bytes
         from confluent_kafka import Producer as CProducer
@@ -372,7 +372,7 @@ class ConfluentProducer:
 
 def make_producer(backend: str, bootstrap_servers: str, single_partition: bool = False, *,
                   max_message_bytes: int = 16 * 1024 * 1024,
-                  compression: str = "gzip") -> Producer:
+                  compression: str = "lz4") -> Producer:
     if backend == "confluent":
         try:
             return ConfluentProducer(bootstrap_servers, single_partition,
