@@ -44,7 +44,7 @@ from capture.event import (
     encode_key,
     format_lsn,
 )
-from capture.protocol import Keepalive, ReplicationStream
+from capture.protocol import Keepalive, ReplicationStream, XLogData
 from capture.publish import AckTracker, PendingTxn, Producer
 from capture.topics import table_topic, transaction_topic
 
@@ -131,6 +131,8 @@ class StreamRunner:
         self.last_activity = time.monotonic()
         self.last_heartbeat = time.monotonic()
         self.wal_end = svc.confirmed_lsn
+        self.max_in_flight = self.s.max_in_flight
+        self.max_in_flight_bytes = self.s.max_in_flight_bytes
         self.ttopic = transaction_topic(self.s.topic_prefix)
         self.topics = {(t.schema, t.table): table_topic(self.s.topic_prefix, t.schema, t.table)
                        for t in svc.tables}
@@ -162,14 +164,7 @@ class StreamRunner:
                 timeout = 0.0
                 if frame is None:
                     break
-                if isinstance(frame, Keepalive):
-                    self.wal_end = max(self.wal_end, frame.wal_end)
-                    reply = reply or frame.reply_requested
-                    if self.txn is None and self.tracker.idle:
-                        # Nothing received is unacknowledged: everything up to the server's
-                        # WAL end has been published (or filtered out).
-                        self.acked_lsn = max(self.acked_lsn, frame.wal_end)
-                else:
+                if type(frame) is XLogData:  # the common case first
                     if frame.end_lsn > self.wal_end:
                         self.wal_end = frame.end_lsn
                     rec = decode(frame.payload, frame.start_lsn)
@@ -177,6 +172,13 @@ class StreamRunner:
                         self.row(rec)
                     elif rec is not None:
                         self.handle(rec)
+                elif isinstance(frame, Keepalive):
+                    self.wal_end = max(self.wal_end, frame.wal_end)
+                    reply = reply or frame.reply_requested
+                    if self.txn is None and self.tracker.idle:
+                        # Nothing received is unacknowledged: everything up to the server's
+                        # WAL end has been published (or filtered out).
+                        self.acked_lsn = max(self.acked_lsn, frame.wal_end)
             self.producer.poll(0)
             self.settle(force=reply)
             self.maybe_heartbeat()
@@ -231,8 +233,12 @@ class StreamRunner:
         self.published += 1
 
     def _send(self, topic: str, key: bytes, value: bytes, pending: PendingTxn) -> None:
-        self.producer.send(topic, key, value, self.tracker.sent(pending, len(value)))
-        self.svc._backpressure(self.producer, self.tracker)
+        tracker = self.tracker
+        self.producer.send(topic, key, value, tracker.sent(pending, len(value)))
+        # The limits checked here first: the call is per record, the wait rare.
+        if (tracker.outstanding >= self.max_in_flight
+                or tracker.outstanding_bytes >= self.max_in_flight_bytes):
+            self.svc._backpressure(self.producer, tracker)
 
     def row(self, rec: RowChange) -> None:
         table = (rec.schema, rec.table)
