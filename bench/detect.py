@@ -1,5 +1,8 @@
 """Detection latency: commit of a mass delete in PostgreSQL -> its alert on the Kafka topic,
-with ~5k changes/s of unrelated traffic going through capture and the detector meanwhile.
+with ~5k changes/s of unrelated traffic going through capture and the detector meanwhile;
+and the same right behind a 100k-row bulk load (alerts come in WAL order, so the mass delete
+waits for capture and the detector to get through the load first), against the time capture
+itself needs to reach the delete's commit.
 
 The commit time is PostgreSQL's own (the END record's, carried in the alert); the arrival time
 is this process's clock when the alert record is read back from ``<prefix>.alerts``. Same
@@ -139,7 +142,109 @@ def run(ctx: BenchContext) -> list[Figure]:
     figures: list[Figure] = []
     for backend in backends:
         figures += _run_one(ctx, backend)
+    figures += after_bulk_load(ctx, backends[-1])
     return figures
+
+
+BULK_ROWS = 100_000
+BULK_SLACK_MS = 500.0  # the target: alert <= capture reaching the commit + this
+
+
+def after_bulk_load(ctx: BenchContext, backend: str) -> list[Figure]:
+    """A mass delete committed right after a 100k-row bulk load (one transaction), capture and
+    the detector running with default settings and ``backend`` (confluent when installed):
+    commit -> alert read back, and commit -> the delete's END readable on Kafka (how long
+    capture needs to reach that commit). Several rounds; the worst one is the figure."""
+    rounds = 1 if ctx.quick else 3
+    tag = f"bulk_{backend.replace('-', '_')}"
+    dsn = ctx.new_database(f"bench_detect_{tag}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        load_sample(conn, SampleSize(organizations=5, users=500, other_relationships=5000))
+    prefix = f"bench_detect_{tag}_{int(time.time())}"
+    slot = f"bench_detect_{tag}"
+    bootstrap = ctx.broker.bootstrap_servers
+    capture = _spawn([sys.executable, "-m", "capture", "run", "--dsn", dsn,
+                      "--bootstrap-servers", bootstrap, "--slot", slot,
+                      "--topic-prefix", prefix, "--kafka-backend", backend],
+                     ctx.workdir / "bench-detect-bulk-capture.log")
+    detector: subprocess.Popen[bytes] | None = None
+    stop = threading.Event()
+    seen: dict[int, float] = {}
+    lags: list[float] = []
+    ends: dict[int, float] = {}
+    reader = threading.Thread(target=_alert_reader, args=(
+        bootstrap, alerts_topic(prefix), stop, seen, lags), daemon=True)
+    end_reader = threading.Thread(target=_end_reader, args=(
+        bootstrap, transaction_topic(prefix), stop, ends), daemon=True)
+    xids: list[int] = []
+    try:
+        _wait_slot_active(dsn, slot, capture)
+        detector = _spawn([str(Path(sys.executable).parent / "consumers"), "detect",
+                           "--bootstrap-servers", bootstrap, "--topic-prefix", prefix,
+                           "--state", str(ctx.workdir / f"{prefix}.sqlite"),
+                           "--archive-dir", str(ctx.workdir / "archive-bulk"),
+                           "--kafka-backend", backend],
+                          ctx.workdir / "bench-detect-bulk-detector.log")
+        reader.start()
+        end_reader.start()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            org = conn.execute("SELECT id FROM core_organizations LIMIT 1").fetchone()
+            assert org is not None
+            # A first incident, alerted before any load: the detector is up and reading.
+            xids.append(_mass_delete(conn))
+            _wait_for(lambda: xids[0] in seen, 120, "the detector's first alert")
+            for r in range(rounds):
+                conn.execute(
+                    "INSERT INTO core_relationships (organization_id, from_entity_id, "
+                    "to_entity_id, relationship_type, smart_code) SELECT %s, "
+                    "'bulk-' || %s || '-' || g, 'x', 'BENCH_LINK', 'HERA.BENCH.LINK.v1' "
+                    "FROM generate_series(1, %s) g", (org[0], r, BULK_ROWS))
+                xids.append(_mass_delete(conn))
+                _wait_for(lambda: xids[-1] in seen and xids[-1] in ends, 300,
+                          "the alert of the mass delete after the bulk load")
+    finally:
+        stop.set()
+        reader.join(30)
+        end_reader.join(30)
+        for proc in (detector, capture):
+            if proc is not None:
+                _stop(proc)
+    measured = [(seen[x], ends[x]) for x in xids[1:]]
+    worst = max(measured, key=lambda m: m[0] - m[1])
+    met = all(alert <= end + BULK_SLACK_MS for alert, end in measured)
+    rows = "; ".join(f"alert {a:.0f} ms, capture {e:.0f} ms" for a, e in measured)
+    detail = (f"{rounds} round(s): a {BULK_ROWS:,}-row INSERT (one transaction), then at once a "
+              f"{DELETE_ROWS}-row mass delete; capture + detector ({backend}), default "
+              f"settings; PostgreSQL commit time -> alert read back from Kafka / -> the "
+              f"delete's END readable on Kafka; {rows}")
+    return [
+        Figure(f"detection latency after a {BULK_ROWS // 1000}k-row bulk load ({backend})",
+               round(worst[0]), "ms",
+               f"<= capture reaching the commit + {BULK_SLACK_MS:g} ms", met, detail),
+        Figure(f"capture reaching the commit after a {BULK_ROWS // 1000}k-row bulk load "
+               f"({backend})", round(worst[1]), "ms", "-", None,
+               "commit of the mass delete -> its END record readable on Kafka, same round"),
+    ]
+
+
+def _mass_delete(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+    """One incident: a transaction deleting DELETE_ROWS relationships a rule watches."""
+    with conn.transaction():
+        row = conn.execute("SELECT txid_current()").fetchone()
+        assert row is not None
+        conn.execute(
+            "DELETE FROM core_relationships WHERE id IN (SELECT id FROM core_relationships "
+            "WHERE relationship_type <> 'USER_MEMBER_OF_ORG' AND relationship_type <> "
+            "'BENCH_LINK' LIMIT %s)", (DELETE_ROWS,))
+    return int(row[0])
+
+
+def _wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not arrive within {timeout:g} s")
+        time.sleep(0.02)
 
 
 def _run_one(ctx: BenchContext, detector_backend: str) -> list[Figure]:

@@ -44,8 +44,9 @@ def main() -> None:
                    "max.message.bytes and the producers' request size; an event above it "
                    "stops capture [HERA_MAX_MESSAGE_BYTES, default 16777216 = 16 MiB]")
 @click.option("--compression", type=click.Choice(["none", "gzip", "snappy", "lz4", "zstd"]),
-              help="producer compression; every codec but gzip needs a Python package on "
-                   "kafka-python readers [HERA_COMPRESSION, default gzip]")
+              help="producer compression; kafka-python readers need lz4 (installed with "
+                   "hera-guard) or, for zstd/snappy, another package; gzip needs none "
+                   "[HERA_COMPRESSION, default lz4]")
 @click.option("--new-snapshot", is_flag=True, default=None,
               help="drop the slot and start a new epoch with a fresh snapshot")
 @click.option("--log-level", default="INFO", show_default=True)

@@ -46,9 +46,12 @@ class CaptureSettings(BaseSettings):
     # the producers' request size. With REPLICA IDENTITY FULL an UPDATE carries the old and the
     # new row, so a 1 MB value makes a 2 MB event; 16 MiB leaves HERA rows room.
     max_message_bytes: int = Field(16 * MIB, ge=MIB, le=MAX_MESSAGE_BYTES_CEILING)
-    # gzip: the one codec every Kafka reader here decodes without extra packages (kafka-python
-    # needs lz4 / zstandard / python-snappy for the others, on capture and on every consumer).
-    compression: Compression = "gzip"
+    # lz4: the cheapest codec for both clients (measured here, capture catching up: +40-60%
+    # over gzip with kafka-python, +30-60% with confluent; fewer bytes for the broker than
+    # none). kafka-python reads and writes it through the ``lz4`` package, a dependency of
+    # hera-guard, so every reader installed with it decodes it; confluent has it built in.
+    # gzip needs no package at all (for readers installed otherwise).
+    compression: Compression = "lz4"
 
     @field_validator("slot")
     @classmethod

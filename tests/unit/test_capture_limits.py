@@ -52,9 +52,9 @@ def test_settings_that_cannot_work_are_refused(field: str, value: object) -> Non
         CaptureSettings.model_validate({"dsn": "x", "bootstrap_servers": "y", field: value})
 
 
-def test_the_defaults_hold_a_2_mb_event_compressed_with_gzip() -> None:
+def test_the_defaults_hold_a_2_mb_event_compressed_with_lz4() -> None:
     s = CaptureSettings.model_validate({"dsn": "x", "bootstrap_servers": "y"})
-    assert s.max_message_bytes == 16 * 1024 * 1024 and s.compression == "gzip"
+    assert s.max_message_bytes == 16 * 1024 * 1024 and s.compression == "lz4"
 
 
 def test_capture_is_not_ready_before_it_streams_and_the_metric_says_the_same() -> None:
