@@ -126,6 +126,8 @@ def slot_status(dsn: str, slot: str) -> SlotStatus:
         current = parse_lsn(str(row[4]))
         if row[3] is None:
             lag, source = None, "unknown: the slot has no confirmed position"
+        elif confirmed >= current:
+            lag, source = 0.0, "no WAL after the confirmed position"
         else:
             lag, source = unconfirmed_commit_age(conn, confirmed)
     return SlotStatus(

@@ -50,6 +50,11 @@ def _run(fn: Any, settings: ReplaySettings) -> None:
         click.echo(f"replay: error: missing privilege: {str(exc).splitlines()[0]}; nothing "
                    "was changed", err=True)
         sys.exit(1)
+    except psycopg.Error as exc:
+        # Writes run in one transaction: an error PostgreSQL raised rolled it back.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"replay: error: PostgreSQL refused: {first}; nothing was changed", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("replay: interrupted; nothing was changed", err=True)
         sys.exit(130)

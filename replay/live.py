@@ -21,7 +21,7 @@ import pyarrow.csv as pa_csv
 from psycopg import sql
 
 from capture.encoding import NATIVE_TYPES, SESSION_OPTIONS
-from replay.errors import PrivilegeError, UnknownTable
+from replay.errors import PrivilegeError, ReplayError, UnknownTable
 from replay.tables import TableId
 from replay.values import encode_text_sql
 
@@ -87,6 +87,10 @@ def require_privileges(conn: Conn, table: TableId, privileges: Iterable[str]) ->
 
 
 def require_schema_create(conn: Conn, schema: str) -> None:
+    exists = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,)).fetchone()
+    if not (exists and exists[0]):
+        raise ReplayError(f"schema {schema} does not exist in the target database: create it "
+                          f"(CREATE SCHEMA {schema}) or name an existing schema in --into-table")
     row = conn.execute("SELECT has_schema_privilege(%s, 'CREATE')", (schema,)).fetchone()
     if not (row and row[0]):
         who = conn.execute("SELECT current_user").fetchone()

@@ -248,12 +248,12 @@ def test_status_lag_is_the_age_of_the_oldest_unconfirmed_commit_of_a_known_backl
         pass  # the slot exists and is confirmed up to here; nothing reads it now
     with hera_db.connect() as conn:
         confirmed = parse_lsn(slot_status(hera_db.dsn, slot_name).confirmed_lsn)
-        without = slot_status(hera_db.dsn, slot_name)
-        conn.execute("CREATE EXTENSION pg_walinspect")
         # The backlog: a small commit, then ~30 MB of WAL in later transactions.
         conn.execute("UPDATE core_relationships SET version = version + 1 WHERE ctid = "
                      "(SELECT ctid FROM core_relationships LIMIT 1)")
         after_first = _server_now(conn)
+        without = slot_status(hera_db.dsn, slot_name)
+        conn.execute("CREATE EXTENSION pg_walinspect")
         conn.execute("CREATE TABLE backlog (t text)")
         for _ in range(3):
             conn.execute("INSERT INTO backlog SELECT repeat('x', 500) "

@@ -74,6 +74,14 @@ def test_into_table_creates_the_table_with_the_sources_types(case: Case) -> None
                        "attrelid = 'rel_copy'::regclass AND attname = 'tags'") == "text[]"
 
 
+def test_into_a_schema_that_does_not_exist_is_one_line_naming_the_fix(case: Case) -> None:
+    result = case.replay("--until", format_lsn(case.lsn), "--into-table", "recovery.rel")
+    one_line_error(result, "schema recovery does not exist in the target database: create it "
+                           "(CREATE SCHEMA recovery)")
+    assert "Traceback" not in result.output
+    assert case.scalar("SELECT to_regnamespace('recovery')") is None
+
+
 def test_an_existing_target_table_is_refused_unless_replace(case: Case) -> None:
     case.replay("--until", format_lsn(case.lsn), "--into-table", "public.rel_copy")
     with case.db.connect() as conn:
