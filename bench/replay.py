@@ -119,7 +119,9 @@ def build_archive(root: Path, rows: int, changes: int, per_txn: int = 100) -> in
             "status": ["SNAPSHOT_START", "SNAPSHOT_END", "PROGRESS"],
             "slot": ["bench"] * 3, "db": ["bench"] * 3, "epoch_lsn": [EPOCH] * 3,
             "lsn": [EPOCH, EPOCH, last], "ts": [now] * 3,
-            "tables": [["public.core_relationships"]] * 3}).cast(SCHEMAS["markers"])
+            "tables": [["public.core_relationships"]] * 3,
+            **{c: [None] * 3 for c in ("system_identifier", "plugin", "definitions")},
+        }).cast(SCHEMAS["markers"])
         store.replace_segments([], markers, "markers")
     return last
 
