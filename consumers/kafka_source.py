@@ -34,7 +34,6 @@ rate of kafka-python here, measured in bench/archive.py).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, Protocol
@@ -45,6 +44,12 @@ from capture.errors import BrokerError
 from capture.kafka_admin import ensure_topics
 from capture.topics import alerts_topic, deadletter_topic, table_topic, transaction_topic
 from consumers.deadletter import DeadLetter
+from consumers.kafka_facts import (
+    TopicPartitionKey,
+    fetch_watermarks,
+    kafka_cluster_id,
+    kafka_topic_ids,
+)
 
 log = logging.getLogger("hera.consumers.kafka_source")  # under "hera": the JSON log
 
@@ -70,7 +75,6 @@ def is_table_topic(topic: str, prefix: str) -> bool:
 
 
 Backend = Literal["kafka-python", "confluent"]
-TopicPartitionKey = tuple[str, int]
 Clock = Callable[[], datetime]
 
 
@@ -147,110 +151,6 @@ def open_source(bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | N
         return ConfluentSource(bootstrap_servers, prefix, tables, **options)
     options.pop("return_early", None)
     return KafkaSource(bootstrap_servers, prefix, tables, **options)
-
-
-def fetch_watermarks(bootstrap_servers: str, partitions: Iterable[TopicPartitionKey],
-                     timeout_s: float = 15.0) -> dict[TopicPartitionKey, tuple[int, int]]:
-    """(low, high) of each partition, high as a fetch reports it (the true end on tansu,
-    whose ListOffsets answers the base offset of the last batch + 1).
-
-    A side consumer of its own, so the caller's positions are untouched; it seeks one
-    record before the reported end and reads the high watermark of that fetch.
-    """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    tps = [TopicPartition(t, p) for t, p in sorted(set(partitions))]
-    if not tps:
-        return {}
-    try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers.split(","),
-                                 group_id=None, enable_auto_commit=False,
-                                 fetch_max_wait_ms=10, max_partition_fetch_bytes=1024,
-                                 request_timeout_ms=int(timeout_s * 1000) + 1000,
-                                 bootstrap_timeout_ms=int(timeout_s * 1000),
-                                 client_id="hera-guard-watermarks")
-    except KafkaError as exc:
-        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
-    try:
-        lows = consumer.beginning_offsets(tps)
-        reported = consumer.end_offsets(tps)
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, max(0, int(reported[tp]) - 1))
-        deadline = time.monotonic() + timeout_s
-        highs: dict[Any, int] = {}
-        while len(highs) < len(tps):
-            consumer.poll(timeout_ms=100, max_records=len(tps))
-            for tp in tps:
-                hw = consumer.highwater(tp)
-                if hw is not None:
-                    highs[tp] = max(int(hw), int(reported[tp]))
-            if time.monotonic() > deadline:
-                raise BrokerError(f"timed out reading the end of {tps[0].topic} from "
-                                  f"{bootstrap_servers}")
-        return {(tp.topic, tp.partition): (int(lows[tp]), highs[tp]) for tp in tps}
-    except KafkaError as exc:
-        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
-    finally:
-        consumer.close()
-
-
-_NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
-
-
-def kafka_topic_ids(bootstrap_servers: str, topics: Iterable[str],
-                    timeout_s: float = 15.0) -> dict[str, str]:
-    """topic -> its topic id (KIP-516; changes when a topic is deleted and re-created, and
-    on tansu when the broker restarts empty). Topics the broker does not know, or gives no
-    id for, are left out. Name only topics that exist: a metadata request may auto-create.
-    """
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    names = sorted(set(topics))
-    if not names:
-        return {}
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
-                                 client_id="hera-guard-identity",
-                                 request_timeout_ms=int(timeout_s * 1000),
-                                 bootstrap_timeout_ms=int(timeout_s * 1000))
-    except KafkaError as exc:
-        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
-    try:
-        described = admin.describe_topics(names)
-    except KafkaError as exc:
-        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
-    finally:
-        admin.close()
-    out: dict[str, str] = {}
-    for t in described:
-        tid = str(t.get("topic_id") or "")
-        if t.get("error_code", 0) == 0 and tid and tid != _NO_TOPIC_ID:
-            out[str(t["name"])] = tid
-    return out
-
-
-def kafka_cluster_id(bootstrap_servers: str, timeout_s: float = 15.0) -> str | None:
-    """The cluster id the broker reports (DescribeCluster / Metadata), None if it has none."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
-                                 client_id="hera-guard-identity",
-                                 request_timeout_ms=int(timeout_s * 1000),
-                                 bootstrap_timeout_ms=int(timeout_s * 1000))
-    except KafkaError as exc:
-        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
-    try:
-        cid = admin.describe_cluster().get("cluster_id")
-    except KafkaError as exc:
-        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
-    finally:
-        admin.close()
-    return str(cid) if cid else None
 
 
 class KafkaSource:
