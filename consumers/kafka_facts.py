@@ -61,6 +61,19 @@ def fetch_watermarks(bootstrap_servers: str, partitions: Iterable[TopicPartition
         consumer.close()
 
 
+def _admin(bootstrap_servers: str, timeout_s: float) -> Any:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
+                                client_id="hera-guard-identity",
+                                request_timeout_ms=int(timeout_s * 1000),
+                                bootstrap_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as exc:
+        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+
+
 _NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
 
 
@@ -70,19 +83,12 @@ def kafka_topic_ids(bootstrap_servers: str, topics: Iterable[str],
     on tansu when the broker restarts empty). Topics the broker does not know, or gives no
     id for, are left out. Name only topics that exist: a metadata request may auto-create.
     """
-    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     names = sorted(set(topics))
     if not names:
         return {}
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
-                                 client_id="hera-guard-identity",
-                                 request_timeout_ms=int(timeout_s * 1000),
-                                 bootstrap_timeout_ms=int(timeout_s * 1000))
-    except KafkaError as exc:
-        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+    admin = _admin(bootstrap_servers, timeout_s)
     try:
         described = admin.describe_topics(names)
     except KafkaError as exc:
@@ -99,16 +105,9 @@ def kafka_topic_ids(bootstrap_servers: str, topics: Iterable[str],
 
 def kafka_cluster_id(bootstrap_servers: str, timeout_s: float = 15.0) -> str | None:
     """The cluster id the broker reports (DescribeCluster / Metadata), None if it has none."""
-    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
-                                 client_id="hera-guard-identity",
-                                 request_timeout_ms=int(timeout_s * 1000),
-                                 bootstrap_timeout_ms=int(timeout_s * 1000))
-    except KafkaError as exc:
-        raise BrokerError.unreachable(bootstrap_servers, exc) from exc
+    admin = _admin(bootstrap_servers, timeout_s)
     try:
         cid = admin.describe_cluster().get("cluster_id")
     except KafkaError as exc:

@@ -128,3 +128,14 @@ def topic_prefix() -> str:
 @pytest.fixture
 def slot_name() -> str:
     return unique_name("slot")
+
+
+@pytest.fixture
+def own_broker() -> Iterator[Broker]:
+    """A broker of this test alone (tests stop it and restart it empty under running
+    services), on its own port; the session's ``broker`` stays untouched."""
+    b = start_broker()
+    try:
+        yield b
+    finally:
+        b.stop()

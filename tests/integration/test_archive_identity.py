@@ -7,12 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from devstack.broker import Broker, start_broker
+from devstack.broker import Broker
 from tests.archive_fixtures import wait_for, workload
 from tests.integration.archive_support import (
     CONSUMERS,
@@ -22,16 +19,6 @@ from tests.integration.archive_support import (
     start_archiver,
 )
 from tests.s3_fixtures import ArchiveTarget
-
-
-@pytest.fixture
-def own_broker() -> Iterator[Broker]:
-    """A broker of this test alone (it is stopped and replaced by an empty one)."""
-    b = start_broker()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def _archive_some(broker: Broker, prefix: str, target: ArchiveTarget, log: Path) -> None:

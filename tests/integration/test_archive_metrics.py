@@ -7,25 +7,13 @@ import re
 import signal
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from devstack.broker import Broker, start_broker
+from devstack.broker import Broker
 from devstack.ports import free_port
 from tests.archive_fixtures import wait_for, workload
 from tests.integration.archive_support import publish, start_archiver
 from tests.s3_fixtures import ArchiveTarget
-
-
-@pytest.fixture
-def own_broker() -> Iterator[Broker]:
-    b = start_broker()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def _get(port: int, path: str) -> tuple[int, str]:

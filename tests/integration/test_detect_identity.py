@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from capture.event import MarkerKind
 from capture.kafka_admin import ensure_topics
 from capture.topics import table_topic, transaction_topic
 from consumers.detect.alerts import Rule
-from devstack.broker import Broker, start_broker
+from devstack.broker import Broker
 from devstack.ports import free_port
 from tests.capture_fixtures import running_capture
 from tests.conftest import HeraDB
@@ -30,16 +29,6 @@ from tests.waiting import wait_until
 
 ORG = "11111111-1111-1111-1111-111111111111"
 EPOCH = 0x100
-
-
-@pytest.fixture
-def own_broker() -> Iterator[Broker]:
-    """A broker of this test alone: it is stopped and restarted empty."""
-    b = start_broker()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def detect_cli(broker: Broker, prefix: str, state_dir: Path, *extra: str,
