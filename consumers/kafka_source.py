@@ -153,7 +153,28 @@ def open_source(bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | N
     return KafkaSource(bootstrap_servers, prefix, tables, **options)
 
 
-class KafkaSource:
+class _BrokerFacts:
+    """Identity questions both backends answer the same way, through kafka-python side
+    clients (one spelling of topic ids; the fetch high watermark, which tansu's ListOffsets
+    under-reports and librdkafka's get_watermark_offsets would ask)."""
+
+    _bootstrap: str
+
+    def assigned(self) -> set[TopicPartitionKey]:
+        raise NotImplementedError
+
+    def topic_ids(self, topics: Iterable[str] | None = None,
+                  timeout_s: float = 15.0) -> dict[str, str]:
+        wanted = {t for t, _ in self.assigned()} if topics is None else topics
+        return kafka_topic_ids(self._bootstrap, wanted, timeout_s)
+
+    def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
+                   ) -> dict[TopicPartitionKey, tuple[int, int]]:
+        return fetch_watermarks(self._bootstrap,
+                                self.assigned() if partitions is None else partitions)
+
+
+class KafkaSource(_BrokerFacts):
     def __init__(self, bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
                  *, include_transactions: bool = True, max_poll_records: int = 20_000,
                  fetch_max_wait_ms: int = 100, consumer: str = "archive",
@@ -266,16 +287,6 @@ class KafkaSource:
     def cluster_id(self, timeout_s: float = 15.0) -> str | None:
         return kafka_cluster_id(self._bootstrap, timeout_s)
 
-    def topic_ids(self, topics: Iterable[str] | None = None,
-                  timeout_s: float = 15.0) -> dict[str, str]:
-        wanted = {t for t, _ in self.assigned()} if topics is None else topics
-        return kafka_topic_ids(self._bootstrap, wanted, timeout_s)
-
-    def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
-                   ) -> dict[TopicPartitionKey, tuple[int, int]]:
-        return fetch_watermarks(self._bootstrap,
-                                self.assigned() if partitions is None else partitions)
-
     def highwaters(self) -> dict[TopicPartitionKey, int]:
         out: dict[TopicPartitionKey, int] = {}
         for tp in self._assigned:
@@ -291,7 +302,7 @@ class KafkaSource:
         self._consumer.close()
 
 
-class ConfluentSource:
+class ConfluentSource(_BrokerFacts):
     """The same interface over confluent-kafka (librdkafka). No group is joined: ``assign``
     with explicit offsets; the ``group.id`` librdkafka insists on is never used."""
 
@@ -416,19 +427,6 @@ class ConfluentSource:
         except KafkaException as exc:
             raise BrokerError.unreachable(self._bootstrap, exc) from exc
         return str(cid) if cid else None
-
-    def topic_ids(self, topics: Iterable[str] | None = None,
-                  timeout_s: float = 15.0) -> dict[str, str]:
-        # the kafka-python helper for both backends: one spelling of the ids (UUID text)
-        wanted = {t for t, _ in self.assigned()} if topics is None else topics
-        return kafka_topic_ids(self._bootstrap, wanted, timeout_s)
-
-    def watermarks(self, partitions: Iterable[TopicPartitionKey] | None = None,
-                   ) -> dict[TopicPartitionKey, tuple[int, int]]:
-        # librdkafka's get_watermark_offsets asks ListOffsets (under-reported on tansu);
-        # the kafka-python side consumer reads the fetch high watermark, for both backends.
-        return fetch_watermarks(self._bootstrap,
-                                self.assigned() if partitions is None else partitions)
 
     def highwaters(self) -> dict[TopicPartitionKey, int]:
         from confluent_kafka import TopicPartition
