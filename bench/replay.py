@@ -18,8 +18,10 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import psycopg
@@ -28,6 +30,9 @@ from psycopg import sql
 
 from bench.common import BenchContext, Figure, timed
 from capture.event import parse_lsn
+
+if TYPE_CHECKING:
+    from consumers.archive.location import ArchiveLocation
 
 PLAN_ORIGINAL = Path(__file__).with_name("plan_original.sql")
 TABLE = ("public", "core_relationships")
@@ -95,7 +100,8 @@ def _changes_sql(rows: int, changes: int, per_txn: int) -> str:
     """  # noqa: S608 - numbers and our own literals only
 
 
-def build_archive(root: Path, rows: int, changes: int, per_txn: int = 100) -> int:
+def build_archive(root: Path | ArchiveLocation, rows: int, changes: int,
+                  per_txn: int = 100) -> int:
     """A 1M-row snapshot + changes as real archive segments; returns the last commit LSN."""
     from consumers.archive.segments import SCHEMAS
     from consumers.archive.store import ArchiveStore
@@ -140,12 +146,13 @@ def replay_speed(ctx: BenchContext) -> list[Figure]:
     point = EPOCH + (last - EPOCH) * 2 // 3  # two thirds into the history: an arbitrary point
     counts: list[int] = []
 
-    def rebuild() -> None:
-        duck = open_history(root)
+    def rebuild(archive: str | Path = root) -> None:
+        duck = open_history(archive)
         state = materialize(duck, state_at(duck, TableId(*TABLE), LsnPoint(point)), "_bench")
         counts.append(state.rel.shape[0])
 
     seconds = min(timed(rebuild) for _ in range(3))
+    s3_seconds, s3_rows = _on_s3(rows, changes, rebuild, counts)
     out = ctx.workdir / "replay-state.parquet"
 
     def to_parquet() -> None:
@@ -162,7 +169,34 @@ def replay_speed(ctx: BenchContext) -> list[Figure]:
         "<= 3 s", seconds <= 3.0,
         f"{rows} snapshot rows + {changes} changes in {changes // 100} transactions; "
         f"{counts[-1]} rows at the point; best of 3; archive built in {built:.1f} s; "
-        f"with typed Parquet output {parquet:.2f} s; load average {load:.1f}")]
+        f"with typed Parquet output {parquet:.2f} s; load average {load:.1f}"),
+        Figure("replay: the same state from the archive on S3", s3_seconds, "s",
+               "figure on S3", None,
+               f"the same archive built on SeaweedFS (local S3 server, plain http), read by "
+               f"replay through the AWS_* variables; {s3_rows} rows at the point; best of 3")]
+
+
+def _on_s3(rows: int, changes: int, rebuild: Callable[[str], None],
+           counts: list[int]) -> tuple[float, int]:
+    """The replay-state figure with the archive on a real S3-compatible server."""
+    from consumers.archive.location import archive_location
+    from tests.s3_fixtures import start_s3
+
+    s3 = start_s3("bench-replay")
+    saved = {k: os.environ.get(k) for k in s3.env()}
+    os.environ.update(s3.env())  # replay reads object-store credentials as operators give them
+    try:
+        uri = s3.uri("replay")
+        build_archive(archive_location(uri, s3.storage_options()), rows, changes)
+        seconds = min(timed(lambda: rebuild(uri)) for _ in range(3))
+        return seconds, counts[-1]
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        s3.stop()
 
 
 def restore_speed(ctx: BenchContext) -> list[Figure]:
