@@ -124,6 +124,18 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def _spawn_detector(ctx: BenchContext, bootstrap: str, prefix: str, backend: str,
+                    name: str) -> subprocess.Popen[bytes]:
+    """``consumers detect`` as operators run it, its state and log under the bench dir."""
+    tag = f"-{name}" if name else ""
+    return _spawn([str(Path(sys.executable).parent / "consumers"), "detect",
+                   "--bootstrap-servers", bootstrap, "--topic-prefix", prefix,
+                   "--state", str(ctx.workdir / f"{prefix}.sqlite"),
+                   "--archive-dir", str(ctx.workdir / f"archive{tag}"),
+                   "--kafka-backend", backend],
+                  ctx.workdir / f"bench-detect{tag}-detector.log")
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -179,12 +191,7 @@ def after_bulk_load(ctx: BenchContext, backend: str) -> list[Figure]:
     xids: list[int] = []
     try:
         _wait_slot_active(dsn, slot, capture)
-        detector = _spawn([str(Path(sys.executable).parent / "consumers"), "detect",
-                           "--bootstrap-servers", bootstrap, "--topic-prefix", prefix,
-                           "--state", str(ctx.workdir / f"{prefix}.sqlite"),
-                           "--archive-dir", str(ctx.workdir / "archive-bulk"),
-                           "--kafka-backend", backend],
-                          ctx.workdir / "bench-detect-bulk-detector.log")
+        detector = _spawn_detector(ctx, bootstrap, prefix, backend, "bulk")
         reader.start()
         end_reader.start()
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -276,12 +283,7 @@ def _run_one(ctx: BenchContext, detector_backend: str) -> list[Figure]:
     xids: list[int] = []
     try:
         _wait_slot_active(dsn, slot, capture)
-        detector = _spawn([str(Path(sys.executable).parent / "consumers"), "detect",
-                           "--bootstrap-servers", bootstrap, "--topic-prefix", prefix,
-                           "--state", str(ctx.workdir / f"{prefix}.sqlite"),
-                           "--archive-dir", str(ctx.workdir / "archive"),
-                           "--kafka-backend", detector_backend],
-                          ctx.workdir / "bench-detect-detector.log")
+        detector = _spawn_detector(ctx, bootstrap, prefix, detector_backend, "")
         reader.start()
         end_reader.start()
         bg.start()

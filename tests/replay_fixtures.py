@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -299,3 +299,20 @@ def write_archive(root: Path, *histories: History) -> Path:
                 else {}
             store.append(h.events, h.ends, h.markers, **extra)
     return root
+
+
+def rows_differing(conn: psycopg.Connection[Any], a: str, b: str, columns: Sequence[str],
+                   where: sql.Composable | None = None) -> int:
+    """Rows in one table and not the other (EXCEPT ALL, both ways), every column compared
+    as its text: 0 means the two tables hold exactly the same rows."""
+    names = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns)
+
+    def side(table: str) -> sql.Composable:
+        return sql.SQL("SELECT {} FROM {} {}").format(names, sql.Identifier(table),
+                                                      where or sql.SQL(""))
+
+    q = sql.SQL("SELECT (SELECT count(*) FROM ({} EXCEPT ALL {}) x) + "
+                "(SELECT count(*) FROM ({} EXCEPT ALL {}) y)").format(
+        side(a), side(b), side(b), side(a))
+    row = conn.execute(q).fetchone()
+    return int(row[0]) if row else -1

@@ -24,7 +24,7 @@ from capture.event import format_lsn, parse_lsn
 from devstack.broker import Broker
 from replay.cli import main
 from tests.conftest import HeraDB
-from tests.replay_fixtures import Pipeline, pipeline
+from tests.replay_fixtures import Pipeline, pipeline, rows_differing
 
 DDL = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -65,21 +65,13 @@ FROM generate_series(1, 9400) g;  -- ~300 kB of incompressible text: TOASTed out
 WAL2JSON_EXCEPTION = (1, 2, 3)  # NaN / ±Infinity print as null in wal2json < 2.6
 
 
-def as_text(table: str, exclude: tuple[int, ...]) -> sql.Composable:
-    cols = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in COLUMNS)
-    where = sql.SQL("WHERE a <> ALL({})").format(sql.Literal(list(exclude))) if exclude else \
-        sql.SQL("")
-    return sql.SQL("SELECT {} FROM {} {}").format(cols, sql.Identifier(table), where)
-
-
 def difference(conn: psycopg.Connection[Any], a: str, b: str,
                exclude: tuple[int, ...] = ()) -> int:
-    """Rows of one table not in the other, every column compared as its text."""
-    q = sql.SQL("SELECT (SELECT count(*) FROM ({} EXCEPT ALL {}) x) + "
-                "(SELECT count(*) FROM ({} EXCEPT ALL {}) y)").format(
-        as_text(a, exclude), as_text(b, exclude), as_text(b, exclude), as_text(a, exclude))
-    row = conn.execute(q).fetchone()
-    return int(row[0]) if row else -1
+    """Rows of one table not in the other, every column compared as its text; ``exclude``:
+    rows (by ``a``) left out of the comparison."""
+    where = sql.SQL("WHERE a <> ALL({})").format(sql.Literal(list(exclude))) if exclude else \
+        sql.SQL("")
+    return rows_differing(conn, a, b, COLUMNS, where)
 
 
 @dataclass

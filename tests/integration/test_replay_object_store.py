@@ -16,6 +16,7 @@ from tests.archive_fixtures import wait_for
 from tests.capture_fixtures import running_capture
 from tests.conftest import HeraDB
 from tests.integration.archive_support import archiver_thread
+from tests.replay_fixtures import rows_differing
 from tests.s3_fixtures import ArchiveTarget
 
 
@@ -59,12 +60,11 @@ def test_replay_from_either_backend_rebuilds_the_table_postgresql_had(
         conn.execute("CREATE TABLE from_csv (LIKE expected)")
         with conn.cursor().copy("COPY from_csv FROM STDIN (FORMAT csv, HEADER)") as copy:
             copy.write(out.read_bytes())
+        cols = [str(r[0]) for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'expected'::regclass "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum").fetchall()]
         for table in ("rebuilt", "from_csv"):
-            (diff,) = conn.execute(
-                f"SELECT (SELECT count(*) FROM (TABLE expected EXCEPT ALL TABLE {table}) a) + "  # noqa: S608 - our own names
-                f"(SELECT count(*) FROM (TABLE {table} EXCEPT ALL TABLE expected) b)"
-            ).fetchone() or (-1,)
-            assert diff == 0, table
+            assert rows_differing(conn, "expected", table, cols) == 0, table
         (nan,) = conn.execute("SELECT count(*) FROM rebuilt WHERE relationship_strength = "
                               "'NaN'").fetchone() or (0,)
         assert int(str(nan)) > 0

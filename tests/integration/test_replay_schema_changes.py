@@ -20,7 +20,7 @@ from capture.event import format_lsn, parse_lsn
 from devstack.broker import Broker
 from replay.cli import main
 from tests.conftest import HeraDB
-from tests.replay_fixtures import Pipeline, pipeline
+from tests.replay_fixtures import Pipeline, pipeline, rows_differing
 
 SCHEMA_LOG = Path(__file__).parents[2] / "sql" / "08_schema_log.sql"
 DDL = """
@@ -42,13 +42,7 @@ def difference(conn: psycopg.Connection[Any], a: str, b: str) -> int:
     """Rows in one table and not the other, every column as its text (names must match)."""
     cols = columns(conn, a)
     assert sorted(cols) == sorted(columns(conn, b)), (a, b)
-    names = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in cols)
-    q = sql.SQL("SELECT (SELECT count(*) FROM (SELECT {n} FROM {a} EXCEPT ALL SELECT {n} "
-                "FROM {b}) x) + (SELECT count(*) FROM (SELECT {n} FROM {b} EXCEPT ALL "
-                "SELECT {n} FROM {a}) y)").format(n=names, a=sql.Identifier(a),
-                                                   b=sql.Identifier(b))
-    row = conn.execute(q).fetchone()
-    return int(row[0]) if row else -1
+    return rows_differing(conn, a, b, cols)
 
 
 @dataclass
