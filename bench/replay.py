@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,8 @@ from capture.event import parse_lsn
 
 if TYPE_CHECKING:
     from consumers.archive.location import ArchiveLocation
+    from tests.replay_fixtures import History
+    from tests.s3_fixtures import S3Server
 
 PLAN_ORIGINAL = Path(__file__).with_name("plan_original.sql")
 TABLE = ("public", "core_relationships")
@@ -176,20 +179,17 @@ def replay_speed(ctx: BenchContext) -> list[Figure]:
                f"replay through the AWS_* variables; {s3_rows} rows at the point; best of 3")]
 
 
-def _on_s3(rows: int, changes: int, rebuild: Callable[[str], None],
-           counts: list[int]) -> tuple[float, int]:
-    """The replay-state figure with the archive on a real S3-compatible server."""
-    from consumers.archive.location import archive_location
+@contextlib.contextmanager
+def _s3_server(bucket: str) -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS) for the figure, its AWS_* variables set
+    the way operators give replay object-store credentials; both undone after."""
     from tests.s3_fixtures import start_s3
 
-    s3 = start_s3("bench-replay")
+    s3 = start_s3(bucket)
     saved = {k: os.environ.get(k) for k in s3.env()}
-    os.environ.update(s3.env())  # replay reads object-store credentials as operators give them
+    os.environ.update(s3.env())
     try:
-        uri = s3.uri("replay")
-        build_archive(archive_location(uri, s3.storage_options()), rows, changes)
-        seconds = min(timed(lambda: rebuild(uri)) for _ in range(3))
-        return seconds, counts[-1]
+        yield s3
     finally:
         for k, v in saved.items():
             if v is None:
@@ -197,6 +197,18 @@ def _on_s3(rows: int, changes: int, rebuild: Callable[[str], None],
             else:
                 os.environ[k] = v
         s3.stop()
+
+
+def _on_s3(rows: int, changes: int, rebuild: Callable[[str], None],
+           counts: list[int]) -> tuple[float, int]:
+    """The replay-state figure with the archive on a real S3-compatible server."""
+    from consumers.archive.location import archive_location
+
+    with _s3_server("bench-replay") as s3:
+        uri = s3.uri("replay")
+        build_archive(archive_location(uri, s3.storage_options()), rows, changes)
+        seconds = min(timed(lambda: rebuild(uri)) for _ in range(3))
+        return seconds, counts[-1]
 
 
 def restore_speed(ctx: BenchContext) -> list[Figure]:
@@ -241,7 +253,7 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
     h = History(schema="public", table="core_relationships",
                 types={c.name: c.type for c in cols}, epoch_lsn=snap_lsn)
     h.snapshot(snapshot)
-    root = write_archive(ctx.workdir / "restore-archive", h)
+    root: str | Path = write_archive(ctx.workdir / "restore-archive", h)
 
     def wipe() -> None:
         with pg.transaction():
@@ -260,9 +272,9 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
     def mark(msg: str) -> None:
         marks.append((time.perf_counter(), msg.split(" ")[0]))
 
-    def ours() -> None:
+    def ours(archive: str | Path = root) -> None:
         mark("open")
-        duck = open_history(root)
+        duck = open_history(archive)
         state = state_at(duck, table, snap_lsn)
         outcome = restore(duck, pg, state, progress=mark)
         mark("done")
@@ -286,8 +298,7 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
         ours_runs.append(timed(ours))
         assert count() == total and applied[-1] == deleted, (count(), applied)
         if rep == 0:
-            phases = ", ".join(f"{a[1]} {b[0] - a[0]:.2f} s"
-                               for a, b in itertools.pairwise(marks))
+            phases = _phases(marks)
         wipe()
         floor_runs.append(timed(floor))
         assert count() == total
@@ -296,6 +307,8 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
     plan_s = timed(lambda: pg.execute(
         "SELECT * FROM plan_restore_relationships_from_backup(%s)", (backup,)).fetchall())
     assert count() == total
+    s3_s, s3_phases = _restore_on_s3(h, lambda uri: timed(lambda: ours(uri)), wipe, marks,
+                                     lambda: count() == total and applied[-1] == deleted)
     pg.close()
     load = os.getloadavg()[0]
     return [
@@ -306,7 +319,37 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
         Figure("replay: restore of 100k deleted relationships / a bare INSERT ... SELECT of "
                "exactly those rows", our_s / insert_s, "x", "<= 1.3x", our_s / insert_s <= 1.3,
                _floor_detail(deleted, our_s, ours_runs, insert_s, floor_runs, plan_s, load)),
+        Figure("replay: the same restore from the archive on S3", s3_s, "s", "figure on S3",
+               None, f"the same archive written to SeaweedFS (local S3 server, plain http), "
+               f"read by replay through the AWS_* variables; best of 3; "
+               f"{s3_s / insert_s:.2f}x the floor; phases: {s3_phases}"),
     ]
+
+
+def _phases(marks: list[tuple[float, str]]) -> str:
+    return ", ".join(f"{a[1]} {b[0] - a[0]:.2f} s" for a, b in itertools.pairwise(marks))
+
+
+def _restore_on_s3(history: History, run: Callable[[str], float], wipe: Callable[[], None],
+                   marks: list[tuple[float, str]],
+                   restored: Callable[[], bool]) -> tuple[float, str]:
+    """The restore figure with the archive on a real S3-compatible server: best of 3, and
+    the phases of the first run."""
+    from consumers.archive.location import archive_location
+    from tests.replay_fixtures import write_archive
+
+    with _s3_server("bench-restore") as s3:
+        uri = s3.uri("restore")
+        write_archive(archive_location(uri, s3.storage_options()), history)
+        runs, phases = [], ""
+        for rep in range(3):
+            wipe()
+            marks.clear()
+            runs.append(run(uri))
+            assert restored()
+            if rep == 0:
+                phases = _phases(marks)
+        return min(runs), phases
 
 
 def _floor_detail(deleted: int, our_s: float, ours_runs: list[float], insert_s: float,

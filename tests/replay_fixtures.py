@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import psycopg
@@ -37,6 +37,11 @@ from capture.event import (
     format_lsn,
     parse_lsn,
 )
+
+if TYPE_CHECKING:
+    from consumers.archive.location import ArchiveLocation
+
+_Root = TypeVar("_Root", Path, "ArchiveLocation")
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 REL_TYPES = {"id": "uuid", "org": "uuid", "kind": "text", "is_active": "boolean",
@@ -289,8 +294,9 @@ def table_difference(conn: psycopg.Connection[Any], a: str, b: str) -> int:
     return int(row[0]) if row else -1
 
 
-def write_archive(root: Path, *histories: History) -> Path:
-    """An on-disk archive (the archiver's own store) holding ``histories``; no Kafka."""
+def write_archive(root: _Root, *histories: History) -> _Root:
+    """An archive (the archiver's own store, on disk or object storage) holding
+    ``histories``; no Kafka."""
     from consumers.archive.store import ArchiveStore
 
     with ArchiveStore.open_or_create(root) as store:
