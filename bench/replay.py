@@ -303,6 +303,8 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
         floor_runs.append(timed(floor))
         assert count() == total
     our_s, insert_s = min(ours_runs), min(floor_runs)
+    copy_s = _server_copy(pg, backup, ctx.cluster.datadir / "bench-restore-rows.copy", wipe,
+                          lambda: count() == total)
     wipe()
     plan_s = timed(lambda: pg.execute(
         "SELECT * FROM plan_restore_relationships_from_backup(%s)", (backup,)).fetchall())
@@ -319,11 +321,37 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
         Figure("replay: restore of 100k deleted relationships / a bare INSERT ... SELECT of "
                "exactly those rows", our_s / insert_s, "x", "<= 1.3x", our_s / insert_s <= 1.3,
                _floor_detail(deleted, our_s, ours_runs, insert_s, floor_runs, plan_s, load)),
+        Figure("replay: PostgreSQL's own share: COPY of the same rows' text from a server "
+               "file / the floor", copy_s / insert_s, "x", "informational", None,
+               f"COPY core_relationships FROM a file the server wrote (COPY TO) of exactly "
+               f"those rows: {copy_s:.2f} s, best of 3; no client, no archive, no plan: "
+               f"the part of any exact text restore that no client can make faster"),
         Figure("replay: the same restore from the archive on S3", s3_s, "s", "figure on S3",
                None, f"the same archive written to SeaweedFS (local S3 server, plain http), "
                f"read by replay through the AWS_* variables; best of 3; "
                f"{s3_s / insert_s:.2f}x the floor; phases: {s3_phases}"),
     ]
+
+
+def _server_copy(pg: psycopg.Connection[tuple[object, ...]], backup: str, path: Path,
+                 wipe: Callable[[], None], restored: Callable[[], bool]) -> float:
+    """Seconds PostgreSQL alone takes to COPY the deleted rows' text in from a server-side
+    file (best of 3): the floor of the apply step of a restore that sends PostgreSQL text."""
+    missing = sql.SQL("SELECT b.* FROM {} b WHERE NOT EXISTS (SELECT 1 FROM "
+                      "core_relationships c WHERE c.id = b.id)").format(sql.Identifier(backup))
+    wipe()
+    pg.execute(sql.SQL("COPY ({}) TO {}").format(missing, sql.Literal(str(path))))
+    runs = []
+    try:
+        for rep in range(3):
+            if rep:
+                wipe()
+            runs.append(timed(lambda: pg.execute(sql.SQL("COPY core_relationships FROM {}")
+                                                 .format(sql.Literal(str(path))))))
+            assert restored()
+    finally:
+        path.unlink(missing_ok=True)
+    return min(runs)
 
 
 def _phases(marks: list[tuple[float, str]]) -> str:
