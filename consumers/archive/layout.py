@@ -25,3 +25,7 @@ class IdentityMismatchError(ArchiveError):
 
 class DamagedArchiveError(ArchiveError):
     """A data file or the Delta log cannot be read."""
+
+
+class UnsupportedLocationError(ArchiveError):
+    """``--archive`` names a URI scheme no object store backs (a typo such as ``s4://``)."""

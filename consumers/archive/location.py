@@ -6,14 +6,20 @@ explicitly. The CLI builds those options from the standard ``AWS_*`` variables
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from capture import logs
+from consumers.archive.layout import UnsupportedLocationError
 
+# The schemes deltalake (delta-rs) opens tables on; anything else it refuses ("Unknown scheme").
 _REMOTE = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://", "adl://",
-           "azure://", "memory://")
+           "azure://", "hdfs://", "viewfs://", "lakefs://", "memory://")
+# Anything shaped like a URI: taken for a local path it would silently become a directory
+# named "s4:" under the working directory.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -46,4 +52,10 @@ def archive_location(target: str | Path | ArchiveLocation,
         text = text[len("file://"):]
     if text.startswith(_REMOTE):
         return ArchiveLocation(text.rstrip("/"), dict(storage_options or {}))
+    if _URI.match(text):
+        scheme = text.split("://", 1)[0]
+        known = ", ".join(s.rstrip(":/") for s in ("file://", *_REMOTE))
+        raise UnsupportedLocationError(
+            f"unknown archive URI scheme {scheme!r} in {logs.redact(text)}; use a local path "
+            f"or one of {known} (e.g. s3://bucket/prefix)")
     return ArchiveLocation(str(Path(text).absolute()), {})

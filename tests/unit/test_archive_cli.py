@@ -74,3 +74,19 @@ def test_cli_names_the_missing_setting_and_its_variable() -> None:
     result = CliRunner().invoke(main, ["archive", "--archive", "/nonexistent"], env={})
     assert result.exit_code == 2
     assert "HERA_BOOTSTRAP_SERVERS" in result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["archive", "--bootstrap-servers", "127.0.0.1:1", "--archive", "s4://bucket/archive"],
+    ["history", "s4://bucket/archive", "SELECT 1"],
+    ["archive", "migrate", "old", "s4://bucket/archive"],
+])
+def test_an_unknown_uri_scheme_is_refused_in_one_line_and_creates_no_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "old").mkdir()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "unknown archive URI scheme 's4'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]  # no ./s4:/bucket/archive

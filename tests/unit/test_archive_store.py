@@ -10,7 +10,11 @@ from deltalake import DeltaTable
 
 from capture.event import MarkerKind, Op
 from consumers.archive.dedup import RecentKeys
-from consumers.archive.layout import NewerArchiveError, NotAnArchiveError
+from consumers.archive.layout import (
+    NewerArchiveError,
+    NotAnArchiveError,
+    UnsupportedLocationError,
+)
 from consumers.archive.location import archive_location
 from consumers.archive.reader import connect_history
 from consumers.archive.segments import TABLE_SCHEMA
@@ -164,3 +168,24 @@ def test_the_one_pass_dedup_accepts_only_batches_of_wholly_new_keys() -> None:
     assert not keys.add_if_all_new([(102, [0]), (100, [2])])  # (100, 2) is a repeat
     assert not keys.add_if_all_new([(103, [0, 0])])  # repeated inside the batch
     assert len(keys) == 4  # a refused batch adds nothing
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/prefix/", "gs://b/p", "az://c/p", "hdfs://nn/p",
+                                 "lakefs://repo/branch/p"])
+def test_object_store_uris_stay_uris(uri: str) -> None:
+    loc = archive_location(uri)
+    assert not loc.is_local and loc.uri == uri.rstrip("/")
+
+
+@pytest.mark.parametrize("uri", ["s4://bucket/p", "https://host/p", "S3://bucket/p"])
+def test_a_uri_of_no_object_store_is_refused_not_taken_for_a_local_path(uri: str) -> None:
+    with pytest.raises(UnsupportedLocationError, match="unknown archive URI scheme"):
+        archive_location(uri)
+
+
+def test_a_file_uri_and_a_relative_path_are_local_absolute_paths(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert archive_location(f"file://{tmp_path}/a").uri == str(tmp_path / "a")
+    assert archive_location("rel/a").uri == str(tmp_path / "rel" / "a")
