@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from capture.event import format_lsn, parse_lsn
+from capture.times import NotATime, ZonelessTime, parse_zoned_time
 from replay.errors import BadPoint
 
 _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
@@ -46,21 +47,14 @@ Point = TimePoint | LsnPoint | BeforeXid
 
 def parse_time(text: str) -> datetime:
     """ISO-8601 time with a zone (``Z`` or ``+02:00``); a naive time is refused, not guessed."""
-    raw = text.strip()
-    if raw.endswith(("Z", "z")):
-        raw = raw[:-1] + "+00:00"
     try:
-        at = datetime.fromisoformat(raw)
-    except ValueError:
+        return parse_zoned_time(text)
+    except NotATime:
         raise BadPoint(
             f"not a time or LSN: {text!r} (use e.g. 2025-03-01T14:05:00+00:00 or 0/16B3748)"
         ) from None
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise BadPoint(
-            f"the time {text!r} has no zone; say which one, e.g. {raw}+00:00 or {raw}Z "
-            "(replay never guesses a zone)"
-        )
-    return at
+    except ZonelessTime as exc:
+        raise BadPoint(f"{exc} (replay never guesses a zone)") from None
 
 
 def parse_until(text: str) -> Point:

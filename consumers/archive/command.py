@@ -20,6 +20,7 @@ import click
 
 from capture.service_kit import fail as kit_fail
 from capture.service_kit import settings_or_fail, stop_on_signals
+from capture.times import parse_zoned_time
 from consumers.archive.layout import ArchiveError, IdentityMismatchError
 from consumers.archive.settings import ArchiveSettings, StorageSettings
 
@@ -205,14 +206,27 @@ def migrate(old_dir: str, new_uri: str) -> None:
     _exit(0)
 
 
+class _ZonedTime(click.ParamType[datetime]):
+    name = "TIME"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_zoned_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @click.command()
 @click.argument("archive_uri")
 @click.argument("query", required=False)
 @click.option("--limit", default=50, show_default=True, help="rows to print")
 @click.option("--version", "version", type=int, help="read this table version")
-@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z",
-                                                     "%Y-%m-%d %H:%M:%S%z"]),
-              help="read the table as it was at this time (with zone)")
+@click.option("--as-of", "as_of", type=_ZonedTime(),
+              help="read the table as it was at this time (ISO 8601 with zone, e.g. "
+                   "2026-12-01T09:00:00+00:00)")
 def history(archive_uri: str, query: str | None, limit: int, version: int | None,
             as_of: datetime | None) -> None:
     """Run SQL on the archive's views (no SQL: list its views and macros)."""

@@ -36,7 +36,7 @@ that long after newer commits and compactions.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -47,27 +47,28 @@ from deltalake import DeltaTable
 from consumers.archive.layout import ArchiveError, DamagedArchiveError, NotAnArchiveError
 from consumers.archive.location import ArchiveLocation, archive_location
 from consumers.archive.segments import KINDS
-from consumers.archive.store import open_table
+from consumers.archive.store import Clock, open_table, utc_now
 from consumers.archive.views import VIEW_SQL, parquet_source, raw_relation_sql
 
 
 def connect_history(archive: str | Path | ArchiveLocation, *, version: int | None = None,
                     as_of: datetime | None = None,
-                    storage_options: dict[str, str] | None = None
+                    storage_options: dict[str, str] | None = None, clock: Clock = utc_now
                     ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the archive's views (see the module docstring).
 
     Raises NotAnArchiveError / NewerArchiveError for a location without a readable archive,
     DamagedArchiveError for a Delta log that cannot be read or a data file that is missing or
-    truncated (naming the file). Never writes to the archive and takes no lock: safe while
-    the archiver runs.
+    truncated (naming the file), ArchiveError for a ``version``/``as_of`` the table cannot
+    answer exactly (not kept, before its oldest kept commit, in the future). Never writes to
+    the archive and takes no lock: safe while the archiver runs.
     """
     loc = archive_location(archive, storage_options)
     if loc.is_local and not loc.path.is_dir():
         raise NotAnArchiveError(f"{loc} does not exist (no archive there)")
     dt = open_table(loc)
     if version is not None or as_of is not None:
-        dt = _time_travel(dt, loc, version, as_of)
+        dt = _time_travel(dt, loc, version, as_of, clock)
     con = duckdb.connect(":memory:")
     if loc.is_local:
         _local_relations(con, dt, loc)
@@ -78,7 +79,22 @@ def connect_history(archive: str | Path | ArchiveLocation, *, version: int | Non
 
 
 def _time_travel(dt: DeltaTable, loc: ArchiveLocation, version: int | None,
-                 as_of: datetime | None) -> DeltaTable:
+                 as_of: datetime | None, clock: Clock) -> DeltaTable:
+    """The table at ``version`` or as it was at ``as_of``; a time the log cannot place (before
+    its oldest kept commit, or after now) is refused rather than answered with the nearest
+    version."""
+    if as_of is not None:
+        oldest = min(dt.history(), key=lambda c: int(c.get("version", 0)))
+        first_ts = datetime.fromtimestamp(int(oldest["timestamp"]) / 1000, UTC)
+        if as_of < first_ts:
+            raise ArchiveError(
+                f"{loc} did not hold anything at {as_of.isoformat()}: its oldest kept commit "
+                f"(version {oldest.get('version')}) is from {first_ts.isoformat()}; pick a "
+                "later --as-of")
+        now = clock()
+        if as_of > now:
+            raise ArchiveError(f"--as-of {as_of.isoformat()} is in the future (now "
+                               f"{now.isoformat()}): later commits may still come")
     try:
         if version is not None:
             dt.load_as_version(version)

@@ -5,12 +5,15 @@ schema_version 1 read as archived."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from deltalake import DeltaTable
 
 from capture.event import Op
+from consumers.archive.layout import ArchiveError
 from consumers.archive.reader import connect_history
 from consumers.archive.store import ArchiveStore
 from consumers.cli import main
@@ -58,9 +61,16 @@ def test_an_older_table_version_is_read_by_version_and_by_time(tmp_path: Path) -
     out = CliRunner().invoke(main, ["history", str(root), "--version", str(first),
                                     "SELECT count(*) AS n FROM changes"])
     assert out.exit_code == 0 and _cells(out.output) == ["1"]
+    # --as-of the moment of that commit (Delta's commit timestamp) reads that version.
+    stamps = {int(c["version"]): int(c["timestamp"]) for c in DeltaTable(str(root)).history()}
+    at = datetime.fromtimestamp(stamps[first] / 1000, UTC)
+    assert stamps[first + 1] > stamps[first]
+    assert connect_history(root, as_of=at).execute(
+        "SELECT count(*) FROM changes").fetchall() == [(1,)]
     later = CliRunner().invoke(main, ["history", str(root), "--as-of",
-                                      "2999-01-01T00:00:00+0000", "SELECT count(*) FROM changes"])
-    assert later.exit_code == 0 and _cells(later.output) == ["3"]
+                                      at.isoformat().replace("+00:00", "Z"),
+                                      "SELECT count(*) FROM changes"])
+    assert later.exit_code == 0 and _cells(later.output) == ["1"], later.output
     none = CliRunner().invoke(main, ["history", str(root), "--version", "99"])
     assert none.exit_code == 2 and "has no version 99" in none.output
     assert len(none.output.strip().splitlines()) == 1
@@ -77,3 +87,25 @@ def test_events_of_schema_version_1_are_archived_and_read_as_they_were(tmp_path:
     rows = connect_history(tmp_path / "a").execute(
         "SELECT schema_version, after ->> 'doc' FROM changes ORDER BY commit_lsn").fetchall()
     assert rows[0] == (1, '{"k":1.5}') and rows[1][0] == 2
+
+
+def test_an_as_of_time_the_table_cannot_place_is_refused_not_answered(tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    with ArchiveStore.open_or_create(root) as store:
+        store.append(changes=[change(100, 0)])
+    created = datetime.fromtimestamp(
+        min(int(c["timestamp"]) for c in DeltaTable(str(root)).history()) / 1000, UTC)
+    with pytest.raises(ArchiveError, match=r"did not hold anything at .* oldest kept commit"):
+        connect_history(root, as_of=created - timedelta(seconds=1))
+    now = created + timedelta(minutes=5)
+    with pytest.raises(ArchiveError, match="is in the future"):
+        connect_history(root, as_of=now + timedelta(seconds=1), clock=lambda: now)
+    assert connect_history(root, as_of=now, clock=lambda: now).execute(
+        "SELECT count(*) FROM changes").fetchall() == [(1,)]
+    before = CliRunner().invoke(main, ["history", str(root), "--as-of",
+                                       "2001-01-01T00:00:00+0000", "SELECT count(*) FROM changes"])
+    assert before.exit_code == 2 and "did not hold anything" in before.output
+    assert len(before.output.strip().splitlines()) == 1
+    future = CliRunner().invoke(main, ["history", str(root), "--as-of",
+                                       "2999-01-01T00:00:00+0000", "SELECT 1"])
+    assert future.exit_code == 2 and "is in the future" in future.output
