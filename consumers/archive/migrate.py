@@ -21,15 +21,14 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from deltalake import write_deltalake
 
 from capture.identity import StreamIdentity
 from consumers.archive.commit_state import CommitState
 from consumers.archive.layout import ArchiveError, NotAnArchiveError
 from consumers.archive.location import ArchiveLocation
 from consumers.archive.reader import connect_history
-from consumers.archive.segments import SCHEMAS, to_table_rows
-from consumers.archive.store import WRITER, ArchiveStore
+from consumers.archive.segments import SCHEMAS
+from consumers.archive.store import ArchiveStore
 
 OLD_KINDS = ("changes", "transactions", "markers")
 
@@ -110,13 +109,11 @@ def migrate(old: Path, new: ArchiveLocation) -> MigrationResult:
     with ArchiveStore.open_or_create(new) as store:
         if store.version() != 0 or store.state.batch:
             raise ArchiveError(f"{new} already holds an archive; migrate into a new location")
-        for kind, t in tables.items():
-            if t.num_rows:
-                write_deltalake(store.table, to_table_rows(kind, t), mode="append",
-                                writer_properties=WRITER)
         offsets = {(str(tp), int(p)): int(o) for tp, parts in raw_offsets.items()
                    for p, o in parts.items()}
-        store.append(offsets=offsets, identity=identity, dead_letters=dead)
+        # One commit: a migration killed half-way leaves the new table empty (and a rerun
+        # starts over), never rows without their offsets.
+        store.import_rows(tables, offsets, identity, dead)
         version = store.version()
         state: CommitState = store.state
     verify(tables, new)

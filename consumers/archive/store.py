@@ -368,6 +368,15 @@ class ArchiveStore:
             f"another archiver committed to {self.location} (its app transaction is at "
             f"{seen}, this archiver expected {expected}){why}; run one archiver per archive")
 
+    def import_rows(self, tables: dict[str, pa.Table], offsets: Offsets,
+                    identity: StreamIdentity | None, dead_letters: int) -> None:
+        """Rows of several kinds (``SCHEMAS[kind]`` columns, not deduplicated) with their
+        position, in ONE atomic commit (migration): interrupted, the table holds none of
+        them and no position."""
+        parts = [to_table_rows(kind, t) for kind, t in tables.items() if t.num_rows]
+        state = self._state.advanced(self._state.batch + 1, offsets, identity, dead_letters)
+        self._commit(pa.concat_tables(parts) if parts else TABLE_SCHEMA.empty_table(), state)
+
     def append_rows(self, kind: str, rows: pa.Table) -> None:
         """Bulk-load rows of one kind (``SCHEMAS[kind]`` columns) in one plain commit, without
         dedup or position (benchmarks, migration)."""
