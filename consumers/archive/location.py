@@ -59,3 +59,24 @@ def archive_location(target: str | Path | ArchiveLocation,
             f"unknown archive URI scheme {scheme!r} in {logs.redact(text)}; use a local path "
             f"or one of {known} (e.g. s3://bucket/prefix)")
     return ArchiveLocation(str(Path(text).absolute()), {})
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_S3_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
+
+
+def store_error(exc: BaseException) -> str:
+    """One line out of an object-store / Delta error: S3's own code and message when the
+    store answered (``NoSuchBucket: The specified bucket does not exist``), else the first
+    and the innermost cause (``Generic S3 error ... Connection refused (os error 111)``)."""
+    text = _ANSI.sub("", str(exc))
+    code, message = _S3_CODE.search(text), _S3_MESSAGE.search(text)
+    if code:
+        return logs.redact(code.group(1) + (f": {message.group(1)}" if message else ""))[:300]
+    lines = [ln.strip().lstrip("↳").strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        return type(exc).__name__
+    out = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return logs.redact(out)[:300]

@@ -47,7 +47,7 @@ from deltalake import DeltaTable
 from consumers.archive.layout import ArchiveError, DamagedArchiveError, NotAnArchiveError
 from consumers.archive.location import ArchiveLocation, archive_location
 from consumers.archive.segments import KINDS
-from consumers.archive.store import Clock, open_table, utc_now
+from consumers.archive.table import Clock, open_table, utc_now
 from consumers.archive.views import VIEW_SQL, parquet_source, raw_relation_sql
 
 

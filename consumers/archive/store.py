@@ -31,39 +31,33 @@ transactions dedup on commit_lsn, markers on their content, schema changes on
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError
 
 from capture.event import ChangeEvent, SchemaChangeEvent, StreamMarker, TransactionEvent
 from capture.identity import StreamIdentity
 from consumers.archive.commit_state import (
     APP_ID,
-    FORMAT_KEY,
-    FORMAT_VERSION,
     CommitState,
     Offsets,
-    state_of_commit,
 )
 from consumers.archive.dedup import Key, RecentKeys
 from consumers.archive.layout import (
     ArchiveError,
     ArchiveLockedError,
     DamagedArchiveError,
-    NewerArchiveError,
     NotAnArchiveError,
 )
-from consumers.archive.location import ArchiveLocation, archive_location
+from consumers.archive.location import ArchiveLocation, archive_location, store_error
 from consumers.archive.segments import (
     TABLE_SCHEMA,
     changes_rows,
@@ -73,18 +67,21 @@ from consumers.archive.segments import (
     to_table_rows,
     transactions_table,
 )
+from consumers.archive.table import (
+    LOCK_FILE,
+    WRITER,
+    Clock,
+    check_empty,
+    create_table,
+    lock_for_writer,
+    not_an_archive,
+    open_table,
+    read_commit_state,
+    table_exists,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-LOCK_FILE = "_hera_writer.lock"  # "_" prefix: Delta readers and vacuum leave it alone
-LEGACY_FILES = ("manifest.json", "archive.json")
-WRITER = WriterProperties(compression="ZSTD")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
 
 @dataclass(frozen=True)
 class AppendResult:
@@ -94,77 +91,6 @@ class AppendResult:
     transactions_written: int
     markers_written: int
     schema_changes_written: int = 0
-
-
-def open_table(loc: ArchiveLocation, version: int | None = None) -> DeltaTable:
-    """The archive's Delta table; NotAnArchiveError / DamagedArchiveError / NewerArchiveError."""
-    try:
-        dt = DeltaTable(loc.uri, version=version, storage_options=loc.options())
-    except TableNotFoundError:
-        raise NotAnArchiveError(_not_an_archive(loc)) from None
-    except DeltaError as exc:
-        raise DamagedArchiveError(
-            f"the Delta log of {loc} cannot be read ({_first_line(exc)}); restore its "
-            "_delta_log from a backup, or re-archive from Kafka into a new location") from None
-    except OSError as exc:
-        raise ArchiveError(f"cannot reach {loc}: {_first_line(exc)}") from None
-    fmt = archive_format(dt)
-    if fmt is None:
-        raise NotAnArchiveError(f"{loc} is a Delta table but not a hera-guard archive "
-                                f"(its name is not {FORMAT_KEY}); point --archive elsewhere")
-    if fmt > FORMAT_VERSION:
-        raise NewerArchiveError(
-            f"{loc} was written by a newer hera-guard (archive format {fmt}, this version "
-            f"reads up to {FORMAT_VERSION}); upgrade hera-guard to use it")
-    return dt
-
-
-def archive_format(dt: DeltaTable) -> int | None:
-    """The format version, from the table's name and description (delta-rs accepts no
-    custom table properties): name ``hera-guard-archive``, description ``format N: ...``."""
-    meta = dt.metadata()
-    if meta.name != FORMAT_KEY:
-        return None
-    head = (meta.description or "").split(":", 1)[0]
-    try:
-        return int(head.removeprefix("format "))
-    except ValueError:
-        return None
-
-
-def _not_an_archive(loc: ArchiveLocation) -> str:
-    if loc.is_local and any((loc.path / f).exists() for f in LEGACY_FILES):
-        return (f"{loc} is an archive of the old format (manifest + segments); convert it with "
-                f"`consumers archive migrate {loc} NEW_LOCATION`")
-    return f"{loc} is not a hera-guard archive (no Delta table there)"
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
-def read_commit_state(dt: DeltaTable) -> CommitState:
-    """The newest commit state in the log; it must be of the table's app-transaction version."""
-    batch = dt.transaction_version(APP_ID)
-    if batch is None:
-        return CommitState()
-    for limit in (20, 500, None):
-        for info in dt.history(limit):
-            state = state_of_commit(info)
-            # history() lists the store's newest commits, also those after this snapshot
-            # (and labels their versions relative to it): match on the batch number instead
-            if state is not None and state.batch > batch:
-                continue
-            if state is not None:
-                if state.batch != batch:
-                    raise DamagedArchiveError(
-                        f"the Delta log of {dt.table_uri} is inconsistent (app transaction "
-                        f"{batch}, newest commit state of batch {state.batch}); restore the "
-                        "_delta_log from a backup")
-                return state
-    raise DamagedArchiveError(
-        f"the Delta log of {dt.table_uri} has app transaction {batch} but no commit with the "
-        "archiver's position (log entries expired?); restore the _delta_log from a backup")
 
 
 class ArchiveStore:
@@ -188,7 +114,7 @@ class ArchiveStore:
             self._load_dedup_state()
         except (OSError, pa.ArrowException) as exc:
             raise DamagedArchiveError(
-                f"a data file of the archive {loc} cannot be read ({_first_line(exc)}); "
+                f"a data file of the archive {loc} cannot be read ({store_error(exc)}); "
                 "restore the file from a backup, or re-archive from Kafka into a new "
                 "location") from None
 
@@ -198,14 +124,14 @@ class ArchiveStore:
     def preflight(loc: ArchiveLocation) -> None:
         """The refusals of ``open_or_create`` without writing anything (the CLI runs it
         before it contacts the broker)."""
-        if DeltaTable.is_deltatable(loc.uri, storage_options=loc.options()):
+        if table_exists(loc):
             open_table(loc)
         elif loc.is_local and loc.path.exists() and (loc.path / "_delta_log").exists():
             raise DamagedArchiveError(
                 f"the Delta log of {loc} cannot be read (no readable commit in _delta_log); "
                 "restore it from a backup, or re-archive from Kafka")
         else:
-            _check_empty(loc)
+            check_empty(loc)
 
     @classmethod
     def open_or_create(cls, target: str | Path | ArchiveLocation, *, create: bool = True,
@@ -218,16 +144,16 @@ class ArchiveStore:
         ArchiveLockedError when another process writes the local archive.
         """
         loc = archive_location(target, storage_options)
-        exists = DeltaTable.is_deltatable(loc.uri, storage_options=loc.options())
+        exists = table_exists(loc)
         if not exists:  # refuse before anything is written (no lock file either)
             if loc.is_local and loc.path.exists() and (loc.path / "_delta_log").exists():
                 raise DamagedArchiveError(
                     f"the Delta log of {loc} cannot be read (no readable commit in "
                     "_delta_log); restore it from a backup, or re-archive from Kafka")
             if not create:
-                raise NotAnArchiveError(_not_an_archive(loc))
-            _check_empty(loc)
-        lock = _lock(loc, create) if loc.is_local else None
+                raise NotAnArchiveError(not_an_archive(loc))
+            check_empty(loc)
+        lock = lock_for_writer(loc, create) if loc.is_local else None
         try:
             dt = create_table(loc, clock) if not exists else open_table(loc)
             return cls(loc, dt, lock, clock, dedup_capacity)
@@ -354,7 +280,7 @@ class ArchiveStore:
         except CommitFailedError as exc:
             raise self._conflict(expected, exc) from None
         except OSError as exc:
-            raise ArchiveError(f"cannot write to {self.location}: {_first_line(exc)}") from None
+            raise ArchiveError(f"cannot write to {self.location}: {store_error(exc)}") from None
         if self._dt.transaction_version(APP_ID) != state.batch:  # belt and braces
             raise self._conflict(expected, None)
         self._state = state
@@ -363,7 +289,7 @@ class ArchiveStore:
         with contextlib.suppress(Exception):
             self._dt.update_incremental()
         seen = self._dt.transaction_version(APP_ID)
-        why = "" if exc is None else f" ({_first_line(exc)})"
+        why = "" if exc is None else f" ({store_error(exc)})"
         return ArchiveLockedError(
             f"another archiver committed to {self.location} (its app transaction is at "
             f"{seen}, this archiver expected {expected}){why}; run one archiver per archive")
@@ -474,49 +400,5 @@ def _marker_key(*parts: Any) -> tuple[object, ...]:
     return tuple(tuple(p) if isinstance(p, list | tuple) else p for p in parts)
 
 
-def create_table(loc: ArchiveLocation, clock: Clock) -> DeltaTable:
-    try:
-        return DeltaTable.create(
-            loc.uri, TABLE_SCHEMA, mode="error", partition_by=["kind"],
-            name=FORMAT_KEY,
-            description=f"format {FORMAT_VERSION}: every change of the captured tables",
-            configuration={"delta.appendOnly": "true"},
-            storage_options=loc.options())
-    except DeltaError as exc:
-        raise ArchiveError(f"cannot create the archive at {loc}: {_first_line(exc)}") from None
-
-
-def _check_empty(loc: ArchiveLocation) -> None:
-    if not loc.is_local:
-        return
-    path = loc.path
-    if path.exists() and not path.is_dir():
-        raise NotAnArchiveError(f"{loc} is a file; point --archive at a directory")
-    entries = [p for p in path.iterdir() if p.name != LOCK_FILE] if path.exists() else []
-    if entries:
-        raise NotAnArchiveError(
-            _not_an_archive(loc) + " and is not empty; point --archive at an archive or at a "
-            "new, empty directory")
-
-
-def _lock(loc: ArchiveLocation, create: bool) -> IO[bytes] | None:
-    path = loc.path
-    if not path.exists():
-        if not create:
-            raise NotAnArchiveError(f"{loc} does not exist")
-        path.mkdir(parents=True)
-    elif not path.is_dir():
-        raise NotAnArchiveError(f"{loc} is a file; point --archive at a directory")
-    lock = (path / LOCK_FILE).open("ab")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise ArchiveLockedError(
-            f"{loc} is being written by another archiver (lock on {LOCK_FILE}); run one "
-            "archiver per archive") from None
-    return lock
-
-
-__all__ = ["AppendResult", "ArchiveLockedError", "ArchiveStore", "Offsets", "open_table",
-           "read_commit_state", "utc_now"]
+__all__ = ["LOCK_FILE", "WRITER", "AppendResult", "ArchiveLockedError", "ArchiveStore", "Clock",
+           "Offsets", "open_table", "read_commit_state", "utc_now"]

@@ -9,7 +9,10 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from devstack.broker import Broker
+from devstack.ports import free_port
 from tests.archive_fixtures import wait_for, workload
 from tests.integration.archive_support import (
     CONSUMERS,
@@ -95,6 +98,34 @@ def test_every_command_exits_with_its_own_code_on_s3(
     assert missing.returncode == 2 and "not a hera-guard archive" in missing.stderr
     for out in (ok, bad, old, missing):
         assert "terminate called" not in out.stderr
+
+
+@pytest.mark.parametrize(("fault", "said"), [
+    ("no such bucket", "NoSuchBucket"),
+    ("wrong secret", "SignatureDoesNotMatch"),
+    ("no server at the endpoint", "Connection refused"),
+])
+def test_an_object_store_that_cannot_be_used_is_one_line_for_every_command(
+        broker: Broker, s3_server: object, fault: str, said: str) -> None:
+    from tests.s3_fixtures import S3Server
+
+    assert isinstance(s3_server, S3Server)
+    env, uri = dict(s3_server.env()), s3_server.uri("archive")
+    if fault == "no such bucket":
+        uri = "s3://no-such-bucket/archive"
+    elif fault == "wrong secret":
+        env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+    else:
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
+    target = ArchiveTarget("s3", uri, env)
+    for args in (["archive", "--bootstrap-servers", broker.bootstrap_servers, "--archive", uri],
+                 ["history", uri, "SELECT 1"]):
+        out = _run(args, target)
+        assert out.returncode == 2, (args, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"consumers: cannot reach {uri}: "), lines
+        assert said in lines[0] and "AWS_SECRET_ACCESS_KEY" in lines[0]
+        assert env["AWS_SECRET_ACCESS_KEY"] not in out.stderr
 
 
 def _archive_some_on(broker: Broker, prefix: str, target: ArchiveTarget, tmp: Path) -> None:
