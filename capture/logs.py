@@ -9,7 +9,10 @@ import sys
 from datetime import UTC, datetime
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
-_PASSWORD = re.compile(r"(password\s*=\s*|://[^:/@\s]+:)[^\s@]+", re.IGNORECASE)
+# ``password=x`` in DSNs; ``user:x@`` in URLs (only before an ``@``: ``http://host:9000/p``
+# carries a port, not a password).
+_PASSWORD = re.compile(r"(password\s*=\s*)[^\s@]+|(://[^:/@\s]+:)[^\s@]+(?=@)",
+                       re.IGNORECASE)
 # URL query secrets (?token=, &secret=, &sig=, ...) and Slack webhook paths (the path is the
 # credential): the alert webhooks' URLs may reach a log line through an exception text.
 _QUERY_SECRET = re.compile(r"([?&](?:token|secret|signature|sig|key|api_key|apikey|"
@@ -20,7 +23,7 @@ _SLACK_HOOK = re.compile(r"(hooks\.slack\.com/(?:services|workflows|triggers)/)\
 def redact(text: str) -> str:
     """Hide secrets: passwords in DSNs/URLs (``password=x``, ``user:x@host``), secret
     query parameters, Slack webhook paths. The one redactor of every service."""
-    text = _PASSWORD.sub(lambda m: m.group(1) + "***", text)
+    text = _PASSWORD.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
     text = _QUERY_SECRET.sub(lambda m: m.group(1) + "***", text)
     return _SLACK_HOOK.sub(lambda m: m.group(1) + "***", text)
 

@@ -60,6 +60,7 @@ class S3Server:
     bucket: str
     process: subprocess.Popen[bytes]
     workdir: Path
+    command: list[str]
 
     def env(self) -> dict[str, str]:
         """The standard AWS_* variables a deltalake client (and `consumers`) reads."""
@@ -73,14 +74,32 @@ class S3Server:
     def uri(self, name: str) -> str:
         return f"s3://{self.bucket}/{name}"
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """The store goes away (an outage); its data stays for ``resume``."""
         self.process.terminate()
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def resume(self) -> None:
+        """The same server again: same ports, same data."""
+        self.process = _spawn(self.command, self.workdir)
+        wait_until(lambda: self.process.poll() is not None or _bucket_usable(self), 60,
+                   "SeaweedFS S3 to serve the bucket again", 0.2)
+        if self.process.poll() is not None:
+            raise RuntimeError(f"weed exited rc {self.process.returncode}: see "
+                               f"{self.workdir / 'weed.log'}")
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _spawn(command: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    with (workdir / "weed.log").open("ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
 
 
 def _answers(url: str) -> bool:
@@ -101,16 +120,15 @@ def start_s3(bucket: str = "hera") -> S3Server:
         "name": "hera", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     (master, master_g, vol, vol_g, filer, filer_g, s3, s3_g) = _free_ports(8)
-    log = (workdir / "weed.log").open("wb")
-    proc = subprocess.Popen(
-        [weed_binary(), "server", f"-dir={workdir / 'data'}", "-s3", f"-s3.port={s3}",
-         f"-s3.config={config}", f"-master.port={master}", f"-master.port.grpc={master_g}",
-         f"-volume.port={vol}", f"-volume.port.grpc={vol_g}", f"-filer.port={filer}",
-         f"-filer.port.grpc={filer_g}", f"-s3.port.grpc={s3_g}", "-s3.port.iceberg=0",
-         "-s3.port.lance=0", "-master.telemetry=false", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         "-volume.max=0"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-    server = S3Server(f"http://127.0.0.1:{s3}", bucket, proc, workdir)
+    command = [
+        weed_binary(), "server", f"-dir={workdir / 'data'}", "-s3", f"-s3.port={s3}",
+        f"-s3.config={config}", f"-master.port={master}", f"-master.port.grpc={master_g}",
+        f"-volume.port={vol}", f"-volume.port.grpc={vol_g}", f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_g}", f"-s3.port.grpc={s3_g}", "-s3.port.iceberg=0",
+        "-s3.port.lance=0", "-master.telemetry=false", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-volume.max=0"]
+    proc = _spawn(command, workdir)
+    server = S3Server(f"http://127.0.0.1:{s3}", bucket, proc, workdir, command)
     try:
         wait_until(lambda: proc.poll() is not None or _answers(server.endpoint), 60,
                    "SeaweedFS S3 to answer", 0.2)

@@ -178,6 +178,10 @@ def _run(s: ArchiveSettings) -> int:
             metrics.identity_failed.inc()
             health.not_ready("identity check failed")
             raise
+        except ArchiveError as exc:
+            metrics.store_failures.inc()
+            health.not_ready(str(exc))
+            raise
         finally:
             store.close()
     finally:

@@ -24,6 +24,9 @@ class ArchiveMetrics:
                                     "records sent to the dead-letter topic", registry=r)
         self.identity_failed = Counter("hera_archive_identity_checks_failed",
                                        "stream identity checks that failed", registry=r)
+        self.store_failures = Counter("hera_archive_store_failures",
+                                      "commits the object store or disk failed (the archiver "
+                                      "then stops, exit code 2)", registry=r)
         self.offset = Gauge("hera_archive_last_committed_offset",
                             "last committed offset per partition", ["topic", "partition"],
                             registry=r)

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import CommitFailedError
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from capture.event import ChangeEvent, SchemaChangeEvent, StreamMarker, TransactionEvent
 from capture.identity import StreamIdentity
@@ -225,6 +225,14 @@ class ArchiveStore:
                 rows = pa.concat_tables([rows, change_rows]) if rows.num_rows else change_rows
             return self._append(rows, transactions, markers, schema_changes, offsets or {},
                                 dead_letters, identity)
+        except (DeltaError, OSError, pa.ArrowException) as exc:
+            # The object store or the disk failed under a read or a write of this batch:
+            # nothing of it is committed (the log entry is written last), the position stays.
+            self._broken = True
+            raise ArchiveError(
+                f"cannot write to {self.location}: {store_error(exc)}; the batch is in the "
+                "table entirely or not at all: restart the archiver once the store answers, "
+                "it resumes from the position the table holds") from None
         except BaseException:
             self._broken = True  # in-memory dedup state may be ahead of the table
             raise
@@ -279,8 +287,6 @@ class ArchiveStore:
                             commit_properties=props)
         except CommitFailedError as exc:
             raise self._conflict(expected, exc) from None
-        except OSError as exc:
-            raise ArchiveError(f"cannot write to {self.location}: {store_error(exc)}") from None
         if self._dt.transaction_version(APP_ID) != state.batch:  # belt and braces
             raise self._conflict(expected, None)
         self._state = state

@@ -33,6 +33,12 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_passwords_are_redacted_from_log_text() -> None:
     assert "s3cret" not in redact("host=db password=s3cret user=x")
     assert "s3cret" not in redact("postgresql://user:s3cret@db/x")
+    assert redact("https://me:s3cret@hooks.example/x") == "https://me:***@hooks.example/x"
+
+
+def test_a_host_and_port_in_a_url_are_not_taken_for_a_password() -> None:
+    text = "Error performing PUT http://127.0.0.1:46623/walk/archive in 2.1s"
+    assert redact(text) == text
 
 
 @pytest.mark.parametrize("value", ["public.a,s.b", '["public.a", "s.b"]'])
