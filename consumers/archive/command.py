@@ -103,15 +103,12 @@ def archive(ctx: click.Context, /, log_level: str, **options: Any) -> None:
 
 
 def _run(s: ArchiveSettings) -> int:
-    from datetime import timedelta
-
     from capture.service_kit import Health, ServiceEndpoint
-    from consumers.archive.archiver import Archiver, ArchiverStats, ArchiverTuning, tune_gc
-    from consumers.archive.housekeeping import Housekeeping
-    from consumers.archive.identity_check import check_stream
+    from consumers.archive.archiver import tune_gc
     from consumers.archive.metrics import ArchiveMetrics
+    from consumers.archive.service import ServiceOptions, serve
     from consumers.archive.store import ArchiveStore
-    from consumers.kafka_source import open_source
+    from consumers.kafka_source import RecordSource, open_source
 
     loc = _location(s.archive)
     stop = stop_on_signals()
@@ -128,64 +125,22 @@ def _run(s: ArchiveSettings) -> int:
         raise ArchiveError(f"cannot reach the Kafka broker at {s.bootstrap_servers} "
                            f"({type(exc).__name__}); start it or fix --bootstrap-servers"
                            ) from None
+    checked = [source]  # the first attempt uses the source that answered; later ones reopen
+
+    def sources() -> RecordSource:
+        return checked.pop() if checked else open_source(
+            s.bootstrap_servers, s.topic_prefix, s.tables, s.kafka_backend)
+
     try:
-        store = ArchiveStore.open_or_create(loc, dedup_capacity=s.dedup_capacity)
-        try:
-            if s.new_archive_epoch:
-                # the operator says the stream changed (some changes cannot be seen from
-                # the broker: tansu reports one cluster id for every broker): drop the
-                # position, keep the rows, record the new identity. Meant for one start.
-                seen = check_stream(source, None, {})
-                store.start_new_epoch(seen)
-                log.warning("--new-archive-epoch: continuing %s with the stream %s", loc, seen)
-            else:
-                seen = check_stream(source, store.identity(), store.offsets())
-            identity = (store.identity() or seen).model_copy(
-                update={"kafka_cluster_id": seen.kafka_cluster_id})
-            tune_gc()
-
-            def on_commit(stats: ArchiverStats) -> None:
-                try:
-                    ends = source.fetched_ends()
-                except Exception:  # a metric must not stop the archiver
-                    ends = {}
-                done = store.offsets()
-                lag = sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
-                metrics.on_commit(stats, store, stats.newest_commit_us,
-                                  lag if ends else None, stats.caught_up)
-
-            def recheck(offsets: dict[tuple[str, int], int]) -> Any:
-                """Whenever the broker answers; an outage is a passing fault (not ready)."""
-                try:
-                    seen = check_stream(source, identity, offsets)
-                except IdentityMismatchError:
-                    health.not_ready("the broker serves another stream")
-                    raise
-                except Exception as exc:
-                    health.not_ready(f"broker unreachable ({type(exc).__name__})")
-                    log.warning("stream check skipped, broker unreachable: %s", exc)
-                    return None
-                health.ready()
-                return seen
-
-            health.ready()
-            Archiver(store, source, ArchiverTuning(
-                batch_events=s.batch_events, flush_interval_s=s.flush_interval_s,
-                compact_interval_s=s.compact_interval_s,
-                housekeeping=Housekeeping(retention=timedelta(hours=s.retention_hours))),
-                on_commit=on_commit, identity=identity, check_stream=recheck).run(stop)
-        except IdentityMismatchError:
-            metrics.identity_failed.inc()
-            health.not_ready("identity check failed")
-            raise
-        except ArchiveError as exc:
-            metrics.store_failures.inc()
-            health.not_ready(str(exc))
-            raise
-        finally:
-            store.close()
+        tune_gc()
+        serve(loc, sources, ServiceOptions(
+            batch_events=s.batch_events, flush_interval_s=s.flush_interval_s,
+            compact_interval_s=s.compact_interval_s, retention_hours=s.retention_hours,
+            dedup_capacity=s.dedup_capacity, new_archive_epoch=bool(s.new_archive_epoch)),
+            metrics, health, stop)
     finally:
-        source.close()
+        for unused in checked:
+            unused.close()
         if endpoint is not None:
             endpoint.close()
     return 0

@@ -18,6 +18,7 @@ from datetime import timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import WriterProperties
+from deltalake.exceptions import DeltaError
 
 from consumers.archive.segments import KINDS
 from consumers.archive.store import ArchiveStore
@@ -34,7 +35,15 @@ class Housekeeping:
 
 
 def housekeep(store: ArchiveStore, policy: Housekeeping) -> dict[str, int]:
-    """Compact every kind with enough small files, then vacuum; returns what was done."""
+    """Compact every kind with enough small files, then vacuum; returns what was done. A
+    store failure is the store's one-line error (compaction and vacuum change no row)."""
+    try:
+        return _housekeep(store, policy)
+    except (DeltaError, OSError, pa.ArrowException) as exc:
+        raise store.failure(exc, "housekeeping changes no row") from None
+
+
+def _housekeep(store: ArchiveStore, policy: Housekeeping) -> dict[str, int]:
     dt = store.table
     actions = pa.table(dt.get_add_actions(flatten=True))
     done = {"compacted_files": 0, "vacuumed_files": 0}

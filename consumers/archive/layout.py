@@ -29,3 +29,8 @@ class DamagedArchiveError(ArchiveError):
 
 class UnsupportedLocationError(ArchiveError):
     """``--archive`` names a URI scheme no object store backs (a typo such as ``s4://``)."""
+
+
+class StoreUnavailableError(ArchiveError):
+    """The object store (or disk) failed in a way that may pass (5xx, timeouts, refused
+    connections): a running archiver waits and continues from the table's position."""

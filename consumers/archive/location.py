@@ -80,3 +80,18 @@ def store_error(exc: BaseException) -> str:
         return type(exc).__name__
     out = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
     return logs.redact(out)[:300]
+
+
+# Answers of a store that will not change by waiting: credentials, permissions, the bucket.
+_LASTING = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
+            "InvalidBucketName", "AllAccessDisabled", "AccountProblem", "InvalidToken",
+            "ExpiredToken", "lacked the necessary privileges", "Permission denied")
+
+
+def store_failure_passes(exc: BaseException) -> bool:
+    """Whether a store failure may pass by waiting (5xx, timeouts, refused connections, a
+    full disk) rather than needing the operator (credentials, permissions, the bucket)."""
+    if isinstance(exc, PermissionError):
+        return False
+    text = _ANSI.sub("", str(exc))
+    return not any(word in text for word in _LASTING)

@@ -56,8 +56,14 @@ from consumers.archive.layout import (
     ArchiveLockedError,
     DamagedArchiveError,
     NotAnArchiveError,
+    StoreUnavailableError,
 )
-from consumers.archive.location import ArchiveLocation, archive_location, store_error
+from consumers.archive.location import (
+    ArchiveLocation,
+    archive_location,
+    store_error,
+    store_failure_passes,
+)
 from consumers.archive.segments import (
     TABLE_SCHEMA,
     changes_rows,
@@ -226,16 +232,24 @@ class ArchiveStore:
             return self._append(rows, transactions, markers, schema_changes, offsets or {},
                                 dead_letters, identity)
         except (DeltaError, OSError, pa.ArrowException) as exc:
-            # The object store or the disk failed under a read or a write of this batch:
-            # nothing of it is committed (the log entry is written last), the position stays.
+            # The object store or the disk failed under a read or a write of this batch.
             self._broken = True
-            raise ArchiveError(
-                f"cannot write to {self.location}: {store_error(exc)}; the batch is in the "
-                "table entirely or not at all: restart the archiver once the store answers, "
-                "it resumes from the position the table holds") from None
+            raise self.failure(exc, "the batch is in the table entirely or not at all") from None
         except BaseException:
             self._broken = True  # in-memory dedup state may be ahead of the table
             raise
+
+    def failure(self, exc: BaseException, outcome: str) -> ArchiveError:
+        """The one-line error of a store failure: StoreUnavailableError when waiting may help
+        (the service then continues from the table's position), ArchiveError otherwise."""
+        if store_failure_passes(exc):
+            return StoreUnavailableError(
+                f"cannot write to {self.location}: {store_error(exc)}; {outcome}, the "
+                "archiver continues from the position the table holds once the store answers")
+        return ArchiveError(
+            f"cannot write to {self.location}: {store_error(exc)}; {outcome}: fix the store's "
+            "credentials or permissions, then restart the archiver (it resumes from the "
+            "position the table holds)")
 
     def _append(self, changes: pa.Table, transactions: Sequence[TransactionEvent],
                 markers: Sequence[StreamMarker], schema_changes: Sequence[SchemaChangeEvent],

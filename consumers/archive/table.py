@@ -26,8 +26,9 @@ from consumers.archive.layout import (
     DamagedArchiveError,
     NewerArchiveError,
     NotAnArchiveError,
+    StoreUnavailableError,
 )
-from consumers.archive.location import ArchiveLocation, store_error
+from consumers.archive.location import ArchiveLocation, store_error, store_failure_passes
 from consumers.archive.segments import TABLE_SCHEMA
 
 Clock = Callable[[], datetime]
@@ -40,11 +41,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _unreachable(loc: ArchiveLocation, exc: BaseException) -> str:
+def _unreachable(loc: ArchiveLocation, exc: BaseException) -> ArchiveError:
+    """StoreUnavailableError when waiting may help, ArchiveError when it will not."""
     hint = "" if loc.is_local else (
         "; check the bucket exists, the endpoint (AWS_ENDPOINT_URL) and the credentials "
         "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
-    return f"cannot reach {loc}: {store_error(exc)}{hint}"
+    kind = StoreUnavailableError if store_failure_passes(exc) else ArchiveError
+    return kind(f"cannot reach {loc}: {store_error(exc)}{hint}")
 
 
 def table_exists(loc: ArchiveLocation) -> bool:
@@ -52,7 +55,7 @@ def table_exists(loc: ArchiveLocation) -> bool:
     try:
         return DeltaTable.is_deltatable(loc.uri, storage_options=loc.options())
     except OSError as exc:
-        raise ArchiveError(_unreachable(loc, exc)) from None
+        raise _unreachable(loc, exc) from None
 
 
 def open_table(loc: ArchiveLocation, version: int | None = None) -> DeltaTable:
@@ -66,7 +69,7 @@ def open_table(loc: ArchiveLocation, version: int | None = None) -> DeltaTable:
             f"the Delta log of {loc} cannot be read ({store_error(exc)}); restore its "
             "_delta_log from a backup, or re-archive from Kafka into a new location") from None
     except OSError as exc:
-        raise ArchiveError(_unreachable(loc, exc)) from None
+        raise _unreachable(loc, exc) from None
     fmt = archive_format(dt)
     if fmt is None:
         raise NotAnArchiveError(f"{loc} is a Delta table but not a hera-guard archive "
@@ -133,7 +136,7 @@ def create_table(loc: ArchiveLocation, clock: Clock) -> DeltaTable:
     except DeltaError as exc:
         raise ArchiveError(f"cannot create the archive at {loc}: {store_error(exc)}") from None
     except OSError as exc:
-        raise ArchiveError(_unreachable(loc, exc)) from None
+        raise _unreachable(loc, exc) from None
 
 
 def check_empty(loc: ArchiveLocation) -> None:

@@ -1,17 +1,20 @@
-"""The object store goes away under a running archiver: the archiver stops with one line and
-exit code 2 (its batch is in the table entirely or not at all), and once the store is back a
-restarted archiver continues from the table's position: the workload is archived exactly
-once."""
+"""The object store goes away under a running archiver: the archiver says so (not-ready with
+the reason, a warning line, ``hera_archive_store_failures_total``), keeps its position, and
+once the store answers again continues from the position the table holds: the workload is
+archived exactly once, without a restart."""
 
 from __future__ import annotations
 
-import subprocess
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devstack.broker import Broker
+from devstack.ports import free_port
 from tests.archive_fixtures import wait_for, workload
 from tests.integration.archive_support import consumed_per_topic, publish, start_archiver
 from tests.s3_fixtures import ArchiveTarget, S3Server, start_s3
@@ -26,35 +29,47 @@ def own_s3() -> Iterator[S3Server]:
         server.stop()
 
 
-def _ended(proc: subprocess.Popen[bytes]) -> bool:
-    return proc.poll() is not None
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
-def test_an_archiver_whose_store_goes_away_stops_loudly_and_resumes_exactly_once(
+def test_an_archiver_whose_store_goes_away_waits_and_continues_exactly_once(
         broker: Broker, topic_prefix: str, own_s3: S3Server, tmp_path: Path) -> None:
     target = ArchiveTarget("s3", own_s3.uri("archive"), own_s3.env())
     changes, ends = workload(transactions=50, per_txn=4)
     publish(broker.bootstrap_servers, topic_prefix, changes[:100], ends[:25])
-    log = tmp_path / "archiver.log"
-    proc = start_archiver(broker.bootstrap_servers, topic_prefix, target, log)
-    wait_for(lambda: sum(consumed_per_topic(target).values()) == 125, 60, "the first half")
-
-    own_s3.halt()
-    publish(broker.bootstrap_servers, topic_prefix, changes[100:], ends[25:])
-    wait_for(lambda: _ended(proc), 90, "the archiver to stop on the store outage")
-    assert proc.returncode == 2, log.read_text()[-3000:]
-    last = log.read_text().strip().splitlines()[-1]
-    assert last.startswith(f"consumers: cannot write to {target.uri}: "), last
-    assert "resumes from the position the table holds" in last
-
-    own_s3.resume()
-    assert sum(consumed_per_topic(target).values()) == 125  # the failed batch is not in
-    proc = start_archiver(broker.bootstrap_servers, topic_prefix, target, log)
+    log, port = tmp_path / "archiver.log", free_port()
+    proc = start_archiver(broker.bootstrap_servers, topic_prefix, target, log, "WARNING",
+                          "--metrics-port", str(port))
     try:
-        wait_for(lambda: sum(consumed_per_topic(target).values()) == 250, 60, "the rest")
+        wait_for(lambda: sum(consumed_per_topic(target).values()) == 125, 60, "the first half")
+        assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+
+        own_s3.halt()
+        publish(broker.bootstrap_servers, topic_prefix, changes[100:], ends[25:])
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 503, 60,
+                 "the archiver to say the store is gone")
+        assert "archive store unavailable, retrying" in _get(
+            f"http://127.0.0.1:{port}/readyz")[1]
+        failures = [ln for ln in _get(f"http://127.0.0.1:{port}/metrics")[1].splitlines()
+                    if ln.startswith("hera_archive_store_failures_total ")]
+        assert failures and float(failures[0].split()[1]) >= 1
+        assert proc.poll() is None, log.read_text()[-3000:]  # waiting, not gone
+        warnings = [json.loads(ln) for ln in log.read_text().splitlines()
+                    if ln.startswith("{") and "archive store unavailable" in ln]
+        assert warnings and warnings[0]["level"] == "warning"
+        assert own_s3.env()["AWS_SECRET_ACCESS_KEY"] not in log.read_text()
+
+        own_s3.resume()
+        wait_for(lambda: sum(consumed_per_topic(target).values()) == 250, 90, "the rest")
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "ready again")
     finally:
         proc.terminate()
-        assert proc.wait(20) == 0, log.read_text()[-3000:]
+        assert proc.wait(30) == 0, log.read_text()[-3000:]
     con = target.connect()
     assert con.execute("SELECT count(*), count(DISTINCT (commit_lsn, position)) "
                        "FROM raw_changes").fetchall() == [(200, 200)]

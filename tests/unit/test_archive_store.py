@@ -15,7 +15,7 @@ from consumers.archive.layout import (
     NotAnArchiveError,
     UnsupportedLocationError,
 )
-from consumers.archive.location import archive_location
+from consumers.archive.location import archive_location, store_failure_passes
 from consumers.archive.reader import connect_history
 from consumers.archive.segments import TABLE_SCHEMA
 from consumers.archive.store import ArchiveLockedError, ArchiveStore, open_table, utc_now
@@ -189,3 +189,20 @@ def test_a_file_uri_and_a_relative_path_are_local_absolute_paths(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     assert archive_location(f"file://{tmp_path}/a").uri == str(tmp_path / "a")
     assert archive_location("rel/a").uri == str(tmp_path / "rel" / "a")
+
+
+@pytest.mark.parametrize(("text", "passes"), [
+    ("Generic S3 error: Error performing PUT http://h:1/x - Connection refused", True),
+    ("Server returned non-2xx status code: 503 Service Unavailable <Code>SlowDown</Code>", True),
+    ("<Error><Code>InternalError</Code><Message>please try again</Message></Error>", True),
+    ("<Error><Code>SignatureDoesNotMatch</Code></Error>", False),
+    ("<Error><Code>NoSuchBucket</Code></Error>", False),
+    ("Kernel error -> The operation lacked the necessary privileges to complete", False),
+])
+def test_a_store_failure_is_waited_out_only_when_waiting_can_help(text: str,
+                                                                  passes: bool) -> None:
+    assert store_failure_passes(OSError(text)) is passes
+
+
+def test_a_permission_error_on_a_local_archive_does_not_pass() -> None:
+    assert not store_failure_passes(PermissionError(13, "Permission denied"))

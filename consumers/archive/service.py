@@ -1,0 +1,148 @@
+"""The archiver as a service: open the table, check the stream, archive until stopped, and
+ride out an object store that fails for a while.
+
+A store failure under a running archiver (delta-rs has retried already) is a passing fault:
+the batch is in the table entirely or not at all, so the service reports not-ready, waits
+(1 s doubling to 30 s), reopens the table and continues from the position the table holds -
+the records after it are consumed again and archived once. A failure the store says will not
+pass (wrong credentials, no such bucket), a second writer, or a stream that is not the
+archive's stops the service with one line instead. At start nothing is retried: a store that
+cannot be used then is a setting to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from capture.identity import StreamIdentity
+from capture.service_kit import Health
+from consumers.archive.archiver import Archiver, ArchiverStats, ArchiverTuning
+from consumers.archive.housekeeping import Housekeeping
+from consumers.archive.identity_check import check_stream
+from consumers.archive.layout import ArchiveError, IdentityMismatchError, StoreUnavailableError
+from consumers.archive.location import ArchiveLocation
+from consumers.archive.metrics import ArchiveMetrics
+from consumers.archive.store import ArchiveStore
+from consumers.kafka_source import RecordSource
+
+log = logging.getLogger("consumers.archive")
+
+FIRST_PAUSE_S, MAX_PAUSE_S = 1.0, 30.0
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    batch_events: int
+    flush_interval_s: float
+    compact_interval_s: float
+    retention_hours: float
+    dedup_capacity: int
+    new_archive_epoch: bool = False
+
+
+def serve(loc: ArchiveLocation, sources: Callable[[], RecordSource], options: ServiceOptions,
+          metrics: ArchiveMetrics, health: Health, stop: threading.Event,
+          pause: Callable[[float], bool] | None = None) -> None:
+    """Archive into ``loc`` until ``stop``; ArchiveError for what does not pass.
+
+    ``sources()`` opens a Kafka source; each attempt gets a new one (closed after it), so
+    after a store failure consumption restarts exactly at the position the table holds,
+    whatever the failed attempt had fetched. ``pause(seconds)`` waits between attempts and
+    returns True when the service should stop instead (default: ``stop.wait``)."""
+    wait = pause or stop.wait
+    identity: StreamIdentity | None = None
+    delay = FIRST_PAUSE_S
+    while not stop.is_set():
+        try:
+            store = ArchiveStore.open_or_create(loc, dedup_capacity=options.dedup_capacity)
+        except StoreUnavailableError as exc:
+            if identity is None:
+                raise  # at start: a setting to fix, not a fault to wait out
+            if _not_available(exc, metrics, health, delay, wait):
+                return
+            delay = min(delay * 2, MAX_PAUSE_S)
+            continue
+        source = sources()
+        try:
+            if identity is None:
+                identity = _checked_identity(store, source, options.new_archive_epoch)
+            health.ready()
+            _archiver(store, source, options, metrics, health, identity).run(stop)
+            return
+        except IdentityMismatchError:
+            metrics.identity_failed.inc()
+            health.not_ready("identity check failed")
+            raise
+        except StoreUnavailableError as exc:
+            if _not_available(exc, metrics, health, delay, wait):
+                return
+            delay = min(delay * 2, MAX_PAUSE_S)
+        except ArchiveError as exc:
+            metrics.store_failures.inc()
+            health.not_ready(str(exc))
+            raise
+        finally:
+            source.close()
+            store.close()
+
+
+def _not_available(exc: StoreUnavailableError, metrics: ArchiveMetrics, health: Health,
+                   delay: float, wait: Callable[[float], bool]) -> bool:
+    metrics.store_failures.inc()
+    health.not_ready(f"archive store unavailable, retrying: {exc}")
+    log.warning("archive store unavailable, retrying in %.0f s: %s", delay, exc)
+    return wait(delay)
+
+
+def _checked_identity(store: ArchiveStore, source: RecordSource,
+                      new_epoch: bool) -> StreamIdentity:
+    if new_epoch:
+        # the operator says the stream changed (some changes cannot be seen from the broker:
+        # tansu reports one cluster id for every broker): drop the position, keep the rows,
+        # record the new identity. Meant for one start.
+        seen = check_stream(source, None, {})
+        store.start_new_epoch(seen)
+        log.warning("--new-archive-epoch: continuing %s with the stream %s", store.location,
+                    seen)
+    else:
+        seen = check_stream(source, store.identity(), store.offsets())
+    return (store.identity() or seen).model_copy(
+        update={"kafka_cluster_id": seen.kafka_cluster_id})
+
+
+def _archiver(store: ArchiveStore, source: RecordSource, options: ServiceOptions,
+              metrics: ArchiveMetrics, health: Health, identity: StreamIdentity) -> Archiver:
+    def on_commit(stats: ArchiverStats) -> None:
+        try:
+            ends = source.fetched_ends()
+        except Exception:  # a metric must not stop the archiver
+            ends = {}
+        done = store.offsets()
+        lag = sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
+        metrics.on_commit(stats, store, stats.newest_commit_us, lag if ends else None,
+                          stats.caught_up)
+
+    def recheck(offsets: dict[tuple[str, int], int]) -> Any:
+        """Whenever the broker answers; an outage is a passing fault (not ready)."""
+        try:
+            seen = check_stream(source, identity, offsets)
+        except IdentityMismatchError:
+            health.not_ready("the broker serves another stream")
+            raise
+        except Exception as exc:
+            health.not_ready(f"broker unreachable ({type(exc).__name__})")
+            log.warning("stream check skipped, broker unreachable: %s", exc)
+            return None
+        health.ready()
+        return seen
+
+    return Archiver(store, source, ArchiverTuning(
+        batch_events=options.batch_events, flush_interval_s=options.flush_interval_s,
+        compact_interval_s=options.compact_interval_s,
+        housekeeping=Housekeeping(retention=timedelta(hours=options.retention_hours))),
+        on_commit=on_commit, identity=identity, check_stream=recheck)
