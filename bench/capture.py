@@ -29,6 +29,7 @@ from capture.decoding import make_decoder
 from capture.decoding.catalog import SideCatalog
 from capture.decoding.choice import wal2json_exact
 from capture.event import format_lsn, parse_lsn
+from capture.runner import tune_gc
 from capture.service import CaptureService
 from capture.settings import CaptureSettings
 from capture.slot import TableInfo
@@ -79,7 +80,8 @@ def _settings(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
 def _prime(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
            plugin: str) -> None:
     """Create capture's slot (empty snapshot), then stop, so the workload waits in the WAL."""
-    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin))
+    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin),
+                         on_streaming=tune_gc)
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
     t.start()
@@ -92,7 +94,8 @@ def _prime(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
 
 def _timed_capture(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
                    end: int, plugin: str) -> float:
-    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin))
+    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin),
+                         on_streaming=tune_gc)
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
     t.start()
@@ -193,7 +196,7 @@ def latency(ctx: BenchContext, backend: str = "kafka-python") -> list[Figure]:
     samples: list[float] = []
     slot = f"lat_{backend.replace('-', '_')}"
     svc = CaptureService(_settings(ctx, dsn, slot, f"benchlat.{backend}", backend),
-                         latency_observer=samples.append)
+                         latency_observer=samples.append, on_streaming=tune_gc)
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
     t.start()

@@ -52,11 +52,12 @@ def main() -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 def run(log_level: str, **options: Any) -> None:
     """Capture continuously until SIGTERM/SIGINT (clean stop: flush, confirm)."""
+    from capture.runner import tune_gc
     from capture.service import CaptureService
 
     logs.configure(log_level)
     settings = settings_or_fail(COMMAND, CaptureSettings, options)
-    service = CaptureService(settings)
+    service = CaptureService(settings, on_streaming=tune_gc)
     stop = stop_on_signals()
     endpoint: ServiceEndpoint | None = None
     try:

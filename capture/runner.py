@@ -95,7 +95,8 @@ GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for capture's allocation pattern.
+    """Make the cyclic garbage collector cheap for capture's allocation pattern (a process
+    setting: the CLI passes it as ``CaptureService(on_streaming=tune_gc)``).
 
     Every record in flight holds a few objects (the client's future, its callbacks, our
     delivery closure) until the broker acknowledges it, so they survive the young
@@ -162,7 +163,8 @@ class StreamRunner:
                 self.svc.latency_observer(seconds)
 
     def loop(self, stop: threading.Event) -> None:
-        tune_gc()
+        if self.svc.on_streaming is not None:
+            self.svc.on_streaming()
         decode = self.decoder.decode
         while not stop.is_set():
             reply = False

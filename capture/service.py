@@ -59,9 +59,13 @@ def _connect(dsn: str, **kw: object) -> psycopg.Connection[tuple[object, ...]]:
 class CaptureService:
     def __init__(self, settings: CaptureSettings, clock: Clock = time.time,
                  metrics: CaptureMetrics | None = None,
-                 latency_observer: Callable[[float], None] | None = None) -> None:
+                 latency_observer: Callable[[float], None] | None = None,
+                 on_streaming: Callable[[], None] | None = None) -> None:
         self.s = settings
         self.latency_observer = latency_observer
+        # Called once each stream starts (the process-wide GC tuning of the CLI and the
+        # benchmarks, capture.runner.tune_gc): library code leaves the process alone.
+        self.on_streaming = on_streaming
         self.clock = clock
         self.metrics = metrics or CaptureMetrics()
         self.tables: list[TableInfo] = []
