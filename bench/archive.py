@@ -106,7 +106,7 @@ def _dedup_cost(root: Path) -> tuple[float, float, int]:
 
 
 def run(ctx: BenchContext) -> list[Figure]:
-    from tests.s3_fixtures import start_s3
+    from devstack.s3 import start_s3
 
     n = 50_000 if ctx.quick else 300_000
     payloads = _events(n)

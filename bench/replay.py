@@ -34,8 +34,8 @@ from capture.event import parse_lsn
 
 if TYPE_CHECKING:
     from consumers.archive.location import ArchiveLocation
+    from devstack.s3 import S3Server
     from tests.replay_fixtures import History
-    from tests.s3_fixtures import S3Server
 
 PLAN_ORIGINAL = Path(__file__).with_name("plan_original.sql")
 TABLE = ("public", "core_relationships")
@@ -183,7 +183,7 @@ def replay_speed(ctx: BenchContext) -> list[Figure]:
 def _s3_server(bucket: str) -> Iterator[S3Server]:
     """A real S3-compatible server (SeaweedFS) for the figure, its AWS_* variables set
     the way operators give replay object-store credentials; both undone after."""
-    from tests.s3_fixtures import start_s3
+    from devstack.s3 import start_s3
 
     s3 = start_s3(bucket)
     saved = {k: os.environ.get(k) for k in s3.env()}

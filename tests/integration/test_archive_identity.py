@@ -83,7 +83,7 @@ def test_an_unreachable_broker_is_one_line_and_creates_nothing(tmp_path: Path) -
 
 def test_every_command_exits_with_its_own_code_on_s3(
         broker: Broker, topic_prefix: str, tmp_path: Path, s3_server: object) -> None:
-    from tests.s3_fixtures import S3Server
+    from devstack.s3 import S3Server
 
     assert isinstance(s3_server, S3Server)
     target = ArchiveTarget("s3", s3_server.uri(f"rc-{topic_prefix}"), s3_server.env())
@@ -107,7 +107,7 @@ def test_every_command_exits_with_its_own_code_on_s3(
 ])
 def test_an_object_store_that_cannot_be_used_is_one_line_for_every_command(
         broker: Broker, s3_server: object, fault: str, said: str) -> None:
-    from tests.s3_fixtures import S3Server
+    from devstack.s3 import S3Server
 
     assert isinstance(s3_server, S3Server)
     env, uri = dict(s3_server.env()), s3_server.uri("archive")

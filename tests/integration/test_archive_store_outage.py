@@ -15,9 +15,10 @@ import pytest
 
 from devstack.broker import Broker
 from devstack.ports import free_port
+from devstack.s3 import S3Server, start_s3
 from tests.archive_fixtures import wait_for, workload
 from tests.integration.archive_support import consumed_per_topic, publish, start_archiver
-from tests.s3_fixtures import ArchiveTarget, S3Server, start_s3
+from tests.s3_fixtures import ArchiveTarget
 
 
 @pytest.fixture

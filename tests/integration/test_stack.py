@@ -77,3 +77,42 @@ def test_hera_stack_up_serves_until_sigterm_and_leaves_nothing() -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
     assert not datadir.exists()
+
+
+def test_hera_stack_up_with_s3_serves_a_bucket_for_the_archive_until_sigterm() -> None:
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from deltalake import DeltaTable
+
+    from consumers.archive.location import archive_location
+    from consumers.archive.store import ArchiveStore
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from devstack.cli import main; main()", "up", "--no-sample",
+         "--s3"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    env: dict[str, str] = {}
+    while not (line := proc.stdout.readline()).startswith("export those, then"):
+        assert line, "hera-stack up ended early"
+        if "=" in line and not line.startswith("export"):
+            name, value = line.strip().split("=", 1)
+            env[name] = value.strip("'")
+    aws = {k: v for k, v in env.items() if k.startswith("AWS_")}
+    assert {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(aws)
+    loc = archive_location("s3://hera/archive", aws)
+    ArchiveStore.open_or_create(loc).close()
+    assert DeltaTable.is_deltatable(loc.uri, storage_options=aws)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    try:
+        urllib.request.urlopen(aws["AWS_ENDPOINT_URL"], timeout=2)
+        answered = True
+    except urllib.error.HTTPError:
+        answered = True
+    except OSError:
+        answered = False
+    assert not answered  # the store is gone with the stack
