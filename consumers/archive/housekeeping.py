@@ -12,6 +12,7 @@ in the log always carries the position (commit_state.py).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -60,7 +61,9 @@ def _housekeep(store: ArchiveStore, policy: Housekeeping) -> dict[str, int]:
             done["compacted_files"] += int(metrics.get("numFilesRemoved", 0))
             log.info("compacted %s: %s", kind, metrics)
     if policy.vacuum:
-        hours = int(policy.retention.total_seconds() // 3600)
+        # Whole hours for delta-rs, rounded up: never shorter than asked (1.5 h was 1 h,
+        # 0.5 h was 0 h: files deleted under running readers).
+        hours = math.ceil(policy.retention.total_seconds() / 3600)
         removed = dt.vacuum(retention_hours=hours, dry_run=False,
                             enforce_retention_duration=False,
                             commit_properties=store.commit_properties())

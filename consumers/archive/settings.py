@@ -21,7 +21,9 @@ class ArchiveSettings(BaseSettings):
     batch_events: int = Field(50_000, gt=0)
     flush_interval_s: float = Field(1.0, gt=0)
     compact_interval_s: float = Field(60.0, gt=0)  # optimize + vacuum period
-    retention_hours: float = Field(168.0, ge=0)  # vacuum keeps unreferenced files this long
+    # vacuum keeps unreferenced files this long: readers of older versions (--version,
+    # --as-of) and queries running meanwhile need them; below an hour they would fail
+    retention_hours: float = Field(168.0, ge=1)
     dedup_capacity: int = Field(1_000_000, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for Prometheus

@@ -44,3 +44,15 @@ def test_vacuum_deletes_unreferenced_files_only_after_the_retention(tmp_path: Pa
         assert done["vacuumed_files"] == 6
         assert store.offsets() == {("t", 0): 105}
     assert _count(root, "SELECT count(*) FROM changes") == 6
+
+
+def test_a_retention_of_part_of_an_hour_keeps_files_at_least_that_long(tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    with ArchiveStore.open_or_create(root) as store:
+        for lsn in range(100, 106):
+            store.append(changes=[change(lsn, 0)], offsets={("t", 0): lsn})
+        housekeep(store, Housekeeping(min_small_files=2, retention=timedelta(days=7)))
+        # delta-rs takes whole hours: 30 minutes must not become 0 (delete at once)
+        done = housekeep(store, Housekeeping(min_small_files=2, retention=timedelta(minutes=30)))
+        assert done["vacuumed_files"] == 0
+    assert len(list((root / "kind=changes").glob("*.parquet"))) == 7
