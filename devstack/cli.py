@@ -30,7 +30,7 @@ def main() -> None:
               help="create the sample HERA schema and data in database postgres")
 @click.option("--users", default=60, show_default=True, help="sample users")
 @click.option("--s3", "with_s3", is_flag=True,
-              help="also an S3-compatible store (SeaweedFS, the dev extra's `weed`) with a "
+              help="also an S3-compatible store (SeaweedFS, `weed` of the demo/dev extra) with a "
                    "bucket `hera`, for `consumers archive --archive s3://hera/archive`")
 def up(sample: bool, users: int, with_s3: bool) -> None:
     """Start the stack and keep it until Ctrl-C."""
