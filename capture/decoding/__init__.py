@@ -39,7 +39,7 @@ def make_decoder(plugin: str, tables: Sequence[TableInfo], catalog: Catalog,
     if plugin == "wal2json":
         from capture.decoding.wal2json import Wal2JsonDecoder
 
-        return Wal2JsonDecoder(tables)
+        return Wal2JsonDecoder(tables, catalog)
     if plugin == "pgoutput":
         from capture.decoding.pgoutput import PgOutputDecoder
 

@@ -44,6 +44,10 @@ class Catalog(Protocol):
         """format_type of each (type OID, typmod), and the table's primary key columns."""
         ...
 
+    def primary_key(self, schema: str, table: str) -> tuple[str, ...]:
+        """The table's primary key columns now (empty: none, or no such table)."""
+        ...
+
 
 class Decoder(Protocol):
     caps: Capabilities

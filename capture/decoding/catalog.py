@@ -19,6 +19,15 @@ SELECT ARRAY(SELECT format_type(u.o, u.m)
 """
 
 
+_PK_BY_NAME = """
+SELECT ARRAY(SELECT a.attname::text FROM pg_index x
+             JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+             JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+             WHERE x.indrelid = to_regclass(format('%%I.%%I', %(s)s::text, %(t)s::text))
+               AND x.indisprimary ORDER BY k.ord)
+"""
+
+
 class SideCatalog:
     """Lazily connected; closed with the stream that used it."""
 
@@ -38,6 +47,11 @@ class SideCatalog:
             "relid": relid}).fetchone()
         assert row is not None
         return [str(t) for t in row[0]], tuple(str(k) for k in row[1])  # type: ignore[attr-defined]
+
+    def primary_key(self, schema: str, table: str) -> tuple[str, ...]:
+        row = self._connection().execute(_PK_BY_NAME, {"s": schema, "t": table}).fetchone()
+        assert row is not None
+        return tuple(str(k) for k in row[0])  # type: ignore[attr-defined]
 
     def close(self) -> None:
         if self._conn is not None:

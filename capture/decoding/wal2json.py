@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from capture.decoding.base import HEARTBEAT_PREFIX, SCHEMA_PREFIX, Capabilities
+from capture.decoding.base import HEARTBEAT_PREFIX, SCHEMA_PREFIX, Capabilities, Catalog
 from capture.decoding.records import (
     Begin,
     Commit,
@@ -167,8 +167,13 @@ class Wal2JsonDecoder:
         needs_publication=False, heartbeat="logical-message",
         exactness_note="wal2json with numeric-data-types-as-string: every value exact")
 
-    def __init__(self, tables: Sequence[TableInfo]) -> None:
+    def __init__(self, tables: Sequence[TableInfo], catalog: Catalog | None = None) -> None:
         self.add_tables = ",".join(t.qualified for t in tables)
+        # wal2json 2.5 now and then leaves "pk" out of a change decoded right after a DDL
+        # invalidated the table's relcache entry (seen after ALTER COLUMN ... TYPE): the key
+        # columns then come from the catalog, as pgoutput's do, once per column list.
+        self._catalog = catalog
+        self._pks: dict[tuple[str, str, tuple[str, ...]], tuple[str, ...]] = {}
         self.numeric_as_string = True  # dropped when the server's wal2json is older than 2.6
         # One types dict per (table, column list) so RowChange.types is the same object while
         # the columns stay the same; with it, the columns whose values need a correction.
@@ -248,6 +253,18 @@ class Wal2JsonDecoder:
                 row[name] = normalise_wal2json_bytea(str(v))
         return row, types
 
+    def _catalog_pk(self, msg: _Msg | _FastMsg, row: Row) -> list[str]:
+        cache_key = (msg.schema, msg.table, tuple(row))
+        pk = self._pks.get(cache_key)
+        if pk is None and self._catalog is not None:
+            pk = self._pks[cache_key] = self._catalog.primary_key(msg.schema, msg.table)
+        if not pk or any(name not in row for name in pk):
+            raise DecodeError(
+                f"wal2json gave no primary key for {msg.schema}.{msg.table} (include-pk) and "
+                f"the catalog's ({', '.join(pk or ()) or 'none'}) is not in the row; give the "
+                "table a primary key")
+        return list(pk)
+
     def _row_change(self, msg: _Msg | _FastMsg, exact_raw: bool) -> RowChange:
         before: Row | None = None
         after: Row | None = None
@@ -264,12 +281,10 @@ class Wal2JsonDecoder:
                          for name, value in before.items()}
                 new_types = types
             types = new_types
-        if not msg.pk:
-            raise DecodeError(
-                f"wal2json gave no primary key for {msg.schema}.{msg.table} (include-pk)")
         source = after if after is not None else before
         if source is None:
             raise DecodeError(f"change without row data on {msg.schema}.{msg.table}")
-        key = {p.name: source.get(p.name) for p in msg.pk}
+        names = [p.name for p in msg.pk] if msg.pk else self._catalog_pk(msg, source)
+        key = {name: source.get(name) for name in names}
         return RowChange(msg.action, msg.schema, msg.table, parse_lsn(msg.lsn), before, after,
                          key, types)

@@ -169,3 +169,37 @@ def test_snapshot_text_values_convert_like_stream_values() -> None:
     assert from_pg_text("numeric", "NaN") == "NaN"
     assert from_pg_text("text[]", '{x,"y z"}') == '{x,"y z"}'
     assert from_pg_text("uuid", None) is None
+
+
+class _PkCatalog:
+    def __init__(self, pk: tuple[str, ...]) -> None:
+        self.pk, self.calls = pk, 0
+
+    def relation_columns(self, relid: int, type_oids: object) -> tuple[list[str], tuple[str, ...]]:
+        raise AssertionError("wal2json needs no relation look-up")
+
+    def primary_key(self, schema: str, table: str) -> tuple[str, ...]:
+        self.calls += 1
+        return self.pk
+
+
+def _insert_without_pk(*cols: str) -> bytes:
+    return ('{"action":"I","xid":7,"lsn":"0/10","schema":"public","table":"t","columns":['
+            + ",".join(cols) + ']}').encode()
+
+
+def test_a_change_wal2json_left_without_its_pk_is_keyed_by_the_catalogs_primary_key() -> None:
+    catalog = _PkCatalog(("id",))
+    dec = Wal2JsonDecoder([], catalog)
+    for i in (1, 2):
+        rec = dec.decode(_insert_without_pk(_col("id", "integer", str(i)),
+                                            _col("v", "bigint", "5")), 0)
+        assert isinstance(rec, RowChange) and rec.key == {"id": i}
+    assert catalog.calls == 1  # once per column list, not per change
+
+
+def test_a_change_without_pk_whose_catalog_key_is_not_in_the_row_is_refused() -> None:
+    for dec in (Wal2JsonDecoder([]), Wal2JsonDecoder([], _PkCatalog(())),
+                Wal2JsonDecoder([], _PkCatalog(("other",)))):
+        with pytest.raises(DecodeError, match=r"wal2json gave no primary key for public\.t"):
+            dec.decode(_insert_without_pk(_col("id", "integer", "1")), 0)

@@ -25,6 +25,10 @@ class FakeCatalog:
         self.calls += 1
         return [self.names[o] for o, _ in type_oids], self.pk
 
+    def primary_key(self, schema: str, table: str) -> tuple[str, ...]:
+        self.calls += 1
+        return self.pk
+
 
 def cstr(s: str) -> bytes:
     return s.encode() + b"\x00"
