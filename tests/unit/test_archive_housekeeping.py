@@ -33,13 +33,19 @@ def test_small_files_are_compacted_and_the_position_survives(tmp_path: Path) -> 
         assert len(store.table.file_uris()) == 1
 
 
+def _compacted(root: Path) -> ArchiveStore:
+    """An archive of 6 small commits compacted into one file: 6 files unreferenced now."""
+    store = ArchiveStore.open_or_create(root)
+    for lsn in range(100, 106):
+        store.append(changes=[change(lsn, 0)], offsets={("t", 0): lsn})
+    housekeep(store, Housekeeping(min_small_files=2, retention=timedelta(days=7)))
+    assert len(list((root / "kind=changes").glob("*.parquet"))) == 7
+    return store
+
+
 def test_vacuum_deletes_unreferenced_files_only_after_the_retention(tmp_path: Path) -> None:
     root = tmp_path / "a"
-    with ArchiveStore.open_or_create(root) as store:
-        for lsn in range(100, 106):
-            store.append(changes=[change(lsn, 0)], offsets={("t", 0): lsn})
-        housekeep(store, Housekeeping(min_small_files=2, retention=timedelta(days=7)))
-        assert len(list((root / "kind=changes").glob("*.parquet"))) == 7
+    with _compacted(root) as store:
         done = housekeep(store, Housekeeping(min_small_files=2, retention=timedelta(0)))
         assert done["vacuumed_files"] == 6
         assert store.offsets() == {("t", 0): 105}
@@ -48,10 +54,7 @@ def test_vacuum_deletes_unreferenced_files_only_after_the_retention(tmp_path: Pa
 
 def test_a_retention_of_part_of_an_hour_keeps_files_at_least_that_long(tmp_path: Path) -> None:
     root = tmp_path / "a"
-    with ArchiveStore.open_or_create(root) as store:
-        for lsn in range(100, 106):
-            store.append(changes=[change(lsn, 0)], offsets={("t", 0): lsn})
-        housekeep(store, Housekeeping(min_small_files=2, retention=timedelta(days=7)))
+    with _compacted(root) as store:
         # delta-rs takes whole hours: 30 minutes must not become 0 (delete at once)
         done = housekeep(store, Housekeeping(min_small_files=2, retention=timedelta(minutes=30)))
         assert done["vacuumed_files"] == 0
