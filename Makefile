@@ -12,7 +12,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest --durations=15 tests
 
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit
