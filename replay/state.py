@@ -78,6 +78,9 @@ def open_history(archive: str | Path) -> duckdb.DuckDBPyConnection:
 
     text = str(archive)
     uri = "://" in text
+    if not uri and Path(text).is_file():
+        raise NotCovered(f"{text} is a file, not an archive; pass the directory or URI "
+                         "`consumers archive --archive` writes")
     if not uri and not Path(text).is_dir():
         raise NotCovered(f"archive directory {text} does not exist; pass the directory "
                          "or URI `consumers archive --archive` writes")

@@ -64,6 +64,8 @@ def connect_history(archive: str | Path | ArchiveLocation, *, version: int | Non
     the archive and takes no lock: safe while the archiver runs.
     """
     loc = archive_location(archive, storage_options)
+    if loc.is_local and loc.path.is_file():
+        raise NotAnArchiveError(f"{loc} is a file, not an archive; name the archive's directory")
     if loc.is_local and not loc.path.is_dir():
         raise NotAnArchiveError(f"{loc} does not exist (no archive there)")
     dt = open_table(loc)

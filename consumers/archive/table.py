@@ -52,6 +52,8 @@ def _unreachable(loc: ArchiveLocation, exc: BaseException) -> ArchiveError:
 
 def table_exists(loc: ArchiveLocation) -> bool:
     """Whether a Delta table is at ``loc``; ArchiveError when the store cannot be asked."""
+    if loc.is_local and loc.path.is_file():
+        raise NotAnArchiveError(f"{loc} is a file; point --archive at a directory")
     try:
         return DeltaTable.is_deltatable(loc.uri, storage_options=loc.options())
     except OSError as exc:

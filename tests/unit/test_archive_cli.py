@@ -90,3 +90,18 @@ def test_an_unknown_uri_scheme_is_refused_in_one_line_and_creates_no_directory(
     assert "unknown archive URI scheme 's4'" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]  # no ./s4:/bucket/archive
+
+
+@pytest.mark.parametrize("args", [
+    ["archive", "--bootstrap-servers", "127.0.0.1:1", "--archive", "afile"],
+    ["history", "afile", "SELECT 1"],
+])
+def test_a_file_given_as_the_archive_is_named_a_file_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "afile is a file" in lines[0], lines
+    assert (tmp_path / "afile").read_text() == "x"
