@@ -1,9 +1,8 @@
 """Archive benchmark: ingest events/s (store alone, and Kafka -> archive) on local disk and on
 a real S3 server (SeaweedFS, started here), and the cost of the read views' dedup.
 
-The archive is a Delta table now; the old format (manifest + segments) is not kept for the
-bench: its figures recorded in the README (104k events/s Kafka -> archive with confluent,
-116k events/s store alone, same machine) are the comparison.
+The archive is a Delta table now; the format it replaced (manifest + segments) is measured in
+the same run by ``bench/previous.py`` (the previous release's own bench, from a worktree).
 
 - **store ingest**: ChangeEvent JSON bytes -> bulk parse/validate (what the archiver does) ->
   one Delta commit (Parquet + log entry with offsets and app transaction) per 50k batch, no
@@ -123,7 +122,7 @@ def run(ctx: BenchContext) -> list[Figure]:
         s3_kafka_rate = _kafka_ingest(ctx, payloads, s3.uri("confluent"), "confluent", opts)
     finally:
         s3.stop()
-    old = "the old manifest+segments format: 104,365 events/s (README, same machine)"
+    old = "the previous release's format: see its rows of this run (bench/previous.py)"
     return [
         Figure("archive ingest (Kafka -> archive)", kafka_rate, "events/s", ">= 50k events/s",
                kafka_rate >= 50_000,
@@ -133,7 +132,7 @@ def run(ctx: BenchContext) -> list[Figure]:
         Figure("archive ingest (Kafka -> archive, kafka-python)", slow_rate, "events/s",
                ">= 50k events/s", slow_rate >= 50_000,
                f"the same run with the default client (kafka-python + crc32c); "
-               f"confluent: {kafka_rate:,.0f} events/s; old format: 68,448 events/s"),
+               f"confluent: {kafka_rate:,.0f} events/s"),
         Figure("archive ingest on S3 (Kafka -> archive)", s3_kafka_rate, "events/s",
                "figure on S3", None,
                f"the same {n} events, confluent, into a Delta table on SeaweedFS (local S3 "
@@ -141,7 +140,7 @@ def run(ctx: BenchContext) -> list[Figure]:
         Figure("archive store ingest (no Kafka)", store_rate, "events/s", ">= 50k events/s",
                store_rate >= 50_000,
                f"bulk parse+validate+Delta commit, {commits} commits of 50k, local disk; on "
-               f"S3 (SeaweedFS): {s3_store_rate:,.0f} events/s; old format: 115,820 events/s"),
+               f"S3 (SeaweedFS): {s3_store_rate:,.0f} events/s"),
         Figure("archive view dedup overhead", dedup_ms / raw_ms if raw_ms else 0.0, "x",
                "informational", None,
                f"scan of {rows} rows: raw files {raw_ms:.0f} ms, deduplicated view "
