@@ -169,9 +169,9 @@ class Wal2JsonDecoder:
 
     def __init__(self, tables: Sequence[TableInfo], catalog: Catalog | None = None) -> None:
         self.add_tables = ",".join(t.qualified for t in tables)
-        # wal2json 2.5 now and then leaves "pk" out of a change decoded right after a DDL
-        # invalidated the table's relcache entry (seen after ALTER COLUMN ... TYPE): the key
-        # columns then come from the catalog, as pgoutput's do, once per column list.
+        # wal2json 2.5 now and then leaves "pk" out of a change (seen once, on a change
+        # right after ALTER COLUMN ... TYPE; probably the relcache entry the DDL rebuilt):
+        # the key columns then come from the catalog, as pgoutput's do, once per column list.
         self._catalog = catalog
         self._pks: dict[tuple[str, str, tuple[str, ...]], tuple[str, ...]] = {}
         self.numeric_as_string = True  # dropped when the server's wal2json is older than 2.6
