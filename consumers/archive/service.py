@@ -59,7 +59,10 @@ def serve(loc: ArchiveLocation, sources: Callable[[], RecordSource], options: Se
     delay = FIRST_PAUSE_S
     while not stop.is_set():
         try:
-            store = ArchiveStore.open_or_create(loc, dedup_capacity=options.dedup_capacity)
+            # Only the first attempt may create the table: a table gone by a reopen (a wiped
+            # bucket) must stop the service, not restart the archive at offset 0.
+            store = ArchiveStore.open_or_create(loc, create=identity is None,
+                                                dedup_capacity=options.dedup_capacity)
         except StoreUnavailableError as exc:
             if identity is None:
                 raise  # at start: a setting to fix, not a fault to wait out

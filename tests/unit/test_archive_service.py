@@ -45,8 +45,10 @@ class _World:
         self.stores: list[_Store] = []
         self.sources: list[_Source] = []
         self.pauses: list[float] = []
+        self.creates: list[bool] = []
 
-    def open_or_create(self, *_: Any, **__: Any) -> _Store:
+    def open_or_create(self, *_: Any, create: bool = True, **__: Any) -> _Store:
+        self.creates.append(create)
         outcome = self.opens.pop(0)
         if outcome is not None:
             raise outcome
@@ -94,6 +96,7 @@ def test_a_passing_store_failure_is_waited_out_with_a_fresh_source_and_table(
     world = _World(opens=[None, down, None], runs=[down, None])
     health, metrics = _serve(world, monkeypatch)
     assert world.pauses == [1.0, 2.0]  # after the failed run, after the failed reopen
+    assert world.creates == [True, False, False]  # a reopen never creates a new table
     assert len(world.stores) == 2 and all(s.closed for s in world.stores)
     assert len(world.sources) == 2 and all(s.closed for s in world.sources)
     assert _failures(metrics) == 2
