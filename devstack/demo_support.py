@@ -22,6 +22,8 @@ import psycopg
 from rich.console import Console
 from rich.text import Text
 
+from devstack.waiting import wait_until as _wait_until
+
 
 class DemoFailed(RuntimeError):
     """A step did not verify what it claims."""
@@ -35,13 +37,9 @@ def check(condition: bool, claim: str) -> None:
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
                interval: float = 0.05) -> float:
-    """Poll ``condition`` until it holds; returns the seconds it took."""
-    t0 = time.monotonic()
-    while not condition():
-        if time.monotonic() - t0 > timeout:
-            raise DemoFailed(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - t0
+    """Poll ``condition`` until it holds; returns the seconds it took (DemoFailed after
+    ``timeout``)."""
+    return _wait_until(condition, timeout, what, interval, DemoFailed)
 
 
 # --- narration --------------------------------------------------------------------------------

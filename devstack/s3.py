@@ -15,25 +15,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.postgres import StackError
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str,
-               interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise StackError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
+from devstack.waiting import wait_until
 
 ACCESS_KEY = "hera-test-access"
 SECRET_KEY = "hera-test-secret-0123456789"  # a throw-away key of the throw-away server
@@ -91,7 +80,7 @@ class S3Server:
         """The same server again: same ports, same data."""
         self.process = _spawn(self.command, self.workdir)
         wait_until(lambda: self.process.poll() is not None or _bucket_usable(self), 60,
-                   "SeaweedFS S3 to serve the bucket again", 0.2)
+                   "SeaweedFS S3 to serve the bucket again", 0.2, StackError)
         if self.process.poll() is not None:
             raise StackError(f"weed exited rc {self.process.returncode}: see "
                                f"{self.workdir / 'weed.log'}")
@@ -135,7 +124,7 @@ def start_s3(bucket: str = "hera") -> S3Server:
     server = S3Server(f"http://127.0.0.1:{s3}", bucket, proc, workdir, command)
     try:
         wait_until(lambda: proc.poll() is not None or _answers(server.endpoint), 60,
-                   "SeaweedFS S3 to answer", 0.2)
+                   "SeaweedFS S3 to answer", 0.2, StackError)
         if proc.poll() is not None:
             raise StackError(f"weed exited rc {proc.returncode}: see {workdir / 'weed.log'}")
 
@@ -146,7 +135,7 @@ def start_s3(bucket: str = "hera") -> S3Server:
                 timeout=30, cwd=workdir)
             return out.returncode == 0 and _bucket_usable(server)
 
-        wait_until(bucket_created, 60, "the test bucket to be created", 0.5)
+        wait_until(bucket_created, 60, "the test bucket to be created", 0.5, StackError)
     except BaseException:
         server.stop()
         raise
