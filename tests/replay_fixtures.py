@@ -240,6 +240,15 @@ class Pipeline:
         wait_until(lambda: archive_reach(self.archive) >= lsn, timeout,
                    f"the archive to reach {format_lsn(lsn)}")
 
+    def sync_by(self, conn: psycopg.Connection[Any], statement: str) -> int:
+        """Run ``statement`` (a write to a captured table ending in ``RETURNING
+        pg_current_wal_lsn()::text``) on ``conn``; return its LSN once it is archived."""
+        row = conn.execute(statement).fetchone()
+        assert row is not None
+        lsn = parse_lsn(str(row[0]))
+        self.wait_archived(lsn)
+        return lsn
+
     def sync(self) -> int:
         """A captured commit after everything so far; returns once it is archived."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:

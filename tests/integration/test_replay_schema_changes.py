@@ -75,10 +75,8 @@ class Run:
         return int(str(row[0]))
 
     def sync(self) -> None:
-        row = self.conn.execute("UPDATE tick SET n = n + 1 RETURNING pg_current_wal_lsn()::text"
-                                ).fetchone()
-        assert row is not None
-        self.pipe.wait_archived(parse_lsn(str(row[0])))
+        self.pipe.sync_by(self.conn, "UPDATE tick SET n = n + 1 "
+                                     "RETURNING pg_current_wal_lsn()::text")
 
 
 @pytest.fixture(params=["pgoutput", "wal2json"])
