@@ -1,6 +1,6 @@
 """``capture run`` and ``capture status``: thin click commands over capture.service.
 
-The CLI glue (settings errors -> one line, signals, exit codes) is capture.service_kit's, the
+The CLI glue (settings errors -> one line, signals, exit codes) is hera_kit.service's, the
 same for every long-running service.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
-from capture import logs
 from capture.errors import CaptureError
-from capture.service_kit import ServiceEndpoint, fail, settings_or_fail, stop_on_signals
 from capture.settings import CaptureSettings, StatusSettings
+from hera_kit import logs
+from hera_kit.service import ServiceEndpoint, fail, settings_or_fail, stop_on_signals
 
 COMMAND = "capture"
 

@@ -1,11 +1,11 @@
 """Prometheus metrics and readiness of the capture service, served by
-capture.service_kit.ServiceEndpoint (/metrics, /healthz, /readyz) when --metrics-port is set."""
+hera_kit.service.ServiceEndpoint (/metrics, /healthz, /readyz) when --metrics-port is set."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from capture.service_kit import Health
+from hera_kit.service import Health
 
 
 class CaptureHealth(Health):

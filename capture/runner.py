@@ -47,6 +47,7 @@ from capture.event import (
 from capture.protocol import Keepalive, ReplicationStream, XLogData
 from capture.publish import AckTracker, PendingTxn, Producer
 from capture.topics import table_topic, transaction_topic
+from hera_kit.text import first_line
 
 if TYPE_CHECKING:
     import threading
@@ -380,7 +381,7 @@ class StreamRunner:
                              (HEARTBEAT_PREFIX,))
             self.svc.metrics.heartbeats.inc()
         except psycopg.Error as exc:
-            log.warning("heartbeat failed", extra={"error": str(exc).splitlines()[0]})
+            log.warning("heartbeat failed", extra={"error": first_line(exc)})
 
     def shutdown(self) -> None:
         """Clean stop: wait for the broker's acks, publish the final marker, confirm."""

@@ -43,6 +43,7 @@ from capture.slot import (
 from capture.snapshot import snapshot_definitions, snapshot_rows
 from capture.table_names import check_tables_exist
 from capture.topics import table_topic, transaction_topic
+from hera_kit.text import first_line
 
 log = logging.getLogger("hera.capture")
 Clock = Callable[[], float]
@@ -52,7 +53,7 @@ def _connect(dsn: str, **kw: object) -> psycopg.Connection[tuple[object, ...]]:
     try:
         return psycopg.connect(dsn, autocommit=True, options=SESSION_OPTIONS, **kw)  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CaptureError(f"cannot connect to PostgreSQL: {first} (check --dsn)") from exc
 
 
@@ -264,7 +265,7 @@ class CaptureService:
                 if isinstance(exc, DecodeError | SlotError | EventTooLarge):
                     producer.close()
                     raise
-                reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                reason = first_line(exc)
                 self.metrics.health.not_ready(f"stream interrupted, retrying: {reason}")
                 log.warning("stream interrupted; retrying",
                             extra={"error": reason, "backoff_s": backoff})

@@ -15,6 +15,7 @@ from psycopg import sql
 
 from capture.errors import PreflightError, SlotError
 from capture.event import parse_lsn
+from hera_kit.text import first_line
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -192,7 +193,7 @@ def create_slot(repl: Conn, slot: str, plugin: str) -> CreatedSlot:
             "wal2json: postgresql-NN-wal2json), or capture run --plugin pgoutput"
         ) from exc
     except psycopg.Error as exc:
-        text = str(exc).strip().splitlines()[0]
+        text = first_line(exc)
         if "may not be used as an output plugin" in text:
             raise PreflightError(
                 f"{text}: add {plugin} to output_plugin_libraries and reload PostgreSQL"

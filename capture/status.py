@@ -22,6 +22,7 @@ from psycopg import sql
 
 from capture.errors import CaptureError, SlotError
 from capture.event import format_lsn, parse_lsn
+from hera_kit.text import first_line
 
 WINDOW_BYTES = 16 * 1024 * 1024  # WAL read per query while looking for the first commit
 BUDGET_S = 10.0  # give up (say unknown) rather than keep an operator waiting longer
@@ -87,7 +88,7 @@ def unconfirmed_commit_age(conn: Conn, confirmed: int) -> tuple[float | None, st
         try:
             found = conn.execute(query, (format_lsn(start), format_lsn(stop))).fetchone()
         except psycopg.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            first = first_line(exc)
             return None, f"unknown: pg_walinspect failed at {format_lsn(start)}: {first}"
         if found is not None and found[1] is not None:
             return max(0.0, float(str(found[1]))), source
@@ -110,7 +111,7 @@ def slot_status(dsn: str, slot: str) -> SlotStatus:
     try:
         conn = psycopg.connect(dsn, autocommit=True)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CaptureError(f"cannot connect to PostgreSQL: {first} (check --dsn)") from exc
     with conn:
         row = conn.execute(

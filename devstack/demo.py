@@ -39,6 +39,7 @@ from devstack.demo_support import (
     run_cli,
     wait_until,
 )
+from hera_kit.text import first_line
 
 ORGS = 5
 USERS = 3000
@@ -251,7 +252,7 @@ def step_disaster(n: Narrator, stack: Stack) -> None:
                     conn.execute(statement.encode())
             except psycopg.Error as exc:
                 n.blocked(f"{what}: [bold]blocked[/] ({exc.sqlstate}) "
-                          f"{str(exc).splitlines()[0]}")
+                          f"{first_line(exc)}")
                 check(exc.sqlstate in ("HG001", "HG002", "HG003"),
                       f"{what} was refused by the guardian (got {exc.sqlstate})")
             else:

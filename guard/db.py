@@ -21,6 +21,7 @@ from guard.errors import (
     OperationFailed,
     UnknownBackup,
 )
+from hera_kit.text import first_line
 
 # SQLSTATEs raised by sql/*.sql (class HG is ours) and the named error each becomes.
 _SQLSTATE_ERRORS: dict[str, type[GuardError]] = {
@@ -73,7 +74,7 @@ def connect(dsn: str, *, autocommit: bool = True, what: str = "database") -> Con
     try:
         return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        first = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else "no reason"
+        first = first_line(redact(str(exc)), "no reason")
         raise ConnectionFailed(
             f"cannot connect to the {what} at {describe(dsn)}: {first}; check --dsn"
         ) from None

@@ -21,6 +21,7 @@ import duckdb
 import psycopg
 from psycopg import sql
 
+from hera_kit.text import first_line
 from replay.errors import GuardianRefused
 from replay.live import Column, Conn
 from replay.plan import DELETE, INSERT, UPDATE, Plan
@@ -146,7 +147,7 @@ def _apply(conn: Conn, duck: duckdb.DuckDBPyConnection, plan: Plan, target: sql.
         # The guardian's refusals: HG001 mass change, HG002 orphaning, HG003 truncate.
         if exc.sqlstate not in _GUARDIAN_CODES:
             raise
-        text = str(exc).splitlines()[0]
+        text = first_line(exc)
         hint = (" (rerun with --allow-orphaning if leaving users without an organization "
                 "is really intended)") if exc.sqlstate == "HG002" else ""
         raise GuardianRefused(f"the guardian refused the restore of {plan.table}: "

@@ -18,6 +18,7 @@ import psycopg
 from pydantic import ValidationError
 from rich.console import Console
 
+from hera_kit.text import first_line
 from replay.command import run_replay, run_verify
 from replay.errors import ReplayError
 from replay.settings import ReplaySettings
@@ -42,17 +43,17 @@ def _run(fn: Any, settings: ReplaySettings) -> None:
     except duckdb.Error as exc:
         # A segment that went missing or corrupt after the archive was opened (DuckDB reads
         # the Parquet files lazily): one line naming it, nothing was changed.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         click.echo(f"replay: error: cannot read the archive: {first}; restore the file from "
                    "a backup or re-archive from Kafka; nothing was changed", err=True)
         sys.exit(1)
     except psycopg.errors.InsufficientPrivilege as exc:
-        click.echo(f"replay: error: missing privilege: {str(exc).splitlines()[0]}; nothing "
+        click.echo(f"replay: error: missing privilege: {first_line(exc)}; nothing "
                    "was changed", err=True)
         sys.exit(1)
     except psycopg.Error as exc:
         # Writes run in one transaction: an error PostgreSQL raised rolled it back.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         click.echo(f"replay: error: PostgreSQL refused: {first}; nothing was changed", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ import psycopg
 from rich.console import Console
 
 from capture.event import format_lsn
+from hera_kit.text import first_line
 from replay.apply import Applied
 from replay.errors import BadPoint, ReplayError
 from replay.identity import check_target
@@ -41,7 +42,7 @@ def open_pg(dsn: str) -> Conn:
     try:
         return connect(dsn)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
+        first = first_line(exc, "connection failed")
         raise ReplayError(f"cannot connect to the database: {first}") from None
 
 

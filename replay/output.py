@@ -18,6 +18,7 @@ import duckdb
 import psycopg
 from psycopg import sql
 
+from hera_kit.text import first_line
 from replay.apply import write_texts_csv
 from replay.errors import OutputError, TargetExists, UnknownTable
 from replay.live import Conn, regclass, require_schema_create
@@ -87,7 +88,7 @@ def write_file(conn: duckdb.DuckDBPyConnection, state: duckdb.DuckDBPyRelation,
         tmp.replace(path)
     except (OSError, duckdb.Error) as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {str(exc).splitlines()[0]}") from None
+        raise OutputError(f"cannot write {path}: {first_line(exc)}") from None
     return n, kept
 
 
@@ -111,7 +112,7 @@ def create_table(conn: Conn, target: TableId, types: dict[str, str], replace: bo
                                f"({pg_type}): {exc}") from None
         except psycopg.errors.UndefinedObject as exc:
             raise UnknownTable(f"column {col} has a type PostgreSQL does not know here "
-                               f"({pg_type}): {str(exc).splitlines()[0]}; create the type "
+                               f"({pg_type}): {first_line(exc)}; create the type "
                                "first") from None
         defs.append(sql.SQL("{} {}").format(sql.Identifier(col), sql.SQL(pg_type)))
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident, sql.SQL(", ").join(defs)))

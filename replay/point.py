@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from capture.event import format_lsn, parse_lsn
-from capture.times import NotATime, ZonelessTime, parse_zoned_time
+from hera_kit.times import NotATime, ZonelessTime, parse_zoned_time
 from replay.errors import BadPoint
 
 _LSN = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")

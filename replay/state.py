@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 
 from capture.event import format_lsn
+from hera_kit.text import first_line
 from replay.coverage import check_coverage, resolve_point
 from replay.errors import NotCovered, ReplayError, UnknownTable
 from replay.point import Point
@@ -89,9 +90,8 @@ def open_history(archive: str | Path) -> duckdb.DuckDBPyConnection:
     except _archive_error() as exc:
         raise ReplayError(f"cannot read the archive {text}: {exc}") from None
     except duckdb.Error as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ReplayError(f"cannot read the archive {text}: {first_line}; restore the file "
-                          "from a backup or re-archive from Kafka") from None
+        raise ReplayError(f"cannot read the archive {text}: {first_line(exc, '')}; "
+                          "restore the file from a backup or re-archive from Kafka") from None
 
 
 def archived_tables(conn: duckdb.DuckDBPyConnection) -> list[TableId]:

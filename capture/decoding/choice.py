@@ -11,6 +11,7 @@ from psycopg import sql
 
 from capture.decoding.wal2json import NUMERIC_AS_STRING
 from capture.errors import SlotError
+from hera_kit.text import first_line
 
 if TYPE_CHECKING:
     from capture.decoding.base import Conn
@@ -30,7 +31,7 @@ def wal2json_exact(conn: Conn) -> tuple[bool, str]:
                              "NULL, {}, '1')").format(sql.Literal(probe),
                                                       sql.Literal(NUMERIC_AS_STRING)))
     except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if NUMERIC_AS_STRING in first:
             return False, ("the server's wal2json is older than 2.6 (no "
                            "numeric-data-types-as-string: NaN/Infinity would arrive as null)")

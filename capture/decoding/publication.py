@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 
 from capture.errors import PreflightError
+from hera_kit.text import first_line
 
 if TYPE_CHECKING:
     from capture.decoding.base import Conn
@@ -50,7 +51,7 @@ def ensure_publication(conn: Conn, name: str, tables: Sequence[TableInfo]) -> st
             changed = True
         return "altered" if changed else "unchanged"
     except psycopg.errors.InsufficientPrivilege as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise PreflightError(
             f"capture with pgoutput needs publication {name} for the captured tables and this "
             f"role may not create or change it ({first}): run, as the tables' owner, "

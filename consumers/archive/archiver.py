@@ -40,13 +40,13 @@ from capture.event import (
     TransactionEvent,
     parse_transaction_topic,
 )
-from capture.identity import StreamIdentity
 from capture.topics import transaction_topic
 from consumers.archive.bulk_parse import BulkChangeParser
 from consumers.archive.housekeeping import Housekeeping, housekeep
 from consumers.archive.layout import IdentityMismatchError
 from consumers.archive.store import ArchiveStore, Offsets
 from consumers.kafka_source import Record, RecordSource
+from hera_kit.identity import StreamIdentity
 
 log = logging.getLogger(__name__)
 

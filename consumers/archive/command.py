@@ -18,11 +18,11 @@ from typing import Any, NoReturn
 
 import click
 
-from capture.service_kit import fail as kit_fail
-from capture.service_kit import settings_or_fail, stop_on_signals
-from capture.times import parse_zoned_time
 from consumers.archive.layout import ArchiveError, IdentityMismatchError
 from consumers.archive.settings import ArchiveSettings, StorageSettings
+from hera_kit.service import fail as kit_fail
+from hera_kit.service import settings_or_fail, stop_on_signals
+from hera_kit.times import parse_zoned_time
 
 log = logging.getLogger("consumers.archive")
 
@@ -48,7 +48,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 def _configure_logs(level: str) -> None:
     """capture's JSON log lines (one redactor) on stderr, for every logger of the process;
     the Kafka client's connection chatter only from WARNING."""
-    from capture.logs import JsonFormatter
+    from hera_kit.logs import JsonFormatter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -103,12 +103,12 @@ def archive(ctx: click.Context, /, log_level: str, **options: Any) -> None:
 
 
 def _run(s: ArchiveSettings) -> int:
-    from capture.service_kit import Health, ServiceEndpoint
     from consumers.archive.archiver import tune_gc
     from consumers.archive.metrics import ArchiveMetrics
     from consumers.archive.service import ServiceOptions, serve
     from consumers.archive.store import ArchiveStore
     from consumers.kafka_source import RecordSource, open_source
+    from hera_kit.service import Health, ServiceEndpoint
 
     loc = _location(s.archive)
     stop = stop_on_signals()

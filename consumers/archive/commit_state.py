@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from capture.identity import StreamIdentity
+from hera_kit.identity import StreamIdentity
 
 APP_ID = "hera-guard-archiver"
 METADATA_KEY = "hera-guard"

@@ -20,10 +20,10 @@ backwards-offset guard covers the rest once the broker serves records.
 
 from __future__ import annotations
 
-from capture.identity import StreamIdentity
 from consumers.archive.layout import IdentityMismatchError
 from consumers.archive.store import Offsets
 from consumers.kafka_source import RecordSource
+from hera_kit.identity import StreamIdentity
 
 WAY_OUT = ("archive this stream into a new location, or pass --new-archive-epoch to continue "
            "this archive with it")

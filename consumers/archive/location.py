@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from capture import logs
 from consumers.archive.layout import UnsupportedLocationError
+from hera_kit import logs
 
 # The schemes deltalake (delta-rs) opens tables on; anything else it refuses ("Unknown scheme").
 _REMOTE = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://", "adl://",

@@ -1,4 +1,4 @@
-"""Prometheus metrics of ``consumers archive`` (served by capture.service_kit.ServiceEndpoint)."""
+"""Prometheus metrics of ``consumers archive`` (served by hera_kit.service.ServiceEndpoint)."""
 
 from __future__ import annotations
 

@@ -22,13 +22,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from capture.identity import StreamIdentity
 from consumers.archive.commit_state import CommitState
 from consumers.archive.layout import ArchiveError, NotAnArchiveError
 from consumers.archive.location import ArchiveLocation
 from consumers.archive.reader import connect_history
 from consumers.archive.segments import SCHEMAS
 from consumers.archive.store import ArchiveStore
+from hera_kit.identity import StreamIdentity
 
 OLD_KINDS = ("changes", "transactions", "markers")
 

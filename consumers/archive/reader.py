@@ -49,6 +49,7 @@ from consumers.archive.location import ArchiveLocation, archive_location
 from consumers.archive.segments import KINDS
 from consumers.archive.table import Clock, open_table, utc_now
 from consumers.archive.views import VIEW_SQL, parquet_source, raw_relation_sql
+from hera_kit.text import first_line
 
 
 def connect_history(archive: str | Path | ArchiveLocation, *, version: int | None = None,
@@ -107,7 +108,7 @@ def _time_travel(dt: DeltaTable, loc: ArchiveLocation, version: int | None,
         what = f"version {version}" if version is not None else f"the time {as_of}"
         raise ArchiveError(f"{loc} has no {what} (versions 0..{newest}, as far as the log "
                            f"and vacuum's retention keep them): "
-                           f"{str(exc).strip().splitlines()[0][:200]}") from None
+                           f"{first_line(exc)[:200]}") from None
     return dt
 
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from capture.identity import StreamIdentity
-from capture.service_kit import Health
 from consumers.archive.archiver import Archiver, ArchiverStats, ArchiverTuning
 from consumers.archive.housekeeping import Housekeeping
 from consumers.archive.identity_check import check_stream
@@ -29,6 +27,8 @@ from consumers.archive.location import ArchiveLocation
 from consumers.archive.metrics import ArchiveMetrics
 from consumers.archive.store import ArchiveStore
 from consumers.kafka_source import RecordSource
+from hera_kit.identity import StreamIdentity
+from hera_kit.service import Health
 
 log = logging.getLogger("consumers.archive")
 

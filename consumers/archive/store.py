@@ -44,7 +44,6 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from capture.event import ChangeEvent, SchemaChangeEvent, StreamMarker, TransactionEvent
-from capture.identity import StreamIdentity
 from consumers.archive.commit_state import (
     APP_ID,
     CommitState,
@@ -86,6 +85,7 @@ from consumers.archive.table import (
     table_exists,
     utc_now,
 )
+from hera_kit.identity import StreamIdentity
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``consumers detect``: thin CLI over ``DetectorRunner`` (glue from capture/service_kit)."""
+"""``consumers detect``: thin CLI over ``DetectorRunner`` (glue from hera_kit.service)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 
 import click
 
-from capture import logs
-from capture.service_kit import Health, ServiceEndpoint, fail, settings_or_fail, stop_on_signals
 from consumers.detect.config import check_settings, load_rules
 from consumers.detect.errors import ConfigError, DetectError, RulesFileError
 from consumers.detect.metrics import DetectMetrics
 from consumers.detect.runner import DetectOptions, DetectorRunner
 from consumers.detect.settings import DetectSettings
+from hera_kit import logs
+from hera_kit.service import Health, ServiceEndpoint, fail, settings_or_fail, stop_on_signals
 
 COMMAND = "consumers detect"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 
 from capture.kafka_admin import check_reachable
-from capture.service_kit import Health
 from consumers.detect.metrics import DetectMetrics
 from consumers.kafka_source import CheckedSource
+from hera_kit.service import Health
 
 PROBE_S = 5.0
 

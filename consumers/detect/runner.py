@@ -31,9 +31,7 @@ from capture.event import (
     TransactionEvent,
     parse_transaction_topic,
 )
-from capture.identity import StreamIdentity
 from capture.kafka_admin import check_reachable, ensure_topics
-from capture.service_kit import Health
 from capture.topics import alerts_topic, deadletter_topic, transaction_topic
 from consumers.detect.alerts import Alert
 from consumers.detect.assembler import Assembler, TopicPartitionKey
@@ -56,6 +54,8 @@ from consumers.kafka_source import (
     Record,
     open_source,
 )
+from hera_kit.identity import StreamIdentity
+from hera_kit.service import Health
 
 log = logging.getLogger("hera.detect")
 

@@ -22,10 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from capture.identity import StreamIdentity
 from consumers.detect.alerts import Alert
 from consumers.detect.errors import StateFileError
 from consumers.detect.memberships import Membership
+from hera_kit.identity import StreamIdentity
 
 FORMAT_VERSION = 2  # 2: identity + captured tables in meta, per-sink outbox deliveries
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from capture.event import StreamMarker
-from capture.identity import StreamIdentity
 from consumers.detect.errors import ConfigError, StreamMismatch
+from hera_kit.identity import StreamIdentity
 
 TopicPartitionKey = tuple[str, int]
 

@@ -8,11 +8,11 @@ from urllib.parse import urlparse
 
 from pyarrow import fs
 
-from capture.identity import StreamIdentity
 from consumers.archive.location import archive_location
 from consumers.archive.reader import connect_history
 from consumers.archive.store import ArchiveStore
 from devstack.s3 import S3Server
+from hera_kit.identity import StreamIdentity
 from tests.archive_fixtures import workload
 
 

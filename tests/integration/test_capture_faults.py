@@ -18,11 +18,11 @@ import pytest
 from capture.event import Op
 from capture.kafka_admin import MAX_MESSAGE_BYTES
 from capture.service import CaptureService
-from capture.service_kit import ServiceEndpoint
 from capture.topics import table_topic
 from devstack.broker import Broker, start_broker
 from devstack.ports import free_port
 from devstack.postgres import PostgresCluster, start_postgres
+from hera_kit.service import ServiceEndpoint
 from tests.capture_fixtures import (
     PLUGINS,
     CaptureProcess,

@@ -19,11 +19,11 @@ from capture.event import (
     parse_lsn,
     parse_transaction_topic,
 )
-from capture.service_kit import ServiceEndpoint
 from capture.status import slot_status
 from capture.topics import transaction_topic
 from devstack.broker import Broker
 from devstack.ports import free_port
+from hera_kit.service import ServiceEndpoint
 from tests.capture_fixtures import (
     PLUGINS,
     confirmed_lsn,

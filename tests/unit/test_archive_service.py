@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from capture.identity import StreamIdentity
-from capture.service_kit import Health
 from consumers.archive import service
 from consumers.archive.layout import ArchiveError, StoreUnavailableError
 from consumers.archive.location import archive_location
 from consumers.archive.metrics import ArchiveMetrics
 from consumers.archive.store import ArchiveStore
+from hera_kit.identity import StreamIdentity
+from hera_kit.service import Health
 
 OPTIONS = service.ServiceOptions(batch_events=10, flush_interval_s=1.0, compact_interval_s=60.0,
                                  retention_hours=168.0, dedup_capacity=100)

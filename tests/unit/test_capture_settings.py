@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from capture.logs import redact
 from capture.settings import CaptureSettings
+from hera_kit.logs import redact
 
 
 def test_tables_accept_a_comma_separated_list() -> None:

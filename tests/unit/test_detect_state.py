@@ -81,7 +81,7 @@ def test_a_state_file_of_another_topic_prefix_is_refused(tmp_path: Path) -> None
 
 
 def test_the_identity_and_captured_tables_are_stored_with_the_offsets(tmp_path: Path) -> None:
-    from capture.identity import StreamIdentity
+    from hera_kit.identity import StreamIdentity
 
     path = tmp_path / "s.sqlite"
     store = StateStore.open(path, "hera")
@@ -95,7 +95,7 @@ def test_the_identity_and_captured_tables_are_stored_with_the_offsets(tmp_path: 
 
 
 def test_reset_forgets_the_stream_but_keeps_undelivered_alerts(tmp_path: Path) -> None:
-    from capture.identity import StreamIdentity
+    from hera_kit.identity import StreamIdentity
 
     store = StateStore.open(tmp_path / "s.sqlite", "hera")
     alerts = run(make_detector(), Tx().truncate(REL))

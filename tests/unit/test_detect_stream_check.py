@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from capture.event import MarkerKind, StreamMarker
-from capture.identity import StreamIdentity
 from consumers.detect.config import RulesConfig, check_settings, load_rules
 from consumers.detect.errors import ConfigError, RulesFileError, StreamMismatch
 from consumers.detect.stream_check import StreamCheck, check_tables
+from hera_kit.identity import StreamIdentity
 from tests.detect_fixtures import DYN, REL, SYSTEM_ID
 
 STATE = Path("/srv/state/detect-hera.sqlite")

@@ -95,7 +95,7 @@ def test_a_sink_delivery_recorded_before_a_crash_is_not_repeated(tmp_path: Path)
 
 
 def test_a_webhook_failure_names_the_host_only_and_logs_redact_hook_secrets() -> None:
-    from capture.logs import redact
+    from hera_kit.logs import redact
 
     sink = WebhookSink("http://user:pw@127.0.0.1:9/hook?token=abc", "secret", "json",
                        fixed_clock, timeout_s=1)

@@ -8,9 +8,22 @@ it stops loudly instead of sitting at offsets that mean nothing now.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from pydantic import BaseModel, ConfigDict
 
-from capture.event import StreamMarker
+
+class Marker(Protocol):
+    """What a stream marker (capture's ``StreamMarker``) tells of the stream it marks."""
+
+    @property
+    def system_identifier(self) -> str | None: ...
+    @property
+    def db(self) -> str | None: ...
+    @property
+    def slot(self) -> str | None: ...
+    @property
+    def epoch_lsn(self) -> int | None: ...
 
 
 class StreamIdentity(BaseModel):
@@ -23,7 +36,7 @@ class StreamIdentity(BaseModel):
     slot: str | None = None
     epoch_lsn: int | None = None
 
-    def with_marker(self, marker: StreamMarker) -> StreamIdentity:
+    def with_marker(self, marker: Marker) -> StreamIdentity:
         """This identity, completed (or moved to a new epoch) by a marker of the stream."""
         return self.model_copy(update={
             "system_identifier": marker.system_identifier or self.system_identifier,
