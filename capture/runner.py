@@ -1,7 +1,9 @@
 """One connected replication stream: decoded records -> events -> broker -> confirmations.
 
 Thrown away on any fault (the service reconnects and re-reads from the confirmed LSN). Knows
-no plugin: it asks the service's decoder and handles plugin-neutral records.
+no plugin: it asks the decoder and handles plugin-neutral records. It sees of the service only
+a StreamContext (settings, decoder, metrics, clock, and the StreamPosition that owns the
+confirmed LSN, the markers and the in-flight bound), and never imports it.
 
 Schema changes: a transactional 'hera-guard.schema' message (sql/08_schema_log.sql) for a
 captured table becomes a recorded SchemaChangeEvent at its place in the transaction; a column
@@ -14,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -44,15 +47,18 @@ from capture.event import (
     encode_key,
     format_lsn,
 )
+from capture.metrics import CaptureMetrics
+from capture.position import Clock, StreamPosition
 from capture.protocol import Keepalive, ReplicationStream, XLogData
 from capture.publish import AckTracker, PendingTxn, Producer
+from capture.settings import CaptureSettings
 from capture.topics import table_topic, transaction_topic
 from hera_kit.text import first_line
 
 if TYPE_CHECKING:
     import threading
 
-    from capture.service import CaptureService
+    from capture.decoding import Decoder
 
 log = logging.getLogger("hera.capture")
 _OPS = {"I": Op.CREATE, "U": Op.UPDATE, "D": Op.DELETE}
@@ -91,6 +97,20 @@ class _Txn:
     began: bool = False
 
 
+@dataclass(frozen=True)
+class StreamContext:
+    """What a stream runner may use of the service: no more, so the two stay apart."""
+
+    settings: CaptureSettings
+    decoder: Decoder
+    metrics: CaptureMetrics
+    clock: Clock
+    position: StreamPosition  # the confirmed LSN, the markers, the in-flight bound
+    # Commit -> acknowledged latency, seconds, per transaction (the benchmarks' samples).
+    latency_observer: Callable[[float], None] | None = None
+    on_streaming: Callable[[], None] | None = None  # called once the stream starts
+
+
 # Allocations between young-generation collections (CPython's default: 700). See tune_gc.
 GC_THRESHOLDS = (20_000, 20, 20)
 
@@ -116,35 +136,38 @@ def tune_gc() -> None:
 class StreamRunner:
     """The state of one connected stream; thrown away on any fault."""
 
-    def __init__(self, svc: CaptureService, producer: Producer,
+    def __init__(self, ctx: StreamContext, producer: Producer,
                  stream: ReplicationStream) -> None:
-        self.svc = svc
-        self.s = svc.s
-        self.decoder = svc.dec
+        self.ctx = ctx
+        self.s = ctx.settings
+        self.decoder = ctx.decoder
+        self.metrics = ctx.metrics
+        self.clock = ctx.clock
+        self.position = position = ctx.position
         self.producer = producer
         self.stream = stream
         self.tracker = AckTracker(on_acked=self._acked)
         self.markers = AckTracker()
         self.txn: _Txn | None = None
         self.published = 0  # events handed to the producer, folded into the metric per burst
-        self.acked_lsn = svc.confirmed_lsn
-        self.marker_lsn = svc.confirmed_lsn  # highest PROGRESS published (maybe not acked)
+        self.acked_lsn = position.confirmed_lsn
+        self.marker_lsn = position.confirmed_lsn  # highest PROGRESS published (maybe not acked)
         self.last_confirm = 0.0
         self.last_activity = time.monotonic()
         self.last_heartbeat = time.monotonic()
-        self.wal_end = svc.confirmed_lsn
+        self.wal_end = position.confirmed_lsn
         self.max_in_flight = self.s.max_in_flight
         self.max_in_flight_bytes = self.s.max_in_flight_bytes
         self.ttopic = transaction_topic(self.s.topic_prefix)
         self.topics = {(t.schema, t.table): table_topic(self.s.topic_prefix, t.schema, t.table)
-                       for t in svc.tables}
+                       for t in position.tables}
         # Column sets as last known per captured table, to notice a change without a message.
-        self.columns: dict[tuple[str, str], Columns] = svc.known_columns
+        self.columns: dict[tuple[str, str], Columns] = position.known_columns
         self.last_types: dict[tuple[str, str], dict[str, str]] = {}
         # (end LSN of a commit, the column sets from then on): PROGRESS markers carry the
         # sets as of their LSN, which may be behind what has been decoded.
         self.column_history: list[tuple[int, dict[tuple[str, str], Columns]]] = [
-            (svc.confirmed_lsn, dict(self.columns))]
+            (position.confirmed_lsn, dict(self.columns))]
         # Column names the schema log announced; the decoder's next column set for the table
         # becomes the baseline when its names match (the log spells types with search_path
         # pg_catalog, e.g. public.mood, the decoders as format_type does for capture).
@@ -158,14 +181,14 @@ class StreamRunner:
 
     def _acked(self, txn: PendingTxn) -> None:
         if txn.commit_ts_us:
-            seconds = max(0.0, self.svc.clock() - txn.commit_ts_us / 1e6)
-            self.svc.metrics.commit_to_ack.observe(seconds)
-            if self.svc.latency_observer is not None:
-                self.svc.latency_observer(seconds)
+            seconds = max(0.0, self.clock() - txn.commit_ts_us / 1e6)
+            self.metrics.commit_to_ack.observe(seconds)
+            if self.ctx.latency_observer is not None:
+                self.ctx.latency_observer(seconds)
 
     def loop(self, stop: threading.Event) -> None:
-        if self.svc.on_streaming is not None:
-            self.svc.on_streaming()
+        if self.ctx.on_streaming is not None:
+            self.ctx.on_streaming()
         decode = self.decoder.decode
         while not stop.is_set():
             reply = False
@@ -234,8 +257,8 @@ class StreamRunner:
         txn.per_table[qualified] = n
         b = txn.begin
         value = change_event_json(
-            before=before, after=after, op=op, ts_ms=int(self.svc.clock() * 1000),
-            name=self.s.topic_prefix, db=self.svc.dbname, schema=schema, table=table,
+            before=before, after=after, op=op, ts_ms=int(self.clock() * 1000),
+            name=self.s.topic_prefix, db=self.position.dbname, schema=schema, table=table,
             tx_id=b.xid, lsn=lsn, commit_ts_us=b.ts_us, snapshot="false",
             commit_lsn=b.commit_lsn, position=txn.position, table_order=n, key=key,
             types=types)
@@ -251,7 +274,7 @@ class StreamRunner:
         # The limits checked here first: the call is per record, the wait rare.
         if (tracker.outstanding >= self.max_in_flight
                 or tracker.outstanding_bytes >= self.max_in_flight_bytes):
-            self.svc._backpressure(self.producer, tracker)
+            self.position.backpressure(self.producer, tracker)
 
     def row(self, rec: RowChange) -> None:
         table = (rec.schema, rec.table)
@@ -317,7 +340,7 @@ class StreamRunner:
         txn.position += 1
         txn.schema_changes += 1
         self._send(self.ttopic, _SCHEMA_KEY, value, txn.pending)
-        self.svc.metrics.schema_changes.inc()
+        self.metrics.schema_changes.inc()
 
     # --- commit and confirmation ---------------------------------------------------------
 
@@ -342,7 +365,7 @@ class StreamRunner:
     def settle(self, force: bool = False) -> None:
         """Deliveries -> acked prefix -> PROGRESS marker -> confirm to PostgreSQL."""
         if self.published:
-            self.svc.metrics.events_published.inc(self.published)
+            self.metrics.events_published.inc(self.published)
             self.published = 0
         self.tracker.drain()
         acked = self.tracker.confirmable()
@@ -352,21 +375,20 @@ class StreamRunner:
         if self.acked_lsn > self.marker_lsn and (
                 force or now - self.last_confirm >= self.s.confirm_interval_s):
             m = self.markers.open()
-            marker = self.svc._marker(MarkerKind.PROGRESS, self.acked_lsn,
-                                      self.columns_at(self.acked_lsn)).to_json()
+            marker = self.position.marker(MarkerKind.PROGRESS, self.acked_lsn,
+                                          self.columns_at(self.acked_lsn)).to_json()
             self.producer.send(self.ttopic, b"marker", marker, self.markers.sent(m, len(marker)))
             self.markers.close(m, self.acked_lsn)
             self.marker_lsn = self.acked_lsn
             self.last_confirm = now
         self.markers.drain()
         published = self.markers.confirmable()
-        if published is not None and published > self.svc.confirmed_lsn:
-            self.svc.confirmed_lsn = published
+        if published is not None and self.position.confirm(published):
             self.stream.send_status(published)
-            self.svc.metrics.confirmed_lsn.set(published)
+            self.metrics.confirmed_lsn.set(published)
         elif force:
-            self.stream.send_status(self.svc.confirmed_lsn)
-        self.svc.metrics.slot_lag_bytes.set(max(0, self.wal_end - self.svc.confirmed_lsn))
+            self.stream.send_status(self.position.confirmed_lsn)
+        self.metrics.slot_lag_bytes.set(max(0, self.wal_end - self.position.confirmed_lsn))
 
     def maybe_heartbeat(self) -> None:
         now = time.monotonic()
@@ -379,7 +401,7 @@ class StreamRunner:
             with psycopg.connect(self.s.dsn, autocommit=True) as conn:
                 conn.execute("SELECT pg_logical_emit_message(false, %s, 'heartbeat')",
                              (HEARTBEAT_PREFIX,))
-            self.svc.metrics.heartbeats.inc()
+            self.metrics.heartbeats.inc()
         except psycopg.Error as exc:
             log.warning("heartbeat failed", extra={"error": first_line(exc)})
 
@@ -391,4 +413,4 @@ class StreamRunner:
         while self.markers.outstanding and time.monotonic() < deadline:
             self.producer.flush(1)
             self.settle(force=True)
-        log.info("stopped", extra={"confirmed": format_lsn(self.svc.confirmed_lsn)})
+        log.info("stopped", extra={"confirmed": format_lsn(self.position.confirmed_lsn)})

@@ -25,9 +25,10 @@ from capture.event import MarkerKind, Op, StreamMarker, change_event_json, encod
 from capture.kafka_admin import ensure_topics
 from capture.ledger import last_marker
 from capture.metrics import CaptureMetrics
+from capture.position import Clock, StreamPosition
 from capture.protocol import ReplicationStream
 from capture.publish import AckTracker, EventTooLarge, Producer, producer_for
-from capture.runner import StreamRunner
+from capture.runner import StreamContext, StreamRunner
 from capture.settings import CaptureSettings
 from capture.slot import (
     TableInfo,
@@ -46,7 +47,6 @@ from capture.topics import table_topic, transaction_topic
 from hera_kit.text import first_line
 
 log = logging.getLogger("hera.capture")
-Clock = Callable[[], float]
 
 
 def _connect(dsn: str, **kw: object) -> psycopg.Connection[tuple[object, ...]]:
@@ -69,39 +69,49 @@ class CaptureService:
         self.on_streaming = on_streaming
         self.clock = clock
         self.metrics = metrics or CaptureMetrics()
-        self.tables: list[TableInfo] = []
-        self.dbname = ""
-        self.epoch_lsn = 0
-        self.confirmed_lsn = 0
-        self.system_identifier: str | None = None
+        # The epoch, the confirmed LSN, the markers: filled in by prepare(), moved on by
+        # each stream's runner.
+        self.position = StreamPosition(settings, clock)
         self.catalog = SideCatalog(settings.dsn)
         self.decoder: Decoder | None = None  # chosen in prepare(): the slot's plugin
-        # Column set per captured table as last seen in the stream (from the catalog at start).
-        self.known_columns: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         self.ready = threading.Event()  # set once streaming (snapshot done) - tests await it
+
+    @property
+    def epoch_lsn(self) -> int:
+        return self.position.epoch_lsn
+
+    @property
+    def confirmed_lsn(self) -> int:
+        return self.position.confirmed_lsn
+
+    @property
+    def tables(self) -> list[TableInfo]:
+        return self.position.tables
 
     # --- set-up --------------------------------------------------------------------------
 
     def prepare(self) -> tuple[Producer, int]:
         """Preflight, broker, slot (+ snapshot when new). Returns the producer and start LSN."""
+        pos = self.position
         with _connect(self.s.dsn) as conn:
-            self.dbname = str((conn.execute("SELECT current_database()").fetchone() or [""])[0])
+            pos.dbname = str((conn.execute("SELECT current_database()").fetchone() or [""])[0])
             check_server(conn)
-            check_tables_exist(conn, self.s.tables, self.dbname)
-            self.system_identifier = _system_identifier(conn)
-            self.tables = [table_info(conn, t) for t in self.s.tables]
-            self.known_columns = {(t.schema, t.table): t.columns for t in self.tables}
-            for t in self.tables:
+            check_tables_exist(conn, self.s.tables, pos.dbname)
+            pos.system_identifier = _system_identifier(conn)
+            pos.tables = [table_info(conn, t) for t in self.s.tables]
+            pos.known_columns = {(t.schema, t.table): t.columns for t in pos.tables}
+            for t in pos.tables:
                 if ensure_replica_identity_full(conn, t):
                     log.info("set REPLICA IDENTITY FULL", extra={"table": t.qualified})
             existing = slot_info(conn, self.s.slot)
             plugin, why = choose_plugin(self.s.plugin, None if existing is None else
                                         existing.plugin, self.s.new_snapshot, conn, self.s.slot)
             check_plugin_allowed(conn, plugin)
-            self.decoder = make_decoder(plugin, self.tables, self.catalog, self.s.slot)
+            self.decoder = make_decoder(plugin, pos.tables, self.catalog, self.s.slot)
+            pos.plugin = self.decoder.caps.name
             log.info("output plugin chosen", extra={"plugin": plugin, "why": why})
             # Before a slot is created: pgoutput reads its publication as of each change.
-            self.decoder.prepare(conn, self.tables, self.s.slot)
+            self.decoder.prepare(conn, pos.tables, self.s.slot)
         self._ensure_topics()  # an unreachable broker stops us before the slot is touched
         if existing is not None and self.s.new_snapshot and not existing.active:
             log.warning("dropping slot for a new snapshot", extra={"slot": self.s.slot})
@@ -111,9 +121,9 @@ class CaptureService:
         producer = producer_for(self.s)
         try:
             if existing is not None:
-                check_slot(existing, self.dbname, PLUGINS)
+                check_slot(existing, pos.dbname, PLUGINS)
                 marker = last_marker(self.s.bootstrap_servers, self.s.topic_prefix,
-                                     self.s.slot, self.dbname)
+                                     self.s.slot, pos.dbname)
                 if marker is not None and marker.status == MarkerKind.SNAPSHOT_START:
                     # The snapshot was interrupted: nothing was confirmed, the export is gone.
                     log.warning("previous snapshot incomplete; starting a new epoch")
@@ -122,10 +132,10 @@ class CaptureService:
                     return producer, self._new_epoch(producer)
                 self._check_ours(existing.confirmed_flush_lsn or 0, marker)
                 assert marker is not None
-                self.epoch_lsn = marker.epoch_lsn
-                self.confirmed_lsn = existing.confirmed_flush_lsn or 0
+                pos.epoch_lsn = marker.epoch_lsn
+                pos.confirmed_lsn = existing.confirmed_flush_lsn or 0
                 self._resume_columns(marker)
-                return producer, self.confirmed_lsn
+                return producer, pos.confirmed_lsn
             return producer, self._new_epoch(producer)
         except BaseException:
             producer.close()
@@ -133,7 +143,7 @@ class CaptureService:
 
     def _ensure_topics(self) -> None:
         topics = [transaction_topic(self.s.topic_prefix)] + [
-            table_topic(self.s.topic_prefix, t.schema, t.table) for t in self.tables]
+            table_topic(self.s.topic_prefix, t.schema, t.table) for t in self.position.tables]
         ensure_topics(self.s.bootstrap_servers, topics, self.s.topic_partitions,
                       self.s.topic_replication_factor, max_message_bytes=self.s.max_message_bytes)
 
@@ -156,39 +166,29 @@ class CaptureService:
         repl = _connect(self.s.dsn, replication="database")
         try:
             created = create_slot(repl, self.s.slot, self.dec.caps.slot_plugin)
-            self.epoch_lsn = created.consistent_point
+            self.position.epoch_lsn = created.consistent_point
             log.info("slot created", extra={"slot": self.s.slot, "plugin": self.dec.caps.name,
                                             "lsn": format_lsn(created.consistent_point)})
             self._publish_snapshot(producer, created.snapshot_name)
         finally:
             repl.close()
-        self.confirmed_lsn = self.epoch_lsn
-        return self.epoch_lsn
+        self.position.confirmed_lsn = self.position.epoch_lsn
+        return self.position.epoch_lsn
 
     def _resume_columns(self, newest: StreamMarker) -> None:
         """The column sets as of the confirmed LSN, where the stream resumes: PostgreSQL
         re-sends from there, and a DDL committed since must not look unrecorded."""
+        pos = self.position
         marker: StreamMarker | None = newest
-        if newest.lsn > self.confirmed_lsn or newest.columns is None:
+        if newest.lsn > pos.confirmed_lsn or newest.columns is None:
             marker = last_marker(self.s.bootstrap_servers, self.s.topic_prefix, self.s.slot,
-                                 self.dbname, at_most_lsn=self.confirmed_lsn)
+                                 pos.dbname, at_most_lsn=pos.confirmed_lsn)
         if marker is None or marker.columns is None:
             return  # markers of an older capture: today's catalog is all there is
         for qualified, columns in marker.columns.items():
             schema, _, table = qualified.partition(".")
-            if (schema, table) in self.known_columns:
-                self.known_columns[(schema, table)] = tuple(columns)
-
-    def _marker(self, kind: MarkerKind, lsn: int,
-                columns: dict[tuple[str, str], tuple[tuple[str, str], ...]] | None = None
-                ) -> StreamMarker:
-        known = self.known_columns if columns is None else columns
-        return StreamMarker(status=kind, slot=self.s.slot, db=self.dbname,
-                            epoch_lsn=self.epoch_lsn, lsn=lsn, ts_ms=int(self.clock() * 1000),
-                            tables=tuple(t.qualified for t in self.tables),
-                            system_identifier=self.system_identifier,
-                            plugin=self.dec.caps.name,
-                            columns={f"{s}.{t}": c for (s, t), c in known.items()})
+            if (schema, table) in pos.known_columns:
+                pos.known_columns[(schema, table)] = tuple(columns)
 
     @property
     def dec(self) -> Decoder:
@@ -197,52 +197,38 @@ class CaptureService:
         return self.decoder
 
     def _publish_snapshot(self, producer: Producer, snapshot_name: str) -> None:
+        pos = self.position
         tracker = AckTracker()
         txn = tracker.open()
         ttopic = transaction_topic(self.s.topic_prefix)
-        definitions = snapshot_definitions(self.s.dsn, snapshot_name, self.tables)
-        start = self._marker(MarkerKind.SNAPSHOT_START, self.epoch_lsn).model_copy(
+        definitions = snapshot_definitions(self.s.dsn, snapshot_name, pos.tables)
+        start = pos.marker(MarkerKind.SNAPSHOT_START, pos.epoch_lsn).model_copy(
             update={"definitions": definitions}).to_json()
         producer.send(ttopic, b"marker", start, tracker.sent(txn, len(start)))
         now_ms = int(self.clock() * 1000)
         position = 0
-        for table, row, key in snapshot_rows(self.s.dsn, snapshot_name, self.tables,
+        for table, row, key in snapshot_rows(self.s.dsn, snapshot_name, pos.tables,
                                              self.s.snapshot_batch_rows):
             value = change_event_json(
                 before=None, after=row, op=Op.READ, ts_ms=now_ms, name=self.s.topic_prefix,
-                db=self.dbname, schema=table.schema, table=table.table, tx_id=None,
-                lsn=self.epoch_lsn, commit_ts_us=now_ms * 1000, snapshot="true",
-                commit_lsn=self.epoch_lsn, position=position, table_order=None, key=key,
+                db=pos.dbname, schema=table.schema, table=table.table, tx_id=None,
+                lsn=pos.epoch_lsn, commit_ts_us=now_ms * 1000, snapshot="true",
+                commit_lsn=pos.epoch_lsn, position=position, table_order=None, key=key,
                 types=dict(table.columns))
             producer.send(table_topic(self.s.topic_prefix, table.schema, table.table),
                           encode_key(key, table.qualified), value, tracker.sent(txn, len(value)))
             position += 1
-            self._backpressure(producer, tracker)
-        end = self._marker(MarkerKind.SNAPSHOT_END, self.epoch_lsn).to_json()
+            pos.backpressure(producer, tracker)
+        end = pos.marker(MarkerKind.SNAPSHOT_END, pos.epoch_lsn).to_json()
         producer.send(ttopic, b"marker", end, tracker.sent(txn, len(end)))
-        tracker.close(txn, self.epoch_lsn)
+        tracker.close(txn, pos.epoch_lsn)
         producer.flush(60)
         tracker.drain()
         if tracker.confirmable() is None:
             raise BrokerError("the broker did not acknowledge the snapshot within 60 s")
         self.metrics.events_published.inc(position)
         log.info("snapshot published", extra={"rows": position,
-                                              "lsn": format_lsn(self.epoch_lsn)})
-
-    def _backpressure(self, producer: Producer, tracker: AckTracker) -> None:
-        """Memory stays bounded whatever the transaction size: past the in-flight limit, wait
-        for the broker's acknowledgements before handing the client more records."""
-        if (tracker.outstanding < self.s.max_in_flight
-                and tracker.outstanding_bytes < self.s.max_in_flight_bytes):
-            return
-        deadline = time.monotonic() + 60
-        while (tracker.outstanding > self.s.max_in_flight // 2
-               or tracker.outstanding_bytes > self.s.max_in_flight_bytes // 2):
-            producer.poll(0.005)
-            tracker.drain()
-            if time.monotonic() > deadline:
-                raise BrokerError("the broker acknowledged nothing for 60 s")
-            time.sleep(0.001)
+                                              "lsn": format_lsn(pos.epoch_lsn)})
 
     # --- streaming -----------------------------------------------------------------------
 
@@ -281,7 +267,7 @@ class CaptureService:
                 if fresh is None:
                     return
                 producer = fresh
-                start_lsn = self.confirmed_lsn
+                start_lsn = self.position.confirmed_lsn
         producer.close()
         self.catalog.close()
 
@@ -311,7 +297,10 @@ class CaptureService:
                 log.warning(self.dec.caps.exactness_note)
                 return
             raise
-        runner = StreamRunner(self, producer, stream)
+        runner = StreamRunner(StreamContext(
+            settings=self.s, decoder=self.dec, metrics=self.metrics, clock=self.clock,
+            position=self.position, latency_observer=self.latency_observer,
+            on_streaming=self.on_streaming), producer, stream)
         self.ready.set()
         self.metrics.health.ready()
         log.info("streaming", extra={"slot": self.s.slot, "plugin": self.dec.caps.name,
@@ -321,7 +310,7 @@ class CaptureService:
         finally:
             # A new stream resumes from the confirmed LSN: compare its changes with the column
             # sets of that position, not with those of what this one decoded beyond it.
-            self.known_columns = dict(runner.columns_at(self.confirmed_lsn))
+            self.position.known_columns = dict(runner.columns_at(self.position.confirmed_lsn))
             stream.close()
             self.catalog.close()
 

@@ -11,10 +11,9 @@ staging database) are found before anything is changed, including before the bac
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 import psycopg
 from psycopg import sql
@@ -29,41 +28,9 @@ from guard.operations import (
     read_health,
     take_backup,
 )
+from guard.report import CheckResult, PredeployReport, to_json, to_markdown
 
-Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
-Verdict = Literal["APPROVED", "BLOCKED", "COULD_NOT_RUN"]
 STAGING_TABLES = ("core_relationships", "core_dynamic_data")
-EXIT_CODES: dict[Verdict, int] = {"APPROVED": 0, "BLOCKED": 1, "COULD_NOT_RUN": 2}
-
-
-@dataclass
-class CheckResult:
-    number: int
-    title: str
-    status: Status
-    summary: str
-    details: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PredeployReport:
-    generated_at: datetime
-    database: str
-    staging: str | None
-    checks: list[CheckResult] = field(default_factory=list)
-    backup_reference: str | None = None
-    error: str | None = None
-    report_files: list[str] = field(default_factory=list)
-
-    @property
-    def verdict(self) -> Verdict:
-        if self.error is not None:
-            return "COULD_NOT_RUN"
-        return "BLOCKED" if any(c.status == "FAIL" for c in self.checks) else "APPROVED"
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.verdict]
 
 
 @dataclass(frozen=True)
@@ -276,8 +243,6 @@ def _staging_check(prod_dsn: str, staging: Connection, script: bytes | None) -> 
 
 def _write_reports(report: PredeployReport, directory: Path,
                    add: Callable[[CheckResult], None]) -> None:
-    from guard.report import to_json, to_markdown
-
     stamp = report.generated_at.strftime("%Y%m%d_%H%M%S")
     base = directory / f"deployment_validation_{stamp}"
     md, js = base.with_suffix(".md"), base.with_suffix(".json")

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from guard.operations import HealthCheck
 from guard.postdeploy import PostdeployReport
-from guard.predeploy import CheckResult, PredeployReport
+from guard.report import CheckResult, PredeployReport
 
 _STATUS_STYLE = {"HEALTHY": "green", "WARNING": "yellow", "CRITICAL": "bold red",
                  "PASS": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "dim"}

@@ -1,11 +1,47 @@
-"""The pre-deployment report as Markdown (for people) and JSON (for pipelines)."""
+"""The pre-deployment report: its checks and verdict, as Markdown (for people) and JSON (for
+pipelines). guard.predeploy fills it in; this module knows nothing of how."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Literal
 
-from guard.predeploy import PredeployReport
+Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
+Verdict = Literal["APPROVED", "BLOCKED", "COULD_NOT_RUN"]
+EXIT_CODES: dict[Verdict, int] = {"APPROVED": 0, "BLOCKED": 1, "COULD_NOT_RUN": 2}
+
+
+@dataclass
+class CheckResult:
+    number: int
+    title: str
+    status: Status
+    summary: str
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PredeployReport:
+    generated_at: datetime
+    database: str
+    staging: str | None
+    checks: list[CheckResult] = field(default_factory=list)
+    backup_reference: str | None = None
+    error: str | None = None
+    report_files: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.error is not None:
+            return "COULD_NOT_RUN"
+        return "BLOCKED" if any(c.status == "FAIL" for c in self.checks) else "APPROVED"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
 
 _ICON = {"PASS": "✅", "WARN": "⚠️", "FAIL": "❌", "SKIP": "⏭️"}
 

@@ -17,9 +17,8 @@ from rich.console import Console
 from guard.cli import main
 from guard.db import describe, redact
 from guard.install import SQL_DIR, scripts
-from guard.predeploy import CheckResult, PredeployReport
 from guard.render import check_line
-from guard.report import to_json, to_markdown
+from guard.report import CheckResult, PredeployReport, to_json, to_markdown
 from guard.schedule import PLAN_JOBS, job_name
 from guard.settings import RecoverSettings, parse_duration
 

@@ -1,0 +1,79 @@
+"""What capture has promised about its slot: the epoch, the LSN confirmed to PostgreSQL, the
+markers that record both in the transaction topic, and the in-flight bound under which
+records wait for the broker.
+
+One object owns these because they are one promise: an LSN is confirmed only after a marker
+for it was acknowledged, and a marker says which epoch, tables and column sets it speaks
+for. The service fills it in at set-up (a new epoch or a resumed one); each stream runner
+(capture.runner) moves it on; neither reaches into the other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from capture.errors import BrokerError
+from capture.event import MarkerKind, StreamMarker
+
+if TYPE_CHECKING:
+    from capture.publish import AckTracker, Producer
+    from capture.settings import CaptureSettings
+    from capture.slot import TableInfo
+
+Clock = Callable[[], float]
+Columns = tuple[tuple[str, str], ...]
+ColumnSets = dict[tuple[str, str], Columns]
+
+# How long back-pressure waits for the broker to acknowledge anything before it gives up.
+BACKPRESSURE_TIMEOUT_S = 60.0
+
+
+class StreamPosition:
+    """The slot's epoch and confirmed LSN, the markers that record them, the in-flight bound."""
+
+    def __init__(self, settings: CaptureSettings, clock: Clock) -> None:
+        self.slot = settings.slot
+        self.max_in_flight = settings.max_in_flight
+        self.max_in_flight_bytes = settings.max_in_flight_bytes
+        self.clock = clock
+        self.dbname = ""
+        self.tables: list[TableInfo] = []
+        self.system_identifier: str | None = None
+        self.plugin = ""  # the decoder's name, written into every marker
+        self.epoch_lsn = 0
+        self.confirmed_lsn = 0
+        # Column set per captured table as last seen in the stream (from the catalog at start).
+        self.known_columns: ColumnSets = {}
+
+    def confirm(self, lsn: int) -> bool:
+        """Move the confirmed LSN to ``lsn`` if that is forward; True when it moved."""
+        if lsn <= self.confirmed_lsn:
+            return False
+        self.confirmed_lsn = lsn
+        return True
+
+    def marker(self, kind: MarkerKind, lsn: int, columns: ColumnSets | None = None
+               ) -> StreamMarker:
+        known = self.known_columns if columns is None else columns
+        return StreamMarker(status=kind, slot=self.slot, db=self.dbname,
+                            epoch_lsn=self.epoch_lsn, lsn=lsn, ts_ms=int(self.clock() * 1000),
+                            tables=tuple(t.qualified for t in self.tables),
+                            system_identifier=self.system_identifier, plugin=self.plugin,
+                            columns={f"{s}.{t}": c for (s, t), c in known.items()})
+
+    def backpressure(self, producer: Producer, tracker: AckTracker) -> None:
+        """Memory stays bounded whatever the transaction size: past the in-flight limit, wait
+        for the broker's acknowledgements before handing the client more records."""
+        if (tracker.outstanding < self.max_in_flight
+                and tracker.outstanding_bytes < self.max_in_flight_bytes):
+            return
+        deadline = time.monotonic() + BACKPRESSURE_TIMEOUT_S
+        while (tracker.outstanding > self.max_in_flight // 2
+               or tracker.outstanding_bytes > self.max_in_flight_bytes // 2):
+            producer.poll(0.005)
+            tracker.drain()
+            if time.monotonic() > deadline:
+                raise BrokerError("the broker acknowledged nothing for 60 s")
+            time.sleep(0.001)
