@@ -31,7 +31,7 @@ import bench
 from bench.common import BenchContext, Figure
 
 # Modules of bench/ that are libraries, not benchmarks.
-_NOT_AREAS = {"common", "__main__"}
+_NOT_AREAS = {"common", "compare", "__main__"}
 # Run the areas in the order of the data flow; unknown ones follow alphabetically.
 _ORDER = ["capture", "archive", "detect", "replay", "guardian"]
 DEFAULT_JSON = Path("bench/results/latest.json")
@@ -151,17 +151,18 @@ def _number(value: float) -> str:
 def render(console: Console, results: list[AreaResult]) -> None:
     table = Table(title="hera-guard benchmarks", show_lines=False)
     for col, justify in (("area", "left"), ("figure", "left"), ("value", "right"),
-                         ("unit", "left"), ("target", "left"), ("met", "center"),
+                         ("unit", "left"), ("spread", "right"), ("target", "left"),
+                         ("met", "center"),
                          ("detail", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in results:
         if r.error is not None:
-            table.add_row(r.area, "[red]benchmark failed[/]", "", "", "", "[red]✘[/]",
+            table.add_row(r.area, "[red]benchmark failed[/]", "", "", "", "", "[red]✘[/]",
                           r.error)
             continue
         for f in r.figures:
-            table.add_row(r.area, f.name, _number(f.value), f.unit, f.target, _met(f.met),
-                          f.detail)
+            table.add_row(r.area, f.name, _number(f.value), f.unit, f.spread, f.target,
+                          _met(f.met), f.detail)
     console.print(table)
 
 
@@ -199,7 +200,13 @@ def _stack(workdir: Path) -> Iterator[BenchContext]:
               help="run only this area (repeatable), e.g. --only detect")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=DEFAULT_JSON,
               show_default=True, help="where the JSON report goes")
-def main(quick: bool, only: tuple[str, ...], json_path: Path) -> None:
+@click.option("--compare", "compare_ref", metavar="REF",
+              help="run the same areas on commit REF (a git worktree) in alternation with this "
+                   "tree and print the ratio of every figure (this / REF)")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="with --compare: how many alternating rounds")
+def main(quick: bool, only: tuple[str, ...], json_path: Path, compare_ref: str | None,
+         rounds: int) -> None:
     """Run every benchmark on one local stack; print one table; write JSON."""
     # A wide table stays readable when piped into a file (the default would be 80 columns).
     console = Console(width=None if Console().is_terminal else 180)
@@ -209,6 +216,9 @@ def main(quick: bool, only: tuple[str, ...], json_path: Path) -> None:
         raise click.UsageError(f"unknown area(s) {', '.join(unknown)}; known: "
                                f"{', '.join(areas)}")
     selected = [a for a in areas if not only or a in only]
+    if compare_ref is not None:
+        _compare(console, compare_ref, selected, quick, rounds)
+        return
     started = datetime.now(UTC)
     workdir = Path(tempfile.mkdtemp(prefix="hera-bench-"))
     results: list[AreaResult] = []
@@ -237,6 +247,25 @@ def main(quick: bool, only: tuple[str, ...], json_path: Path) -> None:
     console.print(f"report written to {json_path.resolve()}")
     if any(r.error is not None for r in results):
         raise SystemExit(1)
+
+
+def _compare(console: Console, ref: str, areas: list[str], quick: bool, rounds: int) -> None:
+    from bench.compare import CompareError, compare
+
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        results = compare(repo, ref, areas, quick, rounds, lambda i, who: console.print(
+            f"[bold]bench --compare[/] round {i + 1}/{rounds}: {who} …"))
+    except CompareError as exc:
+        raise click.ClickException(str(exc)) from None
+    table = Table(title=f"this tree / {ref}, {rounds} alternating rounds")
+    for col in ("figure", "unit", "this (median)", "ref (median)", "ratio (median)",
+                "ratio min–max", "verdict"):
+        table.add_column(col)
+    for c in results:
+        table.add_row(c.name, c.unit, _number(c.this), _number(c.ref), f"{c.median:.2f}",
+                      f"{min(c.ratios):.2f}–{max(c.ratios):.2f}", c.verdict())
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import BenchContext, Figure
+from bench.common import BenchContext, Figure, Runs, ratio_runs, repeat
 from capture.decoding import make_decoder
 from capture.decoding.catalog import SideCatalog
 from capture.decoding.choice import wal2json_exact
@@ -93,7 +93,10 @@ def _prime(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
 
 
 def _timed_capture(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
-                   end: int, plugin: str) -> float:
+                   end: int, plugin: str) -> tuple[float, float]:
+    """Seconds from streaming to the workload's end confirmed, and the process CPU seconds
+    spent meanwhile (capture's threads and its Kafka client's; the waiting loop here polls one
+    connection 50 times a second, a negligible share)."""
     svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin),
                          on_streaming=tune_gc)
     stop = threading.Event()
@@ -102,9 +105,9 @@ def _timed_capture(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend:
     try:
         if not svc.ready.wait(60):
             raise RuntimeError("capture did not start")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         _wait_confirmed(dsn, slot, end, 600)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         stop.set()
         t.join(120)
@@ -133,22 +136,37 @@ def _recvlogical(ctx: BenchContext, dsn: str, slot: str, end: int,
     return time.perf_counter() - t0
 
 
-def _slot(plugin: str, backend: str) -> str:
-    return f"tp_{plugin}_{backend.replace('-', '_')}"
+def _slot(plugin: str, backend: str, i: int) -> str:
+    return f"tp_{plugin}_{backend.replace('-', '_')}_{i}"
+
+
+def _prefix(plugin: str, backend: str, i: int) -> str:
+    return f"benchtp.{plugin}.{backend}.{i}"
+
+
+CONFIGS = [(p, b) for p in PLUGINS for b in BACKENDS]
 
 
 def throughput(ctx: BenchContext) -> list[Figure]:
+    """Every product run is paired with a pg_recvlogical+wal2json run right before it (the
+    ceiling), ``ctx.pairs`` rounds over the four capture configurations; each reader has a slot
+    of its own created before the workload, so every run decodes the same WAL from the start."""
     n = 50_000 if ctx.quick else 300_000
+    pairs = ctx.pairs
     dsn = ctx.new_database("bench_capture_tp")
-    for plugin in PLUGINS:
-        for b in BACKENDS:
-            _prime(ctx, dsn, _slot(plugin, b), f"benchtp.{plugin}.{b}", b, plugin)
-    recv_options = {}
+    with ctx.step("capture: priming slots", pairs * len(CONFIGS)) as done:
+        for i in range(pairs):
+            for plugin, b in CONFIGS:
+                _prime(ctx, dsn, _slot(plugin, b, i), _prefix(plugin, b, i), b, plugin)
+                done()
+    recv_options = {plugin: _recv_options(dsn, plugin, f"recv_{plugin}") for plugin in PLUGINS}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for plugin in PLUGINS:
-            recv_options[plugin] = _recv_options(dsn, plugin, f"recv_{plugin}")
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)",
-                         (f"recv_{plugin}", plugin))
+        for i in range(pairs):
+            for plugin, b in CONFIGS:
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2json')",
+                             (f"recv_w_{plugin}_{b.replace('-', '_')}_{i}",))
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
+                         (f"recv_p_{i}",))
         for i in range(n // TXN_ROWS):
             conn.execute(
                 "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id,"
@@ -156,46 +174,77 @@ def throughput(ctx: BenchContext) -> list[Figure]:
                 " 'bench-' || %s || '-' || g, 'org', 'BENCH_LINK', 'HERA.BENCH.LINK.v1',"
                 " jsonb_build_object('g', g) FROM generate_series(1, %s) g", (i, TXN_ROWS))
     end = _lsn(dsn)
-    recv_rate: dict[str, float] = {}
-    figs = []
-    for plugin in PLUGINS:
-        recv_s = _recvlogical(ctx, dsn, f"recv_{plugin}", end, recv_options[plugin])
-        recv_rate[plugin] = n / recv_s
-        figs.append(Figure(f"pg_recvlogical decoding, {plugin} (ceiling)",
-                           round(recv_rate[plugin]), "changes/s", "the ceiling", None,
-                           f"{n} changes in {recv_s:.2f} s to /dev/null, capture's options"))
-    ceiling = recv_rate["wal2json"]
-    rates: dict[tuple[str, str], float] = {}
-    for plugin in PLUGINS:
-        for b in BACKENDS:
-            secs = _timed_capture(ctx, dsn, _slot(plugin, b), f"benchtp.{plugin}.{b}", b, end,
-                                  plugin)
-            rates[(plugin, b)] = rate = n / secs
-            ratio = rate / ceiling
-            want = 0.5 if b == "confluent" else 0.25
-            figs.append(Figure(
-                f"capture throughput ({plugin}, {b})", round(rate), "changes/s",
-                f">= {want:.0%} of pg_recvlogical+wal2json", ratio >= want,
-                f"{ratio:.0%} of pg_recvlogical+wal2json"
-                + ("" if plugin == "wal2json" else
-                   f", {rate / recv_rate[plugin]:.0%} of pg_recvlogical+{plugin}")
-                + f"; {n} changes in {secs:.2f} s, commit -> broker ack -> confirmed"))
+    ceil: dict[tuple[str, str], list[float]] = {c: [] for c in CONFIGS}
+    rate: dict[tuple[str, str], list[float]] = {c: [] for c in CONFIGS}
+    cpu: dict[tuple[str, str], list[float]] = {c: [] for c in CONFIGS}
+    recv_pgo: list[float] = []
+    with ctx.step(f"capture: throughput, {pairs} rounds of ceiling/product pairs",
+                  pairs * (2 * len(CONFIGS) + 1)) as done:
+        for i in range(pairs):
+            recv_pgo.append(n / _recvlogical(ctx, dsn, f"recv_p_{i}", end,
+                                             recv_options["pgoutput"]))
+            done()
+            for plugin, b in CONFIGS:
+                slot = f"recv_w_{plugin}_{b.replace('-', '_')}_{i}"
+                ceil[(plugin, b)].append(
+                    n / _recvlogical(ctx, dsn, slot, end, recv_options["wal2json"]))
+                done()
+                secs, cpu_s = _timed_capture(ctx, dsn, _slot(plugin, b, i),
+                                             _prefix(plugin, b, i), b, end, plugin)
+                rate[(plugin, b)].append(n / secs)
+                cpu[(plugin, b)].append(cpu_s / n * 1e6)
+                done()
+    all_ceil = Runs(tuple(v for c in CONFIGS for v in ceil[c]))
+    pgo = Runs(tuple(recv_pgo))
+    figs = [
+        all_ceil.figure("pg_recvlogical decoding, wal2json (ceiling)", "changes/s",
+                        "the ceiling", None,
+                        f"{n} changes to /dev/null with capture's options; median of "
+                        f"{len(all_ceil.values)} runs, one before each capture run"),
+        pgo.figure("pg_recvlogical decoding, pgoutput (ceiling)", "changes/s", "the ceiling",
+                   None, f"{n} changes to /dev/null with capture's options; "
+                   f"median of {len(pgo.values)} runs"),
+    ]
+    for plugin, b in CONFIGS:
+        want = 0.5 if b == "confluent" else 0.25
+        ratios = ratio_runs(rate[(plugin, b)], ceil[(plugin, b)])
+        rates, cpus = Runs(tuple(rate[(plugin, b)])), Runs(tuple(cpu[(plugin, b)]))
+        same = ("" if plugin == "wal2json" else
+                f"; {ratio_runs(rate[(plugin, b)], recv_pgo).text('{:.0%}')} of "
+                "pg_recvlogical+pgoutput")
+        figs.append(Figure(
+            f"capture throughput ({plugin}, {b})", rates.median, "changes/s",
+            f">= {want:.0%} of pg_recvlogical+wal2json", ratios.median >= want,
+            f"{ratios.text('{:.0%}')} of pg_recvlogical+wal2json (ratio per pair){same}; "
+            f"capture CPU {cpus.text('{:.1f}')} µs/change; {n} changes, commit -> broker ack "
+            "-> confirmed", rates.low, rates.high, len(rates.values)))
+        figs.append(ratios.figure(
+            f"capture / pg_recvlogical+wal2json ({plugin}, {b})", "x",
+            f">= {want:g}", (lambda r: r >= 0.5) if b == "confluent" else (lambda r: r >= 0.25),
+            f"median ratio of {pairs} pairs (ceiling run right before each capture run)"))
+        figs.append(cpus.figure(
+            f"capture CPU per change ({plugin}, {b})", "µs", "informational (the cost the "
+            "code controls, whatever the host)", None,
+            "process CPU seconds / changes while streaming the workload"))
     for b in BACKENDS:
-        ratio = rates[("pgoutput", b)] / rates[("wal2json", b)]
-        figs.append(Figure(f"capture pgoutput / wal2json ({b})", round(ratio, 2), "x",
-                           ">= 1.0 (pgoutput at least as fast)", ratio >= 1.0,
-                           "same workload, same client, one run"))
+        ratios = ratio_runs(rate[("pgoutput", b)], rate[("wal2json", b)])
+        figs.append(ratios.figure(
+            f"capture pgoutput / wal2json ({b})", "x", ">= 1.0 (pgoutput at least as fast)",
+            lambda r: r >= 1.0, f"same workload, same client, per round of {pairs}"))
     return figs
 
 
-def latency(ctx: BenchContext, backend: str = "kafka-python") -> list[Figure]:
+def _latency_run(ctx: BenchContext, backend: str, i: int) -> tuple[float, float, int]:
+    """p50 and p99 (ms) of commit -> every event acknowledged at a steady 5k changes/s, and
+    the number of transactions measured."""
     seconds = 5.0 if ctx.quick else 15.0
     rate = 5000
     tick = 0.02
-    dsn = ctx.new_database(f"bench_capture_lat_{backend.replace('-', '_')}")
+    tag = f"{backend.replace('-', '_')}_{i}"
+    dsn = ctx.new_database(f"bench_capture_lat_{tag}")
     samples: list[float] = []
-    slot = f"lat_{backend.replace('-', '_')}"
-    svc = CaptureService(_settings(ctx, dsn, slot, f"benchlat.{backend}", backend),
+    slot = f"lat_{tag}"
+    svc = CaptureService(_settings(ctx, dsn, slot, f"benchlat.{backend}.{i}", backend),
                          latency_observer=samples.append, on_streaming=tune_gc)
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
@@ -207,14 +256,14 @@ def latency(ctx: BenchContext, backend: str = "kafka-python") -> list[Figure]:
         with psycopg.connect(dsn, autocommit=True) as conn:
             next_t = time.monotonic()
             deadline = next_t + seconds
-            i = 0
+            k = 0
             while time.monotonic() < deadline:
                 conn.execute(
                     "INSERT INTO core_relationships (organization_id, from_entity_id, "
                     "to_entity_id, relationship_type) SELECT gen_random_uuid(), 'lat-' || %s "
                     "|| '-' || g, 'org', 'BENCH_LINK' FROM generate_series(1, %s) g",
-                    (i, per_tick))
-                i += 1
+                    (k, per_tick))
+                k += 1
                 next_t += tick
                 time.sleep(max(0.0, next_t - time.monotonic()))
         _wait_confirmed(dsn, slot, _lsn(dsn), 120)
@@ -222,12 +271,22 @@ def latency(ctx: BenchContext, backend: str = "kafka-python") -> list[Figure]:
         stop.set()
         t.join(120)
     ms = sorted(s * 1000 for s in samples)
-    p50 = statistics.median(ms)
-    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-    return [Figure(f"capture latency p99 at 5k changes/s ({backend})", round(p99, 1), "ms",
-                   "p99 <= 250 ms", p99 <= 250,
-                   f"p50 {p50:.1f} ms over {len(ms)} transactions of {int(rate * tick)} rows, "
-                   "commit -> every event acked")]
+    return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))], len(ms)
+
+
+def latency(ctx: BenchContext, backend: str = "kafka-python") -> list[Figure]:
+    runs: list[tuple[float, float, int]] = []
+    with ctx.step(f"capture: latency at 5k changes/s ({backend})", ctx.pairs) as done:
+        def one(i: int) -> float:
+            runs.append(_latency_run(ctx, backend, i))
+            return runs[-1][1]
+
+        p99 = repeat(ctx.pairs, one, done)
+    p50 = Runs(tuple(r[0] for r in runs))
+    return [p99.figure(f"capture latency p99 at 5k changes/s ({backend})", "ms",
+                       "p99 <= 250 ms", lambda v: v <= 250,
+                       f"median of {len(runs)} runs of {runs[0][2]} transactions of 100 rows "
+                       f"each; p50 {p50.text('{:.1f}')} ms; commit -> every event acked")]
 
 
 def _vm_hwm_kb(pid: int) -> int:

@@ -6,10 +6,15 @@ Each area has a module ``bench/<area>.py`` with ``def run(ctx: BenchContext) -> 
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from devstack.broker import Broker
 from devstack.postgres import PostgresCluster
@@ -23,6 +28,102 @@ class Figure:
     target: str  # human text, e.g. ">= 50% of pg_recvlogical"
     met: bool | None  # None when the figure has no pass/fail target
     detail: str = ""  # how it was measured, and the comparison figures
+    # min and max of the runs ``value`` is the median of (None: one run, no spread)
+    low: float | None = None
+    high: float | None = None
+    runs: int = 1
+
+    @property
+    def spread(self) -> str:
+        """``min–max`` of the runs, ``""`` for a single run."""
+        if self.low is None or self.high is None:
+            return ""
+        return f"{_short(self.low)}–{_short(self.high)}"
+
+
+def _short(value: float) -> str:
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The figures of repeated runs of one measurement: the median and the spread."""
+
+    values: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+    def text(self, fmt: str = "{:.2f}") -> str:
+        """``median (min–max of n)``, for a figure's detail."""
+        if len(self.values) == 1:
+            return fmt.format(self.values[0])
+        return (f"{fmt.format(self.median)} (" + fmt.format(self.low) + "–"
+                + fmt.format(self.high) + f" of {len(self.values)})")
+
+    def figure(self, name: str, unit: str, target: str, met: Callable[[float], bool] | None,
+               detail: str, scale: float = 1.0) -> Figure:
+        """A figure whose value is the median, with the spread of the runs."""
+        return Figure(name, self.median * scale, unit, target,
+                      None if met is None else met(self.median), detail,
+                      self.low * scale, self.high * scale, len(self.values))
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Alternating runs of a ceiling and a product (ceiling, product, ceiling, product …):
+    each ratio is taken between the two runs of one pair, so a host whose speed drifts within
+    minutes slows both sides of a pair alike; the figure is the median ratio."""
+
+    ceiling: Runs
+    product: Runs
+    ratios: Runs
+
+
+def alternate(pairs: int, ceiling: Callable[[int], float], product: Callable[[int], float],
+              ratio: Callable[[float, float], float] = lambda c, p: p / c,
+              step: Callable[[], None] | None = None) -> Pairs:
+    """Run ``ceiling(i)`` then ``product(i)`` for i in range(pairs); ``ratio(c, p)`` per pair
+    (by default product over ceiling, for rates: the product's share of the ceiling)."""
+    cs, ps = [], []
+    for i in range(pairs):
+        cs.append(ceiling(i))
+        if step is not None:
+            step()
+        ps.append(product(i))
+        if step is not None:
+            step()
+    return Pairs(Runs(tuple(cs)), Runs(tuple(ps)),
+                 Runs(tuple(ratio(c, p) for c, p in zip(cs, ps, strict=True))))
+
+
+def repeat(times: int, fn: Callable[[int], float],
+           step: Callable[[], None] | None = None) -> Runs:
+    """``fn(i)`` for i in range(times): a figure without a ceiling, as the median of repeats."""
+    out = []
+    for i in range(times):
+        out.append(fn(i))
+        if step is not None:
+            step()
+    return Runs(tuple(out))
+
+
+def ratio_runs(tops: Sequence[float], bottoms: Sequence[float]) -> Runs:
+    """Per-run ratios of two series measured in the same rounds (``tops[i] / bottoms[i]``)."""
+    return Runs(tuple(t / b for t, b in zip(tops, bottoms, strict=True)))
 
 
 @dataclass
@@ -32,6 +133,22 @@ class BenchContext:
     workdir: Path
     quick: bool = False  # smaller workloads for a smoke run
     notes: list[str] = field(default_factory=list)
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+
+    @property
+    def pairs(self) -> int:
+        """How many ceiling/product pairs (or repeats) a figure is taken from."""
+        return 3
+
+    @contextmanager
+    def step(self, name: str, total: int) -> Iterator[Callable[[], None]]:
+        """A progress line for one step of an area: its name and a running count of its runs;
+        yields the function that counts one run done."""
+        with Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
+                      transient=False) as progress:
+            task = progress.add_task(name, total=total)
+            yield lambda: progress.advance(task)
 
     def new_database(self, name: str) -> str:
         """Create a database with the sample schema; returns its DSN."""

@@ -152,9 +152,14 @@ def run(ctx: BenchContext) -> list[Figure]:
     if importlib.util.find_spec("confluent_kafka"):
         backends.append("confluent")
     figures: list[Figure] = []
-    for backend in backends:
-        figures += _run_one(ctx, backend)
-    figures += after_bulk_load(ctx, backends[-1])
+    # Each latency run measures many incidents: its percentiles are taken over them.
+    with ctx.step("detect: latency runs, one per detector client, then the bulk load",
+                  len(backends) + 1) as done:
+        for backend in backends:
+            figures += _run_one(ctx, backend)
+            done()
+        figures += after_bulk_load(ctx, backends[-1])
+        done()
     return figures
 
 

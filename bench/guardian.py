@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import psycopg
 
-from bench.common import BenchContext, Figure, timed
+from bench.common import BenchContext, Figure, alternate, timed
 from devstack.sample import SampleSize, load_sample
 from guard.install import install
 
@@ -32,24 +31,21 @@ def _add_rows(conn: psycopg.Connection[tuple[object, ...]], rows: int) -> None:
     conn.execute("VACUUM ANALYZE core_relationships")
 
 
-def _bulk(dsn: str, rows: int, repeats: int, statement: str) -> float:
-    """Median seconds of one opted-in bulk statement over fresh BENCH_LINK rows."""
-    times = []
+def _bulk_once(dsn: str, rows: int, statement: str) -> float:
+    """Seconds of one opted-in bulk statement over fresh BENCH_LINK rows."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(repeats):
+        with conn.transaction():
+            conn.execute("SET LOCAL hera_guard.allow_mass_change = 'bench cleanup'")
+            conn.execute("DELETE FROM core_relationships "
+                         "WHERE relationship_type = 'BENCH_LINK'")
+        _add_rows(conn, rows)
+
+        def run() -> None:
             with conn.transaction():
-                conn.execute("SET LOCAL hera_guard.allow_mass_change = 'bench cleanup'")
-                conn.execute("DELETE FROM core_relationships "
-                             "WHERE relationship_type = 'BENCH_LINK'")
-            _add_rows(conn, rows)
+                conn.execute("SET LOCAL hera_guard.allow_mass_change = 'bench bulk'")
+                conn.execute(statement.encode())
 
-            def run() -> None:
-                with conn.transaction():
-                    conn.execute("SET LOCAL hera_guard.allow_mass_change = 'bench bulk'")
-                    conn.execute(statement.encode())
-
-            times.append(timed(run))
-    return statistics.median(times)
+        return timed(run)
 
 
 def _database(ctx: BenchContext, name: str, guarded: bool) -> str:
@@ -62,23 +58,29 @@ def _database(ctx: BenchContext, name: str, guarded: bool) -> str:
 
 
 def guardian_overhead(ctx: BenchContext, rows: int, repeats: int) -> list[Figure]:
+    """Alternating pairs: the statement without the guard, then with it; the ratio per pair."""
     plain = _database(ctx, "bench_guard_plain", guarded=False)
     guarded = _database(ctx, "bench_guard_on", guarded=True)
     delete = "DELETE FROM core_relationships WHERE relationship_type = 'BENCH_LINK'"
     update = ("UPDATE core_relationships SET is_active = false "
               "WHERE relationship_type = 'BENCH_LINK'")
-    d0, d1 = _bulk(plain, rows, repeats, delete), _bulk(guarded, rows, repeats, delete)
-    u0, u1 = _bulk(plain, rows, repeats, update), _bulk(guarded, rows, repeats, update)
-    return [
-        Figure("guardian overhead, bulk DELETE", d1 / d0, "x", f"<= {TARGET_RATIO:g}x",
-               d1 / d0 <= TARGET_RATIO,
-               f"{rows} rows with the opt-in, median of {repeats}: {d0 * 1000:.0f} ms "
-               f"without the guard, {d1 * 1000:.0f} ms with it"),
-        Figure("guardian overhead, bulk deactivating UPDATE", u1 / u0, "x",
-               f"<= {TARGET_RATIO:g}x", u1 / u0 <= TARGET_RATIO,
-               f"{rows} rows with the opt-in, median of {repeats}: {u0 * 1000:.0f} ms "
-               f"without the guard, {u1 * 1000:.0f} ms with it"),
-    ]
+    figs = []
+    for what, statement in (("bulk DELETE", delete), ("bulk deactivating UPDATE", update)):
+        with ctx.step(f"guardian: {what}, {repeats} pairs", 2 * repeats) as done:
+            def without(_i: int, st: str = statement) -> float:
+                return _bulk_once(plain, rows, st)
+
+            def with_guard(_i: int, st: str = statement) -> float:
+                return _bulk_once(guarded, rows, st)
+
+            runs = alternate(repeats, without, with_guard, step=done)
+        figs.append(runs.ratios.figure(
+            f"guardian overhead, {what}", "x", f"<= {TARGET_RATIO:g}x",
+            lambda r: r <= TARGET_RATIO,
+            f"{rows} rows with the opt-in, median ratio of {repeats} alternating pairs: "
+            f"{runs.ceiling.text('{:.3f}')} s without the guard, "
+            f"{runs.product.text('{:.3f}')} s with it"))
+    return figs
 
 
 def restore_speed(ctx: BenchContext, rows: int) -> list[Figure]:
@@ -101,25 +103,35 @@ def restore_speed(ctx: BenchContext, rows: int) -> list[Figure]:
                                "WHERE relationship_type = 'BENCH_LINK'").fetchone()
             return int(str(row[0])) if row else 0
 
-        wipe()
-        ours = timed(lambda: conn.execute(
-            "SELECT * FROM restore_relationships_from_backup(%s)", (backup,)).fetchall())
-        assert restored() == rows
-        wipe()
-        plan = timed(lambda: conn.execute(
-            "SELECT * FROM plan_restore_relationships_from_backup(%s)", (backup,)).fetchall())
-        assert restored() == rows
+        def ours(_i: int) -> float:
+            wipe()
+            took = timed(lambda: conn.execute(
+                "SELECT * FROM restore_relationships_from_backup(%s)", (backup,)).fetchall())
+            assert restored() == rows
+            return took
+
+        def plan(_i: int) -> float:
+            wipe()
+            took = timed(lambda: conn.execute(
+                "SELECT * FROM plan_restore_relationships_from_backup(%s)",
+                (backup,)).fetchall())
+            assert restored() == rows
+            return took
+
+        with ctx.step(f"guardian: restore, {ctx.pairs} pairs", 2 * ctx.pairs) as done:
+            runs = alternate(ctx.pairs, plan, ours, ratio=lambda p, o: p / o, step=done)
     return [
-        Figure("restore of deleted relationships from a backup (set-based)", ours, "s",
-               "<= 10 s", ours <= 10.0, f"{rows} rows"),
-        Figure("restore speed-up over the plan's row-by-row function", plan / ours, "x",
-               ">= 10x", plan / ours >= 10.0,
-               f"{rows} rows: ours {ours:.2f} s, plan_restore_relationships_from_backup "
-               f"{plan:.2f} s"),
+        runs.product.figure("restore of deleted relationships from a backup (set-based)", "s",
+                            "<= 10 s", lambda v: v <= 10.0, f"{rows} rows, median of {ctx.pairs}"),
+        runs.ratios.figure("restore speed-up over the plan's row-by-row function", "x",
+                           ">= 10x", lambda r: r >= 10.0,
+                           f"{rows} rows, median ratio of {ctx.pairs} alternating pairs: ours "
+                           f"{runs.product.text()} s, plan_restore_relationships_from_backup "
+                           f"{runs.ceiling.text()} s"),
     ]
 
 
 def run(ctx: BenchContext) -> list[Figure]:
     rows = 10_000 if ctx.quick else 100_000
-    repeats = 3
+    repeats = ctx.pairs if ctx.quick else 5
     return [*guardian_overhead(ctx, rows, repeats), *restore_speed(ctx, rows)]
