@@ -143,7 +143,18 @@ class BenchContext:
     @contextmanager
     def step(self, name: str, total: int) -> Iterator[Callable[[], None]]:
         """A progress line for one step of an area: its name and a running count of its runs;
-        yields the function that counts one run done."""
+        yields the function that counts one run done. Off a terminal (a log file, CI) one
+        plain line per run instead of a bar that would only show its last state."""
+        if not self.console.is_terminal:
+            count = [0]
+
+            def line() -> None:
+                count[0] += 1
+                self.console.print(f"bench {name}: {count[0]}/{total}", highlight=False)
+
+            self.console.print(f"bench {name}: 0/{total}", highlight=False)
+            yield line
+            return
         with Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
                       transient=False) as progress:

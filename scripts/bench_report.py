@@ -33,18 +33,21 @@ def render(report: dict[str, Any]) -> str:
         f"Python {m.get('python')}, kafka-python {m.get('kafka-python')}, confluent-kafka "
         f"{m.get('confluent-kafka')}, broker {m.get('broker')}. Reproduce with `make bench`.",
         "",
-        "| area | figure | value | unit | target | met | detail |",
-        "| --- | --- | ---: | --- | --- | :---: | --- |",
+        "| area | figure | value (median) | min–max | unit | target | met | detail |",
+        "| --- | --- | ---: | ---: | --- | --- | :---: | --- |",
     ]
     for area in report["areas"]:
         if area.get("error"):
-            lines.append(f"| {area['area']} | benchmark failed | | | | ✘ | "
+            lines.append(f"| {area['area']} | benchmark failed | | | | | ✘ | "
                          f"{str(area['error']).replace('|', '/')} |")
             continue
         for f in area["figures"]:
             met = {True: "✔", False: "✘", None: "–"}[f["met"]]
-            lines.append(f"| {area['area']} | {f['name']} | {_number(f['value'])} | {f['unit']} "
-                         f"| {f['target']} | {met} | {f['detail'].replace('|', '/')} |")
+            low, high = f.get("low"), f.get("high")
+            spread = "" if low is None or high is None else f"{_number(low)}–{_number(high)}"
+            lines.append(f"| {area['area']} | {f['name']} | {_number(f['value'])} | {spread} "
+                         f"| {f['unit']} | {f['target']} | {met} | "
+                         f"{f['detail'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
