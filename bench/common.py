@@ -77,9 +77,11 @@ class Runs:
     def figure(self, name: str, unit: str, target: str, met: Callable[[float], bool] | None,
                detail: str, scale: float = 1.0) -> Figure:
         """A figure whose value is the median, with the spread of the runs."""
+        one = len(self.values) == 1
         return Figure(name, self.median * scale, unit, target,
                       None if met is None else met(self.median), detail,
-                      self.low * scale, self.high * scale, len(self.values))
+                      None if one else self.low * scale, None if one else self.high * scale,
+                      len(self.values))
 
 
 @dataclass(frozen=True)
