@@ -9,8 +9,15 @@ spacing, key order and duplicate keys of ``json`` are kept and jsonb ``'null'`` 
 bytea is PostgreSQL's hex output (``\\x00ff``).
 
 schema_version 1 (archives written before): the same, except json/jsonb values were parsed
-JSON (numbers possibly rounded). Readers accept both: ``to_pg_text`` and ``duck_text_sql``
-give PostgreSQL input text for either.
+JSON (numbers possibly rounded) and wal2json's bytea was bare hex. Readers accept both:
+replay rewrites a v1 row into v2 once, when it reads it (``replay.values.v1_to_v2_sql``).
+
+The rule "PostgreSQL text -> event value" has three forms here, because three kinds of caller
+need it: ``text_decoder`` (str, the snapshot and tests), ``bytes_decoder`` (the raw bytes of a
+pgoutput message, chosen once per column so capture's hot loop makes one call per value) and
+``duck_encode_sql`` (DuckDB SQL, for replay, which rewrites rows in bulk inside DuckDB). The
+bytes and SQL forms are derived from the same type sets and true-texts below, and
+tests/unit/test_encoding.py holds all three equal on every kind of value.
 
 Every producer of values (both decoders, the snapshot) and every consumer of them (replay's
 outputs, apply, live reads) goes through this module.
@@ -18,11 +25,9 @@ outputs, apply, live reads) goes through this module.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from collections.abc import Callable
 
 SCHEMA_VERSION = 2
-READABLE_VERSIONS = frozenset({1, 2})
 
 # The text output settings every capture session uses (snapshot, replication, side
 # connections), so a value reads identically whichever path it came by.
@@ -34,66 +39,49 @@ INT_TYPES = frozenset({"smallint", "integer"})
 JSON_TYPES = frozenset({"json", "jsonb"})
 NATIVE_TYPES = BOOL_TYPES | INT_TYPES
 
+# The texts of a true boolean: "t" is PostgreSQL's output; "true" is what wal2json's
+# numeric-data-types-as-string and a SELECT of a literal may give.
+TRUE_TEXTS = ("t", "true")
+_TRUE_TEXTS = frozenset(TRUE_TEXTS)
+_TRUE_BYTES = frozenset(t.encode() for t in TRUE_TEXTS)
+
 Value = str | bool | int | None
+
+
+def text_decoder(pg_type: str) -> Callable[[str], Value]:
+    """How PostgreSQL's text output of a (non-NULL) ``pg_type`` value becomes its event
+    value (v2); chosen once per column."""
+    if pg_type in BOOL_TYPES:
+        return _TRUE_TEXTS.__contains__
+    if pg_type in INT_TYPES:
+        return int
+    return str
+
+
+def bytes_decoder(pg_type: str) -> Callable[[bytes], Value]:
+    """As ``text_decoder`` for the raw bytes a protocol message carries (UTF-8 server)."""
+    if pg_type in BOOL_TYPES:
+        return _TRUE_BYTES.__contains__
+    if pg_type in INT_TYPES:
+        return int
+    return bytes.decode
 
 
 def from_pg_text(pg_type: str, text: str | None) -> Value:
     """PostgreSQL's text output of a ``pg_type`` value -> its event encoding (v2)."""
-    if text is None:
-        return None
+    return None if text is None else text_decoder(pg_type)(text)
+
+
+def duck_encode_sql(pg_type: str, text: str) -> str:
+    """DuckDB SQL: the event encoding (JSON text) of the PostgreSQL text SQL expression
+    ``text`` (which may be NULL)."""
     if pg_type in BOOL_TYPES:
-        return text in ("t", "true")
+        trues = ", ".join(f"'{t}'" for t in TRUE_TEXTS)
+        return (f"CASE WHEN {text} IS NULL THEN 'null' WHEN {text} IN ({trues}) "
+                "THEN 'true' ELSE 'false' END")
     if pg_type in INT_TYPES:
-        return int(text)
-    return text
-
-
-def from_pg_text_bytes(pg_type: str, raw: bytes | None) -> Value:
-    """As ``from_pg_text`` for the raw bytes a protocol message carries (UTF-8 server)."""
-    if raw is None:
-        return None
-    if pg_type in BOOL_TYPES:
-        return raw in (b"t", b"true")
-    if pg_type in INT_TYPES:
-        return int(raw)
-    return raw.decode()
-
-
-def to_pg_text(pg_type: str, value: Any, schema_version: int = SCHEMA_VERSION) -> str | None:
-    """An event value (of either schema version) -> the text PostgreSQL's input function
-    for ``pg_type`` turns into exactly the stored value."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if schema_version == 1 and pg_type in JSON_TYPES:
-        # v1 carried json/jsonb parsed; its text is the re-serialisation (what v1 kept).
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return value
-    raise TypeError(f"not a change-event value for {pg_type}: {value!r}")
-
-
-def _json_path(column: str) -> str:
-    return "$." + json.dumps(column)
-
-
-def duck_text_sql(row_expr: str, column: str, pg_type: str,
-                  version_expr: str | None = None) -> str:
-    """DuckDB SQL for the PostgreSQL input text of ``column`` in the JSON ``row_expr``.
-
-    ``version_expr`` is the SQL of the event's schema_version where v1 events may be present
-    (only json/jsonb columns differ between versions).
-    """
-    path = "'" + _json_path(column).replace("'", "''") + "'"
-    v2 = f"json_extract_string({row_expr}, {path})"
-    if pg_type not in JSON_TYPES or version_expr is None:
-        return v2
-    v1 = f"CAST(json_extract({row_expr}, {path}) AS VARCHAR)"
-    return (f"CASE WHEN {version_expr} = 1 AND json_type(json_extract({row_expr}, {path})) "
-            f"<> 'NULL' THEN {v1} ELSE {v2} END")
+        return f"coalesce({text}, 'null')"
+    return f"coalesce(to_json({text})::VARCHAR, 'null')"
 
 
 def normalise_wal2json_bytea(text: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from capture.encoding import SCHEMA_VERSION
 
 CONNECTOR = "hera-guard"
+SOURCE_VERSION = "0.1.0"  # source.version of every event (Debezium's connector version field)
 
 JSONValue = Any
 Row = dict[str, JSONValue]
@@ -58,7 +59,7 @@ def parse_lsn(text: str) -> int:
 class Source(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
 
-    version: str = "0.1.0"
+    version: str = SOURCE_VERSION
     connector: str = CONNECTOR
     name: str  # the topic prefix, Debezium's "logical name"
     db: str
@@ -269,6 +270,24 @@ def parse_transaction_topic(data: bytes | str) -> TransactionTopicRecord:
     return StreamMarker.model_validate(raw)
 
 
+def document_members(model: type[BaseModel]) -> list[str]:
+    """The members of ``model``'s JSON document (aliases), in the order capture writes them:
+    the one spelling of the document's shape that the archive's bulk parser reads."""
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def nullable_members(*models: type[BaseModel]) -> frozenset[str]:
+    """The members of these models' documents that may be JSON null."""
+    return frozenset(
+        field.alias or name for model in models for name, field in model.model_fields.items()
+        if type(None) in get_args(field.annotation))
+
+
+# The event document is spelled once, by the model above. ``change_event_json`` below builds
+# the same bytes from a plain dict because capture's hot path cannot afford constructing and
+# validating a pydantic model per change (measured: ~25 µs per event for the model,
+# ~6.5 µs for the dict + msgspec); tests/unit/test_event.py holds the two byte-equal, members, order
+# and escapes included, and the archive's bulk parser reads the shape from the model.
 # msgspec is exact here: every value is str, bool, int or None (capture.encoding), and its
 # output equals pydantic's model_dump_json byte for byte (escapes included; a unit test holds
 # it), at a fraction of the stdlib encoder's cost.
@@ -291,7 +310,7 @@ def change_event_json(*, before: Row | None, after: Row | None, op: Op, ts_ms: i
     return _dumps({
         "schema_version": SCHEMA_VERSION, "before": before, "after": after, "op": op.value,
         "ts_ms": ts_ms,
-        "source": {"version": "0.1.0", "connector": CONNECTOR, "name": name, "db": db,
+        "source": {"version": SOURCE_VERSION, "connector": CONNECTOR, "name": name, "db": db,
                    "schema": schema, "table": table, "txId": tx_id, "lsn": lsn,
                    "ts_ms": commit_ts_us // 1000, "ts_us": commit_ts_us, "snapshot": snapshot},
         "transaction": transaction, "commit_lsn": commit_lsn, "position": position, "key": key,

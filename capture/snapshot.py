@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.string import TextLoader
 
-from capture.encoding import SESSION_OPTIONS, from_pg_text
+from capture.encoding import SESSION_OPTIONS, text_decoder
 from capture.event import ColumnDef, Row
 from capture.slot import TableInfo
 
@@ -73,7 +73,7 @@ def snapshot_rows(dsn: str, snapshot_name: str, tables: Sequence[TableInfo],
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
         for table in tables:
             names = [c for c, _ in table.columns]
-            types = dict(table.columns)
+            decoders = [text_decoder(t) for _, t in table.columns]
             query = sql.SQL("SELECT {} FROM {}.{} ORDER BY {}").format(
                 sql.SQL(", ").join(sql.Identifier(c) for c in names),
                 sql.Identifier(table.schema), sql.Identifier(table.table),
@@ -83,7 +83,7 @@ def snapshot_rows(dsn: str, snapshot_name: str, tables: Sequence[TableInfo],
                 cur.itersize = batch_rows
                 cur.execute(query)
                 for values in cur:
-                    row = {n: from_pg_text(types[n], v)
-                           for n, v in zip(names, values, strict=True)}
+                    row = {n: None if v is None else decode(v)
+                           for n, decode, v in zip(names, decoders, values, strict=True)}
                     yield table, row, {k: row[k] for k in table.primary_key}
         conn.rollback()

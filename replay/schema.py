@@ -1,6 +1,6 @@
 """Schema changes (DDL on a captured table) applied to a rebuilt state at their place in WAL.
 
-The archive's relation ``schema_changes`` (SCHEMA_LOG.md) holds, per DDL, the table's whole
+The archive's relation ``schema_changes`` (docs/schema-log.md) holds, per DDL, the table's whole
 definition right after it (columns with attnum, type, default, missing value), at
 ``(commit_lsn, position)``. A row the state holds was written by its last event with the
 columns of that moment; every DDL after that event changes it the way PostgreSQL changed the

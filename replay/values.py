@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from capture.encoding import BOOL_TYPES, INT_TYPES, JSON_TYPES, NATIVE_TYPES, from_pg_text
+from capture.encoding import JSON_TYPES, duck_encode_sql, from_pg_text
 
 
 def path(column: str) -> str:
@@ -39,14 +39,9 @@ def key_sql(expr: str, pk_param: str = "$pk") -> str:
     return f"to_json(json_extract_string({expr}, {pk_param}))::VARCHAR"
 
 
-def encode_text_sql(pg_type: str, text: str) -> str:
-    """DuckDB SQL: the event encoding (JSON text) of PostgreSQL text ``text`` (may be NULL)."""
-    if pg_type in BOOL_TYPES:
-        return (f"CASE WHEN {text} IS NULL THEN 'null' WHEN {text} IN ('t', 'true') "
-                "THEN 'true' ELSE 'false' END")
-    if pg_type in INT_TYPES:
-        return f"coalesce({text}, 'null')"
-    return f"coalesce(to_json({text})::VARCHAR, 'null')"
+# The event encoding of PostgreSQL text, in DuckDB SQL: capture.encoding's SQL form of the rule
+# (tests/unit/test_encoding.py holds it equal to the Python form).
+encode_text_sql = duck_encode_sql
 
 
 def encoded_literal(pg_type: str, text: str | None) -> str:
@@ -58,10 +53,6 @@ def texts_struct_sql(row: str, columns: list[str]) -> str:
     """One parse of the JSON row ``row`` into a struct of every column's input text."""
     shape = json.dumps(dict.fromkeys(columns, "VARCHAR"))
     return f"json_transform({row}, {literal(shape)})"
-
-
-def is_native(pg_type: str) -> bool:
-    return pg_type in NATIVE_TYPES
 
 
 def v1_to_v2_sql(expr: str, json_columns: list[str], bytea_columns: list[str]) -> str:
@@ -84,5 +75,5 @@ def v1_to_v2_sql(expr: str, json_columns: list[str], bytea_columns: list[str]) -
     return f"({out})::VARCHAR"
 
 
-__all__ = ["JSON_TYPES", "encode_text_sql", "encoded_literal", "is_native", "key_sql",
+__all__ = ["JSON_TYPES", "encode_text_sql", "encoded_literal", "key_sql",
            "literal", "path", "paths", "texts_struct_sql", "v1_to_v2_sql"]

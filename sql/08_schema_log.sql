@@ -7,7 +7,7 @@
 -- the table's whole new definition as a transactional logical message
 --     pg_logical_emit_message(true, 'hera-guard.schema', <json>)
 -- which capture turns into a SchemaChangeEvent at its place in WAL order (contract:
--- SCHEMA_LOG.md; fields = capture.event.ColumnDef). A DDL that rolls back emits nothing.
+-- docs/schema-log.md; fields = capture.event.ColumnDef). A DDL that rolls back emits nothing.
 --
 -- <json> = {"schema", "table", "command_tag", "ddl" (current_query(): the client's statement
 -- text, which may hold several commands), "columns": [{"attnum", "name", "type"

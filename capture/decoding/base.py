@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     Conn = psycopg.Connection[tuple[object, ...]]
 
 # Logical-message prefixes capture reads: heartbeats (non-transactional) and the schema log
-# (transactional, from sql/08_schema_log.sql; contract in SCHEMA_LOG.md).
+# (transactional, from sql/08_schema_log.sql; contract in docs/schema-log.md).
 HEARTBEAT_PREFIX = "hera-guard"
 SCHEMA_PREFIX = "hera-guard.schema"
 

@@ -2,8 +2,9 @@
 
 Written from PostgreSQL's "Logical Replication Message Formats". Every value arrives as the
 text of the type's output function (with the replication session's settings, which capture
-sets from ``capture.encoding.SESSION_OPTIONS``), so values are passed through: only boolean
-and int2/int4 become JSON natives. Nothing is lost, NaN, ±Infinity and json text included.
+sets from ``capture.encoding.SESSION_OPTIONS``), so values are passed through
+``capture.encoding.bytes_decoder``: only boolean and int2/int4 become JSON natives. Nothing
+is lost, NaN, ±Infinity and json text included.
 
 A Relation message precedes the first change of a table and every change of its columns;
 the decoder keeps, per relation id, the column names, their types (``format_type`` of each
@@ -14,7 +15,7 @@ Unchanged TOASTed values (``u``) are filled from the old row (REPLICA IDENTITY F
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from capture.decoding.records import (
     RowChange,
     Truncate,
 )
-from capture.encoding import BOOL_TYPES, INT_TYPES
+from capture.encoding import Value, bytes_decoder
 from capture.errors import DecodeError
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ _COLTYPE = struct.Struct("!Ii")
 _MSG_HEAD = struct.Struct("!BQ")
 _TRUNC_HEAD = struct.Struct("!IB")
 
-_TEXT, _BOOL, _INT = 0, 1, 2
 _UNCHANGED = object()  # a 'u' value: TOASTed and not changed by this UPDATE
 
 
@@ -57,7 +57,9 @@ class RelationInfo:
     schema: str
     table: str
     names: list[str]
-    kinds: list[int]  # per column: how its text becomes a value
+    # per column: how its text becomes a value (capture.encoding's rule, chosen once per
+    # relation, so the loop below makes one call per value)
+    decoders: list[Callable[[bytes], Value]]
     types: dict[str, str]
     primary_key: tuple[str, ...]
 
@@ -67,19 +69,11 @@ def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
     return buf[pos:end].decode(), end + 1
 
 
-def _kind(pg_type: str) -> int:
-    if pg_type in BOOL_TYPES:
-        return _BOOL
-    if pg_type in INT_TYPES:
-        return _INT
-    return _TEXT
-
-
 def parse_tuple(buf: bytes, pos: int, rel: RelationInfo) -> tuple[dict[str, object], int]:
     """TupleData at ``pos`` -> (column name -> value or _UNCHANGED, next position)."""
     (n,) = _U16.unpack_from(buf, pos)
     pos += 2
-    names, kinds = rel.names, rel.kinds
+    names, decoders = rel.names, rel.decoders
     if n != len(names):
         raise DecodeError(f"pgoutput tuple of {rel.schema}.{rel.table} has {n} columns, its "
                           f"Relation message {len(names)}")
@@ -91,15 +85,8 @@ def parse_tuple(buf: bytes, pos: int, rel: RelationInfo) -> tuple[dict[str, obje
         if kind == 0x74:  # 't' text
             (length,) = unpack(buf, pos)
             pos += 4
-            raw = buf[pos:pos + length]
+            row[names[i]] = decoders[i](buf[pos:pos + length])
             pos += length
-            k = kinds[i]
-            if k == _TEXT:
-                row[names[i]] = raw.decode()
-            elif k == _BOOL:
-                row[names[i]] = raw == b"t"
-            else:
-                row[names[i]] = int(raw)
         elif kind == 0x6E:  # 'n' NULL
             row[names[i]] = None
         elif kind == 0x75:  # 'u' unchanged TOAST
@@ -187,7 +174,7 @@ class PgOutputDecoder:
         schema = schema or "pg_catalog"
         types = dict(zip(names, type_names, strict=True))
         self.relations[relid] = RelationInfo(schema, table, names,
-                                             [_kind(t) for t in type_names], types, pk)
+                                             [bytes_decoder(t) for t in type_names], types, pk)
         return Relation(schema, table, lsn, tuple(types.items()))
 
     def _rel(self, relid: int) -> RelationInfo:

@@ -29,14 +29,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from capture.encoding import SCHEMA_VERSION
+from capture.event import (
+    ChangeEvent,
+    Source,
+    TransactionBlock,
+    document_members,
+    nullable_members,
+)
 from consumers.archive.segments import CHANGES_SCHEMA, UTC_US
 
-# The canonical document, exactly as capture writes it: every key present, in this order.
-_TOP = ["schema_version", "before", "after", "op", "ts_ms", "source", "transaction",
-        "commit_lsn", "position", "key", "types"]
-_SOURCE = ["version", "connector", "name", "db", "schema", "table", "txId", "lsn", "ts_ms",
-           "ts_us", "snapshot"]
-_TXN = ["id", "total_order", "data_collection_order"]
+# The canonical document, exactly as capture writes it: every key present, in the model's
+# order (capture/event.py spells the document once; a unit test holds capture's bytes to it).
+_TOP = document_members(ChangeEvent)
+_SOURCE = document_members(Source)
+_TXN = document_members(TransactionBlock)
 _NESTED = {"source": _SOURCE, "transaction": _TXN}
 
 
@@ -59,7 +65,7 @@ _STRING_MAP = rf"^\{{(?:{_STR}:{_STR}(?:,{_STR}:{_STR})*)?\}}$"  # types: str ->
 
 
 # Members that may be JSON null in a valid event; any other one null fails the row anyway.
-_NULLABLE = {"before", "after", "key", "types", "transaction", "txId", "lsn"}
+_NULLABLE = nullable_members(ChangeEvent, Source, TransactionBlock)
 
 
 def _render(obj: Any, names: list[str]) -> Any:

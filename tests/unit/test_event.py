@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -79,3 +81,25 @@ def test_fast_event_json_equals_the_models_json() -> None:
 def test_kafka_key_of_a_truncate_is_the_table() -> None:
     assert encode_key(None, "public.t") == b'{"__table__": "public.t"}'
     assert encode_key({"k": "é", "a": -1}, "public.t") == '{"a":-1,"k":"é"}'.encode()
+
+
+def test_the_hot_paths_document_has_the_models_members_in_the_models_order_at_every_level(
+) -> None:
+    from capture.event import (
+        Source,
+        TransactionBlock,
+        change_event_json,
+        document_members,
+        nullable_members,
+    )
+
+    doc = json.loads(change_event_json(
+        before=None, after={"id": "a"}, op=Op.CREATE, ts_ms=5, name="hera", db="d",
+        schema="public", table="t", tx_id=None, lsn=None, commit_ts_us=1, snapshot="false",
+        commit_lsn=20, position=0, table_order=1, key={"id": "a"}, types={"id": "uuid"}))
+    assert list(doc) == document_members(ChangeEvent)
+    assert list(doc["source"]) == document_members(Source)
+    assert list(doc["transaction"]) == document_members(TransactionBlock)
+    nulls = {k for k, v in doc.items() if v is None} | {
+        k for k, v in doc["source"].items() if v is None}
+    assert nulls <= nullable_members(ChangeEvent, Source, TransactionBlock)
