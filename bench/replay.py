@@ -150,7 +150,7 @@ def replay_speed(ctx: BenchContext) -> list[Figure]:
     point = EPOCH + (last - EPOCH) * 2 // 3  # two thirds into the history: an arbitrary point
     counts: list[int] = []
 
-    def rebuild(archive: str | Path = root) -> None:
+    def rebuild(archive: Path | ArchiveLocation = root) -> None:
         duck = open_history(archive)
         state = materialize(duck, state_at(duck, TableId(*TABLE), LsnPoint(point)), "_bench")
         counts.append(state.rel.shape[0])
@@ -177,38 +177,32 @@ def replay_speed(ctx: BenchContext) -> list[Figure]:
         Figure("replay: the same state from the archive on S3", s3_seconds, "s",
                "figure on S3", None,
                f"the same archive built on SeaweedFS (local S3 server, plain http), read by "
-               f"replay through the AWS_* variables; {s3_rows} rows at the point; best of 3")]
+               f"replay with the location's storage options; {s3_rows} rows at the point; "
+               "best of 3")]
 
 
 @contextlib.contextmanager
 def _s3_server(bucket: str) -> Iterator[S3Server]:
-    """A real S3-compatible server (SeaweedFS) for the figure, its AWS_* variables set
-    the way operators give replay object-store credentials; both undone after."""
+    """A real S3-compatible server (SeaweedFS) for the figure; its credentials reach the
+    readers as the location's storage options (the process environment is left alone)."""
     from devstack.s3 import start_s3
 
     s3 = start_s3(bucket)
-    saved = {k: os.environ.get(k) for k in s3.env()}
-    os.environ.update(s3.env())
     try:
         yield s3
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         s3.stop()
 
 
-def _on_s3(rows: int, changes: int, rebuild: Callable[[str], None],
+def _on_s3(rows: int, changes: int, rebuild: Callable[[ArchiveLocation], None],
            counts: list[int]) -> tuple[float, int]:
     """The replay-state figure with the archive on a real S3-compatible server."""
     from consumers.archive.location import archive_location
 
     with _s3_server("bench-replay") as s3:
-        uri = s3.uri("replay")
-        build_archive(archive_location(uri, s3.storage_options()), rows, changes)
-        seconds = min(timed(lambda: rebuild(uri)) for _ in range(3))
+        loc = archive_location(s3.uri("replay"), s3.storage_options())
+        build_archive(loc, rows, changes)
+        seconds = min(timed(lambda: rebuild(loc)) for _ in range(3))
         return seconds, counts[-1]
 
 
@@ -254,7 +248,7 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
     h = History(schema="public", table="core_relationships",
                 types={c.name: c.type for c in cols}, epoch_lsn=snap_lsn)
     h.snapshot(snapshot)
-    root: str | Path = write_archive(ctx.workdir / "restore-archive", h)
+    root: Path = write_archive(ctx.workdir / "restore-archive", h)
 
     def wipe() -> None:
         with pg.transaction():
@@ -273,7 +267,7 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
     def mark(msg: str) -> None:
         marks.append((time.perf_counter(), msg.split(" ")[0]))
 
-    def ours(archive: str | Path = root) -> None:
+    def ours(archive: Path | ArchiveLocation = root) -> None:
         mark("open")
         duck = open_history(archive)
         state = state_at(duck, table, snap_lsn)
@@ -335,7 +329,7 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
                f"the part of any exact text restore that no client can make faster"),
         Figure("replay: the same restore from the archive on S3", s3_s, "s", "figure on S3",
                None, f"the same archive written to SeaweedFS (local S3 server, plain http), "
-               f"read by replay through the AWS_* variables; best of 3; "
+               f"read by replay with the location's storage options; best of 3; "
                f"{s3_s / insert_s:.2f}x the floor; phases: {s3_phases}"),
     ]
 
@@ -365,7 +359,8 @@ def _phases(marks: list[tuple[float, str]]) -> str:
     return ", ".join(f"{a[1]} {b[0] - a[0]:.2f} s" for a, b in itertools.pairwise(marks))
 
 
-def _restore_on_s3(history: History, run: Callable[[str], float], wipe: Callable[[], None],
+def _restore_on_s3(history: History, run: Callable[[ArchiveLocation], float],
+                   wipe: Callable[[], None],
                    marks: list[tuple[float, str]],
                    restored: Callable[[], bool]) -> tuple[float, str]:
     """The restore figure with the archive on a real S3-compatible server: best of 3, and
@@ -374,13 +369,13 @@ def _restore_on_s3(history: History, run: Callable[[str], float], wipe: Callable
     from tests.replay_fixtures import write_archive
 
     with _s3_server("bench-restore") as s3:
-        uri = s3.uri("restore")
-        write_archive(archive_location(uri, s3.storage_options()), history)
+        loc = archive_location(s3.uri("restore"), s3.storage_options())
+        write_archive(loc, history)
         runs, phases = [], ""
         for rep in range(3):
             wipe()
             marks.clear()
-            runs.append(run(uri))
+            runs.append(run(loc))
             assert restored()
             if rep == 0:
                 phases = _phases(marks)

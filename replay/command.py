@@ -9,6 +9,8 @@ import psycopg
 from rich.console import Console
 
 from capture.event import format_lsn
+from consumers.archive.layout import ArchiveError
+from consumers.archive.location import ArchiveLocation, archive_location
 from hera_kit.text import first_line
 from replay.apply import Applied
 from replay.errors import BadPoint, ReplayError
@@ -32,10 +34,15 @@ def _dsn(s: ReplaySettings, what: str) -> str:
     return s.dsn.get_secret_value()
 
 
-def _archive(s: ReplaySettings) -> str:
+def _archive(s: ReplaySettings) -> ArchiveLocation:
+    """The archive with its object store's options, from the standard AWS_* variables (the
+    same ones ``consumers archive`` reads), passed explicitly to every reader."""
     if s.archive is None:
         raise BadPoint("--archive DIR|URI (or HERA_ARCHIVE) is required")
-    return s.archive
+    try:
+        return archive_location(s.archive, s.storage_options())
+    except ArchiveError as exc:
+        raise ReplayError(f"cannot read the archive {s.archive}: {exc}") from None
 
 
 def open_pg(dsn: str) -> Conn:

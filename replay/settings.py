@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import PrivateAttr, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumers.archive.settings import StorageSettings
 
 
 class ReplaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HERA_", extra="ignore")
 
     archive: str | None = None  # a directory or a URI (s3://bucket/prefix)
+    # the object store's credentials: the standard AWS_* variables (not HERA_*), read when
+    # the CLI builds the settings and handed to the archive readers explicitly
+    _storage: StorageSettings = PrivateAttr(default_factory=StorageSettings)
     table: str = "public.core_relationships"
     until: str | None = None
     before_xid: int | None = None
@@ -29,3 +34,6 @@ class ReplaySettings(BaseSettings):
     allow_other_database: bool = False
     org: str | None = None
     relationship_type: str | None = None
+
+    def storage_options(self) -> dict[str, str]:
+        return self._storage.storage_options()

@@ -8,13 +8,15 @@ caller already loaded).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
 
 from capture.event import format_lsn
+from consumers.archive.layout import ArchiveError
+from consumers.archive.location import ArchiveLocation, archive_location
 from hera_kit.text import first_line
 from replay.coverage import check_coverage, resolve_point
 from replay.errors import NotCovered, ReplayError, UnknownTable
@@ -64,33 +66,28 @@ class State:
         return f"{self.table} at {format_lsn(self.upto_lsn)}"
 
 
-def _archive_error() -> type[Exception]:
-    """The archive reader's named error (its module moved with the Delta Lake archive)."""
-    try:
-        from consumers.archive.errors import ArchiveError  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        from consumers.archive.layout import ArchiveError  # type: ignore[no-redef,unused-ignore]
-    return ArchiveError  # type: ignore[no-any-return,unused-ignore]
+def open_history(archive: str | Path | ArchiveLocation,
+                 storage_options: Mapping[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+    """The archive's views; ReplayError (one line) when it is not a readable archive.
 
-
-def open_history(archive: str | Path) -> duckdb.DuckDBPyConnection:
-    """The archive's views; ReplayError (one line) when it is not a readable archive."""
+    ``archive``: a path, a URI, or an ArchiveLocation carrying its storage options (the CLI
+    builds those from the AWS_* variables; nothing here reads the environment)."""
     from consumers.archive.reader import connect_history
 
-    text = str(archive)
-    uri = "://" in text
-    if not uri and Path(text).is_file():
-        raise NotCovered(f"{text} is a file, not an archive; pass the directory or URI "
-                         "`consumers archive --archive` writes")
-    if not uri and not Path(text).is_dir():
-        raise NotCovered(f"archive directory {text} does not exist; pass the directory "
-                         "or URI `consumers archive --archive` writes")
     try:
-        return connect_history(text if uri else Path(text))  # type: ignore[arg-type,unused-ignore]
-    except _archive_error() as exc:
-        raise ReplayError(f"cannot read the archive {text}: {exc}") from None
+        loc = archive_location(archive, storage_options)
+    except ArchiveError as exc:
+        raise ReplayError(f"cannot read the archive {archive}: {exc}") from None
+    try:
+        loc.check_readable()
+    except ArchiveError as exc:
+        raise NotCovered(str(exc)) from None
+    try:
+        return connect_history(loc)
+    except ArchiveError as exc:
+        raise ReplayError(f"cannot read the archive {loc}: {exc}") from None
     except duckdb.Error as exc:
-        raise ReplayError(f"cannot read the archive {text}: {first_line(exc, '')}; "
+        raise ReplayError(f"cannot read the archive {loc}: {first_line(exc, '')}; "
                           "restore the file from a backup or re-archive from Kafka") from None
 
 

@@ -1,18 +1,36 @@
 """Where an archive lives: a local directory or any URI deltalake supports (``s3://bucket/p``,
 ``gs://``, ``az://``, ...), with the object store's options (credentials, endpoint) passed in
-explicitly. The CLI builds those options from the standard ``AWS_*`` variables
+explicitly. The CLIs build those options from the standard ``AWS_*`` variables
 (``settings.StorageSettings``); library code never reads the environment.
+
+``ArchiveLocation`` is the one object the writer (store.py, table.py), the reader
+(reader.py, ``consumers history``), replay and the benchmarks share (litestream's
+``ReplicaClient``): it owns the URI, the storage options and the checks of the place itself
+("is a file", "does not exist", "not empty", the writer's lock, a data file's presence),
+each worded once here. What is *in* the Delta table is table.py's business.
 """
 
 from __future__ import annotations
 
+import fcntl
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
-from consumers.archive.layout import UnsupportedLocationError
+from consumers.archive.layout import (
+    ArchiveError,
+    ArchiveLockedError,
+    DamagedArchiveError,
+    NotAnArchiveError,
+    StoreUnavailableError,
+    UnsupportedLocationError,
+)
 from hera_kit import logs
+
+LOCK_FILE = "_hera_writer.lock"  # "_" prefix: Delta readers and vacuum leave it alone
+LEGACY_FILES = ("manifest.json", "archive.json")
 
 # The schemes deltalake (delta-rs) opens tables on; anything else it refuses ("Unknown scheme").
 _REMOTE = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://", "adl://",
@@ -41,6 +59,114 @@ class ArchiveLocation:
     def __str__(self) -> str:
         """For messages: the URI without any user:password part."""
         return logs.redact(self.uri)
+
+    # --- the place itself ------------------------------------------------------------------
+
+    def is_a_file(self) -> NotAnArchiveError:
+        """The one wording of "--archive names a file"."""
+        return NotAnArchiveError(f"{self} is a file, not an archive; point --archive at a "
+                                 "directory or a URI such as s3://bucket/prefix")
+
+    def check_not_a_file(self) -> None:
+        if self.is_local and self.path.is_file():
+            raise self.is_a_file()
+
+    def check_readable(self) -> None:
+        """A reader's refusals before it asks the store anything: a local path must be an
+        existing directory (a remote one is asked by opening the table)."""
+        self.check_not_a_file()
+        if self.is_local and not self.path.is_dir():
+            raise NotAnArchiveError(f"{self} does not exist (no archive there); point "
+                                    "--archive at the directory or URI `consumers archive` "
+                                    "writes")
+
+    def has_unreadable_log(self) -> bool:
+        """A local ``_delta_log`` is there although no readable table was found."""
+        return self.is_local and (self.path / "_delta_log").exists()
+
+    def damaged_log(self) -> DamagedArchiveError:
+        return DamagedArchiveError(
+            f"the Delta log of {self} cannot be read (no readable commit in _delta_log); "
+            "restore it from a backup, or re-archive from Kafka")
+
+    def not_an_archive(self) -> str:
+        if self.is_local and any((self.path / f).exists() for f in LEGACY_FILES):
+            return (f"{self} is an archive of the old format (manifest + segments); convert "
+                    f"it with `consumers archive migrate {self} NEW_LOCATION`")
+        return f"{self} is not a hera-guard archive (no Delta table there)"
+
+    def check_empty(self) -> None:
+        """A new archive goes into an empty directory (or any remote prefix: the Delta log's
+        absence is checked by the caller)."""
+        if not self.is_local:
+            return
+        self.check_not_a_file()
+        path = self.path
+        entries = [p for p in path.iterdir() if p.name != LOCK_FILE] if path.exists() else []
+        if entries:
+            raise NotAnArchiveError(
+                self.not_an_archive() + " and is not empty; point --archive at an archive or "
+                "at a new, empty directory")
+
+    def lock_for_writer(self, create: bool) -> IO[bytes] | None:
+        """The local writer's ``flock`` (None on object storage, where the conditional log
+        entry alone keeps one writer)."""
+        if not self.is_local:
+            return None
+        path = self.path
+        if not path.exists():
+            if not create:
+                raise NotAnArchiveError(f"{self} does not exist")
+            path.mkdir(parents=True)
+        elif not path.is_dir():
+            raise self.is_a_file()
+        lock = (path / LOCK_FILE).open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ArchiveLockedError(
+                f"{self} is being written by another archiver (lock on {LOCK_FILE}); run one "
+                "archiver per archive") from None
+        return lock
+
+    def unreachable(self, exc: BaseException) -> ArchiveError:
+        """StoreUnavailableError when waiting may help, ArchiveError when it will not."""
+        hint = "" if self.is_local else (
+            "; check the bucket exists, the endpoint (AWS_ENDPOINT_URL) and the credentials "
+            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+        kind = StoreUnavailableError if store_failure_passes(exc) else ArchiveError
+        return kind(f"cannot reach {self}: {store_error(exc)}{hint}")
+
+    # --- data files (local archives: cheap checks before a reader or writer trusts them) ----
+
+    def check_files(self, files: Iterable[tuple[str, int]]) -> None:
+        """Every (relative path, size) the log lists is there with its size (no-op remote:
+        the object store answers a missing object itself)."""
+        if self.is_local:
+            for rel, size in files:
+                self.check_file(self.path / rel, size)
+
+    def check_file(self, path: Path, size: int) -> None:
+        """A data file the log lists must be there with its size (cheap: one stat)."""
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            raise DamagedArchiveError(
+                f"data file {path} of the archive {self} is missing; {_RESTORE}") from None
+        if actual != size:
+            raise DamagedArchiveError(
+                f"data file {path} of the archive {self} is damaged ({actual} bytes, the "
+                f"Delta log says {size}); {_RESTORE}")
+        with path.open("rb") as f:  # the footer's magic: a file overwritten in place fails
+            f.seek(-4, 2)
+            if f.read(4) != b"PAR1":
+                raise DamagedArchiveError(
+                    f"data file {path} of the archive {self} is damaged (not a Parquet "
+                    f"file); {_RESTORE}")
+
+
+_RESTORE = "restore the file from a backup, or re-archive from Kafka into a new location"
 
 
 def archive_location(target: str | Path | ArchiveLocation,

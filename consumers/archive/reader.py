@@ -40,14 +40,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
 
-from consumers.archive.layout import ArchiveError, DamagedArchiveError, NotAnArchiveError
+from consumers.archive.layout import ArchiveError
 from consumers.archive.location import ArchiveLocation, archive_location
 from consumers.archive.segments import KINDS
-from consumers.archive.table import Clock, open_table, utc_now
+from consumers.archive.table import Clock, files_by_kind, open_table, utc_now
 from consumers.archive.views import VIEW_SQL, parquet_source, raw_relation_sql
 from hera_kit.text import first_line
 
@@ -65,10 +64,7 @@ def connect_history(archive: str | Path | ArchiveLocation, *, version: int | Non
     the archive and takes no lock: safe while the archiver runs.
     """
     loc = archive_location(archive, storage_options)
-    if loc.is_local and loc.path.is_file():
-        raise NotAnArchiveError(f"{loc} is a file, not an archive; name the archive's directory")
-    if loc.is_local and not loc.path.is_dir():
-        raise NotAnArchiveError(f"{loc} does not exist (no archive there)")
+    loc.check_readable()
     dt = open_table(loc)
     if version is not None or as_of is not None:
         dt = _time_travel(dt, loc, version, as_of, clock)
@@ -112,61 +108,20 @@ def _time_travel(dt: DeltaTable, loc: ArchiveLocation, version: int | None,
     return dt
 
 
-def check_local_files(dt: DeltaTable, loc: ArchiveLocation) -> None:
-    for files in _files_by_kind(dt).values():
-        for rel, size in files:
-            check_file(loc.path / rel, size, loc)
-
-
-def _files_by_kind(dt: DeltaTable) -> dict[str, list[tuple[str, int]]]:
-    actions = pa.table(dt.get_add_actions(flatten=True))
-    out: dict[str, list[tuple[str, int]]] = {k: [] for k in KINDS}
-    if not actions.num_rows:
-        return out
-    for path, size, kind in zip(actions["path"].to_pylist(), actions["size_bytes"].to_pylist(),
-                                actions["partition.kind"].to_pylist(), strict=True):
-        out.setdefault(kind, []).append((path, size))
-    return out
-
-
 def _local_relations(con: duckdb.DuckDBPyConnection, dt: DeltaTable,
                      loc: ArchiveLocation) -> None:
     root = loc.path
-    for kind, files in _files_by_kind(dt).items():
+    for kind, files in files_by_kind(dt).items():
         if kind not in KINDS:
             continue
-        paths = []
-        for rel, size in files:
-            path = root / rel
-            check_file(path, size, loc)
-            paths.append(str(path))
+        loc.check_files(files)
+        paths = [str(root / rel) for rel, _ in files]
         con.execute(raw_relation_sql(f"raw_{kind}", kind, parquet_source(paths)))
-
-
-def check_file(path: Path, size: int, loc: ArchiveLocation) -> None:
-    """A data file the log lists must be there with its size (cheap: one stat)."""
-    try:
-        actual = path.stat().st_size
-    except FileNotFoundError:
-        raise DamagedArchiveError(
-            f"data file {path} of the archive {loc} is missing; restore the file from a "
-            "backup, or re-archive from Kafka into a new location") from None
-    if actual != size:
-        raise DamagedArchiveError(
-            f"data file {path} of the archive {loc} is damaged ({actual} bytes, the Delta "
-            f"log says {size}); restore the file from a backup, or re-archive from Kafka "
-            "into a new location")
-    with path.open("rb") as f:  # the footer's magic: a file overwritten in place fails here
-        f.seek(-4, 2)
-        if f.read(4) != b"PAR1":
-            raise DamagedArchiveError(
-                f"data file {path} of the archive {loc} is damaged (not a Parquet file); "
-                "restore the file from a backup, or re-archive from Kafka into a new location")
 
 
 def _dataset_relations(con: duckdb.DuckDBPyConnection, dt: DeltaTable) -> None:
     dataset = dt.to_pyarrow_dataset()
-    kinds = set(_files_by_kind(dt))
+    kinds = set(files_by_kind(dt))
     for kind in KINDS:
         if kind not in kinds:
             con.execute(raw_relation_sql(f"raw_{kind}", kind, None))

@@ -76,10 +76,8 @@ from consumers.archive.table import (
     LOCK_FILE,
     WRITER,
     Clock,
-    check_empty,
     create_table,
-    lock_for_writer,
-    not_an_archive,
+    data_files,
     open_table,
     read_commit_state,
     table_exists,
@@ -108,10 +106,7 @@ class ArchiveStore:
         self._clock = clock
         self._broken = False
         self._state = read_commit_state(dt)
-        if loc.is_local:
-            from consumers.archive.reader import check_local_files
-
-            check_local_files(dt, loc)  # a missing or damaged file: one line, before anything
+        loc.check_files(data_files(dt))  # a missing or damaged file: one line, before anything
         self._changes = RecentKeys(dedup_capacity, lambda k: self._on_disk("changes", k))
         self._txns = RecentKeys(dedup_capacity, lambda k: self._on_disk("transactions", k))
         self._markers: set[tuple[object, ...]] = set()
@@ -132,12 +127,10 @@ class ArchiveStore:
         before it contacts the broker)."""
         if table_exists(loc):
             open_table(loc)
-        elif loc.is_local and loc.path.exists() and (loc.path / "_delta_log").exists():
-            raise DamagedArchiveError(
-                f"the Delta log of {loc} cannot be read (no readable commit in _delta_log); "
-                "restore it from a backup, or re-archive from Kafka")
+        elif loc.has_unreadable_log():
+            raise loc.damaged_log()
         else:
-            check_empty(loc)
+            loc.check_empty()
 
     @classmethod
     def open_or_create(cls, target: str | Path | ArchiveLocation, *, create: bool = True,
@@ -152,14 +145,12 @@ class ArchiveStore:
         loc = archive_location(target, storage_options)
         exists = table_exists(loc)
         if not exists:  # refuse before anything is written (no lock file either)
-            if loc.is_local and loc.path.exists() and (loc.path / "_delta_log").exists():
-                raise DamagedArchiveError(
-                    f"the Delta log of {loc} cannot be read (no readable commit in "
-                    "_delta_log); restore it from a backup, or re-archive from Kafka")
+            if loc.has_unreadable_log():
+                raise loc.damaged_log()
             if not create:
-                raise NotAnArchiveError(not_an_archive(loc))
-            check_empty(loc)
-        lock = lock_for_writer(loc, create) if loc.is_local else None
+                raise NotAnArchiveError(loc.not_an_archive())
+            loc.check_empty()
+        lock = loc.lock_for_writer(create)
         try:
             dt = create_table(loc, clock) if not exists else open_table(loc)
             return cls(loc, dt, lock, clock, dedup_capacity)

@@ -5,11 +5,10 @@ object store or the log becomes one ArchiveError line naming the location and wh
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO
 
+import pyarrow as pa
 from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
@@ -22,18 +21,14 @@ from consumers.archive.commit_state import (
 )
 from consumers.archive.layout import (
     ArchiveError,
-    ArchiveLockedError,
     DamagedArchiveError,
     NewerArchiveError,
     NotAnArchiveError,
-    StoreUnavailableError,
 )
-from consumers.archive.location import ArchiveLocation, store_error, store_failure_passes
-from consumers.archive.segments import TABLE_SCHEMA
+from consumers.archive.location import LOCK_FILE, ArchiveLocation, store_error
+from consumers.archive.segments import KINDS, TABLE_SCHEMA
 
 Clock = Callable[[], datetime]
-LOCK_FILE = "_hera_writer.lock"  # "_" prefix: Delta readers and vacuum leave it alone
-LEGACY_FILES = ("manifest.json", "archive.json")
 WRITER = WriterProperties(compression="ZSTD")
 
 
@@ -41,23 +36,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _unreachable(loc: ArchiveLocation, exc: BaseException) -> ArchiveError:
-    """StoreUnavailableError when waiting may help, ArchiveError when it will not."""
-    hint = "" if loc.is_local else (
-        "; check the bucket exists, the endpoint (AWS_ENDPOINT_URL) and the credentials "
-        "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
-    kind = StoreUnavailableError if store_failure_passes(exc) else ArchiveError
-    return kind(f"cannot reach {loc}: {store_error(exc)}{hint}")
-
-
 def table_exists(loc: ArchiveLocation) -> bool:
     """Whether a Delta table is at ``loc``; ArchiveError when the store cannot be asked."""
-    if loc.is_local and loc.path.is_file():
-        raise NotAnArchiveError(f"{loc} is a file; point --archive at a directory")
+    loc.check_not_a_file()
     try:
         return DeltaTable.is_deltatable(loc.uri, storage_options=loc.options())
     except OSError as exc:
-        raise _unreachable(loc, exc) from None
+        raise loc.unreachable(exc) from None
 
 
 def open_table(loc: ArchiveLocation, version: int | None = None) -> DeltaTable:
@@ -65,13 +50,13 @@ def open_table(loc: ArchiveLocation, version: int | None = None) -> DeltaTable:
     try:
         dt = DeltaTable(loc.uri, version=version, storage_options=loc.options())
     except TableNotFoundError:
-        raise NotAnArchiveError(not_an_archive(loc)) from None
+        raise NotAnArchiveError(loc.not_an_archive()) from None
     except DeltaError as exc:
         raise DamagedArchiveError(
             f"the Delta log of {loc} cannot be read ({store_error(exc)}); restore its "
             "_delta_log from a backup, or re-archive from Kafka into a new location") from None
     except OSError as exc:
-        raise _unreachable(loc, exc) from None
+        raise loc.unreachable(exc) from None
     fmt = archive_format(dt)
     if fmt is None:
         raise NotAnArchiveError(f"{loc} is a Delta table but not a hera-guard archive "
@@ -94,13 +79,6 @@ def archive_format(dt: DeltaTable) -> int | None:
         return int(head.removeprefix("format "))
     except ValueError:
         return None
-
-
-def not_an_archive(loc: ArchiveLocation) -> str:
-    if loc.is_local and any((loc.path / f).exists() for f in LEGACY_FILES):
-        return (f"{loc} is an archive of the old format (manifest + segments); convert it with "
-                f"`consumers archive migrate {loc} NEW_LOCATION`")
-    return f"{loc} is not a hera-guard archive (no Delta table there)"
 
 
 def read_commit_state(dt: DeltaTable) -> CommitState:
@@ -138,36 +116,24 @@ def create_table(loc: ArchiveLocation, clock: Clock) -> DeltaTable:
     except DeltaError as exc:
         raise ArchiveError(f"cannot create the archive at {loc}: {store_error(exc)}") from None
     except OSError as exc:
-        raise _unreachable(loc, exc) from None
+        raise loc.unreachable(exc) from None
 
 
-def check_empty(loc: ArchiveLocation) -> None:
-    if not loc.is_local:
-        return
-    path = loc.path
-    if path.exists() and not path.is_dir():
-        raise NotAnArchiveError(f"{loc} is a file; point --archive at a directory")
-    entries = [p for p in path.iterdir() if p.name != LOCK_FILE] if path.exists() else []
-    if entries:
-        raise NotAnArchiveError(
-            not_an_archive(loc) + " and is not empty; point --archive at an archive or at a "
-            "new, empty directory")
+def data_files(dt: DeltaTable) -> list[tuple[str, int]]:
+    """(relative path, size) of every data file of the table version."""
+    return [f for files in files_by_kind(dt).values() for f in files]
 
 
-def lock_for_writer(loc: ArchiveLocation, create: bool) -> IO[bytes] | None:
-    path = loc.path
-    if not path.exists():
-        if not create:
-            raise NotAnArchiveError(f"{loc} does not exist")
-        path.mkdir(parents=True)
-    elif not path.is_dir():
-        raise NotAnArchiveError(f"{loc} is a file; point --archive at a directory")
-    lock = (path / LOCK_FILE).open("ab")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise ArchiveLockedError(
-            f"{loc} is being written by another archiver (lock on {LOCK_FILE}); run one "
-            "archiver per archive") from None
-    return lock
+def files_by_kind(dt: DeltaTable) -> dict[str, list[tuple[str, int]]]:
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    out: dict[str, list[tuple[str, int]]] = {k: [] for k in KINDS}
+    if not actions.num_rows:
+        return out
+    for path, size, kind in zip(actions["path"].to_pylist(), actions["size_bytes"].to_pylist(),
+                                actions["partition.kind"].to_pylist(), strict=True):
+        out.setdefault(kind, []).append((path, size))
+    return out
+
+
+__all__ = ["LOCK_FILE", "WRITER", "Clock", "archive_format", "create_table", "data_files",
+           "files_by_kind", "open_table", "read_commit_state", "table_exists", "utc_now"]
