@@ -14,10 +14,10 @@ from consumers.archive.location import ArchiveLocation, archive_location
 from hera_kit.text import first_line
 from replay.apply import Applied
 from replay.errors import BadPoint, ReplayError
+from replay.filters import refuse_outside_restore, requested, typed_scope
 from replay.identity import check_target
 from replay.live import Conn, columns, connect, primary_key, require_privileges
 from replay.output import check_output_path, create_table, fill_table, write_file
-from replay.plan import Scope
 from replay.point import choose_point
 from replay.render import show_applied, show_checks, show_plans
 from replay.restore import restore, revert
@@ -64,6 +64,9 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
     if len(modes) != 1:
         raise BadPoint("choose exactly one of --output FILE, --into-table SCHEMA.TABLE, "
                        "--restore or --revert-xid N")
+    filters = requested(s)
+    if not s.restore:
+        refuse_outside_restore(filters, modes[0])
     duck = open_history(_archive(s))
     if s.revert_xid is not None:
         with closing(open_pg(_dsn(s, "--revert-xid"))) as conn:
@@ -85,9 +88,12 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
             pg = open_pg(_dsn(s, "--base-snapshot" if s.base_snapshot else "this mode"))
         base = None
         live_pk = live_types = None
+        scope = None
         if pg is not None and (s.restore or s.base_snapshot):
             cols = columns(pg, table)
             live_pk, live_types = primary_key(pg, table), {c.name: c.type for c in cols}
+            if s.restore:  # a value of the wrong type is refused before the rebuild
+                scope = typed_scope(pg, table, cols, filters)
         if s.base_snapshot is not None:
             assert pg is not None
             progress(f"reading base snapshot {s.base_snapshot}")
@@ -108,9 +114,6 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
                      s.allow_other_database, progress)
         if s.into_table is not None:
             return _into_table(s, duck, pg, state, out)
-        scope = Scope(tuple((c, v) for c, v in (("organization_id", s.org),
-                                                 ("relationship_type", s.relationship_type))
-                            if v is not None))
         outcome = restore(duck, pg, state, scope=scope, dry_run=s.dry_run,
                           allow_orphaning=s.allow_orphaning,
                           show=lambda plans: show_plans(out, plans), progress=progress)

@@ -167,3 +167,37 @@ def test_an_org_filter_restores_only_that_organization(incident: Incident) -> No
         "SELECT count(*) FROM before b WHERE b.organization_id <> %s AND b.id = ANY(%s::uuid[]) "
         "AND EXISTS (SELECT 1 FROM core_relationships c WHERE c.id = b.id)",
         org, incident.deleted[1:]) == 0
+
+
+def test_filters_compare_values_as_their_type_and_refuse_values_that_are_not_one(
+        incident: Incident) -> None:
+    org = str(incident.conn.execute(
+        "SELECT organization_id FROM before WHERE id = ANY(%s::uuid[]) "
+        "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1", (incident.deleted[1:],)
+    ).fetchone()[0])  # type: ignore[index]
+    missing = incident.count(
+        "SELECT count(*) FROM before b WHERE b.organization_id = %s AND NOT EXISTS "
+        "(SELECT 1 FROM core_relationships c WHERE c.id = b.id)", org)
+    assert missing > 0
+    added_since = incident.count(
+        "SELECT count(*) FROM core_relationships c WHERE c.organization_id = %s AND NOT EXISTS "
+        "(SELECT 1 FROM before b WHERE b.id = c.id)", org)
+    live = incident.count("SELECT count(*) FROM core_relationships")
+    point = ("--until", format_lsn(incident.before_lsn))
+    for bad, option in (("not-a-uuid", "--org"), (org[:-1], "--org")):
+        refused = incident.replay(*point, "--restore", option, bad)
+        assert refused.exit_code == 1, refused.output
+        lines = refused.output.strip().splitlines()
+        assert len(lines) == 1 and "is not a valid uuid" in lines[0], refused.output
+    # A filter is refused where it would be ignored (a file or a new table is unfiltered).
+    ignored = incident.replay(*point, "--into-table", "public.filtered", "--org", org)
+    assert ignored.exit_code == 1 and "only filter --restore" in ignored.output
+    assert incident.count("SELECT count(*) FROM core_relationships") == live
+    # The same uuid in upper case and with braces is the same value as PostgreSQL's spelling.
+    result = incident.replay(*point, "--restore", "--org", "{" + org.upper() + "}")
+    assert result.exit_code == 0, result.output
+    assert incident.count(
+        "SELECT count(*) FROM before b WHERE b.organization_id = %s AND NOT EXISTS "
+        "(SELECT 1 FROM core_relationships c WHERE c.id = b.id)", org) == 0
+    assert incident.count("SELECT count(*) FROM core_relationships") == (
+        live + missing - added_since)
