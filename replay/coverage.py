@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 
 import duckdb
 
@@ -116,13 +117,34 @@ def commit_of(conn: duckdb.DuckDBPyConnection, xid: int) -> int:
         span = first(conn.execute("SELECT min(xid), max(xid) FROM transactions"))
         held = f"archived ids {span[0]}..{span[1]}" if span and span[0] is not None else \
             "no transactions archived"
-        raise UnknownTransaction(f"transaction {xid} is not in the archive ({held}); "
-                                 "check the id with `consumers history`")
+        raise UnknownTransaction(f"transaction {xid} is not in the archive ({held})"
+                                 f"{_xid_in_gap(conn, xid)}; check the id with "
+                                 "`consumers history`")
     if len(found) > 1:
         raise UnknownTransaction(
             f"transaction id {xid} occurs more than once (xid wraparound or a new cluster): "
             f"commits at {', '.join(map(format_lsn, found))}; use --until LSN instead")
     return found[0]
+
+
+def _xid_in_gap(conn: duckdb.DuckDBPyConnection, xid: int) -> str:
+    """Where an id the archive lacks lies between the last transaction archived before a gap
+    and the first after it: it may have committed inside the gap, which no point can see."""
+    eps = epochs(conn)
+    for ep, nxt in pairwise(eps):
+        if nxt.epoch_lsn <= ep.epoch_lsn:
+            continue
+        span = first(conn.execute(
+            "SELECT (SELECT max(xid) FROM transactions WHERE commit_lsn > $a AND "
+            "commit_lsn < $b), (SELECT min(xid) FROM transactions WHERE commit_lsn > $b)",
+            {"a": ep.epoch_lsn, "b": nxt.epoch_lsn}))
+        lo, hi = span if span else (None, None)
+        if (lo is None or xid > int(lo)) and (hi is None or xid < int(hi)) and (
+                lo is not None or hi is not None):
+            return (f"; it lies between the transactions archived before and after a "
+                    f"{describe_gap(ep, nxt)}: if it committed in that gap, no point just "
+                    "before it can be rebuilt")
+    return ""
 
 
 def _resolve_time(conn: duckdb.DuckDBPyConnection, point: TimePoint, table: TableId,
@@ -143,19 +165,40 @@ def _resolve_time(conn: duckdb.DuckDBPyConnection, point: TimePoint, table: Tabl
             + (f" ({oldest.isoformat()})" if oldest else "")
             + f"; {describe_coverage(eps, table)}; use --base-snapshot with an older backup")
     lsn = max(candidates)
-    # The archive must show nothing else committed until the requested time.
     ep = _epoch_at(eps, lsn, table)
     if ep is not None and (ep.reach_ts is None or ep.reach_ts < at):
-        later = first(conn.execute(
-            "SELECT 1 FROM transactions WHERE commit_ts > $at AND commit_lsn > $l LIMIT 1",
-            {"at": at, "l": lsn}))
-        if later is None:
-            seen = ep.reach_ts.isoformat() if ep.reach_ts else ep.started.isoformat()
-            raise NotCovered(
-                f"{point.describe()} is beyond the archive: it reaches {seen} "
-                f"(LSN {format_lsn(ep.reach_lsn)}); wait for capture to catch up or pick "
-                "an earlier time")
+        # The answering epoch's record ends before the time: later than that it knows
+        # nothing. A later epoch whose snapshot came after the time (else it would answer)
+        # means capture lost the changes in between; none means capture has not got there.
+        nxt = _next_epoch(eps, ep)
+        if nxt is not None:
+            raise NotCovered(f"{point.describe()} is in a gap of the archive: "
+                             f"{describe_gap(ep, nxt)}; pick a time at or before "
+                             f"{_when(ep.reach_ts or ep.started)} or at or after "
+                             f"{_when(nxt.started)}")
+        seen = ep.reach_ts.isoformat() if ep.reach_ts else ep.started.isoformat()
+        raise NotCovered(
+            f"{point.describe()} is beyond the archive: it reaches {seen} "
+            f"(LSN {format_lsn(ep.reach_lsn)}); wait for capture to catch up or pick "
+            "an earlier time")
     return lsn
+
+
+def _when(at: datetime) -> str:
+    return at.isoformat()
+
+
+def _next_epoch(eps: list[Epoch], ep: Epoch) -> Epoch | None:
+    return next((e for e in eps if e.epoch_lsn > ep.epoch_lsn), None)
+
+
+def describe_gap(ep: Epoch, nxt: Epoch) -> str:
+    """One gap between epochs, by LSN and time, the same words for every point kind."""
+    end = ep.reach_ts or ep.started
+    return (f"gap from {format_lsn(ep.reach_lsn)} to {format_lsn(nxt.epoch_lsn)} "
+            f"({_when(end)} to {_when(nxt.started)}: capture stopped and its slot {ep.slot} "
+            f"was lost or re-created; no change between them was captured, the next epoch "
+            f"starts with a new snapshot)")
 
 
 def _epoch_at(eps: list[Epoch], lsn: int, table: TableId) -> Epoch | None:
@@ -191,9 +234,7 @@ def check_coverage(conn: duckdb.DuckDBPyConnection, upto: int, table: TableId,
                 f"the archive is behind: archived up to {format_lsn(ep.reach_lsn)} "
                 f"(slot {ep.slot}), the point {format_lsn(upto)} is later; wait for capture "
                 "and the archiver to catch up, or pick an earlier point")
-        gap = (f"; gap from {format_lsn(ep.reach_lsn)} to {format_lsn(nxt.epoch_lsn)} "
-               "(slot lost or re-created: no change between them was captured)"
-               ) if upto < nxt.epoch_lsn else ""
+        gap = f"; {describe_gap(ep, nxt)}" if upto < nxt.epoch_lsn else ""
         raise NotCovered(f"the archive does not cover {format_lsn(upto)}: "
                          f"{describe_coverage(eps, table)}{gap}")
     _check_complete(conn, lo=base.lsn if base is not None else ep.epoch_lsn, hi=upto)

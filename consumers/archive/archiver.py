@@ -45,6 +45,7 @@ from consumers.archive.bulk_parse import BulkChangeParser
 from consumers.archive.housekeeping import Housekeeping, housekeep
 from consumers.archive.layout import IdentityMismatchError
 from consumers.archive.store import ArchiveStore, Offsets
+from consumers.epochs import EpochWatch
 from consumers.kafka_source import Record, RecordSource
 from hera_kit.identity import StreamIdentity
 
@@ -166,6 +167,7 @@ class Archiver:
         self._txn_topic = transaction_topic(source.prefix)
         self._on_commit = on_commit
         self._bulk = BulkChangeParser()
+        self._epochs = EpochWatch(log, self.identity.epoch_lsn)
 
     def run(self, stop: threading.Event) -> ArchiverStats:
         """Poll until ``stop``; commit each batch on one committer thread meanwhile.
@@ -272,6 +274,7 @@ class Archiver:
         for marker in sorted(p.markers, key=lambda m: m.lsn):
             # a marker of another database/slot: stop before committing anything of it
             self._check(self.identity.with_marker(marker))
+            self._epochs.seen(marker)  # one line when a new epoch starts after a gap
         if p.dead_letters:
             self.source.flush()  # the dead letters are durable before their offsets move
         # the model-parsed changes go first: their relative order to the bulk-parsed ones

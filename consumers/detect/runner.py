@@ -47,6 +47,7 @@ from consumers.detect.state import Batch, StateStore
 from consumers.detect.stream_check import StreamCheck, check_tables
 from consumers.detect.webhook import WebhookFormat, WebhookSink
 from consumers.detect.window import RemovalWindow
+from consumers.epochs import EpochWatch
 from consumers.kafka_source import (
     Backend,
     CheckedSource,
@@ -133,6 +134,7 @@ class DetectorRunner:
         self.check = StreamCheck(options.state_path, loaded.identity
                                  or StreamIdentity(topic_prefix=prefix), loaded.topic_ids)
         self.check.changed = loaded.identity is None
+        self._epochs = EpochWatch(log, loaded.identity.epoch_lsn if loaded.identity else None)
         self._named = named_tables(rules) | {t: "--tables" for t in options.tables}
         self._captured = loaded.captured_tables
         self._captured_changed = False
@@ -329,6 +331,7 @@ class DetectorRunner:
 
     def _on_marker(self, marker: StreamMarker) -> None:
         self.check.marker(marker)
+        self._epochs.seen(marker)  # one line when a new epoch starts after a gap
         if marker.tables and tuple(marker.tables) != self._captured:
             check_tables(self._named, tuple(marker.tables))
             self._captured, self._captured_changed = tuple(marker.tables), True

@@ -159,3 +159,42 @@ def test_a_base_snapshot_answers_its_own_lsn_without_the_archive() -> None:
     assert check_coverage(conn, 0x5000, TABLE, Base(0x5000)).epoch is None
     with pytest.raises(NotCovered, match="before the base snapshot"):
         check_coverage(conn, 0x4000, TABLE, Base(0x5000))
+
+
+def _two_epochs() -> tuple[History, History]:
+    old = history()
+    old.commit([("c", None, r(2))])
+    old.progress(0x2100)
+    new = History(epoch_lsn=0x9000, next_lsn=0xA000, slot="slot", next_xid=900,
+                  clock=old.clock + timedelta(hours=1))
+    new.snapshot([r(1), r(2), r(3)])
+    new.commit([("c", None, r(4))])
+    return old, new
+
+
+def test_every_point_kind_inside_a_gap_between_epochs_is_refused_naming_the_gap() -> None:
+    old, new = _two_epochs()
+    conn = memory_history(old, new)
+    inside = old.clock + timedelta(minutes=30)
+    for point in (TimePoint(inside), LsnPoint(0x5000), BeforeXid(800)):
+        with pytest.raises((NotCovered, UnknownTransaction), match="gap from 0/2100 to 0/9000"):
+            check_coverage(conn, resolve_point(conn, point, TABLE), TABLE)
+    # Either side: the old epoch's last moment and the new snapshot answer.
+    assert resolve_point(conn, TimePoint(old.clock), TABLE) == 0x2000
+    assert resolve_point(conn, TimePoint(new.clock - timedelta(seconds=5)), TABLE) == 0x9000
+
+
+def test_a_new_epoch_after_a_gap_is_logged_once_naming_where_the_old_one_ended(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from consumers.epochs import EpochWatch
+
+    old, new = _two_epochs()
+    watch = EpochWatch(logging.getLogger("test.epochs"), None)
+    with caplog.at_level(logging.WARNING, "test.epochs"):
+        for m in [*old.markers, *new.markers, new.markers[0]]:  # a re-delivered START too
+            watch.seen(m)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert "new snapshot at 0/9000" in lines[0] and "progress at 0/2100" in lines[0]
