@@ -35,5 +35,10 @@ class BrokerError(CaptureError):
                    "--bootstrap-servers and that the broker is running")
 
 
+class StreamRestart(CaptureError):
+    """The stream must start again from the confirmed LSN with other options (a renamed
+    captured table wal2json's filter must now name); the service reconnects at once."""
+
+
 class DecodeError(CaptureError):
     """A logical-decoding message could not be understood; nothing past it was confirmed."""

@@ -35,7 +35,7 @@ from capture.decoding import (
     RowChange,
     Truncate,
 )
-from capture.errors import DecodeError
+from capture.errors import DecodeError, StreamRestart
 from capture.event import (
     ColumnDef,
     MarkerKind,
@@ -81,6 +81,7 @@ class _SchemaLog(msgspec.Struct):
     columns: list[_SchemaColumn]
     command_tag: str | None = None
     ddl: str | None = None
+    relid: int | None = None  # pg_class.oid (schema logs installed before it: None)
 
 
 _decode_schema_log = msgspec.json.Decoder(_SchemaLog).decode
@@ -317,6 +318,8 @@ class StreamRunner:
             raise DecodeError(f"unparseable {SCHEMA_PREFIX} message ({exc}): "
                               f"{rec.content[:200]!r}") from exc
         table = (logged.schema, logged.table)
+        if logged.relid is not None:
+            table = self._follow_rename(logged.relid, table) or table
         if table not in self.topics:
             return  # a DDL on a table this stream does not capture
         defs = tuple(ColumnDef(attnum=c.attnum, name=c.name, type=c.type, not_null=c.not_null,
@@ -326,6 +329,24 @@ class StreamRunner:
         self.logged[table] = tuple(c.name for c in logged.columns)
         self._schema_event(self._txn(), logged.schema, logged.table, rec.lsn, defs,
                            logged.command_tag, logged.ddl, recorded=True)
+
+    def _follow_rename(self, relid: int, name: tuple[str, str]) -> tuple[str, str] | None:
+        """A captured table is its relation: under another name (RENAME TO) it keeps its
+        captured name and topic. A decoder that filters by name (wal2json) must be told the
+        new name at START_REPLICATION: the stream restarts from the confirmed LSN, before
+        this DDL, so nothing written under the new name is missed."""
+        before = self.decoder.start_options()
+        own = self.svc.names.renamed(relid, *name)
+        if own is None:
+            return None
+        if own != name:
+            log.warning("captured table %s.%s is now named %s.%s; its changes keep its "
+                        "captured name and topic", *own, *name)
+        if self.decoder.start_options() != before:
+            raise StreamRestart(
+                f"captured table {own[0]}.{own[1]} was renamed to {name[0]}.{name[1]}: "
+                f"decoding again from {format_lsn(self.svc.confirmed_lsn)} with the new name")
+        return own
 
     def _schema_event(self, txn: _Txn, schema: str, table: str, lsn: int,
                       columns: tuple[ColumnDef, ...], command_tag: str | None, ddl: str | None,

@@ -17,8 +17,9 @@ from collections.abc import Callable
 
 import psycopg
 
-from capture.decoding import PLUGINS, Decoder, choose_plugin, make_decoder
+from capture.decoding import PLUGINS, Decoder, TableNames, choose_plugin, make_decoder
 from capture.decoding.catalog import SideCatalog
+from capture.decoding.names import warn_without_schema_log
 from capture.encoding import SESSION_OPTIONS
 from capture.errors import BrokerError, CaptureError, DecodeError, SlotError
 from capture.event import MarkerKind, Op, StreamMarker, change_event_json, encode_key, format_lsn
@@ -74,6 +75,7 @@ class CaptureService:
         self.position = StreamPosition(settings, clock)
         self.catalog = SideCatalog(settings.dsn)
         self.decoder: Decoder | None = None  # chosen in prepare(): the slot's plugin
+        self.names = TableNames(())  # the captured tables by relation (renames followed)
         self.ready = threading.Event()  # set once streaming (snapshot done) - tests await it
 
     @property
@@ -107,7 +109,10 @@ class CaptureService:
             plugin, why = choose_plugin(self.s.plugin, None if existing is None else
                                         existing.plugin, self.s.new_snapshot, conn, self.s.slot)
             check_plugin_allowed(conn, plugin)
-            self.decoder = make_decoder(plugin, pos.tables, self.catalog, self.s.slot)
+            warn_without_schema_log(conn, plugin, log)
+            self.names = TableNames(pos.tables)
+            self.decoder = make_decoder(plugin, pos.tables, self.catalog, self.s.slot,
+                                        self.names)
             pos.plugin = self.decoder.caps.name
             log.info("output plugin chosen", extra={"plugin": plugin, "why": why})
             # Before a slot is created: pgoutput reads its publication as of each change.

@@ -26,6 +26,7 @@ class TableInfo:
     table: str
     columns: tuple[tuple[str, str], ...]  # (name, format_type)
     primary_key: tuple[str, ...]
+    oid: int = 0  # pg_class.oid: the table's identity across renames (0: unknown)
 
     @property
     def qualified(self) -> str:
@@ -97,7 +98,7 @@ def table_info(conn: Conn, qualified: str) -> TableInfo:
             "add one (ALTER TABLE ... ADD PRIMARY KEY) before capturing it"
         )
     return TableInfo(schema, table, tuple((str(c), str(t)) for c, t in cols),
-                     tuple(str(p[0]) for p in pk))
+                     tuple(str(p[0]) for p in pk), int(str(oid)))
 
 
 def ensure_replica_identity_full(conn: Conn, info: TableInfo) -> bool:

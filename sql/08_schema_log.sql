@@ -9,7 +9,8 @@
 -- which capture turns into a SchemaChangeEvent at its place in WAL order (contract:
 -- docs/schema-log.md; fields = capture.event.ColumnDef). A DDL that rolls back emits nothing.
 --
--- <json> = {"schema", "table", "command_tag", "ddl" (current_query(): the client's statement
+-- <json> = {"schema", "table", "relid" (pg_class.oid: a captured table renamed is still the
+-- captured table, capture/decoding/names.py), "command_tag", "ddl" (current_query(): the client's statement
 -- text, which may hold several commands), "columns": [{"attnum", "name", "type"
 -- (format_type), "not_null", "default" (pg_get_expr or null), "missing" (attmissingval's
 -- element as PostgreSQL text, or null), "has_missing"}]} -- live columns only, attnum order.
@@ -69,6 +70,7 @@ BEGIN
         PERFORM pg_logical_emit_message(true, 'hera-guard.schema', json_build_object(
             'schema', rel.nspname,
             'table', rel.relname,
+            'relid', rel.relid::bigint,
             'command_tag', rel.command_tag,
             'ddl', current_query(),
             'columns', (

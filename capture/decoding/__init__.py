@@ -17,6 +17,7 @@ from capture.decoding.base import (
     Decoder,
 )
 from capture.decoding.choice import PLUGINS, choose_plugin
+from capture.decoding.names import TableNames
 from capture.decoding.records import (
     Begin,
     Columns,
@@ -34,16 +35,17 @@ if TYPE_CHECKING:
 
 
 def make_decoder(plugin: str, tables: Sequence[TableInfo], catalog: Catalog,
-                 publication: str) -> Decoder:
-    """The decoder for ``plugin`` (a slot's plugin name)."""
+                 publication: str, names: TableNames | None = None) -> Decoder:
+    """The decoder for ``plugin`` (a slot's plugin name); ``names``: the captured tables by
+    relation, shared with the runner, which learns renames from the schema log."""
     if plugin == "wal2json":
         from capture.decoding.wal2json import Wal2JsonDecoder
 
-        return Wal2JsonDecoder(tables, catalog)
+        return Wal2JsonDecoder(tables, catalog, names)
     if plugin == "pgoutput":
         from capture.decoding.pgoutput import PgOutputDecoder
 
-        return PgOutputDecoder(tables, catalog, publication)
+        return PgOutputDecoder(tables, catalog, publication, names)
     from capture.errors import SlotError
 
     raise SlotError(f"output plugin {plugin} is not one capture decodes: use one of "
@@ -52,4 +54,4 @@ def make_decoder(plugin: str, tables: Sequence[TableInfo], catalog: Catalog,
 
 __all__ = ["HEARTBEAT_PREFIX", "PLUGINS", "SCHEMA_PREFIX", "Begin", "Capabilities", "Catalog",
            "Columns", "Commit", "Decoded", "Decoder", "Message", "Relation", "Row", "RowChange",
-           "Truncate", "choose_plugin", "make_decoder"]
+           "TableNames", "Truncate", "choose_plugin", "make_decoder"]

@@ -14,12 +14,14 @@ Unchanged TOASTed values (``u``) are filled from the old row (REPLICA IDENTITY F
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from capture.decoding.base import Capabilities, Catalog
+from capture.decoding.names import TableNames
 from capture.decoding.publication import ensure_publication
 from capture.decoding.records import (
     Begin,
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from capture.decoding.base import Conn
     from capture.slot import TableInfo
 
+log = logging.getLogger("hera.capture")
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970-01-01
 
 _BEGIN = struct.Struct("!QqI")
@@ -102,8 +105,10 @@ class PgOutputDecoder:
         needs_publication=True, heartbeat="logical-message",
         exactness_note="pgoutput: every value is PostgreSQL's text output, exact")
 
-    def __init__(self, tables: Sequence[TableInfo], catalog: Catalog, publication: str) -> None:
+    def __init__(self, tables: Sequence[TableInfo], catalog: Catalog, publication: str,
+                 names: TableNames | None = None) -> None:
         self.tables = list(tables)
+        self.names = names or TableNames(tables)
         self.catalog = catalog
         self.publication = publication
         self.relations: dict[int, RelationInfo] = {}
@@ -172,6 +177,13 @@ class PgOutputDecoder:
             type_mods.append((typoid, typmod))
         type_names, pk = self.catalog.relation_columns(relid, type_mods)
         schema = schema or "pg_catalog"
+        own = self.names.captured(relid)
+        if own is not None and own != (schema, table):
+            # The captured relation under another name (ALTER TABLE ... RENAME TO): its
+            # changes stay on its own topic, under the name replay knows.
+            log.warning("captured table %s.%s is now named %s.%s; its changes keep its "
+                        "captured name and topic", *own, schema, table)
+            schema, table = own
         types = dict(zip(names, type_names, strict=True))
         self.relations[relid] = RelationInfo(schema, table, names,
                                              [bytes_decoder(t) for t in type_names], types, pk)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from capture.decoding.base import HEARTBEAT_PREFIX, SCHEMA_PREFIX, Capabilities, Catalog
+from capture.decoding.names import TableNames
 from capture.decoding.records import (
     Begin,
     Commit,
@@ -145,6 +146,11 @@ def json_value(pg_type: str, raw: bytes) -> Value:
     return int(raw) if pg_type in INT_TYPES else raw.decode()
 
 
+def _escape(name: str) -> str:
+    """A name in wal2json's add-tables: space, quote, comma, period, asterisk escaped."""
+    return "".join("\\" + c if c in " ',.*" else c for c in name)
+
+
 def _req(value: T | None) -> T:
     if value is None:
         raise DecodeError("wal2json BEGIN/COMMIT without xid or timestamp (include-xids, "
@@ -167,8 +173,11 @@ class Wal2JsonDecoder:
         needs_publication=False, heartbeat="logical-message",
         exactness_note="wal2json with numeric-data-types-as-string: every value exact")
 
-    def __init__(self, tables: Sequence[TableInfo], catalog: Catalog | None = None) -> None:
+    def __init__(self, tables: Sequence[TableInfo], catalog: Catalog | None = None,
+                 names: TableNames | None = None) -> None:
         self.add_tables = ",".join(t.qualified for t in tables)
+        # Renamed captured tables: wal2json names them by their new name (TableNames).
+        self.names = names or TableNames(tables)
         # wal2json 2.5 now and then leaves "pk" out of a change (seen once, on a change
         # right after ALTER COLUMN ... TYPE; probably the relcache entry the DDL rebuilt):
         # the key columns then come from the catalog, as pgoutput's do, once per column list.
@@ -182,7 +191,8 @@ class Wal2JsonDecoder:
 
     def start_options(self) -> dict[str, str]:
         options = dict(WAL2JSON_OPTIONS)
-        options["add-tables"] = self.add_tables
+        options["add-tables"] = ",".join(
+            [self.add_tables, *(f"{_escape(s)}.{_escape(t)}" for s, t in self.names.extra)])
         options["add-msg-prefixes"] = f"{HEARTBEAT_PREFIX},{SCHEMA_PREFIX}"
         if self.numeric_as_string:
             options[NUMERIC_AS_STRING] = "1"
@@ -209,6 +219,8 @@ class Wal2JsonDecoder:
             msg: _Msg | _FastMsg = (_decode_msg if exact_raw else _decode_fast)(payload)
             action = msg.action
             if action in ("I", "U", "D"):
+                if self.names.extra:  # a captured table was renamed: names to map
+                    return self._renamed_change(msg, exact_raw)
                 return self._row_change(msg, exact_raw)
             if action == "B":
                 return Begin(_req(msg.xid), parse_lsn(msg.lsn), ts_us(_req(msg.timestamp)))
@@ -216,7 +228,8 @@ class Wal2JsonDecoder:
                 return Commit(_req(msg.xid), parse_lsn(msg.lsn), parse_lsn(msg.nextlsn),
                               ts_us(_req(msg.timestamp)))
             if action == "T":
-                return Truncate(((msg.schema, msg.table),), parse_lsn(msg.lsn))
+                own = self.names.resolve(msg.schema, msg.table)
+                return None if own is None else Truncate((own,), parse_lsn(msg.lsn))
             if action == "M":
                 return Message(parse_lsn(msg.lsn), msg.prefix, msg.content, msg.transactional)
         except DecodeError:
@@ -225,6 +238,16 @@ class Wal2JsonDecoder:
             raise DecodeError(
                 f"unparseable wal2json message ({exc!r}): {payload[:200]!r}") from exc
         raise DecodeError(f"unknown wal2json action {action!r}: {payload[:200]!r}")
+
+    def _renamed_change(self, msg: _Msg | _FastMsg, exact_raw: bool) -> RowChange | None:
+        """A change of a captured table under another name: under its captured name. A
+        table that only has a name a captured one had is not captured: skipped."""
+        own = self.names.resolve(msg.schema, msg.table)
+        if own is None:
+            return None
+        change = self._row_change(msg, exact_raw)
+        change.schema, change.table = own
+        return change
 
     def _row(self, msg: _Msg | _FastMsg, cols: list[_Col] | list[_FastCol], exact_raw: bool
              ) -> tuple[Row, dict[str, str]]:
