@@ -170,8 +170,14 @@ def _resolve_time(conn: duckdb.DuckDBPyConnection, point: TimePoint, table: Tabl
         # The answering epoch's record ends before the time: later than that it knows
         # nothing. A later epoch whose snapshot came after the time (else it would answer)
         # means capture lost the changes in between; none means capture has not got there.
-        nxt = _next_epoch(eps, ep)
-        if nxt is not None:
+        if any(e.epoch_lsn > ep.epoch_lsn for e in eps):
+            nxt = _next_usable(eps, ep, table)
+            if nxt is None:
+                raise NotCovered(
+                    f"{point.describe()} is after the last change archived in epoch "
+                    f"{ep.describe()} ({_when(ep.reach_ts or ep.started)}) and no later epoch "
+                    f"holds a finished snapshot of {table}: capture started again after a "
+                    "gap; wait for its snapshot to finish or pick an earlier time")
             raise NotCovered(f"{point.describe()} is in a gap of the archive: "
                              f"{describe_gap(ep, nxt)}; pick a time at or before "
                              f"{_when(ep.reach_ts or ep.started)} or at or after "
@@ -188,8 +194,10 @@ def _when(at: datetime) -> str:
     return at.isoformat()
 
 
-def _next_epoch(eps: list[Epoch], ep: Epoch) -> Epoch | None:
-    return next((e for e in eps if e.epoch_lsn > ep.epoch_lsn), None)
+def _next_usable(eps: list[Epoch], ep: Epoch, table: TableId) -> Epoch | None:
+    """The next epoch that can answer for ``table`` (an interrupted snapshot cannot)."""
+    return next((e for e in eps if e.epoch_lsn > ep.epoch_lsn and e.snapshot_done
+                 and e.covers_table(table)), None)
 
 
 def describe_gap(ep: Epoch, nxt: Epoch) -> str:
@@ -234,6 +242,7 @@ def check_coverage(conn: duckdb.DuckDBPyConnection, upto: int, table: TableId,
                 f"the archive is behind: archived up to {format_lsn(ep.reach_lsn)} "
                 f"(slot {ep.slot}), the point {format_lsn(upto)} is later; wait for capture "
                 "and the archiver to catch up, or pick an earlier point")
+        nxt = _next_usable(eps, ep, table) or nxt
         gap = f"; {describe_gap(ep, nxt)}" if upto < nxt.epoch_lsn else ""
         raise NotCovered(f"the archive does not cover {format_lsn(upto)}: "
                          f"{describe_coverage(eps, table)}{gap}")

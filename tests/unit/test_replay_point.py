@@ -198,3 +198,17 @@ def test_a_new_epoch_after_a_gap_is_logged_once_naming_where_the_old_one_ended(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
     assert "new snapshot at 0/9000" in lines[0] and "progress at 0/2100" in lines[0]
+
+
+def test_a_gap_across_an_interrupted_snapshot_names_the_next_epoch_that_can_answer() -> None:
+    from capture.event import MarkerKind, StreamMarker
+
+    old, new = _two_epochs()
+    cut = old.clock + timedelta(minutes=10)
+    old.markers.append(StreamMarker(status=MarkerKind.SNAPSHOT_START, slot="slot", db="db",
+                                    epoch_lsn=0x5000, lsn=0x5000,
+                                    ts_ms=int(cut.timestamp() * 1000), tables=("public.rel",)))
+    conn = memory_history(old, new)
+    for point in (TimePoint(cut + timedelta(minutes=5)), LsnPoint(0x6000)):
+        with pytest.raises(NotCovered, match="gap from 0/2100 to 0/9000"):
+            check_coverage(conn, resolve_point(conn, point, TABLE), TABLE)
