@@ -33,6 +33,7 @@ from capture.decoding import (
     Relation,
     Row,
     RowChange,
+    TableNames,
     Truncate,
 )
 from capture.errors import DecodeError, StreamRestart
@@ -110,6 +111,8 @@ class StreamContext:
     # Commit -> acknowledged latency, seconds, per transaction (the benchmarks' samples).
     latency_observer: Callable[[float], None] | None = None
     on_streaming: Callable[[], None] | None = None  # called once the stream starts
+    # The captured tables by relation: renames the schema log reports are followed.
+    names: TableNames = field(default_factory=lambda: TableNames(()))
 
 
 # Allocations between young-generation collections (CPython's default: 700). See tune_gc.
@@ -336,7 +339,7 @@ class StreamRunner:
         new name at START_REPLICATION: the stream restarts from the confirmed LSN, before
         this DDL, so nothing written under the new name is missed."""
         before = self.decoder.start_options()
-        own = self.svc.names.renamed(relid, *name)
+        own = self.ctx.names.renamed(relid, *name)
         if own is None:
             return None
         if own != name:
@@ -345,7 +348,7 @@ class StreamRunner:
         if self.decoder.start_options() != before:
             raise StreamRestart(
                 f"captured table {own[0]}.{own[1]} was renamed to {name[0]}.{name[1]}: "
-                f"decoding again from {format_lsn(self.svc.confirmed_lsn)} with the new name")
+                f"decoding again from {format_lsn(self.position.confirmed_lsn)} with the new name")
         return own
 
     def _schema_event(self, txn: _Txn, schema: str, table: str, lsn: int,

@@ -305,7 +305,7 @@ class CaptureService:
         runner = StreamRunner(StreamContext(
             settings=self.s, decoder=self.dec, metrics=self.metrics, clock=self.clock,
             position=self.position, latency_observer=self.latency_observer,
-            on_streaming=self.on_streaming), producer, stream)
+            on_streaming=self.on_streaming, names=self.names), producer, stream)
         self.ready.set()
         self.metrics.health.ready()
         log.info("streaming", extra={"slot": self.s.slot, "plugin": self.dec.caps.name,
