@@ -32,8 +32,9 @@ class Filter:
 
 def requested(s: ReplaySettings) -> list[Filter]:
     """The filters the user gave (every filter option of replay is listed here)."""
-    given = (("--org", "organization_id", s.org),
-             ("--relationship-type", "relationship_type", s.relationship_type))
+    given = (("--org (HERA_ORG)", "organization_id", s.org),
+             ("--relationship-type (HERA_RELATIONSHIP_TYPE)", "relationship_type",
+              s.relationship_type))
     return [Filter(o, c, v) for o, c, v in given if v is not None]
 
 
@@ -41,8 +42,10 @@ def refuse_outside_restore(filters: list[Filter], mode: str) -> None:
     """A filter the mode would ignore is refused: an unfiltered answer is a wrong one."""
     if filters:
         names = " and ".join(f.option for f in filters)
-        raise BadPoint(f"{names} only filter --restore; {mode} would ignore "
-                       f"{'them' if len(filters) > 1 else 'it'} (nothing was read or changed)")
+        raise BadPoint(f"{names} only filter{'' if len(filters) > 1 else 's'} --restore; "
+                       f"{mode} would ignore {'them' if len(filters) > 1 else 'it'}: leave "
+                       f"{'them' if len(filters) > 1 else 'it'} out (nothing was read or "
+                       "changed)")
 
 
 def typed_scope(pg: Conn, table: TableId, cols: list[Column], filters: list[Filter]) -> Scope:

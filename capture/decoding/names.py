@@ -67,9 +67,17 @@ def warn_without_schema_log(conn: psycopg.Connection[tuple[object, ...]], plugin
                             log: logging.Logger) -> None:
     """One line at start when the schema log's trigger is missing or disabled: a rename is
     then invisible to wal2json (its rows under the other name are not decoded at all)."""
-    row = conn.execute("SELECT count(*) FROM pg_event_trigger WHERE evtname = "
-                       "'hera_guard_schema_log' AND evtenabled <> 'D'").fetchone()
-    if row and int(str(row[0])):
+    row = conn.execute("SELECT p.prosrc LIKE '%''relid''%' FROM pg_event_trigger t "
+                       "JOIN pg_proc p ON p.oid = t.evtfoid WHERE t.evtname = "
+                       "'hera_guard_schema_log' AND t.evtenabled <> 'D'").fetchone()
+    if row is not None:
+        # Installed by an older hera-guard, its messages carry no OID: pgoutput follows a
+        # rename by the Relation message's OID anyway, wal2json cannot.
+        if not row[0] and plugin == "wal2json":
+            log.warning("the schema log (sql/08_schema_log.sql) is from an older hera-guard: "
+                        "its messages do not name the table's OID, so a captured table "
+                        "renamed while capture runs is not followed and rows written under "
+                        "the other name are lost; run guard install to update it")
         return
     log.warning("the schema log (sql/08_schema_log.sql, guard install) is not installed: "
                 "column changes are published as unrecorded schema changes (replay refuses "

@@ -191,7 +191,7 @@ def test_filters_compare_values_as_their_type_and_refuse_values_that_are_not_one
         assert len(lines) == 1 and "is not a valid uuid" in lines[0], refused.output
     # A filter is refused where it would be ignored (a file or a new table is unfiltered).
     ignored = incident.replay(*point, "--into-table", "public.filtered", "--org", org)
-    assert ignored.exit_code == 1 and "only filter --restore" in ignored.output
+    assert ignored.exit_code == 1 and "only filters --restore" in ignored.output
     assert incident.count("SELECT count(*) FROM core_relationships") == live
     # The same uuid in upper case and with braces is the same value as PostgreSQL's spelling.
     result = incident.replay(*point, "--restore", "--org", "{" + org.upper() + "}")
