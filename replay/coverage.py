@@ -166,6 +166,8 @@ def _resolve_time(conn: duckdb.DuckDBPyConnection, point: TimePoint, table: Tabl
             + f"; {describe_coverage(eps, table)}; use --base-snapshot with an older backup")
     lsn = max(candidates)
     ep = _epoch_at(eps, lsn, table)
+    if base is not None and lsn == base.lsn and base.taken == at:
+        return lsn  # the base snapshot's own moment: its rows are the answer
     if ep is not None and (ep.reach_ts is None or ep.reach_ts < at):
         # The answering epoch's record ends before the time: later than that it knows
         # nothing. A later epoch whose snapshot came after the time (else it would answer)

@@ -212,3 +212,13 @@ def test_a_gap_across_an_interrupted_snapshot_names_the_next_epoch_that_can_answ
     for point in (TimePoint(cut + timedelta(minutes=5)), LsnPoint(0x6000)):
         with pytest.raises(NotCovered, match="gap from 0/2100 to 0/9000"):
             check_coverage(conn, resolve_point(conn, point, TABLE), TABLE)
+
+
+def test_a_base_snapshot_inside_a_gap_answers_its_own_moment_and_no_later_one() -> None:
+    old, new = _two_epochs()
+    conn = memory_history(old, new)
+    taken = old.clock + timedelta(minutes=20)
+    base = Base(0x4000, taken)
+    assert resolve_point(conn, TimePoint(taken), TABLE, base) == 0x4000
+    with pytest.raises(NotCovered, match="gap from 0/2100 to 0/9000"):
+        resolve_point(conn, TimePoint(taken + timedelta(minutes=1)), TABLE, base)
