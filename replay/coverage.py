@@ -5,6 +5,8 @@ Within an epoch the archive reaches the highest PROGRESS ``lsn`` or the latest a
 commit, whichever is higher. A point X is answerable iff an epoch with a finished snapshot
 of the table has ``epoch_lsn <= X``, reaches X, and every transaction of that epoch committed
 at or before X is complete in the archive (archived events per table equal the END counts).
+A time after an epoch that a later epoch follows is answerable only up to that epoch's last
+archived commit: what capture lost in the gap may be older than its last PROGRESS marker.
 
 These functions only read the given DuckDB connection (views ``changes``, ``transactions``,
 ``markers`` as consumers/archive/reader.py provides them).
@@ -35,6 +37,10 @@ class Epoch:
     reach_lsn: int  # everything committed at or before it is archived
     reach_ts: datetime | None  # latest commit time or PROGRESS time seen in the epoch
     end_lsn: int | None  # the next epoch's epoch_lsn: commits from there belong to it
+    # The latest archived commit's time: before a gap, the last time the epoch can vouch for
+    # (a PROGRESS marker's time is capture's clock when it published an LSN, which trails the
+    # WAL by capture's lag: commits lost in the gap may be older than it).
+    last_change_ts: datetime | None = None
 
     def covers_table(self, table: TableId) -> bool:
         return not self.tables or str(table) in self.tables
@@ -84,7 +90,7 @@ def epochs(conn: duckdb.DuckDBPyConnection) -> list[Epoch]:
         out.append(Epoch(slot=slot, epoch_lsn=int(elsn), started=started,
                          snapshot_done=bool(done), tables=frozenset(tables or ()),
                          reach_lsn=reach, reach_ts=max(stamps) if stamps else None,
-                         end_lsn=nxt))
+                         end_lsn=nxt, last_change_ts=last_ts))
     return out
 
 
@@ -168,28 +174,33 @@ def _resolve_time(conn: duckdb.DuckDBPyConnection, point: TimePoint, table: Tabl
     ep = _epoch_at(eps, lsn, table)
     if base is not None and lsn == base.lsn and base.taken == at:
         return lsn  # the base snapshot's own moment: its rows are the answer
-    if ep is not None and (ep.reach_ts is None or ep.reach_ts < at):
-        # The answering epoch's record ends before the time: later than that it knows
-        # nothing. A later epoch whose snapshot came after the time (else it would answer)
-        # means capture lost the changes in between; none means capture has not got there.
-        if any(e.epoch_lsn > ep.epoch_lsn for e in eps):
+    if ep is not None and any(e.epoch_lsn > ep.epoch_lsn for e in eps):
+        # A later epoch whose snapshot came after the time (else it would answer): capture
+        # lost what was committed after this epoch's last archived change.
+        if _edge(ep) < at:
             nxt = _next_usable(eps, ep, table)
             if nxt is None:
                 raise NotCovered(
                     f"{point.describe()} is after the last change archived in epoch "
-                    f"{ep.describe()} ({_when(ep.reach_ts or ep.started)}) and no later epoch "
+                    f"{ep.describe()} ({_when(_edge(ep))}) and no later epoch "
                     f"holds a finished snapshot of {table}: capture started again after a "
                     "gap; wait for its snapshot to finish or pick an earlier time")
             raise NotCovered(f"{point.describe()} is in a gap of the archive: "
                              f"{describe_gap(ep, nxt)}; pick a time at or before "
-                             f"{_when(ep.reach_ts or ep.started)} or at or after "
-                             f"{_when(nxt.started)}")
+                             f"{_when(_edge(ep))} or at or after {_when(nxt.started)}")
+    elif ep is not None and (ep.reach_ts is None or ep.reach_ts < at):
+        # The newest epoch's record ends before the time: capture has not got there.
         seen = ep.reach_ts.isoformat() if ep.reach_ts else ep.started.isoformat()
         raise NotCovered(
             f"{point.describe()} is beyond the archive: it reaches {seen} "
             f"(LSN {format_lsn(ep.reach_lsn)}); wait for capture to catch up or pick "
             "an earlier time")
     return lsn
+
+
+def _edge(ep: Epoch) -> datetime:
+    """The last moment an epoch followed by another vouches for: its last archived commit."""
+    return ep.last_change_ts or ep.started
 
 
 def _when(at: datetime) -> str:
@@ -204,7 +215,7 @@ def _next_usable(eps: list[Epoch], ep: Epoch, table: TableId) -> Epoch | None:
 
 def describe_gap(ep: Epoch, nxt: Epoch) -> str:
     """One gap between epochs, by LSN and time, the same words for every point kind."""
-    end = ep.reach_ts or ep.started
+    end = _edge(ep)
     return (f"gap from {format_lsn(ep.reach_lsn)} to {format_lsn(nxt.epoch_lsn)} "
             f"({_when(end)} to {_when(nxt.started)}: capture stopped and its slot {ep.slot} "
             f"was lost or re-created; no change between them was captured, the next epoch "

@@ -42,6 +42,15 @@ def _write(conn: psycopg.Connection[Any], tag: str) -> int:
     return int(str(row[0]))
 
 
+def _last_commit_before(archive: Path, lsn: int) -> datetime:
+    from consumers.archive.reader import connect_history
+
+    row = connect_history(archive).execute(
+        "SELECT max(commit_ts) FROM transactions WHERE commit_lsn <= $l", {"l": lsn}).fetchone()
+    assert row is not None and row[0] is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
 @dataclass
 class Gap:
     db: HeraDB
@@ -97,14 +106,18 @@ def test_every_kind_of_point_inside_the_gap_is_refused_naming_it_and_either_side
     changed = gap.conn.execute("SELECT count(*) FROM in_gap WHERE relationship_type "
                                "LIKE 'LOST%'").fetchone()
     assert changed is not None and int(str(changed[0])) > 0  # the gap changed the table
+    # The copy before the gap was taken after the first epoch's last captured commit, while
+    # capture still ran: whether a commit lost in the gap is older than that moment cannot
+    # be known from the archive (capture may have lagged), so that time is refused too.
     for point in (("--until", at.isoformat()), ("--until", format_lsn(lsn)),
-                  ("--before-xid", str(gap.gap_xid))):
+                  ("--before-xid", str(gap.gap_xid)), ("--until", gap.before[1].isoformat())):
         result = gap.replay(*point, "--output", str(gap.pipe.archive.parent / "g.csv"))
         assert result.exit_code == 1, (point, result.output)
         errors = [ln for ln in result.output.splitlines() if ln.startswith("replay: error:")]
         assert len(errors) == 1 and "gap from" in errors[0], (point, result.output)
     assert not (gap.pipe.archive.parent / "g.csv").exists()
-    cases = [("before_gap", ("--until", gap.before[1].isoformat())),
+    last_commit = _last_commit_before(gap.pipe.archive, gap.before[0])
+    cases = [("before_gap", ("--until", last_commit.isoformat())),
              ("before_gap", ("--until", format_lsn(gap.before[0]))),
              ("after_gap", ("--until", gap.after[1].isoformat())),
              ("after_gap", ("--until", format_lsn(gap.after[0]))),

@@ -176,7 +176,10 @@ def test_every_point_kind_inside_a_gap_between_epochs_is_refused_naming_the_gap(
     old, new = _two_epochs()
     conn = memory_history(old, new)
     inside = old.clock + timedelta(minutes=30)
-    for point in (TimePoint(inside), LsnPoint(0x5000), BeforeXid(800)):
+    # Also the time of the old epoch's last PROGRESS marker, after its last commit: capture's
+    # clock when it published, which trails the WAL by its lag.
+    tail = old.clock + timedelta(milliseconds=1)
+    for point in (TimePoint(inside), LsnPoint(0x5000), BeforeXid(800), TimePoint(tail)):
         with pytest.raises((NotCovered, UnknownTransaction), match="gap from 0/2100 to 0/9000"):
             check_coverage(conn, resolve_point(conn, point, TABLE), TABLE)
     # Either side: the old epoch's last moment and the new snapshot answer.
