@@ -100,8 +100,8 @@ def gap(hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
         proc.wait(30)
 
 
-def test_every_kind_of_point_inside_the_gap_is_refused_naming_it_and_either_side_is_exact(
-        gap: Gap) -> None:
+def test_a_gap_refuses_every_point_kind_inside_is_exact_either_side_and_is_logged_once(
+        gap: Gap, broker: Broker, tmp_path: Path) -> None:
     lsn, at = gap.inside
     changed = gap.conn.execute("SELECT count(*) FROM in_gap WHERE relationship_type "
                                "LIKE 'LOST%'").fetchone()
@@ -126,10 +126,7 @@ def test_every_kind_of_point_inside_the_gap_is_refused_naming_it_and_either_side
         result = gap.replay(*point, "--into-table", f"public.replay_{i}", "--dsn", gap.db.dsn)
         assert result.exit_code == 0, (point, result.output)
         assert table_difference(gap.conn, copy, f"replay_{i}") == 0, point
-
-
-def test_the_archiver_and_the_detector_each_log_the_new_epoch_after_the_gap(
-        gap: Gap, broker: Broker, tmp_path: Path) -> None:
+    # The archiver and the detector each say once that a new epoch started after a gap.
     wait_until(lambda: NEW_EPOCH_LINE in gap.log.read_text(), 30,
                "the archiver to log the new epoch")
     assert gap.log.read_text().count(NEW_EPOCH_LINE) == 1
