@@ -50,16 +50,17 @@ def test_rows_written_while_a_captured_table_was_renamed_replay_under_its_own_na
         for statement in WHILE_RENAMED:
             conn.execute(statement)
         conn.execute("CREATE TABLE cdd_copy AS TABLE core_dynamic_data")
-        lsn, _ = copy_moment(conn, "rel_copy")
+        lsn, now = copy_moment(conn, "rel_copy")
         pipe.sync()
         assert conn.execute("SELECT count(*) FROM cdd_copy WHERE entity_id LIKE 'renamed-%' "
                             "AND field_value_text = 'after the rename back'").fetchone() == (2,)
-        result = CliRunner().invoke(main, [
-            "--archive", str(pipe.archive), "--table", "public.core_dynamic_data",
-            "--until", format_lsn(lsn), "--into-table", "public.cdd_replayed",
-            "--dsn", hera_db.dsn])
-        assert result.exit_code == 0, result.output
-        assert table_difference(conn, "cdd_copy", "cdd_replayed") == 0
+        for i, until in enumerate((format_lsn(lsn), now.isoformat())):
+            result = CliRunner().invoke(main, [
+                "--archive", str(pipe.archive), "--table", "public.core_dynamic_data",
+                "--until", until, "--into-table", f"public.cdd_replayed_{i}",
+                "--dsn", hera_db.dsn])
+            assert result.exit_code == 0, result.output
+            assert table_difference(conn, "cdd_copy", f"cdd_replayed_{i}") == 0, until
         # Nothing went to a table (or topic) named after the temporary name.
         tables = CliRunner().invoke(main, [
             "--archive", str(pipe.archive), "--table", "public.cdd_renamed",
