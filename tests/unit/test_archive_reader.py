@@ -5,6 +5,7 @@ schema_version 1 read as archived."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,6 +55,11 @@ def test_an_older_table_version_is_read_by_version_and_by_time(tmp_path: Path) -
     with ArchiveStore.open_or_create(root) as store:
         store.append(changes=[change(100, 0)])
         first = store.version()
+        # Delta stamps commits in milliseconds: the next commit must fall in a later one for
+        # an --as-of time to tell the two apart.
+        first_ms = max(int(c["timestamp"]) for c in DeltaTable(str(root)).history())
+        while time.time_ns() // 1_000_000 <= first_ms:
+            time.sleep(0.001)
         store.append(changes=[change(200, 0), change(200, 1)])
     assert connect_history(root, version=first).execute(
         "SELECT count(*) FROM changes").fetchall() == [(1,)]
