@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,6 +29,10 @@ def main() -> None:
 @main.command()
 @click.option("--dsn", help="PostgreSQL connection string [HERA_DSN]")
 @click.option("--bootstrap-servers", help="Kafka HOST:PORT[,...] [HERA_BOOTSTRAP_SERVERS]")
+@click.option("--kafka-config", type=click.Path(path_type=Path),
+              help="Kafka client properties file: security.protocol, sasl.*, ssl.*, "
+                   "bootstrap.servers (secrets also from HERA_KAFKA_SASL_PASSWORD, "
+                   "HERA_KAFKA_SSL_KEY_PASSWORD) [HERA_KAFKA_CONFIG]")
 @click.option("--slot", help="replication slot name [HERA_SLOT, default hera_guard]")
 @click.option("--topic-prefix", help="topic prefix [HERA_TOPIC_PREFIX, default hera]")
 @click.option("--tables", help="comma-separated schema.table list [HERA_TABLES]")

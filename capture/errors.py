@@ -28,7 +28,7 @@ class BrokerError(CaptureError):
     """The Kafka broker cannot be reached or refused the records."""
 
     @classmethod
-    def unreachable(cls, bootstrap_servers: str, cause: BaseException | None = None
+    def unreachable(cls, bootstrap_servers: object, cause: BaseException | None = None
                     ) -> BrokerError:
         why = f" ({type(cause).__name__})" if cause is not None else ""
         return cls(f"cannot reach the Kafka broker at {bootstrap_servers}{why}: check "
@@ -38,6 +38,13 @@ class BrokerError(CaptureError):
 class StreamRestart(CaptureError):
     """The stream must start again from the confirmed LSN with other options (a renamed
     captured table wal2json's filter must now name); the service reconnects at once."""
+
+
+class BrokerSecurityError(BrokerError):
+    """The broker answers but the connection's TLS or SASL cannot work (wrong password,
+    unknown CA, plaintext against TLS): retrying will not help."""
+
+    exit_code = 2
 
 
 class DecodeError(CaptureError):

@@ -19,26 +19,37 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from capture.errors import BrokerError, ConfigError
+from capture.errors import BrokerError, BrokerSecurityError, ConfigError
+from hera_kit.kafka_config import KafkaConfig, as_config
 
 log = logging.getLogger("hera.capture")
 MAX_MESSAGE_BYTES = "max.message.bytes"
 _FLAG = "--max-message-bytes (HERA_MAX_MESSAGE_BYTES)"
 
 
-def check_reachable(bootstrap_servers: str, timeout_s: float = 5.0) -> None:
+def check_reachable(bootstrap_servers: KafkaConfig | str, timeout_s: float = 5.0) -> None:
     """Fail fast with one clear line when no bootstrap server accepts a TCP connection
-    (kafka-python would otherwise retry for tens of seconds before saying so)."""
+    (kafka-python would otherwise retry for tens of seconds before saying so), or when the
+    connection's TLS or SASL cannot work (wrong password, unknown CA, plaintext against TLS:
+    hera_kit.kafka_probe names which, the same for both clients)."""
     import socket
 
-    for server in bootstrap_servers.split(","):
+    from hera_kit.kafka_probe import KafkaSecurityError, probe
+
+    cfg = as_config(bootstrap_servers)
+    for server in cfg.bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
         try:
             with socket.create_connection((host or "localhost", int(port)), timeout=timeout_s):
-                return
+                break
         except (OSError, ValueError):
             continue
-    raise BrokerError.unreachable(bootstrap_servers)
+    else:
+        raise BrokerError.unreachable(cfg)
+    try:
+        probe(cfg, timeout_s)
+    except KafkaSecurityError as exc:
+        raise BrokerSecurityError(str(exc)) from None
 
 
 def _config_value(described: object, kind: str, name: str, key: str) -> int | None:
@@ -115,7 +126,7 @@ def _raise_limits(admin: Any, names: list[str], max_message_bytes: int) -> None:
                  extra={"topic": name, "from": current, "to": max_message_bytes})
 
 
-def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1,
+def ensure_topics(bootstrap_servers: KafkaConfig | str, names: Iterable[str], partitions: int = 1,
                   replication_factor: int = 1, *,
                   max_message_bytes: int | None = None) -> None:
     from kafka import KafkaAdminClient
@@ -124,7 +135,7 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int 
 
     check_reachable(bootstrap_servers)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
+        admin = KafkaAdminClient(**as_config(bootstrap_servers).kafka_python(),
                                  client_id="hera-guard-admin", request_timeout_ms=15000)
     except KafkaError as exc:
         raise BrokerError.unreachable(bootstrap_servers, exc) from exc

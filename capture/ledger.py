@@ -13,11 +13,12 @@ import json
 from capture.errors import BrokerError
 from capture.event import StreamMarker, parse_transaction_topic
 from capture.topics import transaction_topic
+from hera_kit.kafka_config import KafkaConfig, as_config
 
 _CHUNK = 20_000
 
 
-def last_marker(bootstrap_servers: str, prefix: str, slot: str, db: str,
+def last_marker(bootstrap_servers: KafkaConfig | str, prefix: str, slot: str, db: str,
                 timeout_s: float = 15.0, at_most_lsn: int | None = None) -> StreamMarker | None:
     """Scan ``<prefix>.transaction`` backwards in chunks for the newest marker of this slot
     (with ``at_most_lsn``: the newest whose ``lsn`` is not past it)."""
@@ -27,7 +28,7 @@ def last_marker(bootstrap_servers: str, prefix: str, slot: str, db: str,
     topic = transaction_topic(prefix)
     try:
         consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers.split(","),
+            **as_config(bootstrap_servers).kafka_python(),
             enable_auto_commit=False,
             request_timeout_ms=int(timeout_s * 1000) + 1000,
             client_id="hera-guard-capture-ledger",

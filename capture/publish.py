@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from capture.errors import BrokerError, CaptureError, ConfigError
 from capture.event import format_lsn
+from hera_kit.kafka_config import KafkaConfig, as_config
 
 if TYPE_CHECKING:
     from capture.settings import CaptureSettings
@@ -216,7 +217,7 @@ _PYTHON_CODECS = {"lz4": "lz4", "zstd": "zstandard", "snappy": "python-snappy"}
 
 
 class KafkaPythonProducer:
-    def __init__(self, bootstrap_servers: str, single_partition: bool = False, *,
+    def __init__(self, bootstrap_servers: KafkaConfig | str, single_partition: bool = False, *,
                  max_message_bytes: int = 16 * 1024 * 1024,
                  compression: str = "lz4") -> None:
         # With one partition per topic the key-hash partitioner is pure overhead (~15 µs a
@@ -228,7 +229,7 @@ class KafkaPythonProducer:
 
         try:
             self._p = KafkaProducer(
-                bootstrap_servers=bootstrap_servers.split(","),
+                **as_config(bootstrap_servers).kafka_python(),
                 acks="all",
                 linger_ms=25,
                 batch_size=512 * 1024,
@@ -309,15 +310,14 @@ class KafkaPythonProducer:
 
 
 class ConfluentProducer:
-    def __init__(self, bootstrap_servers: str, single_partition: bool = False, *,
+    def __init__(self, bootstrap_servers: KafkaConfig | str, single_partition: bool = False, *,
                  max_message_bytes: int = 16 * 1024 * 1024,
                  compression: str = "lz4") -> None:
         self._partition = 0 if single_partition else -1  # -1: librdkafka's partitioner
         self._limit = max_message_bytes
         from confluent_kafka import Producer as CProducer
 
-        self._p: Any = CProducer({
-            "bootstrap.servers": bootstrap_servers,
+        self._p: Any = CProducer(as_config(bootstrap_servers).confluent({
             "acks": "all",
             "linger.ms": 5,
             "batch.size": 1_000_000,
@@ -332,7 +332,7 @@ class ConfluentProducer:
             "message.timeout.ms": 30000,
             "enable.idempotence": False,
             "client.id": "hera-guard-capture",
-        })
+        }))
         md = self._p.list_topics(timeout=10)
         if md is None:  # pragma: no cover - list_topics raises instead
             raise BrokerError.unreachable(bootstrap_servers)
@@ -370,7 +370,8 @@ class ConfluentProducer:
         self._p.flush(5)
 
 
-def make_producer(backend: str, bootstrap_servers: str, single_partition: bool = False, *,
+def make_producer(backend: str, bootstrap_servers: KafkaConfig | str,
+                  single_partition: bool = False, *,
                   max_message_bytes: int = 16 * 1024 * 1024,
                   compression: str = "lz4") -> Producer:
     if backend == "confluent":
@@ -388,7 +389,7 @@ def make_producer(backend: str, bootstrap_servers: str, single_partition: bool =
 
 def producer_for(settings: CaptureSettings) -> Producer:
     """The producer capture's settings ask for (backend, size limit, compression)."""
-    return make_producer(settings.kafka_backend, settings.bootstrap_servers,
+    return make_producer(settings.kafka_backend, settings.kafka,
                          settings.topic_partitions == 1,
                          max_message_bytes=settings.max_message_bytes,
                          compression=settings.compression)

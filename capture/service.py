@@ -127,7 +127,7 @@ class CaptureService:
         try:
             if existing is not None:
                 check_slot(existing, pos.dbname, PLUGINS)
-                marker = last_marker(self.s.bootstrap_servers, self.s.topic_prefix,
+                marker = last_marker(self.s.kafka, self.s.topic_prefix,
                                      self.s.slot, pos.dbname)
                 if marker is not None and marker.status == MarkerKind.SNAPSHOT_START:
                     # The snapshot was interrupted: nothing was confirmed, the export is gone.
@@ -149,7 +149,7 @@ class CaptureService:
     def _ensure_topics(self) -> None:
         topics = [transaction_topic(self.s.topic_prefix)] + [
             table_topic(self.s.topic_prefix, t.schema, t.table) for t in self.position.tables]
-        ensure_topics(self.s.bootstrap_servers, topics, self.s.topic_partitions,
+        ensure_topics(self.s.kafka, topics, self.s.topic_partitions,
                       self.s.topic_replication_factor, max_message_bytes=self.s.max_message_bytes)
 
     def _check_ours(self, confirmed: int, marker: StreamMarker | None) -> None:
@@ -186,7 +186,7 @@ class CaptureService:
         pos = self.position
         marker: StreamMarker | None = newest
         if newest.lsn > pos.confirmed_lsn or newest.columns is None:
-            marker = last_marker(self.s.bootstrap_servers, self.s.topic_prefix, self.s.slot,
+            marker = last_marker(self.s.kafka, self.s.topic_prefix, self.s.slot,
                                  pos.dbname, at_most_lsn=pos.confirmed_lsn)
         if marker is None or marker.columns is None:
             return  # markers of an older capture: today's catalog is all there is

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from capture.topics import DEFAULT_TABLES, TableList
+from hera_kit.kafka_settings import KafkaSettings
 
 _SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
 MIB = 1024 * 1024
@@ -18,11 +19,10 @@ MAX_MESSAGE_BYTES_CEILING = 1_000_000_000
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 
 
-class CaptureSettings(BaseSettings):
+class CaptureSettings(KafkaSettings):
     model_config = SettingsConfigDict(env_prefix="HERA_", frozen=True, extra="forbid")
 
     dsn: str = Field(description="libpq connection string of the captured database")
-    bootstrap_servers: str = Field(description="Kafka bootstrap servers, HOST:PORT[,HOST:PORT]")
     slot: str = "hera_guard"
     topic_prefix: str = "hera"
     tables: TableList = DEFAULT_TABLES

@@ -10,11 +10,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from capture.errors import BrokerError
+from hera_kit.kafka_config import KafkaConfig, as_config
 
 TopicPartitionKey = tuple[str, int]
 
 
-def fetch_watermarks(bootstrap_servers: str, partitions: Iterable[TopicPartitionKey],
+def fetch_watermarks(bootstrap_servers: KafkaConfig | str,
+                     partitions: Iterable[TopicPartitionKey],
                      timeout_s: float = 15.0) -> dict[TopicPartitionKey, tuple[int, int]]:
     """(low, high) of each partition, high as a fetch reports it (the true end on tansu,
     whose ListOffsets answers the base offset of the last batch + 1).
@@ -29,7 +31,7 @@ def fetch_watermarks(bootstrap_servers: str, partitions: Iterable[TopicPartition
     if not tps:
         return {}
     try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers.split(","),
+        consumer = KafkaConsumer(**as_config(bootstrap_servers).kafka_python(),
                                  group_id=None, enable_auto_commit=False,
                                  fetch_max_wait_ms=10, max_partition_fetch_bytes=1024,
                                  request_timeout_ms=int(timeout_s * 1000) + 1000,
@@ -61,12 +63,12 @@ def fetch_watermarks(bootstrap_servers: str, partitions: Iterable[TopicPartition
         consumer.close()
 
 
-def _admin(bootstrap_servers: str, timeout_s: float) -> Any:
+def _admin(bootstrap_servers: KafkaConfig | str, timeout_s: float) -> Any:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
-        return KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","),
+        return KafkaAdminClient(**as_config(bootstrap_servers).kafka_python(),
                                 client_id="hera-guard-identity",
                                 request_timeout_ms=int(timeout_s * 1000),
                                 bootstrap_timeout_ms=int(timeout_s * 1000))
@@ -77,7 +79,7 @@ def _admin(bootstrap_servers: str, timeout_s: float) -> Any:
 _NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
 
 
-def kafka_topic_ids(bootstrap_servers: str, topics: Iterable[str],
+def kafka_topic_ids(bootstrap_servers: KafkaConfig | str, topics: Iterable[str],
                     timeout_s: float = 15.0) -> dict[str, str]:
     """topic -> its topic id (KIP-516; changes when a topic is deleted and re-created, and
     on tansu when the broker restarts empty). Topics the broker does not know, or gives no
@@ -103,7 +105,7 @@ def kafka_topic_ids(bootstrap_servers: str, topics: Iterable[str],
     return out
 
 
-def kafka_cluster_id(bootstrap_servers: str, timeout_s: float = 15.0) -> str | None:
+def kafka_cluster_id(bootstrap_servers: KafkaConfig | str, timeout_s: float = 15.0) -> str | None:
     """The cluster id the broker reports (DescribeCluster / Metadata), None if it has none."""
     from kafka.errors import KafkaError
 

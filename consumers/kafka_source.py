@@ -50,6 +50,7 @@ from consumers.kafka_facts import (
     kafka_cluster_id,
     kafka_topic_ids,
 )
+from hera_kit.kafka_config import KafkaConfig, as_config
 
 log = logging.getLogger("hera.consumers.kafka_source")  # under "hera": the JSON log
 
@@ -141,7 +142,7 @@ def dead_letter_value(record: Record, reason: str, consumer: str = "archive",
     return DeadLetter.of(record, reason, consumer, now or utc_now()).to_json()
 
 
-def open_source(bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
+def open_source(bootstrap_servers: KafkaConfig | str, prefix: str, tables: tuple[str, ...] | None,
                 backend: Backend = "kafka-python", **options: Any) -> CheckedSource:
     """``options``: include_transactions, max_poll_records, fetch_max_wait_ms, consumer
     (the name in dead letters), clock, check_crcs, offset_reset ("none": poll raises
@@ -158,7 +159,7 @@ class _BrokerFacts:
     clients (one spelling of topic ids; the fetch high watermark, which tansu's ListOffsets
     under-reports and librdkafka's get_watermark_offsets would ask)."""
 
-    _bootstrap: str
+    _bootstrap: KafkaConfig
 
     def assigned(self) -> set[TopicPartitionKey]:
         raise NotImplementedError
@@ -175,7 +176,8 @@ class _BrokerFacts:
 
 
 class KafkaSource(_BrokerFacts):
-    def __init__(self, bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
+    def __init__(self, bootstrap_servers: KafkaConfig | str, prefix: str,
+                 tables: tuple[str, ...] | None,
                  *, include_transactions: bool = True, max_poll_records: int = 20_000,
                  fetch_max_wait_ms: int = 100, consumer: str = "archive",
                  clock: Clock = utc_now, check_crcs: bool = True,
@@ -185,8 +187,9 @@ class KafkaSource(_BrokerFacts):
         self.include_transactions = include_transactions
         self.consumer_name = consumer
         self._clock = clock
+        self._bootstrap = as_config(bootstrap_servers)
         self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
+            **self._bootstrap.kafka_python(), group_id=None, enable_auto_commit=False,
             auto_offset_reset=offset_reset, max_poll_records=max_poll_records,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
             fetch_max_wait_ms=fetch_max_wait_ms,
@@ -200,7 +203,6 @@ class KafkaSource(_BrokerFacts):
             allow_auto_create_topics=False,
         )
         self._producer: KafkaProducer | None = None
-        self._bootstrap = bootstrap_servers
         self._assigned: set[TopicPartition] = set()
 
     def wanted_topics(self) -> list[str]:
@@ -272,7 +274,7 @@ class KafkaSource(_BrokerFacts):
         """Publish ``record`` with ``reason`` to ``<prefix>.deadletter`` (flush before commit)."""
         if self._producer is None:
             ensure_topics(self._bootstrap, [deadletter_topic(self.prefix)])
-            self._producer = KafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+            self._producer = KafkaProducer(**self._bootstrap.kafka_python(), acks="all")
         self._producer.send(deadletter_topic(self.prefix), key=record.key,
                             value=dead_letter_value(record, reason, self.consumer_name,
                                                     self._clock()))
@@ -306,7 +308,8 @@ class ConfluentSource(_BrokerFacts):
     """The same interface over confluent-kafka (librdkafka). No group is joined: ``assign``
     with explicit offsets; the ``group.id`` librdkafka insists on is never used."""
 
-    def __init__(self, bootstrap_servers: str, prefix: str, tables: tuple[str, ...] | None,
+    def __init__(self, bootstrap_servers: KafkaConfig | str, prefix: str,
+                 tables: tuple[str, ...] | None,
                  *, include_transactions: bool = True, max_poll_records: int = 20_000,
                  fetch_max_wait_ms: int = 100, consumer: str = "archive",
                  clock: Clock = utc_now, check_crcs: bool = True,
@@ -324,16 +327,16 @@ class ConfluentSource(_BrokerFacts):
         self.consumer_name = consumer
         self._clock = clock
         self._max = max_poll_records
-        self._bootstrap = bootstrap_servers
-        self._consumer: Any = Consumer({
-            "bootstrap.servers": bootstrap_servers, "group.id": f"unused-{prefix}",
+        self._bootstrap = as_config(bootstrap_servers)
+        self._consumer: Any = Consumer(self._bootstrap.confluent({
+            "group.id": f"unused-{prefix}",
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             "enable.partition.eof": False, "fetch.wait.max.ms": fetch_max_wait_ms,
             "log_level": 3, "check.crcs": check_crcs,
             # librdkafka's default is "largest": a lost position would silently skip to the
             # end. "earliest" as kafka-python's source; "error" raises OffsetOutOfRange.
             "auto.offset.reset": "error" if offset_reset == "none" else "earliest",
-        })
+        }))
         self._producer: Any = None
         self._assigned: set[tuple[str, int]] = set()
 
@@ -407,7 +410,7 @@ class ConfluentSource(_BrokerFacts):
 
         if self._producer is None:
             ensure_topics(self._bootstrap, [deadletter_topic(self.prefix)])
-            self._producer = Producer({"bootstrap.servers": self._bootstrap, "acks": "all"})
+            self._producer = Producer(self._bootstrap.confluent({"acks": "all"}))
         self._producer.produce(deadletter_topic(self.prefix), key=record.key,
                                value=dead_letter_value(record, reason, self.consumer_name,
                                                        self._clock()))

@@ -110,7 +110,9 @@ def settings_or_fail(command: str, cls: type[S], given: Mapping[str, Any],
         return cls(**{k: v for k, v in given.items() if v is not None and v != ()})
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        if not err["loc"]:  # a whole-settings check (e.g. --kafka-config) names its own option
+            fail(command, str(err.get("ctx", {}).get("error", err["msg"])), code)
+        field = ".".join(str(p) for p in err["loc"])
         flag = field.replace("_", "-")
         fail(command, f"--{flag} (HERA_{field.upper()}): {err['msg']}", code)
 

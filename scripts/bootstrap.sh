@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything hera-guard needs on a fresh Debian/Ubuntu machine, idempotently:
-# PostgreSQL 15 with wal2json and pg_cron (system packages) and a virtualenv with the project.
+# PostgreSQL 15 with wal2json and pg_cron, stunnel4 (TLS in front of the test broker) and
+# prometheus (promtool for the alert rules' tests) as system packages, and a virtualenv with the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PG_PACKAGES=(postgresql-15 postgresql-15-wal2json postgresql-15-cron)
+PG_PACKAGES=(postgresql-15 postgresql-15-wal2json postgresql-15-cron stunnel4 prometheus)
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -70,6 +71,10 @@ def _location(target: str) -> Any:
 
 @click.group(invoke_without_command=True)
 @click.option("--bootstrap-servers", help="Kafka HOST:PORT[,...] [HERA_BOOTSTRAP_SERVERS]")
+@click.option("--kafka-config", type=click.Path(path_type=Path),
+              help="Kafka client properties file: security.protocol, sasl.*, ssl.*, "
+                   "bootstrap.servers (secrets also from HERA_KAFKA_SASL_PASSWORD, "
+                   "HERA_KAFKA_SSL_KEY_PASSWORD) [HERA_KAFKA_CONFIG]")
 @click.option("--archive", help="archive directory or URI (s3://bucket/prefix) [HERA_ARCHIVE]; "
               "object-store credentials from AWS_* variables")
 @click.option("--topic-prefix", help="topic prefix [HERA_TOPIC_PREFIX, default hera]")
@@ -103,6 +108,8 @@ def archive(ctx: click.Context, /, log_level: str, **options: Any) -> None:
 
 
 def _run(s: ArchiveSettings) -> int:
+    from capture.errors import BrokerError, BrokerSecurityError
+    from capture.kafka_admin import check_reachable
     from consumers.archive.archiver import tune_gc
     from consumers.archive.metrics import ArchiveMetrics
     from consumers.archive.service import ServiceOptions, serve
@@ -118,8 +125,14 @@ def _run(s: ArchiveSettings) -> int:
     # The archive's refusals, then the broker: an unreachable one must not leave a
     # directory or table behind.
     ArchiveStore.preflight(loc)
+    try:  # TLS/SASL that cannot work: one line saying which, before any client retries
+        check_reachable(s.kafka)
+    except BrokerSecurityError as exc:
+        raise ArchiveError(str(exc)) from None
+    except BrokerError:
+        pass  # unreachable: said below, as before
     try:
-        source = open_source(s.bootstrap_servers, s.topic_prefix, s.tables, s.kafka_backend)
+        source = open_source(s.kafka, s.topic_prefix, s.tables, s.kafka_backend)
         source.cluster_id()
     except Exception as exc:
         raise ArchiveError(f"cannot reach the Kafka broker at {s.bootstrap_servers} "
@@ -129,7 +142,7 @@ def _run(s: ArchiveSettings) -> int:
 
     def sources() -> RecordSource:
         return checked.pop() if checked else open_source(
-            s.bootstrap_servers, s.topic_prefix, s.tables, s.kafka_backend)
+            s.kafka, s.topic_prefix, s.tables, s.kafka_backend)
 
     try:
         tune_gc()

@@ -8,11 +8,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hera_kit.kafka_settings import KafkaSettings
 
-class ArchiveSettings(BaseSettings):
+
+class ArchiveSettings(KafkaSettings):
     model_config = SettingsConfigDict(env_prefix="HERA_", frozen=True, extra="ignore")
 
-    bootstrap_servers: str = Field(description="Kafka bootstrap servers, HOST:PORT[,...]")
     archive: str = Field(description="the archive: a directory or a URI such as "
                                      "s3://bucket/prefix (created if missing or empty)")
     topic_prefix: str = "hera"

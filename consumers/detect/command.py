@@ -26,6 +26,10 @@ def _utc_now() -> datetime:
 
 @click.command()
 @click.option("--bootstrap-servers", help="Kafka HOST:PORT [env HERA_BOOTSTRAP_SERVERS]")
+@click.option("--kafka-config", type=click.Path(path_type=Path),
+              help="Kafka client properties file: security.protocol, sasl.*, ssl.*, "
+                   "bootstrap.servers (secrets also from HERA_KAFKA_SASL_PASSWORD, "
+                   "HERA_KAFKA_SSL_KEY_PASSWORD) [HERA_KAFKA_CONFIG]")
 @click.option("--topic-prefix", help="topic prefix of the capture [env HERA_TOPIC_PREFIX]")
 @click.option("--tables", help="comma-separated schema.table to watch [env HERA_TABLES]")
 @click.option("--dsn", help="database for critical_system_alerts [env HERA_DSN]")
@@ -72,7 +76,7 @@ def detect(**options: Any) -> None:
     stop = stop_on_signals()
     try:
         runner = DetectorRunner(DetectOptions(
-            bootstrap_servers=s.bootstrap_servers, topic_prefix=s.topic_prefix,
+            bootstrap_servers=s.kafka, topic_prefix=s.topic_prefix,
             tables=s.tables, state_path=state, rules=rules, archive_dir=s.archive_dir,
             dsn=s.dsn, poll_ms=s.poll_ms, kafka_backend=s.kafka_backend,
             webhook_url=s.webhook,

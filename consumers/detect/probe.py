@@ -12,6 +12,7 @@ import threading
 from capture.kafka_admin import check_reachable
 from consumers.detect.metrics import DetectMetrics
 from consumers.kafka_source import CheckedSource
+from hera_kit.kafka_config import KafkaConfig
 from hera_kit.service import Health
 
 PROBE_S = 5.0
@@ -21,7 +22,7 @@ class Probe:
     """The broker's cluster id, asked from a thread every few seconds: whether the broker
     answers (readiness) and, when it does, whether it is still the same cluster."""
 
-    def __init__(self, bootstrap: str, source: CheckedSource, stop: threading.Event,
+    def __init__(self, bootstrap: KafkaConfig | str, source: CheckedSource, stop: threading.Event,
                  health: Health, metrics: DetectMetrics) -> None:
         self._bootstrap = bootstrap
         self._source = source

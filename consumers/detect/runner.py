@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from capture.encoding import SCHEMA_VERSION
-from capture.errors import BrokerError
+from capture.errors import BrokerError, BrokerSecurityError
 from capture.event import (
     ChangeEvent,
     MarkerKind,
@@ -56,6 +56,7 @@ from consumers.kafka_source import (
     open_source,
 )
 from hera_kit.identity import StreamIdentity
+from hera_kit.kafka_config import KafkaConfig, as_config
 from hera_kit.service import Health
 
 log = logging.getLogger("hera.detect")
@@ -66,7 +67,7 @@ _REFRESH_S = 2.0  # how often missing topics / new partitions are looked for
 
 @dataclass(frozen=True)
 class DetectOptions:
-    bootstrap_servers: str
+    bootstrap_servers: KafkaConfig | str
     topic_prefix: str
     tables: tuple[str, ...]
     state_path: Path
@@ -110,6 +111,8 @@ class DetectorRunner:
 
         try:  # before the state file is created: an unreachable broker creates nothing
             check_reachable(options.bootstrap_servers)
+        except BrokerSecurityError as exc:
+            raise BrokerUnavailable(str(exc)) from None
         except BrokerError:
             raise BrokerUnavailable(
                 f"no Kafka broker answers at {options.bootstrap_servers}: check "
@@ -172,8 +175,9 @@ class DetectorRunner:
                 # default count: no order).
                 ensure_topics(options.bootstrap_servers, [alerts_topic(prefix),
                                                           deadletter_topic(prefix)])
-                self._producer = KafkaProducer(bootstrap_servers=options.bootstrap_servers,
-                                               acks="all", linger_ms=0)
+                self._producer = KafkaProducer(
+                    **as_config(options.bootstrap_servers).kafka_python(), acks="all",
+                    linger_ms=0)
             except (KafkaError, BrokerError):
                 raise BrokerUnavailable(
                     f"no Kafka broker answers at {options.bootstrap_servers}: check "

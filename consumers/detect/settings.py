@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from capture.topics import DEFAULT_TABLES, TableList
+from hera_kit.kafka_settings import KafkaSettings
 
 
-class DetectSettings(BaseSettings):
+class DetectSettings(KafkaSettings):
     model_config = SettingsConfigDict(env_prefix="HERA_", frozen=True, extra="forbid")
 
-    bootstrap_servers: str = Field(description="Kafka bootstrap servers, HOST:PORT[,HOST:PORT]")
     topic_prefix: str = "hera"
     tables: TableList = DEFAULT_TABLES
     dsn: str | None = None  # where critical_system_alerts lives; also shown in replay commands

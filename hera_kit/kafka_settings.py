@@ -1,0 +1,46 @@
+"""The Kafka options every service shares (``--bootstrap-servers``, ``--kafka-config`` and
+the secrets' environment variables), resolved once into a :class:`KafkaConfig` when the
+settings are built, so a bad properties file is one line before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic_settings import BaseSettings
+
+from hera_kit.kafka_config import KafkaConfig, KafkaConfigError, load
+
+
+class KafkaSettings(BaseSettings):
+    """Mixed into each service's settings (env prefix HERA_)."""
+
+    bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers, HOST:PORT[,HOST:PORT] (wins over the "
+                          "properties file's bootstrap.servers)")
+    kafka_config: Path | None = Field(
+        None, description="Kafka client properties file (librdkafka/Java names: "
+                          "security.protocol, sasl.*, ssl.*, bootstrap.servers)")
+    kafka_sasl_username: str | None = None
+    # secrets: kept out of repr, --help and logs; win over the file's values
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    _kafka: KafkaConfig | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _resolve_kafka(self) -> KafkaSettings:
+        def secret(value: SecretStr | None) -> str | None:
+            return value.get_secret_value() if value is not None else None
+        try:
+            self._kafka = load(self.kafka_config, bootstrap_servers=self.bootstrap_servers,
+                               sasl_username=self.kafka_sasl_username,
+                               sasl_password=secret(self.kafka_sasl_password),
+                               ssl_key_password=secret(self.kafka_ssl_key_password))
+        except KafkaConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def kafka(self) -> KafkaConfig:
+        assert self._kafka is not None  # set by the validator
+        return self._kafka
