@@ -31,6 +31,8 @@ class Broker:
     port: int
     proc: subprocess.Popen[bytes] | None
     logfile: Path
+    # where clients are told to connect (a TLS proxy or SASL gateway in front); default: itself
+    advertised: str | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -42,7 +44,8 @@ class Broker:
         url = f"tcp://127.0.0.1:{self.port}"
         log = self.logfile.open("ab")
         self.proc = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+             f"tcp://{self.advertised}" if self.advertised else url,
              "--storage-engine", "memory://tansu/"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
@@ -74,9 +77,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], logfile: Path) -> N
     raise StackError(f"broker did not listen on port {port} within 20 s")
 
 
-def start_broker(port: int | None = None) -> Broker:
+def start_broker(port: int | None = None, advertised: str | None = None) -> Broker:
     logdir = Path(tempfile.mkdtemp(prefix="hera-broker-"))
-    broker = Broker(port or free_port(), None, logdir / "tansu.log")
+    broker = Broker(port or free_port(), None, logdir / "tansu.log", advertised)
     broker.start()
     return broker
 

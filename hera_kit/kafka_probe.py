@@ -20,11 +20,11 @@ from hera_kit.kafka_config import KafkaConfig
 _UNSUPPORTED_SASL_MECHANISM = 33
 _ILLEGAL_SASL_STATE = 34
 _SASL_AUTHENTICATION_FAILED = 58
-_EXPIRED, _HOSTNAME = 10, 62
+_EXPIRED, _HOSTNAME = 10, (62, 64)  # 64: an IP address the certificate does not name
 _UNKNOWN_CA = (2, 18, 19, 20, 21)
 # what a TLS handshake against a plaintext listener ends with (OpenSSL reasons, Python errors)
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNEXPECTED_EOF_WHILE_READING",
-            "EOFError", "ConnectionResetError", "SSLEOFError", "HTTP_REQUEST")
+            "EOFError", "ConnectionResetError", "SSLEOFError", "HTTP_REQUEST", "TimeoutError")
 
 
 class KafkaSecurityError(RuntimeError):
@@ -89,7 +89,7 @@ def _tls(cfg: KafkaConfig, sock: socket.socket, host: str, where: str) -> ssl.SS
         code = exc.verify_code
         if code == _EXPIRED:
             why = "has expired"
-        elif code == _HOSTNAME:
+        elif code in _HOSTNAME:
             why = (f"is not for host {host} (hostname verification; "
                    "ssl.endpoint.identification.algorithm)")
         elif code in _UNKNOWN_CA:
@@ -99,7 +99,9 @@ def _tls(cfg: KafkaConfig, sock: socket.socket, host: str, where: str) -> ssl.SS
             why = f"was refused: {exc.verify_message}"
         raise KafkaSecurityError(f"TLS to the Kafka broker at {where}: its certificate "
                                  f"{why}") from None
-    except (ssl.SSLError, EOFError, ConnectionError) as exc:
+    except (ssl.SSLError, EOFError, ConnectionError, TimeoutError) as exc:
+        # a plaintext Kafka listener reads the ClientHello as the start of a huge request
+        # and waits for the rest: no answer at all (TimeoutError) means no TLS there
         reason = getattr(exc, "reason", None) or type(exc).__name__
         if reason in _NOT_TLS:
             raise KafkaSecurityError(

@@ -1,0 +1,126 @@
+"""TLS and SASL in front of the real test broker: a test CA (devstack.pki), stunnel4 for TLS
+and, for SASL, devstack.sasl_gateway (a SASL-authenticating gateway, not a broker: no broker
+installable here can require SASL). Each secured endpoint has its own tansu broker that
+advertises the endpoint's port, so every connection the clients open is secured."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from devstack.broker import Broker, start_broker
+from devstack.pki import Issued, TestCA
+from devstack.ports import free_port
+from devstack.sasl_gateway import SaslGateway
+from devstack.stunnel import Stunnel, start_stunnel
+
+USER, PASSWORD = "hera-svc", "s3cret-Pa55word-never-logged"
+
+
+@dataclass(frozen=True)
+class Pki:
+    dir: Path
+    ca: Path
+    other_ca: Path  # a CA the servers do not use: "unknown CA"
+    server: Issued  # for 127.0.0.1 and localhost
+    other_host: Issued  # for other.example only
+    expired: Issued
+    client: Issued  # a client certificate signed by ``ca``
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    d.chmod(0o755)  # PostgreSQL (another OS user) reads its certificate from here
+    ca = TestCA(d, "hera-test-ca", dt.datetime.now(dt.UTC))
+    other = TestCA(d / "other", "other-ca", dt.datetime.now(dt.UTC))
+    return Pki(d, ca.ca_file, other.ca_file, ca.issue("server"),
+               ca.issue("other-host", ("other.example",)), ca.issue("expired", expired=True),
+               ca.issue("client", ("hera-client",), client=True))
+
+
+@dataclass
+class Endpoint:
+    """One secured way into a broker; ``properties`` writes a client properties file."""
+
+    bootstrap: str
+    protocol: str
+    workdir: Path
+    parts: list[Broker | Stunnel | SaslGateway] = field(default_factory=list)
+
+    def properties(self, name: str = "client", **props: str) -> Path:
+        values = {"bootstrap.servers": self.bootstrap, "security.protocol": self.protocol,
+                  **{k.replace("_", "."): v for k, v in props.items()}}
+        path = self.workdir / f"{name}.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        return path
+
+    def close(self) -> None:
+        for part in reversed(self.parts):
+            part.stop()
+
+
+@contextlib.contextmanager
+def secured_broker(workdir: Path, server: Issued, *, sasl: bool = False,
+                   client_ca: Path | None = None) -> Iterator[Endpoint]:
+    """tansu [+ SASL gateway] + stunnel, the broker advertising stunnel's port."""
+    outer = free_port()
+    bootstrap = f"127.0.0.1:{outer}"
+    protocol = "SASL_SSL" if sasl else "SSL"
+    endpoint = Endpoint(bootstrap, protocol, workdir)
+    try:
+        broker = start_broker(advertised=bootstrap)
+        endpoint.parts.append(broker)
+        target = broker.port
+        if sasl:
+            gateway = SaslGateway(free_port(), broker.port, {USER: PASSWORD})
+            endpoint.parts.append(gateway)
+            target = gateway.port
+        endpoint.parts.append(start_stunnel(workdir, outer, target, server.cert, server.key,
+                                            client_ca))
+        yield endpoint
+    finally:
+        endpoint.close()
+
+
+@pytest.fixture(scope="module")
+def tls_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    with secured_broker(tmp_path_factory.mktemp("tls"), pki.server) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    with secured_broker(tmp_path_factory.mktemp("sasl"), pki.server, sasl=True) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def mtls_broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    with secured_broker(tmp_path_factory.mktemp("mtls"), pki.server,
+                        client_ca=pki.ca) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def bad_certificates(pki: Pki, broker: Broker, tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[dict[str, str]]:
+    """TLS endpoints in front of the shared broker whose certificates must be refused:
+    name -> bootstrap address (the handshake fails before any Kafka request)."""
+    workdir = tmp_path_factory.mktemp("badcerts")
+    tunnels: list[Stunnel] = []
+    try:
+        out = {}
+        for name, issued in (("other-host", pki.other_host), ("expired", pki.expired)):
+            tunnel = start_stunnel(workdir, free_port(), broker.port, issued.cert, issued.key)
+            tunnels.append(tunnel)
+            out[name] = f"127.0.0.1:{tunnel.accept_port}"
+        yield out
+    finally:
+        for t in tunnels:
+            t.stop()
