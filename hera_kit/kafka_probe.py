@@ -193,10 +193,20 @@ def probe(cfg: KafkaConfig, timeout_s: float = 5.0) -> None:
                 # closes the connection here for a client that did not authenticate
                 _call(sock, 3, 1, struct.pack(">i", 0), 10)
             except ssl.SSLError as exc:
-                if "CERTIFICATE_REQUIRED" in str(exc) or "HANDSHAKE_FAILURE" in str(exc):
+                # TLS 1.3: the server judges the client certificate after the handshake, so
+                # its refusal is an alert or a bare close on the first read
+                refused = isinstance(exc, ssl.SSLEOFError) or any(
+                    r in str(exc) for r in ("CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE",
+                                            "UNKNOWN_CA", "BAD_CERTIFICATE"))
+                if refused and not cfg.ssl_certificate_location:
                     raise KafkaSecurityError(
                         f"TLS to the Kafka broker at {where}: the broker requires a client "
                         "certificate (ssl.certificate.location, ssl.key.location)") from None
+                if refused:
+                    raise KafkaSecurityError(
+                        f"TLS to the Kafka broker at {where}: the broker refused the client "
+                        "certificate in ssl.certificate.location (not signed by a CA it "
+                        "trusts, or expired)") from None
                 raise KafkaSecurityError(f"TLS to the Kafka broker at {where} failed: "
                                          f"{exc.reason or exc}") from None
             except (EOFError, ValueError, ConnectionError, struct.error):

@@ -19,6 +19,13 @@ from devstack.broker import Broker, start_broker
 from devstack.postgres import PostgresCluster, start_postgres
 from devstack.sample import SampleSize, create_schema, load_sample
 from tests.s3_fixtures import archive_target, s3_server  # noqa: F401 - fixtures
+from tests.security_fixtures import (  # noqa: F401 - fixtures
+    bad_certificates,
+    mtls_broker,
+    pki,
+    sasl_broker,
+    tls_broker,
+)
 
 _counter = itertools.count()
 

@@ -17,17 +17,7 @@ from devstack.broker import Broker
 from devstack.waiting import wait_until
 from hera_kit import kafka_config
 from hera_kit.kafka_config import KafkaConfig
-from tests.security_fixtures import (  # noqa: F401 - fixtures
-    PASSWORD,
-    USER,
-    Endpoint,
-    Pki,
-    bad_certificates,
-    mtls_broker,
-    pki,
-    sasl_broker,
-    tls_broker,
-)
+from tests.security_fixtures import PASSWORD, USER, Endpoint, Pki
 
 BACKENDS: list[Backend] = ["kafka-python", "confluent"]
 
@@ -51,8 +41,11 @@ def round_trip(cfg: KafkaConfig, backend: Backend) -> list[bytes | None]:
         source.assign({})
         assert source.topic_ids() and source.watermarks() == {(topic, 0): (0, 1)}
         got: list[bytes | None] = []
-        wait_until(lambda: got.extend(r.value for r in source.poll(200)) or got, 30,
-                   "the record read back")
+
+        def read() -> bool:
+            got.extend(r.value for r in source.poll(200))
+            return bool(got)
+        wait_until(read, 30, "the record read back")
         return got
     finally:
         source.close()
