@@ -5,21 +5,20 @@ advertises the endpoint's port, so every connection the clients open is secured.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from devstack.broker import Broker, start_broker
+from devstack.broker import Broker
 from devstack.pki import Issued, TestCA
 from devstack.ports import free_port
-from devstack.sasl_gateway import SaslGateway
+from devstack.secure_broker import PASSWORD, USER, Endpoint, secured_broker
 from devstack.stunnel import Stunnel, start_stunnel
 
-USER, PASSWORD = "hera-svc", "s3cret-Pa55word-never-logged"
+__all__ = ["PASSWORD", "USER", "Endpoint"]
 
 
 @dataclass(frozen=True)
@@ -42,50 +41,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(d, ca.ca_file, other.ca_file, ca.issue("server"),
                ca.issue("other-host", ("other.example",)), ca.issue("expired", expired=True),
                ca.issue("client", ("hera-client",), client=True))
-
-
-@dataclass
-class Endpoint:
-    """One secured way into a broker; ``properties`` writes a client properties file."""
-
-    bootstrap: str
-    protocol: str
-    workdir: Path
-    parts: list[Broker | Stunnel | SaslGateway] = field(default_factory=list)
-
-    def properties(self, name: str = "client", **props: str) -> Path:
-        values = {"bootstrap.servers": self.bootstrap, "security.protocol": self.protocol,
-                  **{k.replace("_", "."): v for k, v in props.items()}}
-        path = self.workdir / f"{name}.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-        return path
-
-    def close(self) -> None:
-        for part in reversed(self.parts):
-            part.stop()
-
-
-@contextlib.contextmanager
-def secured_broker(workdir: Path, server: Issued, *, sasl: bool = False,
-                   client_ca: Path | None = None) -> Iterator[Endpoint]:
-    """tansu [+ SASL gateway] + stunnel, the broker advertising stunnel's port."""
-    outer = free_port()
-    bootstrap = f"127.0.0.1:{outer}"
-    protocol = "SASL_SSL" if sasl else "SSL"
-    endpoint = Endpoint(bootstrap, protocol, workdir)
-    try:
-        broker = start_broker(advertised=bootstrap)
-        endpoint.parts.append(broker)
-        target = broker.port
-        if sasl:
-            gateway = SaslGateway(free_port(), broker.port, {USER: PASSWORD})
-            endpoint.parts.append(gateway)
-            target = gateway.port
-        endpoint.parts.append(start_stunnel(workdir, outer, target, server.cert, server.key,
-                                            client_ca))
-        yield endpoint
-    finally:
-        endpoint.close()
 
 
 @pytest.fixture(scope="module")
