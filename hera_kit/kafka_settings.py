@@ -21,10 +21,14 @@ class KafkaSettings(BaseSettings):
     kafka_config: Path | None = Field(
         None, description="Kafka client properties file (librdkafka/Java names: "
                           "security.protocol, sasl.*, ssl.*, bootstrap.servers)")
-    kafka_sasl_username: str | None = None
-    # secrets: kept out of repr, --help and logs; win over the file's values
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_key_password: SecretStr | None = None
+    # secrets: environment only (never a flag: a command line shows in ps), kept out of
+    # repr, --help and logs; they win over the file's values
+    kafka_sasl_username: str | None = Field(
+        None, description="SASL user (wins over the file's sasl.username)")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (secret; wins over the file's sasl.password)")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="password of the client key in ssl.key.location (secret)")
     _kafka: KafkaConfig | None = PrivateAttr(None)
 
     @model_validator(mode="after")
