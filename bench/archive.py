@@ -28,6 +28,7 @@ from consumers.archive.bulk_parse import BulkChangeParser
 from consumers.archive.reader import connect_history
 from consumers.archive.store import ArchiveStore
 from consumers.kafka_source import Backend, open_source
+from hera_kit.kafka_config import plaintext
 
 
 def _events(n: int) -> list[bytes]:
@@ -57,7 +58,8 @@ def _kafka_ingest(ctx: BenchContext, payloads: list[bytes], root: Path | str,
     from confluent_kafka import Producer
 
     prefix = f"bench_archive_{backend}_{time.time_ns()}"
-    producer = Producer({"bootstrap.servers": ctx.broker.bootstrap_servers, "linger.ms": 5})
+    kafka = plaintext(ctx.broker.bootstrap_servers)  # clients through the one mapping
+    producer = Producer(kafka.confluent({"linger.ms": 5}))
     topic = f"{prefix}.public.core_relationships"
     for i, p in enumerate(payloads):
         while True:
@@ -68,7 +70,7 @@ def _kafka_ingest(ctx: BenchContext, payloads: list[bytes], root: Path | str,
                 producer.poll(0.05)
     producer.flush(120)
     store = ArchiveStore.open_or_create(root, storage_options=options)
-    source = open_source(ctx.broker.bootstrap_servers, prefix, None, backend)
+    source = open_source(kafka, prefix, None, backend)
     stop = threading.Event()
     done: list[float] = []
 

@@ -30,6 +30,7 @@ import psycopg
 from bench.common import BenchContext, Figure
 from capture.topics import alerts_topic, transaction_topic
 from devstack.sample import SampleSize, load_sample
+from hera_kit.kafka_config import KafkaConfig, as_config
 
 TARGET_P99_MS = 500.0
 BACKGROUND_PER_S = 5000
@@ -62,13 +63,13 @@ def _background(dsn: str, stop: threading.Event, done: list[int]) -> None:
             stop.wait(max(0.0, next_tick - time.monotonic()))
 
 
-def _tail(bootstrap: str, topic: str, stop: threading.Event, from_start: bool,
+def _tail(bootstrap: KafkaConfig | str, topic: str, stop: threading.Event, from_start: bool,
           on_record: Callable[[bytes, float], None]) -> None:
     """Follow every partition of ``topic`` (new ones too) until ``stop``; ``on_record(value,
     arrival time)`` for each record."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = KafkaConsumer(**as_config(bootstrap).kafka_python(), group_id=None,
                              enable_auto_commit=False, fetch_max_wait_ms=10,
                              check_crcs=False)
     try:
