@@ -59,6 +59,7 @@ def run(log_level: str, **options: Any) -> None:
     """Capture continuously until SIGTERM/SIGINT (clean stop: flush, confirm)."""
     from capture.runner import tune_gc
     from capture.service import CaptureService
+    from capture.slot_metrics import SlotCollector
 
     logs.configure(log_level)
     settings = settings_or_fail(COMMAND, CaptureSettings, options)
@@ -67,6 +68,9 @@ def run(log_level: str, **options: Any) -> None:
     endpoint: ServiceEndpoint | None = None
     try:
         if settings.metrics_port is not None:
+            # the slot's cost to the database (lag seconds, WAL retained vs the server's max)
+            service.metrics.registry.register(
+                SlotCollector(settings.dsn, settings.slot, settings.status_interval_s))
             try:
                 endpoint = ServiceEndpoint(service.metrics.registry, service.metrics.health,
                                            settings.metrics_port, settings.metrics_host)
