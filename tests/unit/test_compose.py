@@ -20,6 +20,7 @@ from capture.settings import CaptureSettings
 from consumers.archive.settings import ArchiveSettings, StorageSettings
 from consumers.detect.settings import DetectSettings
 from guard.settings import InstallSettings
+from hera_kit.kafka_config import load
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -108,12 +109,53 @@ def test_kafka_runs_in_kraft_mode_with_the_official_image() -> None:
     assert "kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
 
 
+@pytest.mark.parametrize("service", ["capture", "archive", "detect"])
+def test_every_service_reaches_kafka_over_sasl_ssl_through_the_mounted_properties_file(
+        service: str, tmp_path: Path) -> None:
+    services, compose = _services(), _compose()
+    svc, kafka = services[service], services["kafka"]["environment"]
+    env = svc["environment"]
+    assert "HERA_BOOTSTRAP_SERVERS" not in env  # the file says where, and how
+    assert re.fullmatch(r"\$\{KAFKA_PASSWORD:\?[^}]*\}", env["HERA_KAFKA_SASL_PASSWORD"])
+    cfg = load(_mounted_kafka_config(svc, tmp_path), sasl_password="placeholder")
+    assert cfg.security_protocol == "SASL_SSL" and cfg.ssl_check_hostname
+    # the broker has that listener, advertised at that address, with that mechanism
+    listeners = dict(reversed(x.split("://")) for x in kafka["KAFKA_ADVERTISED_LISTENERS"]
+                     .split(","))
+    assert listeners[cfg.bootstrap_servers] == "SASL_SSL"
+    protocols = dict(x.split(":") for x in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+                     .split(","))
+    assert protocols["SASL_SSL"] == "SASL_SSL"
+    mechanism = str(cfg.sasl_mechanism)
+    assert mechanism in kafka["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    # the CA the file names is the secret compose mounts; the user the file names is created
+    assert "kafka-ca" in svc["secrets"] and "kafka-ca" in compose["secrets"]
+    users = " ".join(services["kafka-users"]["entrypoint"])
+    assert f"--entity-name {cfg.sasl_username}" in users and mechanism in users
+    assert svc["depends_on"]["kafka-users"]["condition"] == "service_completed_successfully"
+
+
+def _mounted_kafka_config(svc: dict[str, Any], tmp_path: Path) -> Path:
+    """The service's properties file as compose mounts it, written out with its CA path
+    pointing at a stand-in file (the real CA is the deployer's)."""
+    target = svc["environment"]["HERA_KAFKA_CONFIG"]
+    (mount,) = [c for c in svc["configs"] if c["target"] == target]
+    content = _compose()["configs"][mount["source"]]["content"]
+    ca = tmp_path / "ca.pem"
+    ca.write_text("stand-in\n")
+    path = tmp_path / "kafka-client.properties"
+    path.write_text(content.replace("/run/secrets/kafka-ca", str(ca)))
+    return path
+
+
 @pytest.mark.parametrize("service", ["capture", "archive", "detect", "guard-install"])
 def test_every_hera_variable_of_a_service_is_an_option_its_command_reads(
-        service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     svc = _services()[service]
     cls = COMMANDS[tuple(svc["command"][:2])]
     env = {k: _substituted(v) for k, v in svc["environment"].items()}
+    if "HERA_KAFKA_CONFIG" in env:
+        env["HERA_KAFKA_CONFIG"] = str(_mounted_kafka_config(svc, tmp_path))
     known = _env_names(cls)
     unknown = sorted(k for k in env if k.startswith("HERA_") and k not in known)
     assert not unknown, f"{service}: {cls.__name__} does not read {unknown}"
@@ -205,7 +247,7 @@ def test_no_password_is_written_into_the_file() -> None:
         for key, value in (svc.get("environment") or {}).items():
             text = str(value)
             if "password" in text.lower() or "PASSWORD" in key:
-                assert re.search(r"\$\{POSTGRES_PASSWORD[^}]*\}", text), (name, key)
+                assert re.search(r"\$\{(POSTGRES|KAFKA)_PASSWORD[^}]*\}", text), (name, key)
             if "SECRET" in key:
                 assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", text), (name, key)
     for config in (_compose().get("configs") or {}).values():
