@@ -81,6 +81,12 @@ def main() -> None:
               help="take a backup right after installing [HERA_INITIAL_BACKUP, default on]")
 @click.option("--schedule/--no-schedule", default=None,
               help="create the pg_cron jobs [HERA_SCHEDULE, default on]")
+@click.option("--roles", is_flag=True, default=None,
+              help="also create the services' least-privilege login roles hera_capture, "
+                   "hera_restorer, hera_detect, the publication and REPLICA IDENTITY FULL of "
+                   "the captured tables [HERA_ROLES]")
+@click.option("--tables", help="captured tables, for --roles [HERA_TABLES]")
+@click.option("--slot", help="capture's slot (its publication's name), for --roles [HERA_SLOT]")
 def install(**opts: Any) -> None:
     """Install (or upgrade: every script is idempotent) the SQL layer of sql/."""
     from guard.install import install as do_install
@@ -103,6 +109,16 @@ def install(**opts: Any) -> None:
                 out.print(f"  pg_cron job {job}")
         if report.backup:
             out.print(report.backup)
+        if s.roles:
+            from guard.db import connect
+            from guard.roles import ROLES, install_roles
+
+            with connect(s.dsn) as conn:
+                warnings = install_roles(conn, s.db_schema, s.tables, s.slot)
+            out.print(f"[green]roles:[/] {', '.join(ROLES)} (no passwords: set them, or use "
+                      f"the service's IAM login); publication {s.slot}")
+            for w in warnings:
+                out.print(f"[yellow]warning:[/] {w}", markup=True)
         return 0
 
     _run(go)

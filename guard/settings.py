@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from capture.topics import DEFAULT_TABLES, TableList
+
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -46,6 +48,11 @@ class GuardSettings(BaseSettings):
 class InstallSettings(GuardSettings):
     initial_backup: bool = True
     schedule: bool = True
+    # --roles: the services' least-privilege login roles (guard.roles), for these captured
+    # tables and the publication of this slot
+    roles: bool = False
+    tables: TableList = DEFAULT_TABLES
+    slot: str = "hera_guard"
 
 
 class HealthSettings(GuardSettings):

@@ -25,6 +25,7 @@ from tests.security_fixtures import (  # noqa: F401 - fixtures
     pki,
     sasl_broker,
     tls_broker,
+    tls_postgres,
 )
 
 _counter = itertools.count()

@@ -6,15 +6,19 @@ advertises the endpoint's port, so every connection the clients open is secured.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from devstack.broker import Broker
 from devstack.pki import Issued, TestCA
 from devstack.ports import free_port
+from devstack.postgres import PostgresCluster, start_postgres
 from devstack.secure_broker import PASSWORD, USER, Endpoint, secured_broker
 from devstack.stunnel import Stunnel, start_stunnel
 
@@ -79,3 +83,41 @@ def bad_certificates(pki: Pki, broker: Broker, tmp_path_factory: pytest.TempPath
     finally:
         for t in tunnels:
             t.stop()
+
+
+@dataclass(frozen=True)
+class TlsPostgres:
+    """A cluster that takes TLS connections only (pg_hba: hostssl, every other host line
+    rejected), with the test CA's certificate for 127.0.0.1."""
+
+    cluster: PostgresCluster
+    ca: Path
+
+    def dsn(self, dbname: str, user: str, ca: Path | None = None) -> str:
+        return (f"host=127.0.0.1 port={self.cluster.port} dbname={dbname} user={user} "
+                f"sslmode=verify-full sslrootcert={ca or self.ca}")
+
+
+@pytest.fixture(scope="module")
+def tls_postgres(pki: Pki) -> Iterator[TlsPostgres]:
+    cluster = start_postgres()
+    try:
+        owner = "postgres" if os.geteuid() == 0 else None
+        for src, name in ((pki.server.cert, "server.crt"), (pki.server.key, "server.key")):
+            dst = cluster.datadir / name
+            shutil.copyfile(src, dst)
+            dst.chmod(0o600)
+            if owner:
+                shutil.chown(dst, owner, owner)
+        (cluster.datadir / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "hostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n"
+            "hostnossl all all 0.0.0.0/0 reject\nhostnossl replication all 0.0.0.0/0 reject\n")
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET ssl = on")
+            conn.execute("ALTER SYSTEM SET ssl_cert_file = 'server.crt'")
+            conn.execute("ALTER SYSTEM SET ssl_key_file = 'server.key'")
+            conn.execute("SELECT pg_reload_conf()")
+        yield TlsPostgres(cluster, pki.ca)
+    finally:
+        cluster.destroy()
