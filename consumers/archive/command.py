@@ -135,7 +135,7 @@ def _run(s: ArchiveSettings) -> int:
         source = open_source(s.kafka, s.topic_prefix, s.tables, s.kafka_backend)
         source.cluster_id()
     except Exception as exc:
-        raise ArchiveError(f"cannot reach the Kafka broker at {s.bootstrap_servers} "
+        raise ArchiveError(f"cannot reach the Kafka broker at {s.kafka} "
                            f"({type(exc).__name__}); start it or fix --bootstrap-servers"
                            ) from None
     checked = [source]  # the first attempt uses the source that answered; later ones reopen
