@@ -5,6 +5,7 @@ replay and the detector then run as the least-privilege roles it made."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -18,11 +19,17 @@ import pytest
 from psycopg import sql
 
 from capture.event import ChangeEvent, format_lsn
+from capture.topics import transaction_topic
 from consumers.detect.alerts import Alert, Rule, Severity, TransactionRef
 from consumers.detect.sinks import PostgresAlertSink
 from devstack.broker import Broker
 from devstack.sample import SampleSize, create_schema, load_sample
-from tests.capture_fixtures import running_capture, wait_for_events, wait_until
+from tests.capture_fixtures import (
+    read_topic,
+    running_capture,
+    wait_for_events,
+    wait_until,
+)
 from tests.replay_fixtures import pipeline
 from tests.security_fixtures import Pki, TlsPostgres
 
@@ -113,6 +120,21 @@ def test_capture_streams_as_its_own_role_over_verify_full_on_every_connection(
         def updated(events: list[ChangeEvent]) -> bool:
             return any(e.op.value == "u" for e in events)
         wait_for_events(broker.bootstrap_servers, prefix, updated)
+
+        # No event trigger (no superuser at install): a DDL is still noticed, from pgoutput's
+        # Relation message, published as an unrecorded schema change, and capture goes on.
+        with psycopg.connect(managed_db.dsn(OWNER), autocommit=True) as conn:
+            conn.execute("ALTER TABLE core_dynamic_data ADD COLUMN note text")
+            conn.execute("UPDATE core_dynamic_data SET note = 'after the ddl' WHERE id = "
+                         "(SELECT id FROM core_dynamic_data ORDER BY id LIMIT 1)")
+
+        def noted(events: list[ChangeEvent]) -> bool:
+            return any((e.after or {}).get("note") == "after the ddl" for e in events)
+        wait_for_events(broker.bootstrap_servers, prefix, noted, table="core_dynamic_data")
+        schema = [json.loads(r.value) for r in read_topic(broker.bootstrap_servers,
+                                                          transaction_topic(prefix))]
+        ddl = [e for e in schema if e.get("status") == "SCHEMA"]
+        assert [(e["table"], e["recorded"]) for e in ddl] == [("core_dynamic_data", False)]
 
 
 def test_capture_refuses_an_unknown_ca_in_one_line(managed_db: ManagedDB, broker: Broker,
