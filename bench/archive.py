@@ -28,7 +28,7 @@ from consumers.archive.bulk_parse import BulkChangeParser
 from consumers.archive.reader import connect_history
 from consumers.archive.store import ArchiveStore
 from consumers.kafka_source import Backend, open_source
-from hera_kit.kafka_config import plaintext
+from hera_kit.kafka_config import KafkaConfig, plaintext
 
 
 def _events(n: int) -> list[bytes]:
@@ -54,11 +54,13 @@ def _store_ingest(payloads: list[bytes], root: Path | str,
 
 
 def _kafka_ingest(ctx: BenchContext, payloads: list[bytes], root: Path | str,
-                  backend: Backend, options: dict[str, str] | None = None) -> float:
+                  backend: Backend, options: dict[str, str] | None = None,
+                  kafka: KafkaConfig | None = None) -> float:
     from confluent_kafka import Producer
 
     prefix = f"bench_archive_{backend}_{time.time_ns()}"
-    kafka = plaintext(ctx.broker.bootstrap_servers)  # clients through the one mapping
+    # clients through the one mapping (bench/tls.py passes a TLS connection)
+    kafka = kafka or plaintext(ctx.broker.bootstrap_servers)
     producer = Producer(kafka.confluent({"linger.ms": 5}))
     topic = f"{prefix}.public.core_relationships"
     for i, p in enumerate(payloads):

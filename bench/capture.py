@@ -71,16 +71,20 @@ BACKENDS = ("kafka-python", "confluent")
 
 
 def _settings(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
-              tables: str = _TABLES, plugin: str = "auto") -> CaptureSettings:
-    return CaptureSettings(dsn=dsn, bootstrap_servers=ctx.broker.bootstrap_servers, slot=slot,
-                           topic_prefix=prefix, kafka_backend=backend, tables=tables,
-                           plugin=plugin)
+              tables: str = _TABLES, plugin: str = "auto",
+              kafka_config: Path | None = None) -> CaptureSettings:
+    """``kafka_config``: a properties file (bench/tls.py) instead of the plaintext broker."""
+    servers = None if kafka_config else ctx.broker.bootstrap_servers
+    return CaptureSettings(dsn=dsn, bootstrap_servers=servers, kafka_config=kafka_config,
+                           slot=slot, topic_prefix=prefix, kafka_backend=backend,
+                           tables=tables, plugin=plugin)
 
 
 def _prime(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
-           plugin: str) -> None:
+           plugin: str, kafka_config: Path | None = None) -> None:
     """Create capture's slot (empty snapshot), then stop, so the workload waits in the WAL."""
-    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin),
+    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin,
+                                   kafka_config=kafka_config),
                          on_streaming=tune_gc)
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
@@ -93,12 +97,13 @@ def _prime(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
 
 
 def _timed_capture(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
-                   end: int, plugin: str) -> tuple[float, float]:
+                   end: int, plugin: str, kafka_config: Path | None = None
+                   ) -> tuple[float, float]:
     """Seconds from streaming to the workload's end confirmed, and the process CPU seconds
     spent meanwhile (capture's threads and its Kafka client's; the waiting loop here polls one
     connection 50 times a second, a negligible share)."""
-    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin),
-                         on_streaming=tune_gc)
+    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin,
+                                   kafka_config=kafka_config), on_streaming=tune_gc)
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
     t.start()
