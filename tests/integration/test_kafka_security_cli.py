@@ -141,3 +141,35 @@ def test_help_never_shows_the_secret_from_the_environment() -> None:
         assert out.returncode == 0 and "--kafka-config" in out.stdout
         assert PASSWORD not in out.stdout + out.stderr
 
+
+
+def test_hera_stack_up_secure_serves_kafka_over_sasl_ssl_through_a_properties_file() -> None:
+    import signal
+
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "hera-stack"), "up",
+                             "--no-sample", "--secure"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        env_lines: dict[str, str] = {}
+        while not (line := proc.stdout.readline()).startswith("export those, then"):
+            assert line, "hera-stack up ended early"
+            name, _, value = line.strip().partition("=")
+            env_lines[name] = value
+        assert "HERA_BOOTSTRAP_SERVERS" not in env_lines
+        path = Path(env_lines["HERA_KAFKA_CONFIG"])
+        assert path.stat().st_mode & 0o077 == 0  # the file with the password is the owner's
+        cfg = kafka_config.load(path)
+        assert (cfg.security_protocol, cfg.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+        assert PASSWORD not in " ".join(env_lines.values())
+        from capture.kafka_admin import check_reachable, ensure_topics
+
+        check_reachable(cfg)
+        ensure_topics(cfg, ["stack.public.t"])
+        source = open_source(cfg, "stack", ("public.t",), "confluent")
+        try:
+            assert source.cluster_id() is not None
+        finally:
+            source.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
