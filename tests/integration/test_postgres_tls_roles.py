@@ -204,3 +204,31 @@ def test_replay_restores_as_the_restorer_role_over_verify_full(
     assert out.returncode == 0, out.stdout + out.stderr
     with psycopg.connect(managed_db.dsn(OWNER), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM core_relationships").fetchone() == row
+
+
+def test_the_detector_service_starts_as_its_role_over_verify_full(
+        managed_db: ManagedDB, broker: Broker, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from devstack.ports import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "consumers"), "detect", "--bootstrap-servers", broker.bootstrap_servers,
+         "--topic-prefix", f"d{uuid.uuid4().hex[:8]}", "--state-dir", str(tmp_path / "state"),
+         "--dsn", managed_db.dsn("hera_detect"), "--metrics-port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "detect.log").open("ab"))
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp_path / "detect.log").read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+    try:
+        wait_until(ready, 60, "the detector (its alerts sink connected as hera_detect)")
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
