@@ -83,7 +83,8 @@ def _time_travel(dt: DeltaTable, loc: ArchiveLocation, version: int | None,
     its oldest kept commit, or after now) is refused rather than answered with the nearest
     version."""
     if as_of is not None:
-        oldest = min(dt.history(), key=lambda c: int(c.get("version", 0)))
+        commits = dt.history()
+        oldest = min(commits, key=lambda c: int(c.get("version", 0)))
         first_ts = datetime.fromtimestamp(int(oldest["timestamp"]) / 1000, UTC)
         if as_of < first_ts:
             raise ArchiveError(
@@ -94,14 +95,19 @@ def _time_travel(dt: DeltaTable, loc: ArchiveLocation, version: int | None,
         if as_of > now:
             raise ArchiveError(f"--as-of {as_of.isoformat()} is in the future (now "
                                f"{now.isoformat()}): later commits may still come")
+        # The newest commit stamped at or before the time, by the commit's own timestamp (the
+        # one history() and the views show): delta-rs would place a time by the log files'
+        # modification times, written a moment after the stamp, and read the version before
+        # a commit at exactly its stamped time.
+        as_of_ms = as_of.timestamp() * 1000
+        version = max(int(c.get("version", 0)) for c in commits
+                      if int(c["timestamp"]) <= as_of_ms)
     try:
         if version is not None:
             dt.load_as_version(version)
-        elif as_of is not None:
-            dt.load_as_version(as_of)
     except Exception as exc:
         newest = DeltaTable(loc.uri, storage_options=loc.options()).version()
-        what = f"version {version}" if version is not None else f"the time {as_of}"
+        what = f"version {version}" if as_of is None else f"the time {as_of}"
         raise ArchiveError(f"{loc} has no {what} (versions 0..{newest}, as far as the log "
                            f"and vacuum's retention keep them): "
                            f"{first_line(exc)[:200]}") from None
