@@ -21,7 +21,8 @@ from enum import StrEnum
 from typing import Any, get_args
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic_core.core_schema import SerializerFunctionWrapHandler
 
 from capture.encoding import SCHEMA_VERSION
 
@@ -72,12 +73,54 @@ class Source(BaseModel):
     snapshot: str = "false"  # "true" for op r, "last" for the final snapshot row, else "false"
 
 
+class Author(BaseModel):
+    """Who wrote a transaction: the ``hera.author`` logical message of sql/10_author.sql.
+
+    The database-level fields come from the server (``current_user``, ...); ``actor`` and
+    ``context`` are what the application said with ``SET LOCAL hera.actor`` /
+    ``hera.context``: untrusted text, capped (``capped`` names what was cut), secrets
+    redacted in the database (keys named like secrets). ``context`` is text: the JSON object
+    the application gave, as PostgreSQL's jsonb prints it (``context_format`` "json"), or, for
+    anything that is not a JSON object (or an object over the cap), its text as given
+    (``context_format`` "text"). A string, never a parsed document: the event stays exact and
+    valid JSON whatever the client wrote.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    db_user: str | None = None  # current_user
+    session_user: str | None = None
+    application_name: str | None = None
+    client_addr: str | None = None  # None: a Unix-socket connection
+    client_port: int | None = None
+    backend_pid: int | None = None
+    actor: str | None = None
+    context: str | None = None
+    context_format: str | None = None  # "json" | "text"; None without context
+    capped: tuple[str, ...] = ()  # fields cut to their cap (capture.author names the caps)
+
+
+def _drop_none_author(handler: SerializerFunctionWrapHandler, model: BaseModel
+                      ) -> dict[str, Any]:
+    """A record without an author is written exactly as before the field existed, so readers
+    that predate it keep reading what capture writes for authorless transactions."""
+    data: dict[str, Any] = handler(model)
+    if data.get("author", 0) is None:
+        del data["author"]
+    return data
+
+
 class TransactionBlock(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str  # Debezium: "<txId>:<lsn>"
     total_order: int  # 1-based position of the event among all events of the transaction
     data_collection_order: int  # 1-based position among events of the same table
+    author: Author | None = None  # the transaction's author; absent when unknown
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none_author(handler, self)
 
 
 class ChangeEvent(BaseModel):
@@ -154,6 +197,11 @@ class TransactionEvent(BaseModel):
     # END only: SchemaChangeEvents of the transaction (on this topic, not in event_count;
     # they share the position numbering with the change events).
     schema_change_count: int = 0
+    author: Author | None = None  # absent when the transaction has no hera.author message
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _drop_none_author(handler, self)
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -298,15 +346,18 @@ def change_event_json(*, before: Row | None, after: Row | None, op: Op, ts_ms: i
                       db: str, schema: str, table: str, tx_id: int | None, lsn: int | None,
                       commit_ts_us: int, snapshot: str, commit_lsn: int, position: int,
                       table_order: int | None, key: Row | None,
-                      types: dict[str, str] | None) -> bytes:
+                      types: dict[str, str] | None, author: msgspec.Raw | None = None) -> bytes:
     """The JSON of a ChangeEvent, built without constructing the model.
 
     capture's hot path: the same document ``ChangeEvent(...).to_json()`` gives (a unit test
-    holds the two equal), at a fraction of the cost per event.
+    holds the two equal), at a fraction of the cost per event. ``author``: the transaction's
+    Author as JSON (``author_json``), encoded once per transaction, not once per event.
     """
-    transaction = None if table_order is None else {
+    transaction: dict[str, Any] | None = None if table_order is None else {
         "id": f"{tx_id}:{commit_lsn}", "total_order": position + 1,
         "data_collection_order": table_order}
+    if transaction is not None and author is not None:
+        transaction["author"] = author
     return _dumps({
         "schema_version": SCHEMA_VERSION, "before": before, "after": after, "op": op.value,
         "ts_ms": ts_ms,
@@ -316,3 +367,9 @@ def change_event_json(*, before: Row | None, after: Row | None, op: Op, ts_ms: i
         "transaction": transaction, "commit_lsn": commit_lsn, "position": position, "key": key,
         "types": types,
     })
+
+
+def author_json(author: Author) -> msgspec.Raw:
+    """An Author as the JSON ``change_event_json`` splices into each event of its transaction
+    (the bytes ``ChangeEvent.to_json`` writes for it)."""
+    return msgspec.Raw(author.model_dump_json().encode())

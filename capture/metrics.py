@@ -47,6 +47,10 @@ class CaptureMetrics:
         self.schema_changes = Counter(
             "hera_capture_schema_changes", "SchemaChangeEvents published (DDL on captured tables)",
             registry=self.registry)
+        self.authors_refused = Counter(
+            "hera_capture_authors_refused",
+            "hera.author messages refused as malformed (their transactions have no author)",
+            registry=self.registry)
         self.ready = Gauge(
             "hera_capture_ready",
             "1 while capture streams (snapshot done, broker acknowledging), else 0",

@@ -9,6 +9,10 @@ Schema changes: a transactional 'hera-guard.schema' message (sql/08_schema_log.s
 captured table becomes a recorded SchemaChangeEvent at its place in the transaction; a column
 set the decoder shows (pgoutput Relation, wal2json's columns) that differs from the last known
 one without such a message becomes a SchemaChangeEvent with recorded=False.
+
+Authors: the transactional 'hera.author' message (sql/10_author.sql, capture/author.py) comes
+before the transaction's first captured change; its Author rides on BEGIN/END and on each
+change event's transaction block. The first one of a transaction counts.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from typing import TYPE_CHECKING
 import msgspec
 import psycopg
 
+from capture.author import AuthorError, parse_author
 from capture.decoding import (
+    AUTHOR_PREFIX,
     HEARTBEAT_PREFIX,
     SCHEMA_PREFIX,
     Begin,
@@ -38,12 +44,14 @@ from capture.decoding import (
 )
 from capture.errors import DecodeError, StreamRestart
 from capture.event import (
+    Author,
     ColumnDef,
     MarkerKind,
     Op,
     SchemaChangeEvent,
     TableCount,
     TransactionEvent,
+    author_json,
     change_event_json,
     encode_key,
     format_lsn,
@@ -97,6 +105,8 @@ class _Txn:
     schema_changes: int = 0
     per_table: dict[str, int] = field(default_factory=dict)
     began: bool = False
+    author: Author | None = None
+    author_raw: msgspec.Raw | None = None  # the author's JSON, encoded once per transaction
 
 
 @dataclass(frozen=True)
@@ -234,7 +244,9 @@ class StreamRunner:
         elif isinstance(rec, Relation):
             self.columns_seen(rec.schema, rec.table, rec.lsn, rec.columns)
         elif isinstance(rec, Message):
-            if rec.prefix == SCHEMA_PREFIX and rec.transactional and self.txn is not None:
+            if rec.prefix == AUTHOR_PREFIX:
+                self.authored(rec)
+            elif rec.prefix == SCHEMA_PREFIX and rec.transactional and self.txn is not None:
                 self.schema_logged(rec)
             elif rec.prefix == HEARTBEAT_PREFIX and self.txn is None and self.tracker.idle:
                 self.acked_lsn = max(self.acked_lsn, rec.lsn)
@@ -249,7 +261,22 @@ class StreamRunner:
         self._send(self.ttopic, b"txn", TransactionEvent(
             status="BEGIN", id=f"{txn.begin.xid}:{txn.begin.commit_lsn}",
             xid=txn.begin.xid, commit_lsn=txn.begin.commit_lsn,
-            ts_ms=txn.begin.ts_us // 1000, ts_us=txn.begin.ts_us).to_json(), txn.pending)
+            ts_ms=txn.begin.ts_us // 1000, ts_us=txn.begin.ts_us,
+            author=txn.author).to_json(), txn.pending)
+
+    def authored(self, rec: Message) -> None:
+        txn = self.txn
+        if txn is None or not rec.transactional or txn.author is not None:
+            return  # not a transaction's author, or not its first
+        try:
+            txn.author = parse_author(rec.content)
+        except AuthorError as exc:
+            self.svc.metrics.authors_refused.inc()
+            log.warning("hera.author message refused: the transaction has no author",
+                        extra={"xid": txn.begin.xid, "lsn": format_lsn(rec.lsn),
+                               "error": str(exc)})
+            return
+        txn.author_raw = author_json(txn.author)
 
     def _emit(self, txn: _Txn, op: Op, schema: str, table: str, lsn: int,
               before: Row | None, after: Row | None, key: Row | None,
@@ -265,7 +292,7 @@ class StreamRunner:
             name=self.s.topic_prefix, db=self.position.dbname, schema=schema, table=table,
             tx_id=b.xid, lsn=lsn, commit_ts_us=b.ts_us, snapshot="false",
             commit_lsn=b.commit_lsn, position=txn.position, table_order=n, key=key,
-            types=types)
+            types=types, author=txn.author_raw)
         txn.position += 1
         txn.changes += 1
         topic = self.topics.get((schema, table)) or table_topic(self.s.topic_prefix, schema, table)
@@ -377,7 +404,7 @@ class StreamRunner:
                 event_count=txn.changes,
                 data_collections=tuple(TableCount(data_collection=k, event_count=v)
                                        for k, v in txn.per_table.items()),
-                schema_change_count=txn.schema_changes).to_json(),
+                schema_change_count=txn.schema_changes, author=txn.author).to_json(),
                 txn.pending)
             txn.pending.commit_ts_us = rec.ts_us
         self.tracker.close(txn.pending, rec.end_lsn)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from capture.decoding.base import (
+    AUTHOR_PREFIX,
     HEARTBEAT_PREFIX,
     SCHEMA_PREFIX,
     Capabilities,
@@ -52,6 +53,7 @@ def make_decoder(plugin: str, tables: Sequence[TableInfo], catalog: Catalog,
                     f"{', '.join(PLUGINS)}")
 
 
-__all__ = ["HEARTBEAT_PREFIX", "PLUGINS", "SCHEMA_PREFIX", "Begin", "Capabilities", "Catalog",
-           "Columns", "Commit", "Decoded", "Decoder", "Message", "Relation", "Row", "RowChange",
-           "TableNames", "Truncate", "choose_plugin", "make_decoder"]
+__all__ = ["AUTHOR_PREFIX", "HEARTBEAT_PREFIX", "PLUGINS", "SCHEMA_PREFIX", "Begin",
+           "Capabilities", "Catalog", "Columns", "Commit", "Decoded", "Decoder", "Message",
+           "Relation", "Row", "RowChange", "TableNames", "Truncate", "choose_plugin",
+           "make_decoder"]

@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 
     Conn = psycopg.Connection[tuple[object, ...]]
 
-# Logical-message prefixes capture reads: heartbeats (non-transactional) and the schema log
-# (transactional, from sql/08_schema_log.sql; contract in docs/schema-log.md).
+# Logical-message prefixes capture reads: heartbeats (non-transactional), the schema log
+# (transactional, from sql/08_schema_log.sql; contract in docs/schema-log.md) and the
+# transaction's author (transactional, from sql/10_author.sql; capture/author.py).
 HEARTBEAT_PREFIX = "hera-guard"
 SCHEMA_PREFIX = "hera-guard.schema"
+AUTHOR_PREFIX = "hera.author"
 
 
 @dataclass(frozen=True)

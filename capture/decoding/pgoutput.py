@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from capture.decoding.base import Capabilities, Catalog
+from capture.decoding.base import AUTHOR_PREFIX, Capabilities, Catalog
 from capture.decoding.names import TableNames
 from capture.decoding.publication import ensure_publication
 from capture.decoding.records import (
@@ -148,7 +148,10 @@ class PgOutputDecoder:
                 flags, msg_lsn = _MSG_HEAD.unpack_from(payload, 1)
                 prefix, pos = _cstring(payload, 1 + _MSG_HEAD.size)
                 (length,) = _U32.unpack_from(payload, pos)
-                content = payload[pos + 4:pos + 4 + length].decode()
+                raw = payload[pos + 4:pos + 4 + length]
+                # Anyone may emit bytes under the author's prefix (the bytea variant): its
+                # parser refuses what is not the documented object, capture goes on.
+                content = raw.decode("utf-8", "replace" if prefix == AUTHOR_PREFIX else "strict")
                 return Message(msg_lsn, prefix, content, bool(flags & 1))
             if kind in (0x59, 0x4F):  # 'Y' type, 'O' origin: nothing capture uses
                 return None

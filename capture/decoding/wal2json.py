@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from capture.decoding.base import HEARTBEAT_PREFIX, SCHEMA_PREFIX, Capabilities, Catalog
+from capture.decoding.base import (
+    AUTHOR_PREFIX,
+    HEARTBEAT_PREFIX,
+    SCHEMA_PREFIX,
+    Capabilities,
+    Catalog,
+)
 from capture.decoding.names import TableNames
 from capture.decoding.records import (
     Begin,
@@ -167,6 +173,9 @@ def ts_us(text: str) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+_AUTHOR_MARK = f'"prefix":"{AUTHOR_PREFIX}"'.encode()
+
+
 class Wal2JsonDecoder:
     caps = Capabilities(
         name="wal2json", slot_plugin="wal2json", exact_special_values=True,
@@ -193,7 +202,7 @@ class Wal2JsonDecoder:
         options = dict(WAL2JSON_OPTIONS)
         options["add-tables"] = ",".join(
             [self.add_tables, *(f"{_escape(s)}.{_escape(t)}" for s, t in self.names.extra)])
-        options["add-msg-prefixes"] = f"{HEARTBEAT_PREFIX},{SCHEMA_PREFIX}"
+        options["add-msg-prefixes"] = f"{HEARTBEAT_PREFIX},{SCHEMA_PREFIX},{AUTHOR_PREFIX}"
         if self.numeric_as_string:
             options[NUMERIC_AS_STRING] = "1"
         return options
@@ -235,6 +244,13 @@ class Wal2JsonDecoder:
         except DecodeError:
             raise
         except (msgspec.DecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            if _AUTHOR_MARK in payload and b'"action":"M"' in payload:
+                # wal2json copies a message's bytes as they are: an author message emitted
+                # by hand with bytes that are not UTF-8 must not stop capture (capture.author
+                # refuses it).
+                fixed = payload.decode("utf-8", "replace").encode()
+                if fixed != payload:
+                    return self.decode(fixed, lsn)
             raise DecodeError(
                 f"unparseable wal2json message ({exc!r}): {payload[:200]!r}") from exc
         raise DecodeError(f"unknown wal2json action {action!r}: {payload[:200]!r}")
