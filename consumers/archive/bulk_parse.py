@@ -65,7 +65,11 @@ _STRING_MAP = rf"^\{{(?:{_STR}:{_STR}(?:,{_STR}:{_STR})*)?\}}$"  # types: str ->
 
 
 # Members that may be JSON null in a valid event; any other one null fails the row anyway.
-_NULLABLE = nullable_members(ChangeEvent, Source, TransactionBlock)
+# Members capture leaves out when they have no value (the transaction's author): rendered only
+# when present, so events with and without them both match byte for byte. The author itself
+# is archived from the transaction's END record, not per change.
+_OPTIONAL = {"author"}
+_NULLABLE = nullable_members(ChangeEvent, Source, TransactionBlock) - _OPTIONAL
 
 
 def _render(obj: Any, names: list[str]) -> Any:
@@ -77,6 +81,10 @@ def _render(obj: Any, names: list[str]) -> Any:
         text = _render(member, _NESTED[name]) if name in _NESTED else member
         if name in _NULLABLE:
             text = pc.coalesce(text, "null")
+        if name in _OPTIONAL:  # never first: "," + key + value, or nothing
+            pieces.append(pc.coalesce(pc.binary_join_element_wise(f',"{name}":', text, ""),
+                                      ""))
+            continue
         pieces += [("{" if k == 0 else ",") + f'"{name}":', text]
     return pc.binary_join_element_wise(*pieces, "}", "")
 
@@ -145,7 +153,9 @@ class BulkChangeParser:
             _nullable(f(e, "types"), _matches(f(e, "types"), _STRING_MAP)),
             _nullable(txn, _all([pc.starts_with(f(txn, "id"), '"'),
                                  _matches(f(txn, "total_order"), _INT),
-                                 _matches(f(txn, "data_collection_order"), _INT)])),
+                                 _matches(f(txn, "data_collection_order"), _INT),
+                                 _nullable(f(txn, "author"),
+                                           pc.starts_with(f(txn, "author"), "{"))])),
         ])
         e = pc.filter(e, ok)
         src = pc.struct_field(e, "source")

@@ -121,8 +121,12 @@ def _local_relations(con: duckdb.DuckDBPyConnection, dt: DeltaTable,
         if kind not in KINDS:
             continue
         loc.check_files(files)
-        paths = [str(root / rel) for rel, _ in files]
-        con.execute(raw_relation_sql(f"raw_{kind}", kind, parquet_source(paths)))
+        source = parquet_source([str(root / rel) for rel, _ in files])
+        present = None
+        if source is not None:  # files written before a column was added lack it
+            described = con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()  # noqa: S608
+            present = {str(r[0]) for r in described}
+        con.execute(raw_relation_sql(f"raw_{kind}", kind, source, present))
 
 
 def _dataset_relations(con: duckdb.DuckDBPyConnection, dt: DeltaTable) -> None:
@@ -135,4 +139,5 @@ def _dataset_relations(con: duckdb.DuckDBPyConnection, dt: DeltaTable) -> None:
         # A lazily scanned dataset (projection and filters pushed down by DuckDB).
         part = dataset.filter(ds.field("kind") == kind)
         con.register(f"_ds_{kind}", part)
-        con.execute(raw_relation_sql(f"raw_{kind}", kind, f"_ds_{kind}"))
+        con.execute(raw_relation_sql(f"raw_{kind}", kind, f"_ds_{kind}",
+                                     set(dataset.schema.names)))

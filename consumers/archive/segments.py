@@ -51,6 +51,7 @@ TRANSACTIONS_SCHEMA = pa.schema([
     ("commit_ts", UTC_US),
     ("event_count", pa.int64()),
     ("data_collections", pa.string()),
+    ("author", pa.string()),  # capture.event.Author as JSON; NULL: no author (or older rows)
 ])
 
 MARKERS_SCHEMA = pa.schema([
@@ -101,6 +102,9 @@ def _table_schema() -> pa.Schema:
 
 
 TABLE_SCHEMA = _table_schema()
+# Columns added after archives were first written: a writer adds them to an older table
+# (``table.add_missing_columns``), a reader of files without them reads NULL.
+ADDED_COLUMNS = ("author",)
 
 
 def to_table_rows(kind: str, rows: pa.Table) -> pa.Table:
@@ -164,6 +168,7 @@ def transactions_table(events: Iterable[TransactionEvent]) -> pa.Table:
         cols["data_collections"].append(
             None if t.data_collections is None
             else _json([d.model_dump() for d in t.data_collections]))
+        cols["author"].append(None if t.author is None else t.author.model_dump_json())
     return _sorted(pa.Table.from_pydict(cols, schema=TRANSACTIONS_SCHEMA), ["commit_lsn"])
 
 

@@ -76,6 +76,7 @@ from consumers.archive.table import (
     LOCK_FILE,
     WRITER,
     Clock,
+    add_missing_columns,
     create_table,
     data_files,
     open_table,
@@ -153,6 +154,8 @@ class ArchiveStore:
         lock = loc.lock_for_writer(create)
         try:
             dt = create_table(loc, clock) if not exists else open_table(loc)
+            if exists:
+                add_missing_columns(dt)
             return cls(loc, dt, lock, clock, dedup_capacity)
         except BaseException:
             if lock is not None:

@@ -26,7 +26,7 @@ from consumers.archive.layout import (
     NotAnArchiveError,
 )
 from consumers.archive.location import LOCK_FILE, ArchiveLocation, store_error
-from consumers.archive.segments import KINDS, TABLE_SCHEMA
+from consumers.archive.segments import ADDED_COLUMNS, KINDS, TABLE_SCHEMA
 
 Clock = Callable[[], datetime]
 WRITER = WriterProperties(compression="ZSTD")
@@ -66,6 +66,18 @@ def open_table(loc: ArchiveLocation, version: int | None = None) -> DeltaTable:
             f"{loc} was written by a newer hera-guard (archive format {fmt}, this version "
             f"reads up to {FORMAT_VERSION}); upgrade hera-guard to use it")
     return dt
+
+
+def add_missing_columns(dt: DeltaTable) -> None:
+    """Give a table written by an older version the columns added since (``ADDED_COLUMNS``):
+    a metadata-only commit, before the writer's first append (older rows read NULL)."""
+    from deltalake.schema import Field, PrimitiveType
+
+    have = set(dt.schema().to_arrow().names)
+    missing = [c for c in ADDED_COLUMNS if c not in have]
+    if missing:
+        dt.alter.add_columns([Field(c, PrimitiveType("string"), nullable=True)
+                              for c in missing])
 
 
 def archive_format(dt: DeltaTable) -> int | None:

@@ -10,7 +10,9 @@ any table written otherwise (a migration, another tool).
 
 from __future__ import annotations
 
-from consumers.archive.segments import SCHEMAS
+from collections.abc import Collection
+
+from consumers.archive.segments import ADDED_COLUMNS, SCHEMAS
 
 
 def sql_string(value: str) -> str:
@@ -27,14 +29,20 @@ def duck_type(kind: str, column: str) -> str:
     return _DUCK_TYPES[str(SCHEMAS[kind].field(column).type)]
 
 
-def raw_relation_sql(name: str, kind: str, source: str | None) -> str:
+def raw_relation_sql(name: str, kind: str, source: str | None,
+                     present: Collection[str] | None = None) -> str:
     """``CREATE VIEW name`` over ``source`` (a FROM clause made of our own, escaped literals),
-    with the kind's columns in their reader types; no source: a typed, empty relation."""
+    with the kind's columns in their reader types; no source: a typed, empty relation.
+    ``present``: the source's columns, when it may lack some added since (``ADDED_COLUMNS``:
+    those read NULL)."""
     cols = SCHEMAS[kind].names
     if source is None:
         empty = ", ".join(f"NULL::{duck_type(kind, c)} AS {c}" for c in cols)
         return f"CREATE OR REPLACE VIEW {name} AS SELECT {empty} WHERE false"
-    casts = ", ".join(f"CAST({c} AS {duck_type(kind, c)}) AS {c}" for c in cols)
+    casts = ", ".join(
+        f"CAST({c} AS {duck_type(kind, c)}) AS {c}"
+        if present is None or c in present or c not in ADDED_COLUMNS
+        else f"NULL::{duck_type(kind, c)} AS {c}" for c in cols)
     return f"CREATE OR REPLACE VIEW {name} AS SELECT {casts} FROM {source}"  # noqa: S608 - own literals
 
 
@@ -55,9 +63,22 @@ SELECT table_schema, table_name, op, commit_lsn, position, xid, commit_ts,
        CAST(types AS JSON) AS types, snapshot, event_ts, schema_version
 FROM (SELECT DISTINCT ON (commit_lsn, position) * FROM raw_changes);
 
+-- The author (capture.event.Author, sql/10_author.sql): NULL columns for a transaction
+-- without one (written before the author existed, or its message missing or refused).
+-- context is JSON: the application's object, or its text as a JSON string.
 CREATE OR REPLACE VIEW transactions AS
 SELECT xid, commit_lsn, commit_ts, event_count,
-       CAST(data_collections AS JSON) AS data_collections
+       CAST(data_collections AS JSON) AS data_collections,
+       author ->> 'db_user' AS db_user, author ->> 'session_user' AS session_user,
+       author ->> 'application_name' AS application_name,
+       author ->> 'client_addr' AS client_addr,
+       CAST(author ->> 'client_port' AS INTEGER) AS client_port,
+       CAST(author ->> 'backend_pid' AS INTEGER) AS backend_pid,
+       author ->> 'actor' AS actor,
+       CASE author ->> 'context_format'
+           WHEN 'json' THEN CAST(author ->> 'context' AS JSON)
+           WHEN 'text' THEN to_json(author ->> 'context') END AS context,
+       CAST(author -> 'capped' AS VARCHAR[]) AS author_capped
 FROM (SELECT DISTINCT ON (commit_lsn) * FROM raw_transactions);
 
 CREATE OR REPLACE VIEW markers AS
@@ -76,8 +97,12 @@ SELECT commit_ts, lsn_text(commit_lsn) AS lsn, xid,
        table_schema || '.' || table_name AS "table",
        CASE op WHEN 'c' THEN 'insert' WHEN 'u' THEN 'update' WHEN 'd' THEN 'delete'
                WHEN 'r' THEN 'snapshot' WHEN 't' THEN 'truncate' END AS operation,
-       key, before, after, commit_lsn, position
-FROM changes;
+       key, before, after, commit_lsn, position,
+       t.db_user, t.session_user, t.application_name, t.client_addr, t.actor, t.context
+FROM changes LEFT JOIN (
+    SELECT commit_lsn AS t_lsn, db_user, session_user, application_name, client_addr, actor,
+           context
+    FROM transactions) t ON t.t_lsn = changes.commit_lsn;
 
 -- One row per transaction (the snapshot of an epoch counts as one, xid NULL):
 -- counts per op, and per table and op as {"schema.table": {"c": n, "d": m}}.
@@ -98,8 +123,16 @@ SELECT xid, lsn_text(commit_lsn) AS lsn, min(commit_ts) AS commit_ts,
        coalesce(sum(c), 0)::BIGINT AS inserts, coalesce(sum(u), 0)::BIGINT AS updates,
        coalesce(sum(d), 0)::BIGINT AS deletes, coalesce(sum(t), 0)::BIGINT AS truncates,
        coalesce(sum(r), 0)::BIGINT AS snapshot_rows,
-       json_group_object(tbl, ops) AS per_table, commit_lsn
-FROM per_table GROUP BY commit_lsn, xid;
+       json_group_object(tbl, ops) AS per_table, commit_lsn,
+       any_value(t.db_user) AS db_user, any_value(t.session_user) AS session_user,
+       any_value(t.application_name) AS application_name,
+       any_value(t.client_addr) AS client_addr, any_value(t.actor) AS actor,
+       any_value(t.context) AS context
+FROM per_table LEFT JOIN (
+    SELECT commit_lsn AS t_lsn, db_user, session_user, application_name, client_addr, actor,
+           context
+    FROM transactions) t ON t.t_lsn = per_table.commit_lsn
+GROUP BY commit_lsn, xid;
 
 -- Every change of one row of a table (by its "id" primary key), and the table's TRUNCATEs.
 CREATE OR REPLACE MACRO row_timeline(tbl, row_id) AS TABLE
