@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import unicodedata
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -11,7 +12,8 @@ from typing import Any
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel, ConfigDict
 
-from capture.event import format_lsn
+from capture.event import Author, format_lsn
+from hera_kit.logs import redact
 
 # Alert ids are uuid5 of (rule, commit LSN, scope): a re-delivered alert keeps its id, so
 # the PostgreSQL sink's ON CONFLICT and Kafka readers can drop the duplicate.
@@ -61,6 +63,10 @@ class Alert(BaseModel):
     samples: tuple[dict[str, Any], ...]
     replay_command: str
     detected_at: datetime  # UTC, from the detector's clock
+    # Who wrote the transaction (capture.event.Author; None: no hera.author message), and the
+    # command that undoes everything its actor did (None without an actor).
+    author: Author | None = None
+    actor_replay_command: str | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -80,6 +86,43 @@ def redact_dsn(dsn: str | None) -> str:
         return DSN_PLACEHOLDER
     params.pop("password", None)
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+
+
+_TEXT_CAP = 80  # characters of one untrusted value in an alert's text
+
+
+def printable(value: str, cap: int = _TEXT_CAP) -> str:
+    """Untrusted text for a terminal or a log line: control and format characters (newline,
+    ESC of a colour sequence, bidi overrides) as escapes, at most ``cap`` characters."""
+    out = [ch.encode("unicode_escape").decode("ascii")
+           if ch != " " and unicodedata.category(ch)[0] in ("C", "Z") else ch
+           for ch in value[:cap]]
+    return "".join(out) + ("…" if len(value) > cap else "")
+
+
+def author_phrase(author: Author | None) -> str:
+    """``role migrator (application alembic, client 10.0.0.5, actor deploy-42)``: every value
+    client-controlled, so escaped (``printable``) and redacted."""
+    if author is None:
+        return "an unknown author (no hera.author message for the transaction)"
+    parts = []
+    if author.session_user and author.session_user != author.db_user:
+        parts.append(f"session user {printable(author.session_user)}")
+    if author.application_name:
+        parts.append(f"application {printable(author.application_name)}")
+    parts.append(f"client {printable(author.client_addr)}" if author.client_addr
+                 else "client local socket")
+    if author.actor:
+        parts.append(f"actor {printable(author.actor)}")
+    return redact(f"role {printable(author.db_user or '?')} ({', '.join(parts)})")
+
+
+def actor_replay_command(archive_dir: str, actor: str | None, dsn: str | None) -> str | None:
+    """The command that undoes everything ``actor`` did (as a dry run first)."""
+    if not actor:
+        return None
+    return shlex.join(["replay", "--archive", archive_dir, "--revert-actor", actor, "--dsn",
+                       redact_dsn(dsn), "--dry-run"])
 
 
 def replay_command(archive_dir: str, xid: int, dsn: str | None) -> str:

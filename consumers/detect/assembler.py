@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from capture.event import ChangeEvent, Op, TransactionEvent
+from capture.event import Author, ChangeEvent, Op, TransactionEvent
 
 TopicPartitionKey = tuple[str, int]
 
@@ -31,6 +31,7 @@ class CompletedTransaction:
     commit_us: int  # commit time, microseconds since epoch UTC
     events: tuple[ChangeEvent, ...]  # the events the rules keep, in position order
     counts: dict[str, int]  # events received per table (all of them, kept or not)
+    author: Author | None = None  # from the END record; None: unknown
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Assembler:
             yield CompletedTransaction(
                 xid=pending.end.xid, commit_lsn=pending.commit_lsn,
                 commit_us=pending.end.ts_us, events=tuple(pending.events),
-                counts=dict(pending.received),
+                counts=dict(pending.received), author=pending.end.author,
             )
 
     def _complete(self, pending: _Pending) -> bool:

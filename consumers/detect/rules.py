@@ -19,7 +19,9 @@ from consumers.detect.alerts import (
     Rule,
     Severity,
     TransactionRef,
+    actor_replay_command,
     alert_id,
+    author_phrase,
     replay_command,
 )
 from consumers.detect.assembler import CompletedTransaction
@@ -290,10 +292,13 @@ class Detector:
                rows: list[Row]) -> Alert:
         return Alert(
             id=alert_id(rule, tx.commit_lsn, scope), severity=severity, rule=rule,
-            organization=org, message=message, counts=counts, by_organization=by_org,
+            organization=org, message=f"{message}, by {author_phrase(tx.author)}",
+            counts=counts, by_organization=by_org,
             transaction=TransactionRef(xid=tx.xid, commit_lsn=format_lsn(tx.commit_lsn),
                                        commit_time=commit_time(tx.commit_us)),
             samples=tuple(_sample(r) for r in rows[: self.rules.samples]),
             replay_command=replay_command(self.archive_dir, tx.xid, self.dsn),
-            detected_at=self.clock(),
+            detected_at=self.clock(), author=tx.author,
+            actor_replay_command=actor_replay_command(
+                self.archive_dir, tx.author.actor if tx.author else None, self.dsn),
         )

@@ -34,12 +34,34 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
+# Slack's mrkdwn has no escape character: &, < and > become entities (as Slack asks), and the
+# formatting characters become look-alikes, so client-written text (an actor, an application
+# name, a smart code) can neither mention @channel, link, nor format the alert.
+_SLACK = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "*": "\u2217",
+                        "_": "\uff3f", "~": "\uff5e", "`": "\u02cb"})
+
+
+_SLACK_CODE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "`": "\u02cb"})
+
+
+def slack_escape(text: str) -> str:
+    return text.translate(_SLACK)
+
+
+def slack_code(text: str) -> str:
+    """Text inside a code span (a command to copy): only what would end or escape it."""
+    return text.translate(_SLACK_CODE)
+
+
 def slack_text(alert: Alert) -> str:
     tx = alert.transaction
     counts = ", ".join(f"{k} {v}" for k, v in sorted(alert.counts.items()))
-    return (f"*{alert.severity} {alert.rule}*: {alert.message}\n"
+    undo = f"undo (dry run first): `{slack_code(alert.replay_command)}`"
+    if alert.actor_replay_command:
+        undo += f"; everything of this actor: `{slack_code(alert.actor_replay_command)}`"
+    return (f"*{alert.severity} {alert.rule}*: {slack_escape(alert.message)}\n"
             f"xid {tx.xid} at {tx.commit_lsn} ({tx.commit_time.isoformat()}); {counts}\n"
-            f"undo (dry run first): `{alert.replay_command}`")
+            + undo)
 
 
 class WebhookSink:
