@@ -8,9 +8,12 @@ author, a warning says why, a metric counts it) and never stops capture.
 
 from __future__ import annotations
 
+import unicodedata
+
 import msgspec
 
 from capture.event import Author
+from hera_kit.logs import redact
 
 # The caps the SQL applies (sql/10_author.sql), checked again here: a message emitted by hand
 # is not cut by the SQL.
@@ -72,3 +75,32 @@ def parse_author(content: str) -> Author:
                   client_port=m.client_port, backend_pid=m.backend_pid, actor=m.actor,
                   context=m.context, context_format=m.context_format,
                   capped=tuple(m.capped))
+
+
+_TEXT_CAP = 80  # characters of one untrusted value in an alert's text
+
+
+def printable(value: str, cap: int = _TEXT_CAP) -> str:
+    """Untrusted text for a terminal or a log line: control and format characters (newline,
+    ESC of a colour sequence, bidi overrides) as escapes, at most ``cap`` characters."""
+    out = [ch.encode("unicode_escape").decode("ascii")
+           if ch != " " and unicodedata.category(ch)[0] in ("C", "Z") else ch
+           for ch in value[:cap]]
+    return "".join(out) + ("…" if len(value) > cap else "")
+
+
+def author_phrase(author: Author | None) -> str:
+    """``role migrator (application alembic, client 10.0.0.5, actor deploy-42)``: every value
+    client-controlled, so escaped (``printable``) and redacted."""
+    if author is None:
+        return "an unknown author (no hera.author message for the transaction)"
+    parts = []
+    if author.session_user and author.session_user != author.db_user:
+        parts.append(f"session user {printable(author.session_user)}")
+    if author.application_name:
+        parts.append(f"application {printable(author.application_name)}")
+    parts.append(f"client {printable(author.client_addr)}" if author.client_addr
+                 else "client local socket")
+    if author.actor:
+        parts.append(f"actor {printable(author.actor)}")
+    return redact(f"role {printable(author.db_user or '?')} ({', '.join(parts)})")

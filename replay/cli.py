@@ -2,7 +2,9 @@
 
     replay --archive DIR --table core_relationships (--until TIME|LSN | --before-xid N)
            [--output FILE | --into-table SCHEMA.TABLE --dsn DSN | --restore --dsn DSN]
-    replay --archive DIR --revert-xid N --dsn DSN [--dry-run] [--force|--skip-conflicts]
+    replay --archive DIR --revert-xid N [--revert-xid M ...] --dsn DSN [--dry-run]
+           [--force|--skip-conflicts]
+    replay --archive DIR --revert-actor NAME [--since TIME] [--until TIME] --dsn DSN [--dry-run]
     replay verify --archive DIR --dsn DSN
 """
 
@@ -27,7 +29,8 @@ from replay.settings import ReplaySettings
 def _settings(**given: Any) -> ReplaySettings:
     """CLI values win; options left out fall back to HERA_* environment variables."""
     try:
-        return ReplaySettings(**{k: v for k, v in given.items() if v not in (None, False)})
+        return ReplaySettings(**{k: v for k, v in given.items()
+                                 if v not in (None, False, ())})
     except ValidationError as exc:
         err = exc.errors()[0]
         raise click.UsageError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -72,7 +75,11 @@ def _run(fn: Any, settings: ReplaySettings) -> None:
 @click.option("--into-table", help="create SCHEMA.TABLE with the rebuilt rows")
 @click.option("--replace", is_flag=True, default=None, help="--into-table may overwrite")
 @click.option("--restore", is_flag=True, default=None, help="put the live table back")
-@click.option("--revert-xid", type=int, help="undo transaction N, keep later changes")
+@click.option("--revert-xid", type=int, multiple=True,
+              help="undo transaction N, keep later changes (repeatable: newest first)")
+@click.option("--revert-actor", help="undo every transaction of this hera.actor, newest first")
+@click.option("--since", help="--revert-actor: only transactions committed at or after this "
+                              "time (with zone)")
 @click.option("--dsn", help="PostgreSQL connection string (or HERA_DSN)")
 @click.option("--dry-run", is_flag=True, default=None, help="show the plan, change nothing")
 @click.option("--force", is_flag=True, default=None, help="revert conflicting rows too")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from contextlib import closing
+from datetime import datetime
 
 import duckdb
 import psycopg
 from rich.console import Console
 
+from capture.author import printable
 from capture.event import format_lsn
 from consumers.archive.layout import ArchiveError
 from consumers.archive.location import ArchiveLocation, archive_location
 from hera_kit.text import first_line
+from hera_kit.times import parse_zoned_time
 from replay.apply import Applied
 from replay.errors import BadPoint, ReplayError
 from replay.filters import refuse_outside_restore, requested, typed_scope
@@ -21,9 +24,15 @@ from replay.output import check_output_path, create_table, fill_table, write_fil
 from replay.point import choose_point
 from replay.render import show_applied, show_checks, show_plans
 from replay.restore import restore, revert
+from replay.revert_many import (
+    Step,
+    actor_transactions,
+    revert_transactions,
+    xid_transactions,
+)
 from replay.settings import ReplaySettings
 from replay.snapshot import load_base_snapshot
-from replay.state import State, materialize, open_history, state_at
+from replay.state import Progress, State, materialize, open_history, state_at
 from replay.tables import TableId
 from replay.verify import verify
 
@@ -59,19 +68,24 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
         err.print(f"[dim]replay:[/dim] {msg}", highlight=False, soft_wrap=True)
 
     modes = [m for m, on in (("--output", s.output), ("--into-table", s.into_table),
-                             ("--restore", s.restore), ("--revert-xid", s.revert_xid))
+                             ("--restore", s.restore), ("--revert-xid", s.revert_xid),
+                             ("--revert-actor", s.revert_actor))
              if on]
     if len(modes) != 1:
         raise BadPoint("choose exactly one of --output FILE, --into-table SCHEMA.TABLE, "
-                       "--restore or --revert-xid N")
+                       "--restore, --revert-xid N or --revert-actor NAME")
     filters = requested(s)
     if not s.restore:
         refuse_outside_restore(filters, modes[0])
+    if s.since is not None and s.revert_actor is None:
+        raise BadPoint("--since only goes with --revert-actor")
+    if s.revert_actor is not None or (s.revert_xid is not None and len(s.revert_xid) > 1):
+        return run_revert_many(s, out, progress)
     duck = open_history(_archive(s))
     if s.revert_xid is not None:
         with closing(open_pg(_dsn(s, "--revert-xid"))) as conn:
             check_target(duck, conn, "--revert-xid", s.allow_other_database, progress)
-            outcome = revert(duck, conn, s.revert_xid, dry_run=s.dry_run, force=s.force,
+            outcome = revert(duck, conn, s.revert_xid[0], dry_run=s.dry_run, force=s.force,
                              skip_conflicts=s.skip_conflicts,
                              allow_orphaning=s.allow_orphaning,
                              show=lambda plans: show_plans(out, plans), progress=progress)
@@ -122,6 +136,51 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
     finally:
         if pg is not None:
             pg.close()
+
+
+def run_revert_many(s: ReplaySettings, out: Console, progress: Progress) -> int:
+    """``--revert-actor NAME`` or several ``--revert-xid``: replay/revert_many.py."""
+    duck = open_history(_archive(s))
+    if s.revert_actor is not None:
+        if s.before_xid is not None:
+            raise BadPoint("--revert-actor takes --since/--until times, not --before-xid")
+        since = _time("--since", s.since)
+        until = _time("--until", s.until)
+        mode = "--revert-actor"
+        txns = actor_transactions(duck, s.revert_actor, since, until)
+        what = f"revert of actor {printable(s.revert_actor)}"
+    else:
+        assert s.revert_xid is not None
+        mode = "--revert-xid"
+        txns = xid_transactions(duck, s.revert_xid)
+        what = f"revert of transactions {', '.join(str(t.xid) for t in txns)}"
+    with closing(open_pg(_dsn(s, mode))) as conn:
+        check_target(duck, conn, mode, s.allow_other_database, progress)
+        outcome = revert_transactions(
+            duck, conn, txns, what=what, dry_run=s.dry_run, force=s.force,
+            skip_conflicts=s.skip_conflicts, allow_orphaning=s.allow_orphaning,
+            show=lambda steps: show_steps(out, steps), progress=progress)
+    _finish(out, outcome.dry_run, outcome.applied)
+    return 0
+
+
+def _time(option: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_zoned_time(text)
+    except ValueError as exc:
+        raise BadPoint(f"{option}: {exc}") from None
+
+
+def show_steps(out: Console, steps: list[Step]) -> None:
+    """Each transaction (newest first: the order of the undo), its author, its plans."""
+    out.print(f"{len(steps)} transaction(s) to undo, newest first:", highlight=False)
+    for step in steps:
+        out.print(step.txn.describe(), markup=False, highlight=False)
+    for step in steps:
+        out.print(f"\n== {step.txn.describe()}", markup=False, highlight=False)
+        show_plans(out, step.plans)
 
 
 def _into_table(s: ReplaySettings, duck: duckdb.DuckDBPyConnection, pg: Conn, state: State,

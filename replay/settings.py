@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import PrivateAttr, SecretStr
+from pydantic import PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers.archive.settings import StorageSettings
@@ -25,7 +26,9 @@ class ReplaySettings(BaseSettings):
     into_table: str | None = None
     replace: bool = False
     restore: bool = False
-    revert_xid: int | None = None
+    revert_xid: list[int] | None = None  # repeatable; HERA_REVERT_XID=845 or [845, 846]
+    revert_actor: str | None = None
+    since: str | None = None  # --revert-actor: from this time (with zone)
     dsn: SecretStr | None = None  # never logged
     dry_run: bool = False
     force: bool = False
@@ -37,3 +40,10 @@ class ReplaySettings(BaseSettings):
 
     def storage_options(self) -> dict[str, str]:
         return self._storage.storage_options()
+
+    @field_validator("revert_xid", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if isinstance(value, int | str) and not isinstance(value, bool):
+            return [value]
+        return value or None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import unicodedata
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -13,7 +12,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel, ConfigDict
 
 from capture.event import Author, format_lsn
-from hera_kit.logs import redact
 
 # Alert ids are uuid5 of (rule, commit LSN, scope): a re-delivered alert keeps its id, so
 # the PostgreSQL sink's ON CONFLICT and Kafka readers can drop the duplicate.
@@ -86,35 +84,6 @@ def redact_dsn(dsn: str | None) -> str:
         return DSN_PLACEHOLDER
     params.pop("password", None)
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
-
-
-_TEXT_CAP = 80  # characters of one untrusted value in an alert's text
-
-
-def printable(value: str, cap: int = _TEXT_CAP) -> str:
-    """Untrusted text for a terminal or a log line: control and format characters (newline,
-    ESC of a colour sequence, bidi overrides) as escapes, at most ``cap`` characters."""
-    out = [ch.encode("unicode_escape").decode("ascii")
-           if ch != " " and unicodedata.category(ch)[0] in ("C", "Z") else ch
-           for ch in value[:cap]]
-    return "".join(out) + ("…" if len(value) > cap else "")
-
-
-def author_phrase(author: Author | None) -> str:
-    """``role migrator (application alembic, client 10.0.0.5, actor deploy-42)``: every value
-    client-controlled, so escaped (``printable``) and redacted."""
-    if author is None:
-        return "an unknown author (no hera.author message for the transaction)"
-    parts = []
-    if author.session_user and author.session_user != author.db_user:
-        parts.append(f"session user {printable(author.session_user)}")
-    if author.application_name:
-        parts.append(f"application {printable(author.application_name)}")
-    parts.append(f"client {printable(author.client_addr)}" if author.client_addr
-                 else "client local socket")
-    if author.actor:
-        parts.append(f"actor {printable(author.actor)}")
-    return redact(f"role {printable(author.db_user or '?')} ({', '.join(parts)})")
 
 
 def actor_replay_command(archive_dir: str, actor: str | None, dsn: str | None) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from capture.author import author_phrase
 from capture.event import ChangeEvent, Op, format_lsn
 from consumers.detect.alerts import (
     Alert,
@@ -21,7 +22,6 @@ from consumers.detect.alerts import (
     TransactionRef,
     actor_replay_command,
     alert_id,
-    author_phrase,
     replay_command,
 )
 from consumers.detect.assembler import CompletedTransaction
