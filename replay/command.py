@@ -177,9 +177,10 @@ def show_steps(out: Console, steps: list[Step]) -> None:
     """Each transaction (newest first: the order of the undo), its author, its plans."""
     out.print(f"{len(steps)} transaction(s) to undo, newest first:", highlight=False)
     for step in steps:
-        out.print(step.txn.describe(), markup=False, highlight=False)
+        out.print(step.txn.describe(), markup=False, highlight=False, soft_wrap=True)
     for step in steps:
-        out.print(f"\n== {step.txn.describe()}", markup=False, highlight=False)
+        out.print(f"\n== {step.txn.describe()}", markup=False, highlight=False,
+                  soft_wrap=True)
         show_plans(out, step.plans)
 
 
