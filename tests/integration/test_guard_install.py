@@ -34,12 +34,12 @@ def test_install_is_idempotent_and_takes_the_plans_initial_backup(hera_db: HeraD
         objects = guard_objects(conn)
     second = install_guard(hera_db, initial_backup=True)
     assert first.scripts == second.scripts
-    assert [s.split("_")[0] for s in first.scripts] == [f"{n:02d}" for n in range(10)]
+    assert [s.split("_")[0] for s in first.scripts] == [f"{n:02d}" for n in range(11)]
     assert first.warnings == second.warnings == []
     assert first.backup and first.backup.startswith("Emergency backup created: ")
     with hera_db.connect() as conn:
         assert guard_objects(conn) == objects
-        assert objects[0] == 3
+        assert objects[0] == 4  # the guardian's three and the author's (sql/10_author.sql)
         assert count(conn, "SELECT count(*) FROM system_backups") == 4
         # capture status reads the lag in seconds from the WAL with it
         assert count(conn, "SELECT count(*) FROM pg_extension "
