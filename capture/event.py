@@ -99,6 +99,13 @@ class Author(BaseModel):
     context_format: str | None = None  # "json" | "text"; None without context
     capped: tuple[str, ...] = ()  # fields cut to their cap (capture.author names the caps)
 
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Written on every change event of the transaction: fields without a value are left
+        # out (a reader takes an absent field for null / empty), a third of the bytes.
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None and v != []}
+
 
 def _drop_none_author(handler: SerializerFunctionWrapHandler, model: BaseModel
                       ) -> dict[str, Any]:

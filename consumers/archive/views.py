@@ -78,7 +78,8 @@ SELECT xid, commit_lsn, commit_ts, event_count,
        CASE author ->> 'context_format'
            WHEN 'json' THEN CAST(author ->> 'context' AS JSON)
            WHEN 'text' THEN to_json(author ->> 'context') END AS context,
-       CAST(author -> 'capped' AS VARCHAR[]) AS author_capped
+       CASE WHEN author IS NOT NULL
+            THEN coalesce(CAST(author -> 'capped' AS VARCHAR[]), []) END AS author_capped
 FROM (SELECT DISTINCT ON (commit_lsn) * FROM raw_transactions);
 
 CREATE OR REPLACE VIEW markers AS

@@ -1,0 +1,143 @@
+"""What the author (sql/10_author.sql) costs, as ratios from alternating runs (DESIGN.md):
+
+- per statement: single-row INSERT, UPDATE and DELETE on core_relationships, each its own
+  transaction (pgbench, one client, a custom script per statement: the worst case, one
+  author message per statement), with the trigger enabled and disabled in turn; the ratio of
+  the two rates per pair, median and min-max over the pairs (target <= 1.10);
+- capture throughput: the same workload of 100-row transactions captured with and without
+  the author (events then carry it in their transaction block), commit -> broker ack ->
+  confirmed, alternating; throughput with / without, median and min-max (target >= 0.95).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import subprocess
+from pathlib import Path
+
+import psycopg
+
+from bench.capture import _lsn, _prime, _timed_capture
+from bench.common import BenchContext, Figure
+from guard.install import SQL_DIR
+
+_AUTHOR_SQL = SQL_DIR / "10_author.sql"
+_ROWS_PER_TXN = 100
+_TPS = re.compile(r"tps = ([0-9.]+)")
+
+_SCRIPTS = {
+    "INSERT": "\\set n random(1, 1000000000)\n"
+              "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id, "
+              "relationship_type) VALUES ('00000000-0000-0000-0000-0000000000aa', 'b' || :n, "
+              "'x', 'BENCH');\n",
+    "UPDATE": "\\set k random(1, {seeds})\n"
+              "UPDATE core_relationships SET relationship_strength = :k "
+              "WHERE from_entity_id = 'seed-' || :k AND relationship_type = 'SEED';\n",
+    "DELETE": "\\set k random(1, {seeds})\n"
+              "DELETE FROM core_relationships "
+              "WHERE from_entity_id = 'seed-' || :k AND relationship_type = 'SEED';\n",
+}
+
+
+def _database(ctx: BenchContext, name: str, seeds: int) -> str:
+    dsn = ctx.new_database(name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(_AUTHOR_SQL.read_bytes())
+        conn.execute(
+            "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id, "
+            "relationship_type) SELECT '00000000-0000-0000-0000-0000000000aa', 'seed-' || g, "
+            "'x', 'SEED' FROM generate_series(1, %s) g", (seeds,))
+        conn.execute("VACUUM ANALYZE core_relationships")
+    return dsn
+
+
+def _author(dsn: str, on: bool) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE core_relationships "
+                     + ("ENABLE ALWAYS" if on else "DISABLE") + " TRIGGER hera_guard_author")
+
+
+def _pgbench(ctx: BenchContext, dsn: str, script: Path, seconds: int) -> float:
+    res = subprocess.run(
+        [str(ctx.cluster.bindir / "pgbench"), "-n", "-c", "1", "-T", str(seconds), "-f",
+         str(script), dsn], capture_output=True, text=True, check=True)
+    found = _TPS.search(res.stdout)
+    if found is None:
+        raise RuntimeError(f"pgbench printed no tps: {res.stdout[-300:]}")
+    return float(found.group(1))
+
+
+def _ratio_figure(name: str, ratios: list[float], target: str, met: bool, detail: str
+                  ) -> Figure:
+    return Figure(name, round(statistics.median(ratios), 3), "x", target, met,
+                  f"median of {len(ratios)} alternating pairs, min {min(ratios):.3f} max "
+                  f"{max(ratios):.3f}; {detail}")
+
+
+def per_statement(ctx: BenchContext) -> list[Figure]:
+    seeds = 100_000 if ctx.quick else 300_000
+    # short runs, many pairs: on a shared machine the median of many pairs is steadier
+    seconds = 1 if ctx.quick else 3
+    pairs = 5 if ctx.quick else 9
+    dsn = _database(ctx, "bench_author_stmt", seeds)
+    figs = []
+    for op, text in _SCRIPTS.items():
+        script = ctx.workdir / f"author_{op.lower()}.sql"
+        script.write_text(text.format(seeds=seeds))
+        ratios, with_tps = [], []
+        for _ in range(pairs):
+            _author(dsn, False)
+            without = _pgbench(ctx, dsn, script, seconds)
+            _author(dsn, True)
+            with_it = _pgbench(ctx, dsn, script, seconds)
+            ratios.append(without / with_it)  # time per statement, with / without
+            with_tps.append(with_it)
+        ratio = statistics.median(ratios)
+        figs.append(_ratio_figure(
+            f"author cost per single-row {op}", ratios, "<= 1.10x the time without",
+            ratio <= 1.10,
+            f"pgbench 1 client, {seconds} s per run, one statement per transaction; "
+            f"{statistics.median(with_tps):,.0f} statements/s with the author"))
+    return figs
+
+
+def _workload(dsn: str, rows: int, tag: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(rows // _ROWS_PER_TXN):
+            conn.execute(
+                "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id,"
+                " relationship_type, relationship_data) SELECT gen_random_uuid(),"
+                " %s || '-' || %s || '-' || g, 'org', 'BENCH_LINK', jsonb_build_object('g', g)"
+                " FROM generate_series(1, %s) g", (tag, i, _ROWS_PER_TXN))
+
+
+def capture_throughput(ctx: BenchContext) -> list[Figure]:
+    rows = 20_000 if ctx.quick else 100_000
+    pairs = 3
+    dsn = _database(ctx, "bench_author_capture", 10)
+    backend, plugin = "kafka-python", "pgoutput"
+    ratios, rates = [], []
+    for p in range(pairs):
+        secs = {}
+        for on in (False, True):
+            slot, prefix = f"author_{p}_{int(on)}", f"benchauthor.{p}.{int(on)}"
+            _prime(ctx, dsn, slot, prefix, backend, plugin)
+            _author(dsn, on)
+            _workload(dsn, rows, f"p{p}{int(on)}")
+            end = _lsn(dsn)
+            # the other slot of this pair is dropped after its run: it would hold the WAL
+            secs[on] = _timed_capture(ctx, dsn, slot, prefix, backend, end, plugin)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        ratios.append(secs[False] / secs[True])  # throughput with / without
+        rates.append(rows / secs[True])
+    ratio = statistics.median(ratios)
+    return [_ratio_figure(
+        "capture throughput with the author / without", ratios, ">= 0.95", ratio >= 0.95,
+        f"{rows} changes in {_ROWS_PER_TXN}-row transactions, {plugin}, {backend}, commit "
+        f"-> broker ack -> confirmed; {statistics.median(rates):,.0f} changes/s with it")]
+
+
+def run(ctx: BenchContext) -> list[Figure]:
+    return per_statement(ctx) + capture_throughput(ctx)
