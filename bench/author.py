@@ -127,7 +127,7 @@ def capture_throughput(ctx: BenchContext) -> list[Figure]:
             _workload(dsn, rows, f"p{p}{int(on)}")
             end = _lsn(dsn)
             # the other slot of this pair is dropped after its run: it would hold the WAL
-            secs[on] = _timed_capture(ctx, dsn, slot, prefix, backend, end, plugin)
+            secs[on] = _timed_capture(ctx, dsn, slot, prefix, backend, end, plugin)[0]
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
         ratios.append(secs[False] / secs[True])  # throughput with / without

@@ -331,6 +331,11 @@ def document_members(model: type[BaseModel]) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
+# Members written only when they have a value (the transaction's author: absent, a record is
+# byte for byte what capture wrote before the member existed).
+OPTIONAL_MEMBERS = frozenset({"author"})
+
+
 def nullable_members(*models: type[BaseModel]) -> frozenset[str]:
     """The members of these models' documents that may be JSON null."""
     return frozenset(

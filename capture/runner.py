@@ -271,7 +271,7 @@ class StreamRunner:
         try:
             txn.author = parse_author(rec.content)
         except AuthorError as exc:
-            self.svc.metrics.authors_refused.inc()
+            self.metrics.authors_refused.inc()
             log.warning("hera.author message refused: the transaction has no author",
                         extra={"xid": txn.begin.xid, "lsn": format_lsn(rec.lsn),
                                "error": str(exc)})

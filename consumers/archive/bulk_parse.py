@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from capture.encoding import SCHEMA_VERSION
 from capture.event import (
+    OPTIONAL_MEMBERS,
     ChangeEvent,
     Source,
     TransactionBlock,
@@ -68,7 +69,7 @@ _STRING_MAP = rf"^\{{(?:{_STR}:{_STR}(?:,{_STR}:{_STR})*)?\}}$"  # types: str ->
 # Members capture leaves out when they have no value (the transaction's author): rendered only
 # when present, so events with and without them both match byte for byte. The author itself
 # is archived from the transaction's END record, not per change.
-_OPTIONAL = {"author"}
+_OPTIONAL = OPTIONAL_MEMBERS
 _NULLABLE = nullable_members(ChangeEvent, Source, TransactionBlock) - _OPTIONAL
 
 
