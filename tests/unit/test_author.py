@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from capture.author import AuthorError, author_phrase, parse_author, printable
@@ -152,3 +154,31 @@ def test_revert_xid_reads_one_id_or_several_from_the_environment(
     assert ReplaySettings().revert_xid == [845]
     monkeypatch.setenv("HERA_REVERT_XID", "[845, 846]")
     assert ReplaySettings().revert_xid == [845, 846]
+
+
+def test_an_archive_written_before_the_author_reads_null_authors_and_gains_the_column(
+        tmp_path: Path) -> None:
+    from deltalake import DeltaTable, write_deltalake
+
+    from consumers.archive.commit_state import FORMAT_KEY, FORMAT_VERSION
+    from consumers.archive.reader import connect_history
+    from consumers.archive.segments import TABLE_SCHEMA, to_table_rows, transactions_table
+    from consumers.archive.store import ArchiveStore
+
+    old_schema = pa.schema([f for f in TABLE_SCHEMA if f.name != "author"])
+    dt = DeltaTable.create(str(tmp_path), old_schema, partition_by=["kind"], name=FORMAT_KEY,
+                           description=f"format {FORMAT_VERSION}: every change",
+                           configuration={"delta.appendOnly": "true"})
+    end = TransactionEvent(status="END", id="7:70", xid=7, commit_lsn=70, ts_ms=1, ts_us=1_000)
+    write_deltalake(dt, to_table_rows("transactions", transactions_table([end])).drop_columns(
+        ["author"]), mode="append")
+    before = connect_history(tmp_path).sql(
+        "SELECT xid, db_user, actor, context FROM transactions").fetchall()
+    assert before == [(7, None, None, None)]
+    with ArchiveStore.open_or_create(tmp_path, create=False) as store:
+        store.append(transactions=[end.model_copy(update={
+            "id": "8:80", "xid": 8, "commit_lsn": 80, "author": MIGRATOR})])
+    after = connect_history(tmp_path).sql(
+        "SELECT xid, db_user, actor, context ->> 'ticket' FROM transactions ORDER BY xid"
+    ).fetchall()
+    assert after == [(7, None, None, None), (8, "migrator", "deploy-42", "OPS-7")]
