@@ -183,8 +183,11 @@ def test_the_alert_the_archive_and_revert_actor_name_and_undo_the_author(
                 other_xid = _other_role_changes(conn, "core_relationships")
                 _other_role_changes(conn, "before_copy")  # the expected end state
             hostile = _hostile(empty_db)
+            with empty_db.connect() as conn:  # TRUNCATE has its author too
+                conn.execute("SET application_name = 'cleanup'")
+                conn.execute("TRUNCATE core_dynamic_data")
             p.sync()
-            wait_until(lambda: len(endpoint.accepted) >= 1, 60, "the alert on the webhook")
+            wait_until(lambda: len(endpoint.accepted) >= 2, 60, "the alerts on the webhook")
         finally:
             stop.set()
             detector.join(30)
@@ -204,6 +207,8 @@ def test_the_alert_the_archive_and_revert_actor_name_and_undo_the_author(
         assert "--revert-actor deploy-42" in meta["actor_replay_command"]
         (body,) = [b for b in endpoint.bodies.values() if b["rule"] == "MASS_RELATIONSHIP_DELETION"]
         assert phrase in body["message"] and body["author"]["actor"] == "deploy-42"
+        (truncate,) = [b for b in endpoint.bodies.values() if b["rule"] == "TABLE_TRUNCATED"]
+        assert "by role postgres (application cleanup, client 127.0.0.1)" in truncate["message"]
 
         # The archive: each transaction's own author.
         archived = _archived(p, [mass_xid, second_xid, other_xid, *hostile.values()])
