@@ -142,6 +142,17 @@ def dead_letter_value(record: Record, reason: str, consumer: str = "archive",
     return DeadLetter.of(record, reason, consumer, now or utc_now()).to_json()
 
 
+def dead_letter_record(record: Record, reason: str, consumer: str,
+                       now: datetime) -> tuple[bytes | None, bytes]:
+    """Key and value of the dead-letter record: the whole record, or a bounded reference to
+    one too large to keep (consumers.deadletter), so publishing it never fails on size."""
+    letter = DeadLetter.of(record, reason, consumer, now)
+    if letter.is_reference:
+        log.warning("dead letter %s[%d]@%d is a reference: the record is too large to copy",
+                    record.topic, record.partition, record.offset)
+    return letter.kafka_key(record.key), letter.to_json()
+
+
 def open_source(bootstrap_servers: KafkaConfig | str, prefix: str, tables: tuple[str, ...] | None,
                 backend: Backend = "kafka-python", **options: Any) -> CheckedSource:
     """``options``: include_transactions, max_poll_records, fetch_max_wait_ms, consumer
@@ -275,9 +286,8 @@ class KafkaSource(_BrokerFacts):
         if self._producer is None:
             ensure_topics(self._bootstrap, [deadletter_topic(self.prefix)])
             self._producer = KafkaProducer(**self._bootstrap.kafka_python(), acks="all")
-        self._producer.send(deadletter_topic(self.prefix), key=record.key,
-                            value=dead_letter_value(record, reason, self.consumer_name,
-                                                    self._clock()))
+        key, value = dead_letter_record(record, reason, self.consumer_name, self._clock())
+        self._producer.send(deadletter_topic(self.prefix), key=key, value=value)
 
     def flush(self) -> None:
         if self._producer is not None:
@@ -411,9 +421,8 @@ class ConfluentSource(_BrokerFacts):
         if self._producer is None:
             ensure_topics(self._bootstrap, [deadletter_topic(self.prefix)])
             self._producer = Producer(self._bootstrap.confluent({"acks": "all"}))
-        self._producer.produce(deadletter_topic(self.prefix), key=record.key,
-                               value=dead_letter_value(record, reason, self.consumer_name,
-                                                       self._clock()))
+        key, value = dead_letter_record(record, reason, self.consumer_name, self._clock())
+        self._producer.produce(deadletter_topic(self.prefix), key=key, value=value)
 
     def flush(self) -> None:
         if self._producer is not None and self._producer.flush(30) != 0:

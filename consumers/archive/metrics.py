@@ -40,6 +40,12 @@ class ArchiveMetrics:
                                    registry=r)
         self._last = ArchiverStats()
 
+    def new_run(self) -> None:
+        """A new Archiver (after a reopen) counts from 0 again: the counters keep their
+        totals and take its increments from here (else the first commit after a store
+        failure would try a negative increment)."""
+        self._last = ArchiverStats()
+
     def on_commit(self, stats: ArchiverStats, store: ArchiveStore,
                   newest_commit_us: int | None, lag_records: int | None,
                   caught_up: bool = False) -> None:

@@ -120,6 +120,7 @@ def _checked_identity(store: ArchiveStore, source: RecordSource,
 
 def _archiver(store: ArchiveStore, source: RecordSource, options: ServiceOptions,
               metrics: ArchiveMetrics, health: Health, identity: StreamIdentity) -> Archiver:
+    metrics.new_run()
     def on_commit(stats: ArchiverStats) -> None:
         try:
             ends = source.fetched_ends()

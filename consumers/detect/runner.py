@@ -44,7 +44,7 @@ from consumers.detect.probe import Probe
 from consumers.detect.rules import Detector
 from consumers.detect.sinks import AlertSink, KafkaAlertSink, LogSink, PostgresAlertSink
 from consumers.detect.state import Batch, StateStore
-from consumers.detect.stream_check import StreamCheck, check_tables
+from consumers.detect.stream_check import check_tables, detector_check
 from consumers.detect.webhook import WebhookFormat, WebhookSink
 from consumers.detect.window import RemovalWindow
 from consumers.epochs import EpochWatch
@@ -134,7 +134,7 @@ class DetectorRunner:
         self._stored_offsets = dict(loaded.offsets)
         self._deadletter_total = loaded.deadletters
         self._latest_commit_us: int | None = None
-        self.check = StreamCheck(options.state_path, loaded.identity
+        self.check = detector_check(options.state_path, loaded.identity
                                  or StreamIdentity(topic_prefix=prefix), loaded.topic_ids)
         self.check.changed = loaded.identity is None
         self._epochs = EpochWatch(log, loaded.identity.epoch_lsn if loaded.identity else None)

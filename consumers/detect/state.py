@@ -16,11 +16,13 @@ offsets mean something only on that stream.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from consumers.detect.alerts import Alert
 from consumers.detect.errors import StateFileError
@@ -83,21 +85,59 @@ class Batch:
     topic_ids: dict[str, str] | None = None  # None: unchanged
 
 
+def _lock(path: Path) -> IO[bytes]:
+    """One detector per state file, as one archiver per archive: a second one would read
+    the same offsets and raise every alert again. ``flock`` on ``<state>.lock``, held while
+    the store is open and released by the kernel when the process dies (no stale lock)."""
+    where = path.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        lock = path.with_name(path.name + ".lock").open("ab")
+    except (FileExistsError, NotADirectoryError):
+        raise StateFileError(f"{where} is not a directory: pass a directory as --state-dir "
+                             "(or a file path as --state)") from None
+    except OSError as exc:
+        raise StateFileError(f"cannot use {where} for the detector's state: "
+                             f"{exc.strerror or type(exc).__name__}: pass another "
+                             "--state-dir") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StateFileError(f"{path} is in use by another detector (lock on {path.name}"
+                             ".lock); run one detector per state file") from None
+    return lock
+
+
 class StateStore:
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path,
+                 lock: IO[bytes] | None = None) -> None:
         self._conn = conn
         self.path = path
+        self._lock = lock
 
     @classmethod
     def open(cls, path: Path, topic_prefix: str) -> StateStore:
-        """Open (or create) the state file of the detector for ``topic_prefix``."""
+        """Open (or create) the state file of the detector for ``topic_prefix``; refuses a
+        state file another detector holds (StateFileError)."""
+        lock = _lock(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            return cls._open(path, topic_prefix, lock)
+        except BaseException:
+            lock.close()
+            raise
+
+    @classmethod
+    def _open(cls, path: Path, topic_prefix: str, lock: IO[bytes]) -> StateStore:
+        try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, too
             tables = {r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.OperationalError as exc:  # a directory, no permission
+            raise StateFileError(f"cannot open {path} as the detector's state file ({exc}); "
+                                 "pass another --state path") from None
         except sqlite3.DatabaseError as exc:
             raise StateFileError(
                 f"{path} is not a detector state file ({exc}); pass another --state path"
@@ -133,7 +173,7 @@ class StateStore:
                 raise StateFileError(
                     f"{path} holds the state for topic prefix {meta.get('topic_prefix')!r}, "
                     f"not {topic_prefix!r}: pass the matching --topic-prefix or another --state")
-        return cls(conn, path)
+        return cls(conn, path, lock)
 
     def load(self) -> LoadedState:
         c = self._conn
@@ -238,3 +278,6 @@ class StateStore:
 
     def close(self) -> None:
         self._conn.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None

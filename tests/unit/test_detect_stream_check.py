@@ -9,7 +9,8 @@ import pytest
 from capture.event import MarkerKind, StreamMarker
 from consumers.detect.config import RulesConfig, check_settings, load_rules
 from consumers.detect.errors import ConfigError, RulesFileError, StreamMismatch
-from consumers.detect.stream_check import StreamCheck, check_tables
+from consumers.detect.stream_check import check_tables, detector_check
+from consumers.stream_check import StreamCheck
 from hera_kit.identity import StreamIdentity
 from tests.detect_fixtures import DYN, REL, SYSTEM_ID
 
@@ -24,14 +25,14 @@ def marker(db: str = "hera", system_identifier: str | None = SYSTEM_ID,
 
 
 def known() -> StreamCheck:
-    check = StreamCheck(STATE, StreamIdentity(topic_prefix="hera",
+    check = detector_check(STATE, StreamIdentity(topic_prefix="hera",
                                               kafka_cluster_id="cluster-a"))
     check.marker(marker())
     return check
 
 
 def test_a_first_marker_completes_the_identity_and_marks_it_to_be_stored() -> None:
-    check = StreamCheck(STATE, StreamIdentity(topic_prefix="hera"))
+    check = detector_check(STATE, StreamIdentity(topic_prefix="hera"))
     check.changed = False
     check.marker(marker())
     assert check.changed

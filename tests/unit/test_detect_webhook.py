@@ -77,6 +77,7 @@ def test_a_sink_that_is_down_is_retried_after_a_back_off_and_the_others_get_it_o
     assert good.got == flaky.got == [str(a.id) for a in raised]
     assert store.outbox() == [] and box.deliver() == 0
     # a restart with the same state re-sends nothing
+    store.close()
     again = Outbox(StateStore.open(tmp_path / "s.sqlite", "hera"), [good, flaky],
                    DetectMetrics(), lambda: "t")
     assert again.deliver() == 0 and len(good.got) == 2
