@@ -126,9 +126,35 @@ def _raise_limits(admin: Any, names: list[str], max_message_bytes: int) -> None:
                  extra={"topic": name, "from": current, "to": max_message_bytes})
 
 
+def _check_partitions(admin: Any, names: list[str], partitions: int) -> None:
+    """An existing topic with another partition count was not created by capture (a broker
+    auto-creating it for a producer, with its defaults): refused, never written to."""
+    from kafka.errors import KafkaError
+
+    try:
+        described = admin.describe_topics(names)
+    except KafkaError as exc:
+        log.warning("broker does not describe topics; partition counts unchecked",
+                    extra={"error": repr(exc)})
+        return
+    for t in described:
+        count = len(t.get("partitions") or ())
+        if t.get("error_code", 0) == 0 and count and count != partitions:
+            name = t["name"]
+            raise ConfigError(
+                f"topic {name} has {count} partitions, capture writes its topics with "
+                f"{partitions} (--topic-partitions): it was created by something else (a "
+                "broker auto-creating it with its defaults?) and commit order is not kept on "
+                f"it; delete it (kafka-topics.sh --delete --topic {name}) and start capture "
+                "again, which creates it, or set --topic-partitions to match")
+
+
 def ensure_topics(bootstrap_servers: KafkaConfig | str, names: Iterable[str], partitions: int = 1,
                   replication_factor: int = 1, *,
-                  max_message_bytes: int | None = None) -> None:
+                  max_message_bytes: int | None = None,
+                  check_partitions: bool = False) -> list[str]:
+    """Create the missing topics with ``partitions``; returns the ones it created.
+    ``check_partitions``: refuse (ConfigError) an existing topic with another count."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -145,6 +171,7 @@ def ensure_topics(bootstrap_servers: KafkaConfig | str, names: Iterable[str], pa
             check_request_ceiling(admin, max_message_bytes)
         existing = set(admin.list_topics())
         present: list[str] = []
+        created: list[str] = []
         for name in names:
             if name in existing:
                 present.append(name)
@@ -152,11 +179,15 @@ def ensure_topics(bootstrap_servers: KafkaConfig | str, names: Iterable[str], pa
             try:
                 admin.create_topics([NewTopic(name, partitions, replication_factor,
                                               topic_configs=configs)])
+                created.append(name)
             except TopicAlreadyExistsError:
                 present.append(name)  # created concurrently by another process
             except KafkaError as exc:
                 raise BrokerError(f"cannot create topic {name}: {exc!r}") from exc
+        if check_partitions and present:
+            _check_partitions(admin, present, partitions)
         if max_message_bytes is not None:
             _raise_limits(admin, present, max_message_bytes)
     finally:
         admin.close()
+    return created

@@ -244,6 +244,9 @@ class KafkaPythonProducer:
                 client_id="hera-guard-capture",
                 max_request_size=max_message_bytes,
                 compression_type=None if compression == "none" else compression,
+                # capture creates its topics itself, with its settings (kafka_admin): a
+                # topic missing under it must not come back with the broker's defaults
+                allow_auto_create_topics=False,
             )
         except KafkaError as exc:
             raise BrokerError.unreachable(bootstrap_servers, exc) from exc
@@ -332,6 +335,8 @@ class ConfluentProducer:
             "message.timeout.ms": 30000,
             "enable.idempotence": False,
             "client.id": "hera-guard-capture",
+            # never the broker's defaults for a missing topic (see kafka_admin)
+            "allow.auto.create.topics": False,
         }))
         md = self._p.list_topics(timeout=10)
         if md is None:  # pragma: no cover - list_topics raises instead

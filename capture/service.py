@@ -44,6 +44,7 @@ from capture.slot import (
 )
 from capture.snapshot import snapshot_definitions, snapshot_rows
 from capture.table_names import check_tables_exist
+from capture.topic_watch import TopicWatch, WatchedProducer
 from capture.topics import table_topic, transaction_topic
 from hera_kit.text import first_line
 
@@ -123,7 +124,7 @@ class CaptureService:
             with _connect(self.s.dsn) as conn:
                 drop_slot(conn, self.s.slot)
             existing = None
-        producer = producer_for(self.s)
+        producer = self._watched(producer_for(self.s))
         try:
             if existing is not None:
                 check_slot(existing, pos.dbname, PLUGINS)
@@ -146,11 +147,25 @@ class CaptureService:
             producer.close()
             raise
 
-    def _ensure_topics(self) -> None:
+    def _ensure_topics(self) -> list[str]:
+        """Our topics with our settings (a topic with another partition count is refused);
+        the watch then holds them as they are. Returns the topics it created."""
         topics = [transaction_topic(self.s.topic_prefix)] + [
             table_topic(self.s.topic_prefix, t.schema, t.table) for t in self.position.tables]
-        ensure_topics(self.s.kafka, topics, self.s.topic_partitions,
-                      self.s.topic_replication_factor, max_message_bytes=self.s.max_message_bytes)
+        created = ensure_topics(self.s.kafka, topics, self.s.topic_partitions,
+                                self.s.topic_replication_factor,
+                                max_message_bytes=self.s.max_message_bytes,
+                                check_partitions=True)
+        if self._watch is None:
+            self._watch = TopicWatch(self.s.kafka, topics)
+        self._watch.reset()
+        return created
+
+    _watch: TopicWatch | None = None
+
+    def _watched(self, producer: Producer) -> Producer:
+        assert self._watch is not None  # _ensure_topics ran
+        return WatchedProducer(producer, self._watch)
 
     def _check_ours(self, confirmed: int, marker: StreamMarker | None) -> None:
         if marker is None:
@@ -240,7 +255,16 @@ class CaptureService:
     def run(self, stop: threading.Event) -> None:
         """Capture until ``stop`` is set. Transient faults (broker down, PostgreSQL restart)
         are retried with backoff; set-up errors raise CaptureError at once."""
+        try:
+            self._run(stop)
+        finally:
+            if self._watch is not None:
+                self._watch.stop()
+
+    def _run(self, stop: threading.Event) -> None:
         producer, start_lsn = self.prepare()
+        assert self._watch is not None
+        self._watch.start()
         backoff = 0.5
         while not stop.is_set():
             try:
@@ -282,8 +306,12 @@ class CaptureService:
             try:
                 # A broker that lost its data (or a new one) must get our topics back with
                 # our partition count before anything is sent.
-                self._ensure_topics()
-                return producer_for(self.s)
+                created = self._ensure_topics()
+                if created:
+                    log.warning("re-created missing topics with capture's settings",
+                                extra={"topics": created,
+                                       "partitions": self.s.topic_partitions})
+                return self._watched(producer_for(self.s))
             except BrokerError as exc:
                 log.warning("broker unreachable; retrying", extra={"error": str(exc),
                                                                     "backoff_s": backoff})

@@ -151,15 +151,18 @@ class Archiver:
                  monotonic: Callable[[], float] = time.monotonic,
                  on_commit: Callable[[ArchiverStats], None] | None = None,
                  identity: StreamIdentity | None = None,
-                 check_stream: Callable[[Offsets], StreamIdentity | None] | None = None
-                 ) -> None:
+                 check_stream: Callable[[Offsets], StreamIdentity | None] | None = None,
+                 check_positions: Callable[[Offsets], None] | None = None) -> None:
         """``identity``: the stream as checked at start (None: the archive's own, or only
         the topic prefix); ``check_stream(offsets)``: re-checks the broker's side at every
-        refresh (cluster id, partition ends/starts), raising IdentityMismatchError."""
+        refresh (cluster id, partition ends/starts), raising IdentityMismatchError;
+        ``check_positions(positions)``: after every poll, the positions against the ends
+        the fetches reported (a partition that now ends before them was re-created)."""
         self.store = store
         self.identity = (identity or store.identity()
                          or StreamIdentity(topic_prefix=source.prefix))
         self._check_stream = check_stream
+        self._check_positions = check_positions
         self.source = source
         self.tuning = tuning
         self.stats = ArchiverStats()
@@ -197,6 +200,10 @@ class Archiver:
                         if rec.offset < expected.get(tp, 0):
                             raise IdentityMismatchError(_went_back(rec, expected[tp]))
                         offsets[tp] = expected[tp] = rec.offset + 1
+                if self._check_positions is not None:
+                    # tansu answers a fetch past a partition's end with nothing, no error:
+                    # only the reported end says the archiver sits beyond it
+                    self._check_positions(expected)
                 now = self._monotonic()
                 due = now - last_commit >= self.tuning.flush_interval_s
                 if len(batch.records) >= self.tuning.batch_events or (due and batch.records):

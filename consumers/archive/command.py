@@ -114,7 +114,7 @@ def _run(s: ArchiveSettings) -> int:
     from consumers.archive.metrics import ArchiveMetrics
     from consumers.archive.service import ServiceOptions, serve
     from consumers.archive.store import ArchiveStore
-    from consumers.kafka_source import RecordSource, open_source
+    from consumers.kafka_source import CheckedSource, open_source
     from hera_kit.service import Health, ServiceEndpoint
 
     loc = _location(s.archive)
@@ -140,7 +140,7 @@ def _run(s: ArchiveSettings) -> int:
                            ) from None
     checked = [source]  # the first attempt uses the source that answered; later ones reopen
 
-    def sources() -> RecordSource:
+    def sources() -> CheckedSource:
         return checked.pop() if checked else open_source(
             s.kafka, s.topic_prefix, s.tables, s.kafka_backend)
 

@@ -12,24 +12,41 @@ While running, the archiver also stops when a partition serves an offset below i
 (archiver.py): the client fell back to the beginning of a partition that is not the one it
 read. The database side (system identifier, database, slot) is checked at every marker.
 
-"Stored offsets beyond a partition's end" in general is not asked of ListOffsets: the test
-broker (tansu) under-reports end offsets of batched records (never as 0 for a non-empty
-partition), so only the empty-partition case is provable on every broker; the
-backwards-offset guard covers the rest once the broker serves records.
+- a stored offset beyond its partition's true end (the fetch high watermark: tansu's
+  ListOffsets under-reports the end of batched records), the one stream check every consumer
+  applies (consumers/stream_check.py): a topic re-created, or a new broker with the same
+  cluster id and shorter partitions.
+While running, the same check compares the positions with the high watermarks of every poll's
+fetches, and the topic ids at every refresh (a topic deleted and re-created under the
+archiver gets a new id, whatever its offsets say).
 """
 
 from __future__ import annotations
 
 from consumers.archive.layout import IdentityMismatchError
 from consumers.archive.store import Offsets
-from consumers.kafka_source import RecordSource
+from consumers.kafka_source import CheckedSource
+from consumers.stream_check import StreamCheck, Wording
 from hera_kit.identity import StreamIdentity
 
 WAY_OUT = ("archive this stream into a new location, or pass --new-archive-epoch to continue "
            "this archive with it")
 
 
-def check_stream(source: RecordSource, archived: StreamIdentity | None,
+def _mismatch(found: str) -> IdentityMismatchError:
+    return IdentityMismatchError(f"the broker serves another stream: {found}; {WAY_OUT}")
+
+
+WORDING = Wording("the archive", "this archiver", _mismatch)
+
+
+def archiver_check(identity: StreamIdentity) -> StreamCheck:
+    """The shared stream check with the archiver's wording; the topic ids it compares are
+    the ones first seen by this process (the archive does not store them)."""
+    return StreamCheck(WORDING, identity)
+
+
+def check_stream(source: CheckedSource, archived: StreamIdentity | None,
                  offsets: Offsets) -> StreamIdentity:
     """The stream the broker serves (identity as far as Kafka knows it); raises
     IdentityMismatchError (one line: what was found, what was expected, the way out)."""

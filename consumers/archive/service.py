@@ -21,12 +21,13 @@ from typing import Any
 
 from consumers.archive.archiver import Archiver, ArchiverStats, ArchiverTuning
 from consumers.archive.housekeeping import Housekeeping
-from consumers.archive.identity_check import check_stream
+from consumers.archive.identity_check import archiver_check, check_stream
 from consumers.archive.layout import ArchiveError, IdentityMismatchError, StoreUnavailableError
 from consumers.archive.location import ArchiveLocation
 from consumers.archive.metrics import ArchiveMetrics
 from consumers.archive.store import ArchiveStore
-from consumers.kafka_source import RecordSource
+from consumers.kafka_source import CheckedSource
+from consumers.stream_check import StreamCheck
 from hera_kit.identity import StreamIdentity
 from hera_kit.service import Health
 
@@ -45,7 +46,7 @@ class ServiceOptions:
     new_archive_epoch: bool = False
 
 
-def serve(loc: ArchiveLocation, sources: Callable[[], RecordSource], options: ServiceOptions,
+def serve(loc: ArchiveLocation, sources: Callable[[], CheckedSource], options: ServiceOptions,
           metrics: ArchiveMetrics, health: Health, stop: threading.Event,
           pause: Callable[[float], bool] | None = None) -> None:
     """Archive into ``loc`` until ``stop``; ArchiveError for what does not pass.
@@ -56,6 +57,7 @@ def serve(loc: ArchiveLocation, sources: Callable[[], RecordSource], options: Se
     returns True when the service should stop instead (default: ``stop.wait``)."""
     wait = pause or stop.wait
     identity: StreamIdentity | None = None
+    check: StreamCheck | None = None  # kept across reopens: the topic ids first seen
     delay = FIRST_PAUSE_S
     while not stop.is_set():
         try:
@@ -74,8 +76,10 @@ def serve(loc: ArchiveLocation, sources: Callable[[], RecordSource], options: Se
         try:
             if identity is None:
                 identity = _checked_identity(store, source, options.new_archive_epoch)
+                check = archiver_check(identity)
+            assert check is not None
             health.ready()
-            _archiver(store, source, options, metrics, health, identity).run(stop)
+            _archiver(store, source, options, metrics, health, identity, check).run(stop)
             return
         except IdentityMismatchError:
             metrics.identity_failed.inc()
@@ -102,7 +106,7 @@ def _not_available(exc: StoreUnavailableError, metrics: ArchiveMetrics, health: 
     return wait(delay)
 
 
-def _checked_identity(store: ArchiveStore, source: RecordSource,
+def _checked_identity(store: ArchiveStore, source: CheckedSource,
                       new_epoch: bool) -> StreamIdentity:
     if new_epoch:
         # the operator says the stream changed (some changes cannot be seen from the broker:
@@ -118,8 +122,9 @@ def _checked_identity(store: ArchiveStore, source: RecordSource,
         update={"kafka_cluster_id": seen.kafka_cluster_id})
 
 
-def _archiver(store: ArchiveStore, source: RecordSource, options: ServiceOptions,
-              metrics: ArchiveMetrics, health: Health, identity: StreamIdentity) -> Archiver:
+def _archiver(store: ArchiveStore, source: CheckedSource, options: ServiceOptions,
+              metrics: ArchiveMetrics, health: Health, identity: StreamIdentity,
+              check: StreamCheck) -> Archiver:
     metrics.new_run()
     def on_commit(stats: ArchiverStats) -> None:
         try:
@@ -135,6 +140,7 @@ def _archiver(store: ArchiveStore, source: RecordSource, options: ServiceOptions
         """Whenever the broker answers; an outage is a passing fault (not ready)."""
         try:
             seen = check_stream(source, identity, offsets)
+            check.topics(source.topic_ids())  # a topic re-created since first seen
         except IdentityMismatchError:
             health.not_ready("the broker serves another stream")
             raise
@@ -149,4 +155,5 @@ def _archiver(store: ArchiveStore, source: RecordSource, options: ServiceOptions
         batch_events=options.batch_events, flush_interval_s=options.flush_interval_s,
         compact_interval_s=options.compact_interval_s,
         housekeeping=Housekeeping(retention=timedelta(hours=options.retention_hours))),
-        on_commit=on_commit, identity=identity, check_stream=recheck)
+        on_commit=on_commit, identity=identity, check_stream=recheck,
+        check_positions=lambda positions: check.positions(positions, source.highwaters()))
