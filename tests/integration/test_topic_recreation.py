@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient
 
-from capture.topics import table_topic
+from capture.kafka_admin import ensure_topics
+from capture.topics import table_topic, transaction_topic
 from devstack.broker import Broker
 from devstack.sample import SampleSize, load_sample
 from tests.archive_fixtures import wait_for, workload
@@ -42,6 +43,12 @@ def _partitions(admin: KafkaAdminClient, topic: str) -> int | None:
     if described.get("error_code", 0) != 0 or not described.get("partitions"):
         return None
     return len(described["partitions"])
+
+
+def _topics(broker: Broker, prefix: str) -> None:
+    """As capture creates them: one partition each."""
+    ensure_topics(broker.bootstrap_servers, [transaction_topic(prefix)] + [
+        table_topic(prefix, "public", t) for t in ("core_relationships", "core_dynamic_data")])
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
@@ -92,26 +99,34 @@ def test_a_change_topic_deleted_under_running_services_is_recreated_by_capture_a
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_new_broker_with_the_same_cluster_id_and_shorter_partitions_stops_the_archiver(
+def test_an_archiver_started_on_a_new_broker_with_the_same_cluster_id_and_shorter_partitions_refuses(  # noqa: E501
         own_broker: Broker, topic_prefix: str, tmp_path: Path, backend: str) -> None:
     target = ArchiveTarget("local", str(tmp_path / "archive"), {})
     log = tmp_path / "a.log"
     changes, ends = workload(transactions=50, per_txn=4)
+    _topics(own_broker, topic_prefix)
     publish(own_broker.bootstrap_servers, topic_prefix, changes, ends)
     proc = start_archiver(own_broker.bootstrap_servers, topic_prefix, target, log, "WARNING",
                           "--kafka-backend", backend)
     try:
         wait_for(lambda: sum(consumed_per_topic(target).values()) == 250, 60, "the workload")
-        before = target.state()
-        own_broker.stop()
-        own_broker.start()  # the same address and cluster id, empty
-        # a shorter history on the new broker: every partition ends before the archive's
-        # positions (capture re-publishing from its confirmed position)
-        publish(own_broker.bootstrap_servers, topic_prefix, changes[:20], ends[:5])
+    finally:
+        assert _stop(proc) == 0
+    before = target.state()
+    own_broker.stop()
+    own_broker.start()  # the same address and cluster id (tansu_cluster), empty
+    # a shorter history on the new broker: every partition ends before the archive's
+    # positions, none is empty (capture re-publishing from its confirmed position)
+    _topics(own_broker, topic_prefix)
+    publish(own_broker.bootstrap_servers, topic_prefix, changes[:20], ends[:5])
+    proc = start_archiver(own_broker.bootstrap_servers, topic_prefix, target, log, "WARNING",
+                          "--kafka-backend", backend)
+    try:
         rc = proc.wait(60)
     finally:
         _stop(proc)
     assert rc == 3, log.read_text()[-3000:]
     lines = [ln for ln in log.read_text().splitlines() if ln.startswith("consumers: ")]
-    assert len(lines) == 1 and "--new-archive-epoch" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert "ends at offset" in lines[0] and "--new-archive-epoch" in lines[0], lines
     assert target.state() == before
