@@ -1,0 +1,103 @@
+"""Faults both consumers meet the same way (issue 15, items 5, 7, 11): a record too large to
+dead-letter whole, a second detector on one state file, a state directory that is a file."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from capture.kafka_admin import ensure_topics
+from capture.topics import deadletter_topic, table_topic, transaction_topic
+from consumers.deadletter import HEAD_BYTES, DeadLetter
+from devstack.broker import Broker
+from tests.archive_fixtures import wait_for, workload
+from tests.detect_fixtures import read_topic
+from tests.integration.archive_support import consumed_per_topic, publish, start_archiver
+from tests.integration.test_detect_identity import CONSUMERS, detect_cli, last_line
+from tests.s3_fixtures import ArchiveTarget
+
+JUNK = b"\x00junk" + b"x" * (5 * 1024 * 1024)
+
+
+def test_a_5_mb_junk_record_is_dead_lettered_as_a_reference_and_both_consumers_go_on(
+        broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+    topic = table_topic(topic_prefix, "public", "core_relationships")
+    ensure_topics(broker.bootstrap_servers, [transaction_topic(topic_prefix), topic,
+                                             table_topic(topic_prefix, "public",
+                                                         "core_dynamic_data")])
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers,
+                         "message.max.bytes": 8 * 1024 * 1024})
+    producer.produce(topic, key=b"junk", value=JUNK)
+    assert producer.flush(30) == 0
+    changes, ends = workload(transactions=5, per_txn=2)
+    publish(broker.bootstrap_servers, topic_prefix, changes, ends)
+    target = ArchiveTarget("local", str(tmp_path / "archive"), {})
+    archiver = start_archiver(broker.bootstrap_servers, topic_prefix, target,
+                              tmp_path / "a.log", "WARNING")
+    detector = detect_cli(broker, topic_prefix, tmp_path / "state")
+    try:
+        wait_for(lambda: sum(consumed_per_topic(target).values()) == 1 + 10 + 5
+                 or archiver.poll() is not None, 60, "the archiver to read past the junk")
+        letters = [DeadLetter.from_json(r.value) for r in read_topic(
+            broker.bootstrap_servers, deadletter_topic(topic_prefix),
+            lambda rs: len(rs) >= 2 or archiver.poll() is not None
+            or detector.poll() is not None, timeout_s=60)]
+        assert archiver.poll() is None, (tmp_path / "a.log").read_text()[-2000:]
+        assert detector.poll() is None, last_line(tmp_path / "state", topic_prefix)
+    finally:
+        for proc in (archiver, detector):
+            proc.send_signal(signal.SIGTERM)
+        rcs = (archiver.wait(30), detector.wait(30))
+    assert rcs == (0, 0)
+    assert sorted(letter.consumer for letter in letters) == ["archive", "detect"]
+    for letter in letters:
+        assert letter.is_reference and letter.value_b64 is None
+        assert (letter.topic, letter.partition, letter.offset) == (topic, 0, 0)
+        assert letter.value_size == len(JUNK) and letter.value_head_b64 is not None
+        assert DeadLetter.model_validate(json.loads(letter.to_json())).value_head_b64
+        assert "too large to dead-letter whole" in letter.reason
+        assert base64.b64decode(letter.value_head_b64) == JUNK[:HEAD_BYTES]
+    con = target.connect()
+    assert con.execute("SELECT count(*) FROM raw_changes").fetchall() == [(10,)]
+
+
+def test_a_second_detector_on_the_same_state_is_refused_with_one_line(
+        broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = detect_cli(broker, topic_prefix, state)
+    try:
+        wait_for(lambda: any(state.glob("*.sqlite")) or first.poll() is not None, 30,
+                 "the first detector's state file")
+        second = subprocess.run(
+            [CONSUMERS, "detect", "--bootstrap-servers", broker.bootstrap_servers,
+             "--topic-prefix", topic_prefix, "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=60)
+        assert first.poll() is None  # the first one runs on, untouched
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+    assert second.returncode != 0
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert lines[0].startswith("consumers detect: ") and "in use by another detector" in lines[0]
+
+
+def test_a_state_directory_that_is_a_file_is_one_line_and_changes_nothing(
+        broker: Broker, topic_prefix: str, tmp_path: Path) -> None:
+    afile = tmp_path / "hostname"
+    afile.write_text("host\n")
+    out = subprocess.run(
+        [CONSUMERS, "detect", "--bootstrap-servers", broker.bootstrap_servers,
+         "--topic-prefix", topic_prefix, "--state-dir", str(afile)],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0] == (f"consumers detect: {afile} is not a directory: pass a directory as "
+                        "--state-dir (or a file path as --state)")
+    assert afile.read_text() == "host\n" and sorted(tmp_path.iterdir()) == [afile]
