@@ -18,7 +18,8 @@ from devstack.broker import Broker
 from tests.archive_fixtures import wait_for, workload
 from tests.detect_fixtures import read_topic
 from tests.integration.archive_support import consumed_per_topic, publish, start_archiver
-from tests.integration.test_detect_identity import CONSUMERS, detect_cli, last_line
+from tests.integration.test_detect_identity import detect_cli, last_line
+from tests.integration.test_detect_stream import CONSUMERS
 from tests.s3_fixtures import ArchiveTarget
 
 JUNK = b"\x00junk" + b"x" * (5 * 1024 * 1024)
