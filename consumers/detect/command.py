@@ -49,6 +49,8 @@ def _utc_now() -> datetime:
               help="Kafka client [env HERA_KAFKA_BACKEND; default kafka-python]")
 @click.option("--metrics-port", type=int,
               help="serve /metrics /healthz /readyz on this port [env HERA_METRICS_PORT]")
+@click.option("--metrics-host",
+              help="address of that endpoint [env HERA_METRICS_HOST; default 127.0.0.1]")
 @click.option("--webhook", help="POST every alert to this URL [env HERA_WEBHOOK]")
 @click.option("--webhook-secret",
               help="HMAC-SHA256 key of the X-Hera-Signature header [env HERA_WEBHOOK_SECRET]")
@@ -72,7 +74,7 @@ def detect(**options: Any) -> None:
         fail(COMMAND, str(exc), 2)
     metrics, health = DetectMetrics(), Health()
     endpoint = (None if s.metrics_port is None
-                else ServiceEndpoint(metrics.registry, health, s.metrics_port))
+                else ServiceEndpoint(metrics.registry, health, s.metrics_port, s.metrics_host))
     stop = stop_on_signals()
     try:
         runner = DetectorRunner(DetectOptions(

@@ -26,6 +26,12 @@ class SinkError(DetectError):
 class BrokerUnavailable(DetectError):
     """No Kafka broker answers at the bootstrap servers."""
 
+    @classmethod
+    def at(cls, bootstrap_servers: str) -> BrokerUnavailable:
+        """The one wording of it, wherever the detector meets it."""
+        return cls(f"no Kafka broker answers at {bootstrap_servers}: check "
+                   "--bootstrap-servers and that the broker runs")
+
 
 class StreamMismatch(DetectError):
     """The stream the state was built from is gone (another broker, database, slot; offsets

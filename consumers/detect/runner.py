@@ -114,9 +114,7 @@ class DetectorRunner:
         except BrokerSecurityError as exc:
             raise BrokerUnavailable(str(exc)) from None
         except BrokerError:
-            raise BrokerUnavailable(
-                f"no Kafka broker answers at {options.bootstrap_servers}: check "
-                "--bootstrap-servers and that the broker runs") from None
+            raise BrokerUnavailable.at(options.bootstrap_servers) from None
         self.store = StateStore.open(options.state_path, prefix)
         if options.reset_state:
             self.store.reset_stream()
@@ -161,9 +159,7 @@ class DetectorRunner:
                     return_early=True, offset_reset="none")
                 cluster_id = self._source.cluster_id()
             except (KafkaError, BrokerError):
-                raise BrokerUnavailable(
-                    f"no Kafka broker answers at {options.bootstrap_servers}: check "
-                    "--bootstrap-servers and that the broker runs") from None
+                raise BrokerUnavailable.at(options.bootstrap_servers) from None
             # The stream is checked before anything is created on the broker.
             self.check.cluster(cluster_id)
             self._source.assign(self._next)
@@ -179,9 +175,7 @@ class DetectorRunner:
                     **as_config(options.bootstrap_servers).kafka_python(), acks="all",
                     linger_ms=0)
             except (KafkaError, BrokerError):
-                raise BrokerUnavailable(
-                    f"no Kafka broker answers at {options.bootstrap_servers}: check "
-                    "--bootstrap-servers and that the broker runs") from None
+                raise BrokerUnavailable.at(options.bootstrap_servers) from None
             sinks.append(KafkaAlertSink(self._producer, alerts_topic(prefix)))
             self.sinks = sinks
         except BaseException as exc:

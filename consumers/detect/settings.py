@@ -27,6 +27,7 @@ class DetectSettings(KafkaSettings):
     poll_ms: int = Field(100, ge=1, le=10_000)
     kafka_backend: Literal["kafka-python", "confluent"] = "kafka-python"
     metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for Prometheus (as archive)
     webhook: str | None = Field(None, pattern=r"^https?://")
     webhook_secret: SecretStr | None = None
     webhook_format: Literal["json", "slack"] = "json"
