@@ -47,16 +47,13 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _configure_logs(level: str) -> None:
-    """capture's JSON log lines (one redactor) on stderr, for every logger of the process;
-    the Kafka client's connection chatter only from WARNING."""
-    from hera_kit.logs import JsonFormatter
+    """The services' one logging set-up (hera_kit.logs: JSON lines, one redactor; other
+    libraries from WARNING), with the archive's own loggers (``consumers.archive.*``) at
+    ``level`` too."""
+    from hera_kit import logs
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    logs.configure(level)
+    logging.getLogger("consumers").setLevel(level.upper())
 
 
 def _location(target: str) -> Any:
@@ -108,52 +105,21 @@ def archive(ctx: click.Context, /, log_level: str, **options: Any) -> None:
 
 
 def _run(s: ArchiveSettings) -> int:
-    from capture.errors import BrokerError, BrokerSecurityError
-    from capture.kafka_admin import check_reachable
     from consumers.archive.archiver import tune_gc
     from consumers.archive.metrics import ArchiveMetrics
-    from consumers.archive.service import ServiceOptions, serve
-    from consumers.archive.store import ArchiveStore
-    from consumers.kafka_source import CheckedSource, open_source
+    from consumers.archive.service import archive_options, run_archive
     from hera_kit.service import Health, ServiceEndpoint
 
     loc = _location(s.archive)
+    kafka, options = archive_options(s)
     stop = stop_on_signals()
     metrics, health = ArchiveMetrics(), Health()
     endpoint = (None if s.metrics_port is None
                 else ServiceEndpoint(metrics.registry, health, s.metrics_port, s.metrics_host))
-    # The archive's refusals, then the broker: an unreachable one must not leave a
-    # directory or table behind.
-    ArchiveStore.preflight(loc)
-    try:  # TLS/SASL that cannot work: one line saying which, before any client retries
-        check_reachable(s.kafka)
-    except BrokerSecurityError as exc:
-        raise ArchiveError(str(exc)) from None
-    except BrokerError:
-        pass  # unreachable: said below, as before
     try:
-        source = open_source(s.kafka, s.topic_prefix, s.tables, s.kafka_backend)
-        source.cluster_id()
-    except Exception as exc:
-        raise ArchiveError(f"cannot reach the Kafka broker at {s.kafka} "
-                           f"({type(exc).__name__}); start it or fix --bootstrap-servers"
-                           ) from None
-    checked = [source]  # the first attempt uses the source that answered; later ones reopen
-
-    def sources() -> CheckedSource:
-        return checked.pop() if checked else open_source(
-            s.kafka, s.topic_prefix, s.tables, s.kafka_backend)
-
-    try:
-        tune_gc()
-        serve(loc, sources, ServiceOptions(
-            batch_events=s.batch_events, flush_interval_s=s.flush_interval_s,
-            compact_interval_s=s.compact_interval_s, retention_hours=s.retention_hours,
-            dedup_capacity=s.dedup_capacity, new_archive_epoch=bool(s.new_archive_epoch)),
-            metrics, health, stop)
+        tune_gc()  # process-level: the CLI's, not the library's
+        run_archive(loc, kafka, options, metrics, health, stop)
     finally:
-        for unused in checked:
-            unused.close()
         if endpoint is not None:
             endpoint.close()
     return 0

@@ -19,16 +19,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from capture.errors import BrokerError, BrokerSecurityError
+from capture.kafka_admin import check_reachable
 from consumers.archive.archiver import Archiver, ArchiverStats, ArchiverTuning
 from consumers.archive.housekeeping import Housekeeping
 from consumers.archive.identity_check import archiver_check, check_stream
 from consumers.archive.layout import ArchiveError, IdentityMismatchError, StoreUnavailableError
 from consumers.archive.location import ArchiveLocation
 from consumers.archive.metrics import ArchiveMetrics
+from consumers.archive.settings import ArchiveSettings
 from consumers.archive.store import ArchiveStore
-from consumers.kafka_source import CheckedSource
+from consumers.kafka_source import Backend, CheckedSource, open_source
 from consumers.stream_check import StreamCheck
 from hera_kit.identity import StreamIdentity
+from hera_kit.kafka_config import KafkaConfig
 from hera_kit.service import Health
 
 log = logging.getLogger("consumers.archive")
@@ -44,6 +48,78 @@ class ServiceOptions:
     retention_hours: float
     dedup_capacity: int
     new_archive_epoch: bool = False
+
+
+@dataclass(frozen=True)
+class KafkaOptions:
+    """Where the archiver reads: the broker, the topics, the client."""
+
+    kafka: KafkaConfig  # the connection: servers, TLS/SASL
+    topic_prefix: str
+    tables: tuple[str, ...] | None
+    kafka_backend: Backend
+
+
+def archive_options(s: ArchiveSettings) -> tuple[KafkaOptions, ServiceOptions]:
+    """settings -> options (the one place ``consumers archive``'s settings are read)."""
+    return (KafkaOptions(s.kafka, s.topic_prefix, s.tables, s.kafka_backend),
+            ServiceOptions(batch_events=s.batch_events, flush_interval_s=s.flush_interval_s,
+                           compact_interval_s=s.compact_interval_s,
+                           retention_hours=s.retention_hours,
+                           dedup_capacity=s.dedup_capacity,
+                           new_archive_epoch=bool(s.new_archive_epoch)))
+
+
+class Sources:
+    """The Kafka sources of the archiver's attempts: the first is the one ``open_archive``
+    checked, each later attempt (after a store failure) gets a new one."""
+
+    def __init__(self, kafka: KafkaOptions, first: CheckedSource) -> None:
+        self._kafka = kafka
+        self._unused = [first]
+
+    def __call__(self) -> CheckedSource:
+        if self._unused:
+            return self._unused.pop()
+        k = self._kafka
+        return open_source(k.kafka, k.topic_prefix, k.tables, k.kafka_backend)
+
+    def close_unused(self) -> None:
+        for source in self._unused:
+            source.close()
+        self._unused = []
+
+
+def open_archive(loc: ArchiveLocation, kafka: KafkaOptions) -> Sources:
+    """The I/O of the start, in the order that keeps a refusal harmless: the archive's own
+    refusals first (ArchiveStore.preflight), then the broker — an unreachable one must not
+    leave a directory or table behind."""
+    ArchiveStore.preflight(loc)
+    try:  # TLS/SASL that cannot work: one line saying which, before any client retries
+        check_reachable(kafka.kafka)
+    except BrokerSecurityError as exc:
+        raise ArchiveError(str(exc)) from None
+    except BrokerError:
+        pass  # unreachable: said below
+    try:
+        first = open_source(kafka.kafka, kafka.topic_prefix, kafka.tables,
+                            kafka.kafka_backend)
+        first.cluster_id()
+    except Exception as exc:
+        raise ArchiveError(f"cannot reach the Kafka broker at {kafka.kafka} "
+                           f"({type(exc).__name__}); start it or fix --bootstrap-servers"
+                           ) from None
+    return Sources(kafka, first)
+
+
+def run_archive(loc: ArchiveLocation, kafka: KafkaOptions, options: ServiceOptions,
+                metrics: ArchiveMetrics, health: Health, stop: threading.Event) -> None:
+    """Open the archiver (``open_archive``) and run it (``serve``) until ``stop``."""
+    sources = open_archive(loc, kafka)
+    try:
+        serve(loc, sources, options, metrics, health, stop)
+    finally:
+        sources.close_unused()
 
 
 def serve(loc: ArchiveLocation, sources: Callable[[], CheckedSource], options: ServiceOptions,

@@ -1,4 +1,5 @@
-"""``consumers detect``: thin CLI over ``DetectorRunner`` (glue from hera_kit.service)."""
+"""``consumers detect``: a thin CLI: settings -> DetectOptions -> open_detector -> run.
+(The glue is hera_kit.service's.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import click
 from consumers.detect.config import check_settings, load_rules
 from consumers.detect.errors import ConfigError, DetectError, RulesFileError
 from consumers.detect.metrics import DetectMetrics
-from consumers.detect.runner import DetectOptions, DetectorRunner
+from consumers.detect.runner import DetectOptions
+from consumers.detect.service import open_detector
 from consumers.detect.settings import DetectSettings
 from hera_kit import logs
 from hera_kit.service import Health, ServiceEndpoint, fail, settings_or_fail, stop_on_signals
@@ -77,7 +79,7 @@ def detect(**options: Any) -> None:
                 else ServiceEndpoint(metrics.registry, health, s.metrics_port, s.metrics_host))
     stop = stop_on_signals()
     try:
-        runner = DetectorRunner(DetectOptions(
+        runner = open_detector(DetectOptions(
             bootstrap_servers=s.kafka, topic_prefix=s.topic_prefix,
             tables=s.tables, state_path=state, rules=rules, archive_dir=s.archive_dir,
             dsn=s.dsn, poll_ms=s.poll_ms, kafka_backend=s.kafka_backend,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hera_kit.kafka_config import KafkaConfig
+
 
 class DetectError(Exception):
     """Base class: the message says what is wrong and how to fix it."""
@@ -27,7 +29,7 @@ class BrokerUnavailable(DetectError):
     """No Kafka broker answers at the bootstrap servers."""
 
     @classmethod
-    def at(cls, bootstrap_servers: str) -> BrokerUnavailable:
+    def at(cls, bootstrap_servers: KafkaConfig | str) -> BrokerUnavailable:
         """The one wording of it, wherever the detector meets it."""
         return cls(f"no Kafka broker answers at {bootstrap_servers}: check "
                    "--bootstrap-servers and that the broker runs")

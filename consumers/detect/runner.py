@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from capture.encoding import SCHEMA_VERSION
-from capture.errors import BrokerError, BrokerSecurityError
+from capture.errors import BrokerError
 from capture.event import (
     ChangeEvent,
     MarkerKind,
@@ -31,21 +32,21 @@ from capture.event import (
     TransactionEvent,
     parse_transaction_topic,
 )
-from capture.kafka_admin import check_reachable, ensure_topics
-from capture.topics import alerts_topic, deadletter_topic, transaction_topic
+from capture.kafka_admin import check_reachable
+from capture.topics import transaction_topic
 from consumers.detect.alerts import Alert
 from consumers.detect.assembler import Assembler, TopicPartitionKey
 from consumers.detect.config import RulesConfig, named_tables
-from consumers.detect.errors import BrokerUnavailable, DetectError, StreamMismatch
+from consumers.detect.errors import DetectError, StreamMismatch
 from consumers.detect.memberships import MembershipIndex
 from consumers.detect.metrics import DetectMetrics
 from consumers.detect.outbox import Outbox
 from consumers.detect.probe import Probe
 from consumers.detect.rules import Detector
-from consumers.detect.sinks import AlertSink, KafkaAlertSink, LogSink, PostgresAlertSink
-from consumers.detect.state import Batch, StateStore
-from consumers.detect.stream_check import check_tables, detector_check
-from consumers.detect.webhook import WebhookFormat, WebhookSink
+from consumers.detect.sinks import AlertSink
+from consumers.detect.state import Batch, LoadedState, StateStore
+from consumers.detect.stream_check import check_tables
+from consumers.detect.webhook import WebhookFormat
 from consumers.detect.window import RemovalWindow
 from consumers.epochs import EpochWatch
 from consumers.kafka_source import (
@@ -53,10 +54,9 @@ from consumers.kafka_source import (
     CheckedSource,
     OffsetOutOfRange,
     Record,
-    open_source,
 )
-from hera_kit.identity import StreamIdentity
-from hera_kit.kafka_config import KafkaConfig, as_config
+from consumers.stream_check import StreamCheck
+from hera_kit.kafka_config import KafkaConfig
 from hera_kit.service import Health
 
 log = logging.getLogger("hera.detect")
@@ -93,34 +93,34 @@ class DetectStats:
     undelivered: int = 0
 
 
-class DetectorRunner:
-    def __init__(self, options: DetectOptions, clock: Clock,
-                 stop: threading.Event | None = None, metrics: DetectMetrics | None = None,
-                 health: Health | None = None) -> None:
-        from kafka import KafkaProducer
-        from kafka.errors import KafkaError
+@dataclass
+class DetectorParts:
+    """What ``consumers.detect.service.open_detector`` opened for a runner: the state file
+    (locked) and what it held, the stream check already applied at start, the source
+    assigned at the stored offsets, the alert producer and the sinks."""
 
+    store: StateStore
+    loaded: LoadedState
+    check: StreamCheck
+    source: CheckedSource
+    producer: Any
+    sinks: list[AlertSink]
+
+
+class DetectorRunner:
+    """The poll loop over opened parts; no I/O here (``open_detector`` does it)."""
+
+    def __init__(self, options: DetectOptions, clock: Clock, stop: threading.Event,
+                 metrics: DetectMetrics, health: Health, parts: DetectorParts) -> None:
         self.options = options
         self.clock = clock
-        self.stop_event = stop or threading.Event()
+        self.stop_event = stop
         self.stats = DetectStats()
-        self.metrics = metrics or DetectMetrics()
-        self.health = health or Health()
-        prefix = options.topic_prefix
-        self._txn_topic = transaction_topic(prefix)
-
-        try:  # before the state file is created: an unreachable broker creates nothing
-            check_reachable(options.bootstrap_servers)
-        except BrokerSecurityError as exc:
-            raise BrokerUnavailable(str(exc)) from None
-        except BrokerError:
-            raise BrokerUnavailable.at(options.bootstrap_servers) from None
-        self.store = StateStore.open(options.state_path, prefix)
-        if options.reset_state:
-            self.store.reset_stream()
-            log.warning("state reset: %s forgot its stream (offsets, identity, memberships)",
-                        options.state_path)
-        loaded = self.store.load()
+        self.metrics = metrics
+        self.health = health
+        self._txn_topic = transaction_topic(options.topic_prefix)
+        self.store = parts.store
+        loaded = parts.loaded
         rules: RulesConfig = options.rules
         window = RemovalWindow(int(rules.mass_deletion.window_seconds * 1_000_000))
         window.load(loaded.window, loaded.alerted)
@@ -129,66 +129,21 @@ class DetectorRunner:
         self.assembler = Assembler(frozenset(options.tables), loaded.released_lsn,
                                    self.detector.keeps)
         self._next: dict[TopicPartitionKey, int] = dict(loaded.offsets)
-        self._stored_offsets = dict(loaded.offsets)
         self._deadletter_total = loaded.deadletters
         self._latest_commit_us: int | None = None
-        self.check = detector_check(options.state_path, loaded.identity
-                                 or StreamIdentity(topic_prefix=prefix), loaded.topic_ids)
-        self.check.changed = loaded.identity is None
+        self.check = parts.check
         self._epochs = EpochWatch(log, loaded.identity.epoch_lsn if loaded.identity else None)
         self._named = named_tables(rules) | {t: "--tables" for t in options.tables}
         self._captured = loaded.captured_tables
         self._captured_changed = False
-
-        sinks: list[AlertSink] = [LogSink()]
-        self._source: CheckedSource | None = None
-        self._producer = None
-        try:
-            if self._captured is not None:  # tables capture said it streams, last time
-                check_tables(self._named, self._captured)
-            if options.dsn:  # first: a missing critical_system_alerts table stops us at once
-                sinks.append(PostgresAlertSink(options.dsn))
-            if options.webhook_url:
-                sinks.append(WebhookSink(options.webhook_url, options.webhook_secret,
-                                         options.webhook_format, clock))
-            try:
-                self._source = open_source(
-                    options.bootstrap_servers, prefix, options.tables, options.kafka_backend,
-                    consumer="detect", clock=clock, fetch_max_wait_ms=50,
-                    max_poll_records=options.max_records, check_crcs=False,
-                    return_early=True, offset_reset="none")
-                cluster_id = self._source.cluster_id()
-            except (KafkaError, BrokerError):
-                raise BrokerUnavailable.at(options.bootstrap_servers) from None
-            # The stream is checked before anything is created on the broker.
-            self.check.cluster(cluster_id)
-            self._source.assign(self._next)
-            # only partitions that exist: asking for others could auto-create them
-            self.check.stored_offsets(self._stored_offsets, self._source.watermarks())
-            self.check.topics(self._source.topic_ids())
-            try:
-                # Our output topics with one partition (auto-created ones get the broker's
-                # default count: no order).
-                ensure_topics(options.bootstrap_servers, [alerts_topic(prefix),
-                                                          deadletter_topic(prefix)])
-                self._producer = KafkaProducer(
-                    **as_config(options.bootstrap_servers).kafka_python(), acks="all",
-                    linger_ms=0)
-            except (KafkaError, BrokerError):
-                raise BrokerUnavailable.at(options.bootstrap_servers) from None
-            sinks.append(KafkaAlertSink(self._producer, alerts_topic(prefix)))
-            self.sinks = sinks
-        except BaseException as exc:
-            if isinstance(exc, StreamMismatch):
-                self.metrics.identity_failed.inc()
-                self.health.not_ready(str(exc))
-            self._close_all(sinks)
-            raise
+        self._source: CheckedSource | None = parts.source
+        self._producer = parts.producer
+        self.sinks = parts.sinks
         self.outbox = Outbox(self.store, self.sinks, self.metrics,
                              lambda: self.clock().isoformat())
-        self._probe = Probe(options.bootstrap_servers, self._source, self.stop_event,
-                             self.health, self.metrics)
-        self._probe.topics = frozenset(t for t, _ in self._source.assigned())
+        self._probe = Probe(options.bootstrap_servers, parts.source, self.stop_event,
+                            self.health, self.metrics)
+        self._probe.topics = frozenset(t for t, _ in parts.source.assigned())
         self._probe_seen = 0
         self._last_refresh = time.monotonic()
         self.metrics.broker_up.set(1)
@@ -256,17 +211,7 @@ class DetectorRunner:
         self._close_all(self.sinks)
 
     def _close_all(self, sinks: list[AlertSink]) -> None:
-        closers: list[Callable[[], object]] = []
-        if self._source is not None:
-            closers.append(self._source.close)
-        if self._producer is not None:
-            closers.append(self._producer.close)
-        closers += [self.store.close, *(s.close for s in sinks)]
-        for closer in closers:
-            try:
-                closer()
-            except Exception as exc:  # closing is best effort; the state is committed
-                log.debug("close failed: %s", exc)
+        close_all(self._source, self._producer, self.store, sinks)
 
     def _check_probe(self) -> None:
         probe = self._probe
@@ -432,6 +377,22 @@ class DetectorRunner:
         self.check.vanished({tp: n for tp, n in self._next.items() if tp in before}, after)
         if after != before and before:
             log.info("partitions now %s", sorted(after))
+
+
+def close_all(source: CheckedSource | None, producer: Any, store: StateStore,
+              sinks: list[AlertSink]) -> None:
+    """Close what a detector opened, best effort: the state is committed already."""
+    closers: list[Callable[[], object]] = []
+    if source is not None:
+        closers.append(source.close)
+    if producer is not None:
+        closers.append(producer.close)
+    closers += [store.close, *(s.close for s in sinks)]
+    for closer in closers:
+        try:
+            closer()
+        except Exception as exc:
+            log.debug("close failed: %s", exc)
 
 
 class _Rejected(Exception):

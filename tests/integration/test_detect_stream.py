@@ -19,6 +19,7 @@ from capture.topics import alerts_topic, deadletter_topic
 from consumers.detect.alerts import Rule
 from consumers.detect.config import RulesConfig
 from consumers.detect.runner import DetectOptions, DetectorRunner
+from consumers.detect.service import open_detector
 from devstack.broker import Broker
 from tests.conftest import HeraDB
 from tests.detect_fixtures import (
@@ -44,7 +45,7 @@ CONSUMERS = str(Path(sys.executable).parent / "consumers")  # the installed cons
 def running_detector(broker: Broker, prefix: str, state: Path,
                      dsn: str | None = None) -> Iterator[DetectorRunner]:
     stop = threading.Event()
-    runner = DetectorRunner(DetectOptions(
+    runner = open_detector(DetectOptions(
         bootstrap_servers=broker.bootstrap_servers, topic_prefix=prefix, tables=(REL, DYN),
         state_path=state, rules=RulesConfig(), archive_dir="/srv/archive", dsn=dsn,
         poll_ms=50), fixed_clock, stop)

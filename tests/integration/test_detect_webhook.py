@@ -23,7 +23,8 @@ import pytest
 
 from consumers.detect.alerts import Rule
 from consumers.detect.config import RulesConfig
-from consumers.detect.runner import DetectOptions, DetectorRunner
+from consumers.detect.runner import DetectOptions
+from consumers.detect.service import open_detector
 from devstack.broker import Broker
 from tests.capture_fixtures import running_capture
 from tests.conftest import HeraDB
@@ -98,7 +99,7 @@ def test_alerts_raised_while_the_endpoint_is_down_arrive_once_each_when_it_recov
     txs = orphaning(4, pub)
     pub.tx(txs[0])
     stop = threading.Event()
-    runner = DetectorRunner(DetectOptions(
+    runner = open_detector(DetectOptions(
         bootstrap_servers=broker.bootstrap_servers, topic_prefix=topic_prefix,
         tables=(REL, DYN), state_path=tmp_path / "state.sqlite", rules=RulesConfig(),
         archive_dir="/srv/archive", poll_ms=50, webhook_url=endpoint.url,
