@@ -95,6 +95,10 @@ def archive(ctx: click.Context, /, log_level: str, **options: Any) -> None:
     """Archive every change event into a Delta table, exactly once, until SIGTERM/SIGINT."""
     if ctx.invoked_subcommand is not None:
         return
+    from hera_kit.native_stderr import route_native_stderr
+
+    # delta-rs' Rust panics (e.g. on a full disk) as one JSON line each, not a backtrace
+    route_native_stderr(logging.getLogger("consumers.archive.native"))
     _configure_logs(log_level)
     s = settings_or_fail("consumers", ArchiveSettings, options)
     try:

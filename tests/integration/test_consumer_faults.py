@@ -7,8 +7,10 @@ import base64
 import json
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Producer
 
 from capture.kafka_admin import ensure_topics
@@ -102,3 +104,44 @@ def test_a_state_directory_that_is_a_file_is_one_line_and_changes_nothing(
     assert lines[0] == (f"consumers detect: {afile} is not a directory: pass a directory as "
                         "--state-dir (or a file path as --state)")
     assert afile.read_text() == "host\n" and sorted(tmp_path.iterdir()) == [afile]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 300 KiB tmpfs (the machine's user is root, as in CI): a disk that fills up."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(where)],
+                   check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_full_disk_under_the_archiver_is_json_lines_only_and_it_commits_once_space_is_freed(
+        broker: Broker, topic_prefix: str, tmp_path: Path, small_disk: Path) -> None:
+    target = ArchiveTarget("local", str(small_disk / "archive"), {})
+    log = tmp_path / "a.log"
+    changes, ends = workload(transactions=3000, per_txn=10)
+    proc = start_archiver(broker.bootstrap_servers, topic_prefix, target, log, "INFO")
+    try:
+        publish(broker.bootstrap_servers, topic_prefix, changes, ends)
+        wait_for(lambda: log.read_text().count("archive store unavailable") >= 2
+                 or proc.poll() is not None, 90, "the archiver to meet the full disk")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+        wait_for(lambda: sum(consumed_per_topic(target).values()) == 33_000
+                 or proc.poll() is not None, 120, "the archive to catch up after the disk")
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+    assert rc == 0, log.read_text()[-3000:]
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+    not_json = [ln for ln in lines if not ln.startswith("{")]
+    assert not_json == [], not_json[:10]  # Rust panics included: one JSON line each
+    for ln in lines:
+        json.loads(ln)
+    assert target.connect().execute("SELECT count(*) FROM raw_changes").fetchall() == [
+        (30_000,)]
