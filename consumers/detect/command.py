@@ -10,11 +10,9 @@ from typing import Any
 
 import click
 
-from consumers.detect.config import check_settings, load_rules
 from consumers.detect.errors import ConfigError, DetectError, RulesFileError
 from consumers.detect.metrics import DetectMetrics
-from consumers.detect.runner import DetectOptions
-from consumers.detect.service import open_detector
+from consumers.detect.service import detect_options, open_detector
 from consumers.detect.settings import DetectSettings
 from hera_kit import logs
 from hera_kit.service import Health, ServiceEndpoint, fail, settings_or_fail, stop_on_signals
@@ -65,13 +63,8 @@ def detect(**options: Any) -> None:
     reset_state = bool(options.pop("reset_state"))
     s = settings_or_fail(COMMAND, DetectSettings, options)
     logs.configure(s.log_level)
-    state = s.state_path()
-    if state is None:
-        fail(COMMAND, "no state directory: pass --state-dir DIR (or HERA_STATE_DIR), where "
-                      "the detector keeps its offsets and state", 2)
     try:
-        rules = load_rules(s.rules)
-        check_settings(rules, s.tables, s.poll_ms)
+        opts = detect_options(s, reset_state)
     except (RulesFileError, ConfigError) as exc:
         fail(COMMAND, str(exc), 2)
     metrics, health = DetectMetrics(), Health()
@@ -79,15 +72,7 @@ def detect(**options: Any) -> None:
                 else ServiceEndpoint(metrics.registry, health, s.metrics_port, s.metrics_host))
     stop = stop_on_signals()
     try:
-        runner = open_detector(DetectOptions(
-            bootstrap_servers=s.kafka, topic_prefix=s.topic_prefix,
-            tables=s.tables, state_path=state, rules=rules, archive_dir=s.archive_dir,
-            dsn=s.dsn, poll_ms=s.poll_ms, kafka_backend=s.kafka_backend,
-            webhook_url=s.webhook,
-            webhook_secret=None if s.webhook_secret is None else
-            s.webhook_secret.get_secret_value(),
-            webhook_format=s.webhook_format, reset_state=reset_state),
-            _utc_now, stop, metrics, health)
+        runner = open_detector(opts, _utc_now, stop, metrics, health)
         stats = runner.run()
     except ConfigError as exc:
         fail(COMMAND, str(exc), 2)

@@ -19,8 +19,8 @@ from typing import Any
 from capture.errors import BrokerError, BrokerSecurityError
 from capture.kafka_admin import check_reachable, ensure_topics
 from capture.topics import alerts_topic, deadletter_topic
-from consumers.detect.config import named_tables
-from consumers.detect.errors import BrokerUnavailable, StreamMismatch
+from consumers.detect.config import check_settings, load_rules, named_tables
+from consumers.detect.errors import BrokerUnavailable, ConfigError, StreamMismatch
 from consumers.detect.metrics import DetectMetrics
 from consumers.detect.runner import (
     Clock,
@@ -29,6 +29,7 @@ from consumers.detect.runner import (
     DetectorRunner,
     close_all,
 )
+from consumers.detect.settings import DetectSettings
 from consumers.detect.sinks import AlertSink, KafkaAlertSink, LogSink, PostgresAlertSink
 from consumers.detect.state import StateStore
 from consumers.detect.stream_check import check_tables, detector_check
@@ -39,6 +40,24 @@ from hera_kit.kafka_config import as_config
 from hera_kit.service import Health
 
 log = logging.getLogger("hera.detect")
+
+
+def detect_options(s: DetectSettings, reset_state: bool = False) -> DetectOptions:
+    """settings -> options: the state path, the rules file read and checked against the
+    settings. ConfigError / RulesFileError (one line) for what cannot work."""
+    state = s.state_path()
+    if state is None:
+        raise ConfigError("no state directory: pass --state-dir DIR (or HERA_STATE_DIR), "
+                          "where the detector keeps its offsets and state")
+    rules = load_rules(s.rules)
+    check_settings(rules, s.tables, s.poll_ms)
+    return DetectOptions(
+        bootstrap_servers=s.kafka, topic_prefix=s.topic_prefix, tables=s.tables,
+        state_path=state, rules=rules, archive_dir=s.archive_dir, dsn=s.dsn,
+        poll_ms=s.poll_ms, kafka_backend=s.kafka_backend, webhook_url=s.webhook,
+        webhook_secret=(None if s.webhook_secret is None
+                        else s.webhook_secret.get_secret_value()),
+        webhook_format=s.webhook_format, reset_state=reset_state)
 
 
 def open_detector(options: DetectOptions, clock: Clock, stop: threading.Event | None = None,
