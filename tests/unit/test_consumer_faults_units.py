@@ -12,6 +12,7 @@ from capture.errors import BrokerError
 from capture.topic_watch import TopicWatch, WatchedProducer
 from consumers.deadletter import HEAD_BYTES, MAX_LETTER_BYTES, DeadLetter
 from consumers.kafka_source import Record
+from hera_kit.kafka_config import KafkaConfig
 from hera_kit.native_stderr import _line
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -35,7 +36,8 @@ class _Broker:
     def __init__(self) -> None:
         self.topics: dict[str, str | None] = {"p.a": "id-1", "p.b": "id-2"}
 
-    def describe(self, _bootstrap: str, names: list[str]) -> dict[str, str | None]:
+    def describe(self, _bootstrap: KafkaConfig | str, names: list[str]
+                 ) -> dict[str, str | None]:
         return {n: self.topics.get(n) for n in names}
 
 
