@@ -27,7 +27,8 @@ from psycopg import sql
 
 from consumers.archive.reader import connect_history
 from consumers.detect.config import RulesConfig
-from consumers.detect.runner import DetectOptions, DetectorRunner
+from consumers.detect.runner import DetectOptions
+from consumers.detect.service import open_detector
 from devstack.broker import Broker
 from tests.capture_fixtures import PLUGINS, wait_until
 from tests.conftest import HeraDB
@@ -149,7 +150,7 @@ def test_the_alert_the_archive_and_revert_actor_name_and_undo_the_author(
     with empty_db.connect() as conn:
         _seed(conn)
     stop = threading.Event()
-    runner = DetectorRunner(DetectOptions(
+    runner = open_detector(DetectOptions(
         bootstrap_servers=broker.bootstrap_servers, topic_prefix=topic_prefix,
         tables=(REL, DYN), state_path=tmp_path / "state.sqlite", rules=RulesConfig(),
         archive_dir=str(tmp_path / "archive"), dsn=empty_db.dsn, poll_ms=50,
