@@ -7,9 +7,13 @@ same for every long-running service.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,7 +22,14 @@ from capture.settings import CaptureSettings, StatusSettings
 from hera_kit import logs
 from hera_kit.service import ServiceEndpoint, fail, settings_or_fail, stop_on_signals
 
+if TYPE_CHECKING:
+    from capture.service import CaptureService
+
 COMMAND = "capture"
+log = logging.getLogger("hera.capture")
+# After the clean stop's own bound (stop_timeout_s): time for it to finish before the
+# process is ended regardless.
+STOP_MARGIN_S = 2.0
 
 
 @click.group()
@@ -64,7 +75,8 @@ def run(log_level: str, **options: Any) -> None:
     logs.configure(log_level)
     settings = settings_or_fail(COMMAND, CaptureSettings, options)
     service = CaptureService(settings, on_streaming=tune_gc)
-    stop = stop_on_signals()
+    stop = stop_on_signals(on_stop=lambda: _end_when_stuck(
+        service, settings.stop_timeout_s + STOP_MARGIN_S))
     endpoint: ServiceEndpoint | None = None
     try:
         if settings.metrics_port is not None:
@@ -87,6 +99,45 @@ def run(log_level: str, **options: Any) -> None:
     finally:
         if endpoint is not None:
             endpoint.close()
+
+
+_watching = threading.Lock()
+
+
+def _end_when_stuck(service: CaptureService, grace_s: float) -> None:
+    """On SIGTERM/SIGINT (called once per signal): a thread that ends the process at once
+    in a phase where nothing is under way (starting, back-off: their calls to the broker or
+    the database may block for many seconds), and after ``grace_s`` in any phase. The
+    service stops itself within stop_timeout_s in the others; this is the bound for what
+    it cannot interrupt. Ending the process is as safe as SIGKILL, which capture survives:
+    nothing is confirmed that the broker did not acknowledge."""
+    if not _watching.acquire(blocking=False):
+        return  # a second signal: the first one's watch is running
+
+    def watch() -> None:
+        from capture.service import ABORTABLE_PHASES
+
+        deadline = time.monotonic() + grace_s
+        while True:
+            with service.phase_lock:  # the service cannot enter the next phase meanwhile
+                phase = service.phase
+                if phase in ABORTABLE_PHASES:
+                    log.info("stopped", extra={"phase": phase})
+                    _exit(0)
+            if time.monotonic() > deadline:
+                log.error("did not stop within %.0f s; ending the process (as after SIGKILL: "
+                          "the next start resumes from the confirmed LSN, nothing is lost)",
+                          grace_s, extra={"phase": phase})
+                _exit(1)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, name="hera-stop-watch", daemon=True).start()
+
+
+def _exit(code: int) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(code)
 
 
 @main.command()

@@ -49,3 +49,8 @@ class BrokerSecurityError(BrokerError):
 
 class DecodeError(CaptureError):
     """A logical-decoding message could not be understood; nothing past it was confirmed."""
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived while capture waited (for the broker, or between snapshot rows):
+    the phase ends at once. Its message says what the stop left behind."""

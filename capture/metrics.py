@@ -3,6 +3,8 @@ hera_kit.service.ServiceEndpoint (/metrics, /healthz, /readyz) when --metrics-po
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hera_kit.service import Health
@@ -10,20 +12,29 @@ from hera_kit.service import Health
 
 class CaptureHealth(Health):
     """Readiness that is also a metric: ``hera_capture_ready`` is 1 exactly while /readyz
-    answers 200 (streaming: snapshot done, broker taking events)."""
+    answers 200 (streaming: snapshot done, broker acknowledging events).
+
+    Besides what the service states (``ready``/``not_ready``), a probe the stream registers
+    (``watch``) is asked on every read: a broker that takes connections but acknowledges
+    nothing makes capture not ready within seconds, not only when the producer gives up."""
 
     def __init__(self, gauge: Gauge) -> None:
         super().__init__()
-        self._gauge = gauge
-        gauge.set(0)
+        self._probe: Callable[[], str | None] | None = None
+        gauge.set_function(lambda: 1.0 if self.state()[0] else 0.0)
 
-    def ready(self) -> None:
-        super().ready()
-        self._gauge.set(1)
+    def watch(self, probe: Callable[[], str | None] | None) -> None:
+        """``probe()`` returns why capture is not ready now, or None; None stops watching."""
+        self._probe = probe
 
-    def not_ready(self, reason: str) -> None:
-        super().not_ready(reason)
-        self._gauge.set(0)
+    def state(self) -> tuple[bool, str]:
+        ok, reason = super().state()
+        probe = self._probe
+        if ok and probe is not None:
+            why = probe()
+            if why is not None:
+                return False, why
+        return ok, reason
 
 
 class CaptureMetrics:

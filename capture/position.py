@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from capture.errors import BrokerError
+from capture.errors import BrokerError, Stopped
 from capture.event import MarkerKind, StreamMarker
 
 if TYPE_CHECKING:
+    import threading
+
     from capture.publish import AckTracker, Producer
     from capture.settings import CaptureSettings
     from capture.slot import TableInfo
@@ -63,9 +65,11 @@ class StreamPosition:
                             system_identifier=self.system_identifier, plugin=self.plugin,
                             columns={f"{s}.{t}": c for (s, t), c in known.items()})
 
-    def backpressure(self, producer: Producer, tracker: AckTracker) -> None:
+    def backpressure(self, producer: Producer, tracker: AckTracker,
+                     stop: threading.Event | None = None) -> None:
         """Memory stays bounded whatever the transaction size: past the in-flight limit, wait
-        for the broker's acknowledgements before handing the client more records."""
+        for the broker's acknowledgements before handing the client more records. A stop
+        ends the wait (Stopped): a hung broker must not hold SIGTERM for a minute."""
         if (tracker.outstanding < self.max_in_flight
                 and tracker.outstanding_bytes < self.max_in_flight_bytes):
             return
@@ -74,6 +78,26 @@ class StreamPosition:
                or tracker.outstanding_bytes > self.max_in_flight_bytes // 2):
             producer.poll(0.005)
             tracker.drain()
+            if stop is not None and stop.is_set():
+                raise Stopped("stopped while waiting for the broker's acknowledgements")
             if time.monotonic() > deadline:
                 raise BrokerError("the broker acknowledged nothing for 60 s")
             time.sleep(0.001)
+
+
+def await_acks(producer: Producer, tracker: AckTracker, timeout_s: float,
+               stop: threading.Event | None = None) -> bool:
+    """Wait until the broker acknowledged every record ``tracker`` counts; False when
+    ``timeout_s`` passed (or ``stop`` was set) first. Raises BrokerError on a failed delivery.
+
+    Polls instead of ``producer.flush``: kafka-python's flush cannot be interrupted, and both
+    clients send what is buffered on their own within their linger time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        producer.poll(0.005)
+        tracker.drain()
+        if not tracker.outstanding:
+            return True
+        if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+            return False
+        time.sleep(0.002)

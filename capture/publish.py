@@ -113,6 +113,9 @@ class AckTracker:
         # (kafka-python's accumulator has no memory bound of its own).
         self.outstanding = 0
         self.outstanding_bytes = 0
+        # Monotonic time since which records have waited with no acknowledgement arriving:
+        # the later of "records became outstanding" and "the last acknowledgement".
+        self._waiting_since = 0.0
 
     def open(self, end_lsn: int = 0) -> PendingTxn:
         txn = PendingTxn(end_lsn)
@@ -126,6 +129,8 @@ class AckTracker:
     def sent(self, txn: PendingTxn, size: int) -> Callable[[BaseException | None], None]:
         """Count one record of ``txn`` as in flight; returns its delivery callback."""
         txn.pending += 1
+        if not self.outstanding:
+            self._waiting_since = time.monotonic()
         self.outstanding += 1
         self.outstanding_bytes += size
         return partial(self._report, txn, size)
@@ -136,6 +141,8 @@ class AckTracker:
 
     def drain(self) -> None:
         """Apply delivery reports; raises BrokerError on the first failed delivery."""
+        if not self._done.empty():
+            self._waiting_since = time.monotonic()
         while True:
             try:
                 item = self._done.get_nowait()
@@ -160,10 +167,16 @@ class AckTracker:
                 self._on_acked(txn)
         return lsn
 
-
     @property
     def idle(self) -> bool:
         return not self._txns
+
+    def unacknowledged_for(self, now: float) -> float:
+        """Seconds records have been waiting with no acknowledgement arriving (0: none wait).
+        Read from other threads too (readiness): two plain fields, no lock needed."""
+        if not self.outstanding:
+            return 0.0
+        return max(0.0, now - self._waiting_since)
 
 
 class Producer(Protocol):
@@ -171,7 +184,9 @@ class Producer(Protocol):
              on_delivery: Callable[[BaseException | None], None]) -> None: ...
     def poll(self, timeout: float) -> None: ...
     def flush(self, timeout: float) -> None: ...
-    def close(self) -> None: ...
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is buffered, waiting at most ``timeout`` seconds (0: drop it at once)."""
+        ...
 
 
 class _CoalescedWakeup:
@@ -306,10 +321,10 @@ class KafkaPythonProducer:
         except self._kafka_error as exc:
             raise BrokerError(f"flushing to the broker failed: {exc!r}") from exc
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         if self._wakeup is not None:
             self._wakeup.unthrottled()
-        self._p.close(timeout=5)
+        self._p.close(timeout=timeout)
 
 
 class ConfluentProducer:
@@ -371,8 +386,8 @@ class ConfluentProducer:
     def flush(self, timeout: float) -> None:
         self._p.flush(timeout)
 
-    def close(self) -> None:
-        self._p.flush(5)
+    def close(self, timeout: float = 5.0) -> None:
+        self._p.flush(timeout)
 
 
 def make_producer(backend: str, bootstrap_servers: KafkaConfig | str,

@@ -42,7 +42,7 @@ from capture.decoding import (
     TableNames,
     Truncate,
 )
-from capture.errors import DecodeError, StreamRestart
+from capture.errors import BrokerError, DecodeError, Stopped, StreamRestart
 from capture.event import (
     Author,
     ColumnDef,
@@ -57,7 +57,7 @@ from capture.event import (
     format_lsn,
 )
 from capture.metrics import CaptureMetrics
-from capture.position import Clock, StreamPosition
+from capture.position import Clock, StreamPosition, await_acks
 from capture.protocol import Keepalive, ReplicationStream, XLogData
 from capture.publish import AckTracker, PendingTxn, Producer
 from capture.settings import CaptureSettings
@@ -169,6 +169,8 @@ class StreamRunner:
         self.last_confirm = 0.0
         self.last_activity = time.monotonic()
         self.last_heartbeat = time.monotonic()
+        self.stop: threading.Event | None = None  # set by loop(): ends back-pressure waits
+        self.stalled_reason: str | None = None  # why the broker looks hung, once logged
         self.wal_end = position.confirmed_lsn
         self.max_in_flight = self.s.max_in_flight
         self.max_in_flight_bytes = self.s.max_in_flight_bytes
@@ -200,9 +202,43 @@ class StreamRunner:
             if self.ctx.latency_observer is not None:
                 self.ctx.latency_observer(seconds)
 
+    def stalled(self) -> str | None:
+        """Why capture is not ready although streaming: records have waited
+        ``ready_ack_timeout_s`` and the broker acknowledged none meanwhile (a hung broker;
+        the producer's own timeout would say so only after 30 s). None while acks flow."""
+        now = time.monotonic()
+        waited = max(self.tracker.unacknowledged_for(now), self.markers.unacknowledged_for(now))
+        if waited < self.s.ready_ack_timeout_s:
+            return None
+        waiting = self.tracker.outstanding + self.markers.outstanding
+        return (f"the broker has acknowledged nothing for {waited:.0f} s ({waiting} records "
+                "waiting); nothing new is confirmed until it does")
+
+    def _watch_acks(self) -> None:
+        """Log once when the broker stops acknowledging and once when it resumes."""
+        reason = self.stalled()
+        if (reason is None) == (self.stalled_reason is None):
+            return
+        if reason is not None:
+            log.warning("broker not acknowledging; not ready", extra={"error": reason})
+        else:
+            log.info("broker acknowledging again; ready")
+        self.stalled_reason = reason
+
     def loop(self, stop: threading.Event) -> None:
         if self.ctx.on_streaming is not None:
             self.ctx.on_streaming()
+        self.stop = stop
+        self.metrics.health.watch(self.stalled)
+        try:
+            self._loop(stop)
+        except Stopped:
+            pass  # a stop ended a wait for the broker: the clean stop below is bounded
+        finally:
+            self.metrics.health.watch(None)
+        self.shutdown()
+
+    def _loop(self, stop: threading.Event) -> None:
         decode = self.decoder.decode
         while not stop.is_set():
             reply = False
@@ -231,8 +267,8 @@ class StreamRunner:
                         self.acked_lsn = max(self.acked_lsn, frame.wal_end)
             self.producer.poll(0)
             self.settle(force=reply)
+            self._watch_acks()
             self.maybe_heartbeat()
-        self.shutdown()
 
     def handle(self, rec: object) -> None:
         if isinstance(rec, Begin):
@@ -305,7 +341,7 @@ class StreamRunner:
         # The limits checked here first: the call is per record, the wait rare.
         if (tracker.outstanding >= self.max_in_flight
                 or tracker.outstanding_bytes >= self.max_in_flight_bytes):
-            self.position.backpressure(self.producer, tracker)
+            self.position.backpressure(self.producer, tracker, self.stop)
 
     def row(self, rec: RowChange) -> None:
         table = (rec.schema, rec.table)
@@ -457,11 +493,23 @@ class StreamRunner:
             log.warning("heartbeat failed", extra={"error": first_line(exc)})
 
     def shutdown(self) -> None:
-        """Clean stop: wait for the broker's acks, publish the final marker, confirm."""
-        self.producer.flush(30)
-        deadline = time.monotonic() + 30
-        self.settle(force=True)
-        while self.markers.outstanding and time.monotonic() < deadline:
-            self.producer.flush(1)
+        """Clean stop: wait for the broker's acks, publish the final marker, confirm; all of
+        it within ``stop_timeout_s``. What a hung broker did not acknowledge by then stays
+        unconfirmed: the next start re-sends it from the slot (duplicates, never a gap)."""
+        deadline = time.monotonic() + self.s.stop_timeout_s
+        try:
+            await_acks(self.producer, self.tracker, self.s.stop_timeout_s)
             self.settle(force=True)
-        log.info("stopped", extra={"confirmed": format_lsn(self.position.confirmed_lsn)})
+            while self.markers.outstanding and time.monotonic() < deadline:
+                await_acks(self.producer, self.markers, max(0.0, deadline - time.monotonic()))
+                self.settle(force=True)
+        except BrokerError as exc:
+            log.warning("the broker failed records while stopping; they stay unconfirmed",
+                        extra={"error": first_line(exc)})
+        waiting = self.tracker.outstanding + self.markers.outstanding
+        if waiting:
+            log.warning("stopping without the broker's acknowledgement of every record: the "
+                        "next start re-sends them from the confirmed LSN",
+                        extra={"waiting": waiting, "stop_timeout_s": self.s.stop_timeout_s})
+        log.info("stopped", extra={"phase": "streaming",
+                                   "confirmed": format_lsn(self.position.confirmed_lsn)})

@@ -21,12 +21,12 @@ from capture.decoding import PLUGINS, Decoder, TableNames, choose_plugin, make_d
 from capture.decoding.catalog import SideCatalog
 from capture.decoding.names import warn_without_schema_log
 from capture.encoding import SESSION_OPTIONS
-from capture.errors import BrokerError, CaptureError, DecodeError, SlotError
+from capture.errors import BrokerError, CaptureError, DecodeError, SlotError, Stopped
 from capture.event import MarkerKind, Op, StreamMarker, change_event_json, encode_key, format_lsn
 from capture.kafka_admin import ensure_topics
 from capture.ledger import last_marker
 from capture.metrics import CaptureMetrics
-from capture.position import Clock, StreamPosition
+from capture.position import Clock, StreamPosition, await_acks
 from capture.protocol import ReplicationStream
 from capture.publish import AckTracker, EventTooLarge, Producer, producer_for
 from capture.runner import StreamContext, StreamRunner
@@ -49,6 +49,13 @@ from capture.topics import table_topic, transaction_topic
 from hera_kit.text import first_line
 
 log = logging.getLogger("hera.capture")
+INITIAL_BACKOFF_S = 0.5
+SNAPSHOT_ACK_TIMEOUT_S = 60.0
+# What capture is doing, for a stop (SIGTERM). In these phases nothing is under way that a
+# stop at any instant could break (read-only checks, idempotent topic creation, waiting to
+# retry): the CLI may end the process at once. In the others (snapshot, streaming) capture
+# stops itself at the next record, within seconds.
+ABORTABLE_PHASES = frozenset({"starting", "back-off"})
 
 
 def _connect(dsn: str, **kw: object) -> psycopg.Connection[tuple[object, ...]]:
@@ -78,6 +85,16 @@ class CaptureService:
         self.decoder: Decoder | None = None  # chosen in prepare(): the slot's plugin
         self.names = TableNames(())  # the captured tables by relation (renames followed)
         self.ready = threading.Event()  # set once streaming (snapshot done) - tests await it
+        # starting -> snapshot (a new epoch only) -> streaming <-> back-off. Changed under
+        # the lock, so whoever ends the process in an abortable phase (the CLI, on SIGTERM)
+        # holds it and the service cannot move on into the slot meanwhile.
+        self.phase_lock = threading.Lock()
+        self.phase = "starting"
+        self.streams_opened = 0
+
+    def _enter(self, phase: str) -> None:
+        with self.phase_lock:
+            self.phase = phase
 
     @property
     def epoch_lsn(self) -> int:
@@ -93,8 +110,11 @@ class CaptureService:
 
     # --- set-up --------------------------------------------------------------------------
 
-    def prepare(self) -> tuple[Producer, int]:
-        """Preflight, broker, slot (+ snapshot when new). Returns the producer and start LSN."""
+    def prepare(self, stop: threading.Event | None = None) -> tuple[Producer, int]:
+        """Preflight, broker, slot (+ snapshot when new). Returns the producer and start LSN.
+        Raises Stopped when ``stop`` is set before the slot is touched or during the
+        snapshot (the next start then begins a new epoch)."""
+        stop = stop or threading.Event()
         pos = self.position
         with _connect(self.s.dsn) as conn:
             pos.dbname = str((conn.execute("SELECT current_database()").fetchone() or [""])[0])
@@ -120,6 +140,7 @@ class CaptureService:
             self.decoder.prepare(conn, pos.tables, self.s.slot)
         self._ensure_topics()  # an unreachable broker stops us before the slot is touched
         if existing is not None and self.s.new_snapshot and not existing.active:
+            self._enter_snapshot(stop)
             log.warning("dropping slot for a new snapshot", extra={"slot": self.s.slot})
             with _connect(self.s.dsn) as conn:
                 drop_slot(conn, self.s.slot)
@@ -133,19 +154,31 @@ class CaptureService:
                 if marker is not None and marker.status == MarkerKind.SNAPSHOT_START:
                     # The snapshot was interrupted: nothing was confirmed, the export is gone.
                     log.warning("previous snapshot incomplete; starting a new epoch")
+                    self._enter_snapshot(stop)
                     with _connect(self.s.dsn) as conn:
                         drop_slot(conn, self.s.slot)
-                    return producer, self._new_epoch(producer)
+                    return producer, self._new_epoch(producer, stop)
                 self._check_ours(existing.confirmed_flush_lsn or 0, marker)
                 assert marker is not None
                 pos.epoch_lsn = marker.epoch_lsn
                 pos.confirmed_lsn = existing.confirmed_flush_lsn or 0
                 self._resume_columns(marker)
                 return producer, pos.confirmed_lsn
-            return producer, self._new_epoch(producer)
+            self._enter_snapshot(stop)
+            return producer, self._new_epoch(producer, stop)
+        except Stopped:
+            producer.close(0)  # an abandoned snapshot: nothing buffered is worth sending
+            raise
         except BaseException:
             producer.close()
             raise
+
+    def _enter_snapshot(self, stop: threading.Event) -> None:
+        """From here on the slot changes: a stop is honoured by the service, not by ending
+        the process, and one asked for already is honoured now, before the slot is touched."""
+        self._enter("snapshot")
+        if stop.is_set():
+            raise Stopped("stopped while starting, before the slot was touched")
 
     def _ensure_topics(self) -> list[str]:
         """Our topics with our settings (a topic with another partition count is refused);
@@ -182,14 +215,14 @@ class CaptureService:
                 "capture run --new-snapshot"
             )
 
-    def _new_epoch(self, producer: Producer) -> int:
+    def _new_epoch(self, producer: Producer, stop: threading.Event) -> int:
         repl = _connect(self.s.dsn, replication="database")
         try:
             created = create_slot(repl, self.s.slot, self.dec.caps.slot_plugin)
             self.position.epoch_lsn = created.consistent_point
             log.info("slot created", extra={"slot": self.s.slot, "plugin": self.dec.caps.name,
                                             "lsn": format_lsn(created.consistent_point)})
-            self._publish_snapshot(producer, created.snapshot_name)
+            self._publish_snapshot(producer, created.snapshot_name, stop)
         finally:
             repl.close()
         self.position.confirmed_lsn = self.position.epoch_lsn
@@ -216,7 +249,11 @@ class CaptureService:
             raise CaptureError("capture used before prepare()")
         return self.decoder
 
-    def _publish_snapshot(self, producer: Producer, snapshot_name: str) -> None:
+    def _publish_snapshot(self, producer: Producer, snapshot_name: str,
+                          stop: threading.Event) -> None:
+        """SNAPSHOT_START (acknowledged before any row), every row as ``op: r``, SNAPSHOT_END.
+        A stop ends it at the next row (Stopped): the epoch stays without SNAPSHOT_END, which
+        makes the next start drop the slot and begin a new epoch, as after SIGKILL."""
         pos = self.position
         tracker = AckTracker()
         txn = tracker.open()
@@ -225,30 +262,49 @@ class CaptureService:
         start = pos.marker(MarkerKind.SNAPSHOT_START, pos.epoch_lsn).model_copy(
             update={"definitions": definitions}).to_json()
         producer.send(ttopic, b"marker", start, tracker.sent(txn, len(start)))
+        # The start marker on record first: a stop or a crash from here on is known to the
+        # next start as an incomplete snapshot (a new epoch), never as a slot of unknown origin.
+        if not await_acks(producer, tracker, SNAPSHOT_ACK_TIMEOUT_S, stop):
+            if stop.is_set():
+                raise Stopped(self._snapshot_stopped(0))
+            raise BrokerError("the broker did not acknowledge the snapshot's start within 60 s")
+        log.info("snapshot started", extra={"lsn": format_lsn(pos.epoch_lsn)})
         now_ms = int(self.clock() * 1000)
         position = 0
-        for table, row, key in snapshot_rows(self.s.dsn, snapshot_name, pos.tables,
-                                             self.s.snapshot_batch_rows):
-            value = change_event_json(
-                before=None, after=row, op=Op.READ, ts_ms=now_ms, name=self.s.topic_prefix,
-                db=pos.dbname, schema=table.schema, table=table.table, tx_id=None,
-                lsn=pos.epoch_lsn, commit_ts_us=now_ms * 1000, snapshot="true",
-                commit_lsn=pos.epoch_lsn, position=position, table_order=None, key=key,
-                types=dict(table.columns))
-            producer.send(table_topic(self.s.topic_prefix, table.schema, table.table),
-                          encode_key(key, table.qualified), value, tracker.sent(txn, len(value)))
-            position += 1
-            pos.backpressure(producer, tracker)
-        end = pos.marker(MarkerKind.SNAPSHOT_END, pos.epoch_lsn).to_json()
-        producer.send(ttopic, b"marker", end, tracker.sent(txn, len(end)))
-        tracker.close(txn, pos.epoch_lsn)
-        producer.flush(60)
-        tracker.drain()
+        try:
+            for table, row, key in snapshot_rows(self.s.dsn, snapshot_name, pos.tables,
+                                                 self.s.snapshot_batch_rows):
+                if stop.is_set():
+                    raise Stopped
+                value = change_event_json(
+                    before=None, after=row, op=Op.READ, ts_ms=now_ms, name=self.s.topic_prefix,
+                    db=pos.dbname, schema=table.schema, table=table.table, tx_id=None,
+                    lsn=pos.epoch_lsn, commit_ts_us=now_ms * 1000, snapshot="true",
+                    commit_lsn=pos.epoch_lsn, position=position, table_order=None, key=key,
+                    types=dict(table.columns))
+                producer.send(table_topic(self.s.topic_prefix, table.schema, table.table),
+                              encode_key(key, table.qualified), value,
+                              tracker.sent(txn, len(value)))
+                position += 1
+                pos.backpressure(producer, tracker, stop)
+            end = pos.marker(MarkerKind.SNAPSHOT_END, pos.epoch_lsn).to_json()
+            producer.send(ttopic, b"marker", end, tracker.sent(txn, len(end)))
+            tracker.close(txn, pos.epoch_lsn)
+            acked = await_acks(producer, tracker, SNAPSHOT_ACK_TIMEOUT_S, stop)
+            if not acked and stop.is_set():
+                raise Stopped
+        except Stopped:
+            raise Stopped(self._snapshot_stopped(position)) from None
         if tracker.confirmable() is None:
             raise BrokerError("the broker did not acknowledge the snapshot within 60 s")
         self.metrics.events_published.inc(position)
         log.info("snapshot published", extra={"rows": position,
                                               "lsn": format_lsn(pos.epoch_lsn)})
+
+    def _snapshot_stopped(self, rows: int) -> str:
+        return (f"stopped during the snapshot after {rows} rows: the epoch at "
+                f"{format_lsn(self.position.epoch_lsn)} stays incomplete (no SNAPSHOT_END) and "
+                "the next start begins a new epoch with a new snapshot")
 
     # --- streaming -----------------------------------------------------------------------
 
@@ -262,14 +318,22 @@ class CaptureService:
                 self._watch.stop()
 
     def _run(self, stop: threading.Event) -> None:
-        producer, start_lsn = self.prepare()
+        self._enter("starting")
+        try:
+            producer, start_lsn = self.prepare(stop)
+        except Stopped as exc:
+            log.warning(str(exc))
+            log.info("stopped", extra={"phase": self.phase})
+            self.catalog.close()
+            return
         assert self._watch is not None
         self._watch.start()
-        backoff = 0.5
+        backoff = INITIAL_BACKOFF_S
         while not stop.is_set():
+            opened = self.streams_opened
             try:
                 self._stream(producer, start_lsn, stop)
-                backoff = 0.5
+                backoff = INITIAL_BACKOFF_S
             except (CaptureError, psycopg.Error) as exc:
                 if isinstance(exc, psycopg.errors.UndefinedObject):
                     producer.close()
@@ -280,6 +344,11 @@ class CaptureService:
                 if isinstance(exc, DecodeError | SlotError | EventTooLarge):
                     producer.close()
                     raise
+                if self.streams_opened > opened:
+                    # It streamed since the last fault: a new fault starts from the shortest
+                    # wait again, or a few old faults would make every later one wait 30 s.
+                    backoff = INITIAL_BACKOFF_S
+                self._enter("back-off")
                 reason = first_line(exc)
                 self.metrics.health.not_ready(f"stream interrupted, retrying: {reason}")
                 log.warning("stream interrupted; retrying",
@@ -290,14 +359,20 @@ class CaptureService:
                 except Exception:
                     log.debug("producer close failed", exc_info=True)
                 if stop.wait(backoff):
-                    return
+                    break
                 backoff = min(backoff * 2, self.s.max_backoff_s)
                 fresh = self._reconnect_producer(stop)
                 if fresh is None:
-                    return
+                    break
                 producer = fresh
                 start_lsn = self.position.confirmed_lsn
-        producer.close()
+        else:
+            # The stream ended on the stop and waited for the broker (bounded): what it did
+            # not acknowledge is not worth waiting for again.
+            producer.close(0.5)
+            self.catalog.close()
+            return
+        log.info("stopped", extra={"phase": "back-off"})
         self.catalog.close()
 
     def _reconnect_producer(self, stop: threading.Event) -> Producer | None:
@@ -330,6 +405,8 @@ class CaptureService:
                 log.warning(self.dec.caps.exactness_note)
                 return
             raise
+        self.streams_opened += 1
+        self._enter("streaming")
         runner = StreamRunner(StreamContext(
             settings=self.s, decoder=self.dec, metrics=self.metrics, clock=self.clock,
             position=self.position, latency_observer=self.latency_observer,

@@ -42,6 +42,17 @@ class CaptureSettings(KafkaSettings):
     max_in_flight: int = Field(20_000, ge=100)  # records sent but not yet acknowledged
     max_in_flight_bytes: int = Field(32 * MIB, ge=MIB)
     max_backoff_s: float = Field(30.0, gt=0)
+    # How long a stop (SIGTERM) waits for the broker to acknowledge what is in flight before
+    # it leaves the rest unconfirmed (re-sent by the next start); the process is gone within
+    # a few seconds more in every phase.
+    stop_timeout_s: float = Field(3.0, gt=0, description=(
+        "how long a stop (SIGTERM) waits for the broker's acknowledgements; what is not "
+        "acknowledged by then is re-sent by the next start"))
+    # Not ready (/readyz 503, hera_capture_ready 0) while records have waited this long for
+    # the broker's acknowledgement and none arrived meanwhile (a hung broker).
+    ready_ack_timeout_s: float = Field(5.0, gt=0, description=(
+        "not ready while records have waited this long for the broker and none was "
+        "acknowledged meanwhile (a hung broker)"))
     # The largest event (key + value) capture may publish: the topics' max.message.bytes and
     # the producers' request size. With REPLICA IDENTITY FULL an UPDATE carries the old and the
     # new row, so a 1 MB value makes a 2 MB event; 16 MiB leaves HERA rows room.

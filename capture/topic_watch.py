@@ -132,5 +132,5 @@ class WatchedProducer:
     def flush(self, timeout: float) -> None:
         self._inner.flush(timeout)
 
-    def close(self) -> None:
-        self._inner.close()
+    def close(self, timeout: float = 5.0) -> None:
+        self._inner.close(timeout)

@@ -24,6 +24,14 @@ from pathlib import Path
 from devstack.postgres import StackError
 from devstack.waiting import wait_until
 
+# Volumes: SeaweedFS's default size is 30 GB each and -volume.max=0 counts the slots from the
+# free disk (71 GB free: 2 slots). Every collection (each bucket, and the filer's own files,
+# e.g. its metadata log, in the default one) grows volumes of its own, so with 2 slots
+# whichever writes first takes them all and the bucket answers "No writable volumes"
+# (InternalError) for good. Small volumes, many slots: each collection gets its own (64 x
+# 256 MB: 16 GB at most, used only as written).
+VOLUME_SLOTS = 64
+VOLUME_SIZE_MB = 256
 ACCESS_KEY = "hera-test-access"
 SECRET_KEY = "hera-test-secret-0123456789"  # a throw-away key of the throw-away server
 
@@ -105,7 +113,9 @@ def _answers(url: str) -> bool:
     return True
 
 
-def start_s3(bucket: str = "hera") -> S3Server:
+def start_s3(bucket: str = "hera", volume_slots: int = VOLUME_SLOTS) -> S3Server:
+    """SeaweedFS with ``bucket`` created and S3 answering; ``volume_slots`` below the default
+    only for tests of a store that runs out of volumes."""
     workdir = Path(tempfile.mkdtemp(prefix="hera-s3-"))
     (workdir / "data").mkdir()
     config = workdir / "identities.json"
@@ -119,7 +129,7 @@ def start_s3(bucket: str = "hera") -> S3Server:
         f"-volume.port={vol}", f"-volume.port.grpc={vol_g}", f"-filer.port={filer}",
         f"-filer.port.grpc={filer_g}", f"-s3.port.grpc={s3_g}", "-s3.port.iceberg=0",
         "-s3.port.lance=0", "-master.telemetry=false", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-volume.max=0"]
+        f"-volume.max={volume_slots}", f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}"]
     proc = _spawn(command, workdir)
     server = S3Server(f"http://127.0.0.1:{s3}", bucket, proc, workdir, command)
     try:

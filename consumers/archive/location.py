@@ -131,11 +131,21 @@ class ArchiveLocation:
         return lock
 
     def unreachable(self, exc: BaseException) -> ArchiveError:
-        """StoreUnavailableError when waiting may help, ArchiveError when it will not."""
-        hint = "" if self.is_local else (
-            "; check the bucket exists, the endpoint (AWS_ENDPOINT_URL) and the credentials "
-            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
-        kind = StoreUnavailableError if store_failure_passes(exc) else ArchiveError
+        """StoreUnavailableError when waiting may help, ArchiveError when it will not. The hint
+        follows what the store said: a server error is the store's own (its log says why, e.g.
+        SeaweedFS's "No writable volumes"), not the bucket's or the credentials'."""
+        passes = store_failure_passes(exc)
+        if self.is_local:
+            hint = ""
+        elif not passes:
+            hint = ("; check the bucket exists, the endpoint (AWS_ENDPOINT_URL) and the "
+                    "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+        elif store_answered(exc):
+            hint = ("; the store failed on its side: its own log says why (SeaweedFS: \"No "
+                    "writable volumes\" means no volume can take this bucket's writes)")
+        else:
+            hint = "; check the endpoint (AWS_ENDPOINT_URL) and that the store is running"
+        kind = StoreUnavailableError if passes else ArchiveError
         return kind(f"cannot reach {self}: {store_error(exc)}{hint}")
 
     # --- data files (local archives: cheap checks before a reader or writer trusts them) ----
@@ -190,6 +200,11 @@ def archive_location(target: str | Path | ArchiveLocation,
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _S3_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
+
+
+def store_answered(exc: BaseException) -> bool:
+    """Whether the object store answered with an error of its own (an S3 <Code>)."""
+    return _S3_CODE.search(_ANSI.sub("", str(exc))) is not None
 
 
 def store_error(exc: BaseException) -> str:
