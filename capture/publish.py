@@ -279,6 +279,7 @@ class KafkaPythonProducer:
         # the instance attribute shadows the method for the send path (and the sender's own
         # calls, which are for transactions this producer does not use).
         sender = getattr(self._p, "_sender", None)
+        self._sender = sender
         self._wakeup: _CoalescedWakeup | None = None
         if sender is not None and callable(getattr(sender, "wakeup", None)):
             self._wakeup = _CoalescedWakeup(sender.wakeup)
@@ -322,9 +323,21 @@ class KafkaPythonProducer:
             raise BrokerError(f"flushing to the broker failed: {exc!r}") from exc
 
     def close(self, timeout: float = 5.0) -> None:
-        if self._wakeup is not None:
+        if self._wakeup is not None and self._sender is not None:
             self._wakeup.unthrottled()
-        self._p.close(timeout=timeout)
+            # Closing wakes the I/O thread right after flush's wake-up: a coalesced one
+            # would be left out and the thread sleep out its poll (close took 5 s).
+            del self._sender.wakeup
+            self._wakeup = None
+        try:
+            self._p.close(timeout=timeout)
+        except self._kafka_error:
+            # kafka-python's close flushes first and raises when the broker takes nothing
+            # within the timeout, leaving its I/O thread running: end it. What was not sent
+            # is unconfirmed, so the next stream re-sends it.
+            sender = getattr(self._p, "_sender", None)
+            if sender is not None:
+                sender.force_close()
 
 
 class ConfluentProducer:
