@@ -52,3 +52,35 @@ def test_replication_frames_parse_and_status_encodes() -> None:
     status = encode_status(0x16B3748, 946_684_800_000_000)
     assert status[:1] == b"r" and int.from_bytes(status[9:17], "big") == 0x16B3748
     assert int.from_bytes(status[25:33], "big") == 0  # PostgreSQL's epoch is 2000-01-01
+
+
+def test_wait_for_acknowledgement_counts_from_the_last_ack_and_ends_when_none_wait() -> None:
+    import time
+
+    t = AckTracker()
+    txn = t.open()
+    first, _second = t.sent(txn, 1), t.sent(txn, 1)
+    now = time.monotonic()
+    assert t.unacknowledged_for(now + 10) >= 10  # records wait, nothing acknowledged
+    first(None)
+    t.drain()
+    assert t.unacknowledged_for(time.monotonic()) < 1  # an ack arrived: the wait restarts
+    _second(None)
+    t.drain()
+    assert t.unacknowledged_for(time.monotonic() + 60) == 0  # nothing waits
+
+
+def test_readiness_probe_makes_a_ready_capture_not_ready_and_the_gauge_follows() -> None:
+    from capture.metrics import CaptureMetrics
+
+    m = CaptureMetrics()
+    m.health.ready()
+    reason: list[str | None] = [None]
+    m.health.watch(lambda: reason[0])
+    assert m.health.state() == (True, "ok")
+    assert m.registry.get_sample_value("hera_capture_ready") == 1
+    reason[0] = "the broker has acknowledged nothing for 6 s"
+    assert m.health.state() == (False, reason[0])
+    assert m.registry.get_sample_value("hera_capture_ready") == 0
+    m.health.watch(None)
+    assert m.health.state() == (True, "ok")
