@@ -33,7 +33,8 @@ from tests.conftest import HeraDB
 # "Within a few seconds": the clean stop's bound (HERA_STOP_TIMEOUT_S, 3 s) plus the margin
 # after which the process is ended regardless, plus slack for a loaded test machine.
 STOP_BOUND_S = 8.0
-SNAPSHOT_ROWS = 100_000
+SNAPSHOT_ROWS = 100_000  # under a hung broker: well past the in-flight limit
+RESTART_ROWS = 30_000  # seconds to publish: the broker hangs well before the last one
 
 
 def _probe_table(db: HeraDB, rows: int = 0) -> None:
@@ -124,12 +125,14 @@ def test_sigterm_stops_capture_within_seconds_in_every_phase(
             _hang(own_broker)
         elif phase == "streaming":
             cap.start()
+            _await_log(cap, '"msg": "streaming"')  # the slot is active during the snapshot too
             _hang(own_broker)
             with empty_db.connect() as conn:
                 conn.execute("INSERT INTO stop_probe VALUES (1, 1)")
             _await_log(cap, "broker not acknowledging")
         else:
             cap.start()
+            _await_log(cap, '"msg": "streaming"')
             own_broker.stop()
             _end_walsender(empty_db, slot_name)
             _await_log(cap, "stream interrupted; retrying")
@@ -147,26 +150,33 @@ def test_sigterm_stops_capture_within_seconds_in_every_phase(
 
 
 def test_a_restart_after_sigterm_mid_snapshot_begins_a_new_epoch_with_every_row(
-        empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        empty_db: HeraDB, own_broker: Broker, topic_prefix: str, slot_name: str,
         tmp_path: Path) -> None:
-    _probe_table(empty_db, SNAPSHOT_ROWS)
+    broker = own_broker
+    _probe_table(empty_db, RESTART_ROWS)
     first = _capture(empty_db, broker, topic_prefix, slot_name, tmp_path)
     first.start(wait=False)
     _await_log(first, "snapshot started")
-    asked = time.monotonic()
-    assert first.terminate(timeout=90) == 0
-    assert time.monotonic() - asked < STOP_BOUND_S
+    # Held mid-snapshot for sure: a snapshot ends only once the broker acknowledged it all.
+    _hang(broker)
+    try:
+        asked = time.monotonic()
+        assert first.terminate(timeout=90) == 0
+        assert time.monotonic() - asked < STOP_BOUND_S
+    finally:
+        _unhang(broker)
     assert "stopped during the snapshot" in _full_log(first)
     interrupted = _markers(broker, topic_prefix, slot_name)
     assert [m.status for m in interrupted] == [MarkerKind.SNAPSHOT_START]  # no SNAPSHOT_END
     old_epoch = interrupted[0].epoch_lsn
     # Rows written between the stop and the restart belong to the new epoch's snapshot.
     with empty_db.connect() as conn:
-        conn.execute("INSERT INTO stop_probe VALUES (%s, 2)", (SNAPSHOT_ROWS + 1,))
+        conn.execute("INSERT INTO stop_probe VALUES (%s, 2)", (RESTART_ROWS + 1,))
 
     second = _capture(empty_db, broker, topic_prefix, slot_name, tmp_path)
-    second.start()
+    second.start(wait=False)
     try:
+        _await_log(second, '"msg": "streaming"')  # the slot is active during the snapshot too
         assert "previous snapshot incomplete; starting a new epoch" in _full_log(second)
         markers = _markers(broker, topic_prefix, slot_name)
         ends = [m for m in markers if m.status == MarkerKind.SNAPSHOT_END]
@@ -176,8 +186,8 @@ def test_a_restart_after_sigterm_mid_snapshot_begins_a_new_epoch_with_every_row(
                  if e.op == Op.READ]
         old = [e for e in reads if e.source.lsn == old_epoch]
         new = {int(str((e.after or {})["id"])) for e in reads if e.source.lsn == new_epoch}
-        assert 0 < len(old) < SNAPSHOT_ROWS  # the stop cut the first snapshot short
-        assert new == set(range(1, SNAPSHOT_ROWS + 2))
+        assert len(old) < RESTART_ROWS  # the stop cut the first snapshot short
+        assert new == set(range(1, RESTART_ROWS + 2))
         assert second.terminate() == 0
     finally:
         if second.proc is not None and second.proc.poll() is None:
