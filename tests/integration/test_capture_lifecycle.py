@@ -10,6 +10,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,7 @@ def _markers(broker: Broker, prefix: str, slot: str) -> list[StreamMarker]:
 @pytest.mark.parametrize("phase", ["starting", "snapshot", "streaming", "back-off"])
 def test_sigterm_stops_capture_within_seconds_in_every_phase(
         phase: str, empty_db: HeraDB, own_broker: Broker, topic_prefix: str, slot_name: str,
-        tmp_path: Path) -> None:
+        tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
     """Each phase held where it used to hold SIGTERM longest: a hung broker at start (topic
     creation), a hung broker under a 100k-row snapshot (back-pressure), a hung broker with
     changes in flight (the final flush), and the wait before a reconnect."""
@@ -144,6 +145,7 @@ def test_sigterm_stops_capture_within_seconds_in_every_phase(
         if cap.proc is not None and cap.proc.poll() is None:
             cap.proc.kill()
             cap.proc.wait(30)
+    record_property("seconds_from_sigterm_to_exit", round(took, 2))  # in --junitxml
     assert took < STOP_BOUND_S, f"{phase}: stopped {took:.1f} s after SIGTERM: {cap.log()}"
     assert rc == 0, cap.log()
     assert '"msg": "stopped"' in _full_log(cap) and f'"phase": "{phase}"' in _full_log(cap)
