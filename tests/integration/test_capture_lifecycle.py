@@ -7,15 +7,27 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
-from capture.event import MarkerKind, Op, StreamMarker, parse_transaction_topic
+from capture.event import (
+    MarkerKind,
+    Op,
+    StreamMarker,
+    format_lsn,
+    parse_lsn,
+    parse_transaction_topic,
+)
+from capture.service import CaptureService
+from capture.settings import CaptureSettings
 from capture.topics import transaction_topic
 from devstack.broker import Broker
 from devstack.ports import free_port
@@ -30,6 +42,8 @@ from tests.capture_fixtures import (
     wait_until,
 )
 from tests.conftest import HeraDB
+from tests.integration.archive_support import start_archiver
+from tests.replay_fixtures import Pipeline
 
 # "Within a few seconds": the clean stop's bound (HERA_STOP_TIMEOUT_S, 3 s) plus the margin
 # after which the process is ended regardless, plus slack for a loaded test machine.
@@ -268,3 +282,88 @@ def test_reconnect_back_off_starts_from_the_shortest_wait_again_once_streaming_r
     # (before: 0.5, 1, 2, 4 s, and 30 s after a few more).
     assert backoffs == [0.5, 0.5, 0.5, 0.5]
     assert max(waits) < 5, waits
+
+
+# --- a stop mid-snapshot, seen from replay ----------------------------------------------------
+
+
+class _StopOn(logging.Handler):
+    """Sets ``stop`` when capture logs ``message``: a stop at a known place, in-process."""
+
+    def __init__(self, stop: threading.Event, message: str) -> None:
+        super().__init__()
+        self.stop, self.message = stop, message
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == self.message:
+            self.stop.set()
+
+
+def _change(conn: psycopg.Connection[Any], tag: str) -> int:
+    """One captured transaction; returns the WAL position right after it."""
+    conn.execute("UPDATE core_relationships SET relationship_type = %s, version = version + 1 "
+                 "WHERE id IN (SELECT id FROM core_relationships ORDER BY id LIMIT 3)", (tag,))
+    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return parse_lsn(str(row[0]))
+
+
+def test_points_between_an_epoch_and_the_next_after_a_stop_mid_snapshot_are_refused(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from click.testing import CliRunner
+
+    from replay.cli import main as replay
+
+    archive = tmp_path / "archive"
+    archiver = start_archiver(broker.bootstrap_servers, topic_prefix, archive,
+                              tmp_path / "archiver.log")
+    pipe = Pipeline(hera_db.dsn, archive)
+    fast = {"heartbeat_interval_s": 0.5, "confirm_interval_s": 0.1}
+    caplog.set_level(logging.INFO, logger="hera.capture")  # _StopOn hears "snapshot started"
+    try:
+        with hera_db.connect() as conn:
+            with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix,
+                                 slot_name, **fast):
+                first = _change(conn, "FIRST_EPOCH")
+                pipe.sync()
+            # A new snapshot asked for, and a stop as soon as it has begun.
+            svc = CaptureService(CaptureSettings(
+                dsn=hera_db.dsn, bootstrap_servers=broker.bootstrap_servers, slot=slot_name,
+                topic_prefix=topic_prefix, new_snapshot=True, heartbeat_interval_s=0.5,
+                confirm_interval_s=0.1))
+            stop = threading.Event()
+            handler = _StopOn(stop, "snapshot started")
+            logging.getLogger("hera.capture").addHandler(handler)
+            try:
+                svc.run(stop)
+            finally:
+                logging.getLogger("hera.capture").removeHandler(handler)
+            assert svc.phase == "snapshot"
+            interrupted = svc.epoch_lsn
+            inside = _change(conn, "WHILE_STOPPED")
+            with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix,
+                                 slot_name, **fast) as again:
+                assert again.epoch_lsn > inside  # a new epoch, not the interrupted one
+                after = again.epoch_lsn
+                _change(conn, "THIRD_EPOCH")
+                pipe.sync()
+    finally:
+        archiver.terminate()
+        archiver.wait(30)
+
+    def replay_until(lsn: int) -> tuple[int, str]:
+        res = CliRunner().invoke(replay, ["--archive", str(archive), "--table",
+                                          "public.core_relationships", "--until",
+                                          format_lsn(lsn), "--output", str(tmp_path / "r.csv")])
+        return res.exit_code, res.output
+
+    for point in (interrupted, inside):  # the stopped epoch's snapshot, a change after it
+        code, output = replay_until(point)
+        assert code == 1, (format_lsn(point), output)
+        errors = [ln for ln in output.splitlines() if ln.startswith("replay: error:")]
+        assert len(errors) == 1 and "gap from" in errors[0], output
+    assert not (tmp_path / "r.csv").exists()
+    for point in (first, after):  # either side answers
+        code, output = replay_until(point)
+        assert code == 0, (format_lsn(point), output)
