@@ -4,6 +4,7 @@ and a reconnect back-off that starts again from the shortest wait."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,17 @@ def _capture(db: HeraDB, broker: Broker, prefix: str, slot: str, tmp_path: Path
     return CaptureProcess(db.dsn, broker.bootstrap_servers, prefix, slot,
                           extra_args=["--tables", "public.stop_probe"],
                           log_path=tmp_path / f"capture-{time.monotonic_ns()}.log")
+
+
+@contextlib.contextmanager
+def _reaped(cap: CaptureProcess) -> Iterator[CaptureProcess]:
+    """The process is gone when the block ends, whatever the test found."""
+    try:
+        yield cap
+    finally:
+        if cap.proc is not None and cap.proc.poll() is None:
+            cap.proc.kill()
+            cap.proc.wait(30)
 
 
 def _full_log(cap: CaptureProcess) -> str:
@@ -170,17 +182,17 @@ def test_a_restart_after_sigterm_mid_snapshot_begins_a_new_epoch_with_every_row(
         tmp_path: Path) -> None:
     broker = own_broker
     _probe_table(empty_db, RESTART_ROWS)
-    first = _capture(empty_db, broker, topic_prefix, slot_name, tmp_path)
-    first.start(wait=False)
-    _await_log(first, "snapshot started")
-    # Held mid-snapshot for sure: a snapshot ends only once the broker acknowledged it all.
-    _hang(broker)
-    try:
-        asked = time.monotonic()
-        assert first.terminate(timeout=90) == 0
-        assert time.monotonic() - asked < STOP_BOUND_S
-    finally:
-        _unhang(broker)
+    with _reaped(_capture(empty_db, broker, topic_prefix, slot_name, tmp_path)) as first:
+        first.start(wait=False)
+        _await_log(first, "snapshot started")
+        # Held mid-snapshot for sure: a snapshot ends only once the broker acknowledged all.
+        _hang(broker)
+        try:
+            asked = time.monotonic()
+            assert first.terminate(timeout=90) == 0
+            assert time.monotonic() - asked < STOP_BOUND_S
+        finally:
+            _unhang(broker)
     assert "stopped during the snapshot" in _full_log(first)
     interrupted = _markers(broker, topic_prefix, slot_name)
     assert [m.status for m in interrupted] == [MarkerKind.SNAPSHOT_START]  # no SNAPSHOT_END
@@ -189,9 +201,8 @@ def test_a_restart_after_sigterm_mid_snapshot_begins_a_new_epoch_with_every_row(
     with empty_db.connect() as conn:
         conn.execute("INSERT INTO stop_probe VALUES (%s, 2)", (RESTART_ROWS + 1,))
 
-    second = _capture(empty_db, broker, topic_prefix, slot_name, tmp_path)
-    second.start(wait=False)
-    try:
+    with _reaped(_capture(empty_db, broker, topic_prefix, slot_name, tmp_path)) as second:
+        second.start(wait=False)
         _await_log(second, '"msg": "streaming"')  # the slot is active during the snapshot too
         assert "previous snapshot incomplete; starting a new epoch" in _full_log(second)
         markers = _markers(broker, topic_prefix, slot_name)
@@ -205,9 +216,6 @@ def test_a_restart_after_sigterm_mid_snapshot_begins_a_new_epoch_with_every_row(
         assert len(old) < RESTART_ROWS  # the stop cut the first snapshot short
         assert new == set(range(1, RESTART_ROWS + 2))
         assert second.terminate() == 0
-    finally:
-        if second.proc is not None and second.proc.poll() is None:
-            second.proc.kill()
 
 
 # --- readiness follows the broker's acknowledgements ------------------------------------------
