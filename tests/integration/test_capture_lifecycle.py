@@ -229,10 +229,12 @@ def _readyz(port: int) -> tuple[int, str]:
         return int(exc.code), exc.read().decode()
 
 
+@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
 def test_capture_is_not_ready_within_seconds_while_a_hung_broker_acknowledges_nothing(
-        hera_db: HeraDB, own_broker: Broker, topic_prefix: str, slot_name: str) -> None:
+        backend: str, hera_db: HeraDB, own_broker: Broker, topic_prefix: str,
+        slot_name: str) -> None:
     with running_capture(hera_db.dsn, own_broker.bootstrap_servers, topic_prefix,
-                         slot_name) as svc:
+                         slot_name, kafka_backend=backend) as svc:
         endpoint = ServiceEndpoint(svc.metrics.registry, svc.metrics.health, free_port())
         url = f"http://127.0.0.1:{endpoint.port}/metrics"
         try:
