@@ -18,8 +18,10 @@ from capture.event import format_lsn
 from consumers.archive.layout import ArchiveError
 from consumers.archive.location import ArchiveLocation, archive_location
 from hera_kit.text import first_line
-from replay.coverage import check_coverage, resolve_point
+from replay import checkpoint
+from replay.coverage import Base, check_coverage, epochs, resolve_point
 from replay.errors import NotCovered, ReplayError, UnknownTable
+from replay.memory import Memory
 from replay.point import Point
 from replay.rebuild import (
     Window,
@@ -67,11 +69,14 @@ class State:
 
 
 def open_history(archive: str | Path | ArchiveLocation,
-                 storage_options: Mapping[str, str] | None = None) -> duckdb.DuckDBPyConnection:
-    """The archive's views; ReplayError (one line) when it is not a readable archive.
+                 storage_options: Mapping[str, str] | None = None,
+                 memory: Memory | None = None) -> duckdb.DuckDBPyConnection:
+    """The archive's views and its checkpoints; ReplayError (one line) when it is not a
+    readable archive.
 
     ``archive``: a path, a URI, or an ArchiveLocation carrying its storage options (the CLI
-    builds those from the AWS_* variables; nothing here reads the environment)."""
+    builds those from the AWS_* variables; nothing here reads the environment).
+    ``memory``: DuckDB's memory limit and spill directory (default: DuckDB's own)."""
     from consumers.archive.reader import connect_history
 
     try:
@@ -83,7 +88,10 @@ def open_history(archive: str | Path | ArchiveLocation,
     except ArchiveError as exc:
         raise NotCovered(str(exc)) from None
     try:
-        return connect_history(loc)
+        conn = connect_history(loc)
+        (memory or Memory()).apply(conn)
+        checkpoint.attach(conn, loc)
+        return conn
     except ArchiveError as exc:
         raise ReplayError(f"cannot read the archive {loc}: {exc}") from None
     except duckdb.Error as exc:
@@ -107,17 +115,29 @@ def require_archived(conn: duckdb.DuckDBPyConnection, table: TableId) -> None:
                            "check --table")
 
 
+EventTypes = tuple[int, dict[str, str]]
+
+
 def event_types_before(conn: duckdb.DuckDBPyConnection, table: TableId,
-                       before_ord: int) -> tuple[int, dict[str, str]] | None:
-    """(order, types) of the last event of ``table`` with ``types`` before ``before_ord``."""
+                       before_ord: int, floor: tuple[int, EventTypes | None] | None = None
+                       ) -> EventTypes | None:
+    """(order, types) of the last event of ``table`` with ``types`` before ``before_ord``.
+
+    ``floor``: (LSN, the answer at that LSN) from a checkpoint: only events after the LSN
+    are scanned (the tail, not the whole history), the checkpoint's answer otherwise."""
     src = quote_duck(raw_source(conn))
+    params: dict[str, object] = {"s": table.schema, "t": table.name, "o": before_ord}
+    if floor is not None:
+        params["f"] = floor[0]
     row = first(conn.execute(
         f"SELECT commit_lsn::HUGEINT * 4294967296 + position, types FROM {src} "  # noqa: S608
         "WHERE table_schema = $s AND table_name = $t AND types IS NOT NULL "
         "AND commit_lsn::HUGEINT * 4294967296 + position < $o "
-        "ORDER BY commit_lsn DESC, position DESC LIMIT 1",
-        {"s": table.schema, "t": table.name, "o": before_ord}))
-    return None if row is None else (int(row[0]), dict(json.loads(row[1])))
+        + ("" if floor is None else "AND commit_lsn > $f ")
+        + "ORDER BY commit_lsn DESC, position DESC LIMIT 1", params))
+    if row is None:
+        return None if floor is None else floor[1]
+    return int(row[0]), dict(json.loads(row[1]))
 
 
 def archived_types(conn: duckdb.DuckDBPyConnection, table: TableId,
@@ -135,25 +155,29 @@ def archived_types(conn: duckdb.DuckDBPyConnection, table: TableId,
 
 
 def _no_silent_column_change(conn: duckdb.DuckDBPyConnection, table: TableId,
-                             window: Window) -> None:
+                             window: Window, start_columns: list[str] | None = None) -> None:
     """An archive with no schema changes recorded (written before the schema log) whose
     events show other columns at the end of the window than at its start: a DDL happened
-    that replay cannot apply, so the state would be wrong. Refused, naming where."""
+    that replay cannot apply, so the state would be wrong. Refused, naming where.
+    ``start_columns``: the columns at the window's start (a checkpoint's), else the first
+    event's."""
     src = quote_duck(raw_source(conn))
     where, params = window_where(table, window)
-    ends = conn.execute(
+    ends = [str(t[0]) for t in conn.execute(
         f"(SELECT types::VARCHAR FROM {src} WHERE {where} AND types IS NOT NULL "  # noqa: S608
         "ORDER BY commit_lsn, position LIMIT 1) UNION ALL "
         f"(SELECT types::VARCHAR FROM {src} WHERE {where} AND types IS NOT NULL "
-        "ORDER BY commit_lsn DESC, position DESC LIMIT 1)", params).fetchall()
+        "ORDER BY commit_lsn DESC, position DESC LIMIT 1)", params).fetchall()]
+    if start_columns is not None and ends:
+        ends = [json.dumps(dict.fromkeys(start_columns)), ends[-1]]
     if len(ends) < 2:
         return
-    start, end = (list(json.loads(str(t[0]))) for t in ends)
+    start, end = (list(json.loads(t)) for t in ends)
     if set(start) == set(end):  # the same columns (capture lists them in attnum order)
         return
     found = first(conn.execute(
         f"SELECT min(commit_lsn) FROM {src} WHERE {where} AND types IS NOT NULL "  # noqa: S608
-        "AND types::VARCHAR <> $first", {**params, "first": str(ends[0][0])}))
+        "AND list_sort(json_keys(types)) <> $first", {**params, "first": sorted(start)}))
     at = format_lsn(int(found[0])) if found and found[0] is not None else "?"
     raise SchemaChangeRefused(
         f"the columns of {table} changed at {at} (from {', '.join(start)} to "
@@ -164,7 +188,8 @@ def _no_silent_column_change(conn: duckdb.DuckDBPyConnection, table: TableId,
 
 def _with_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId, rel: Rel,
                          types: dict[str, str], after_lsn: int, upto: int, forward: bool,
-                         strict: bool) -> tuple[Rel, dict[str, str], list[tuple[Step, list[Col]]]]:
+                         strict: bool, floor: tuple[int, EventTypes | None] | None = None
+                         ) -> tuple[Rel, dict[str, str], list[tuple[Step, list[Col]]]]:
     """Apply the DDLs after ``after_lsn`` up to ``upto`` (and beyond, ``forward``: to the
     archive's latest definition, as rows untouched since the point look today)."""
     changes = load_schema_changes(conn, table, with_baselines=True)
@@ -183,13 +208,13 @@ def _with_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId, rel: R
                 f"before {format_lsn(c.commit_lsn)}")
     steps: list[tuple[Step, list[Col]]] = []
     for i, c in todo:
-        prev = definition_before(i, changes, event_types_before(conn, table, c.ord))
+        prev = definition_before(i, changes, event_types_before(conn, table, c.ord, floor))
         steps.append((step_for(len(steps), prev, c), prev))
     out = apply_steps(conn, rel, steps)
     if strict:
         unknown_rows(conn, out, steps)
     last = todo[-1][1]
-    later = event_types_before(conn, table, (upto + 1) * 4294967296)
+    later = event_types_before(conn, table, (upto + 1) * 4294967296, floor)
     if forward or later is None or later[0] < last.ord:
         types = {c.name: c.type for c in last.columns}
     return out, types, steps
@@ -198,17 +223,24 @@ def _with_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId, rel: R
 def state_at(conn: duckdb.DuckDBPyConnection, table: TableId, point: Point | int, *,
              base: BaseSnapshot | None = None, live_pk: list[str] | None = None,
              live_types: dict[str, str] | None = None,
-             progress: Progress = quiet, forward: bool = False, strict: bool = True) -> State:
+             progress: Progress = quiet, forward: bool = False, strict: bool = True,
+             checkpoints: bool = True) -> State:
     """The table's rows at ``point`` (a Point, or an LSN already resolved).
 
     ``forward``: the rows as they would read today if untouched since the point (every
     later schema change applied; for restores and reverts into today's table). ``strict``:
     refuse a state holding values a schema change made unknowable (a revert checks only
-    the keys it touches, with ``State.steps``)."""
-    if base is None:
+    the keys it touches, with ``State.steps``). ``checkpoints``: start from the newest
+    checkpoint at or before the point when the archive has one (the same rows as from the
+    beginning; False rebuilds from the epoch's snapshot, to verify a checkpoint)."""
+    if base is None and not (checkpoints and has_checkpoint(conn, table)):
         require_archived(conn, table)
     upto = point if isinstance(point, int) else resolve_point(
         conn, point, table, base.base if base else None)
+    if base is None and checkpoints:
+        found = _checkpoint_for(conn, table, upto)
+        if found is not None:
+            return _from_checkpoint(conn, table, upto, found, progress, forward, strict)
     progress(f"checking the archive covers {table} at {format_lsn(upto)}")
     resolved = check_coverage(conn, upto, table, base.base if base else None)
     pk = primary_key_columns(conn, table) or live_pk or ["id"]
@@ -233,6 +265,49 @@ def state_at(conn: duckdb.DuckDBPyConnection, table: TableId, point: Point | int
     progress(f"rebuilding {table} at {format_lsn(upto)}"
              + (f" across {len(steps)} schema changes" if steps else ""))
     return State(table, upto, rel, pk, types, steps, tuple(v1[0]) if v1 else ())
+
+
+def _checkpoint_for(conn: duckdb.DuckDBPyConnection, table: TableId,
+                    upto: int) -> checkpoint.Found | None:
+    """The newest checkpoint of ``table`` at or before ``upto`` in the epoch that answers
+    ``upto`` (a checkpoint of an older epoch cannot start a later one's state)."""
+    if not has_checkpoint(conn, table):
+        return None
+    usable = [e for e in epochs(conn) if e.snapshot_done and e.covers_table(table)
+              and e.epoch_lsn <= upto]
+    if not usable:
+        return None
+    return checkpoint.nearest(conn, table, usable[-1].epoch_lsn, upto)
+
+
+def _from_checkpoint(conn: duckdb.DuckDBPyConnection, table: TableId, upto: int,
+                     found: checkpoint.Found, progress: Progress, forward: bool,
+                     strict: bool) -> State:
+    """``state_at`` from a checkpoint: its rows are the state at its LSN, so only the tail
+    after it is read (coverage checked from there: the checkpoint was checked when made)."""
+    progress(f"checking the archive covers {table} at {format_lsn(upto)} from the "
+             f"checkpoint at {format_lsn(found.lsn)}")
+    check_coverage(conn, upto, table, Base(found.lsn))
+    floor = (found.lsn, found.event_types)
+    later = event_types_before(conn, table, (upto + 1) * 4294967296, floor)
+    types = dict(later[1]) if later is not None and later[0] > found.lsn * 4294967296 \
+        else dict(found.header["types"])
+    window = Window(upto_lsn=upto, after_lsn=found.lsn)
+    rel = rebuild(conn, table, window, found.pk, base=found.relation)
+    rel, types, steps = _with_schema_changes(conn, table, rel, types, found.lsn, upto,
+                                             forward, strict, floor)
+    if not steps and not load_schema_changes(conn, table):
+        _no_silent_column_change(conn, table, window, list(found.header["types"]))
+    v1 = window_v1_columns(conn, table, window)
+    v1_json = tuple(dict.fromkeys([*found.header.get("v1_json", []), *(v1[0] if v1 else [])]))
+    progress(f"rebuilding {table} at {format_lsn(upto)} from the checkpoint at "
+             f"{format_lsn(found.lsn)}"
+             + (f" across {len(steps)} schema changes" if steps else ""))
+    return State(table, upto, rel, found.pk, types, steps, v1_json)
+
+
+def has_checkpoint(conn: duckdb.DuckDBPyConnection, table: TableId) -> bool:
+    return checkpoint.has_any(conn, table)
 
 
 def materialize(conn: duckdb.DuckDBPyConnection, state: State, name: str) -> State:
