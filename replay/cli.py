@@ -21,8 +21,9 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from hera_kit.text import first_line
-from replay.command import run_replay, run_verify
+from replay.command import memory, run_checkpoint, run_replay, run_verify
 from replay.errors import ReplayError
+from replay.memory import out_of_memory
 from replay.settings import ReplaySettings
 
 
@@ -42,6 +43,9 @@ def _run(fn: Any, settings: ReplaySettings) -> None:
         code = fn(settings, out, err)
     except ReplayError as exc:
         click.echo(f"replay: error: {exc}", err=True)
+        sys.exit(1)
+    except duckdb.OutOfMemoryException as exc:
+        click.echo(f"replay: error: {out_of_memory(exc, memory(settings))}", err=True)
         sys.exit(1)
     except duckdb.Error as exc:
         # A segment that went missing or corrupt after the archive was opened (DuckDB reads
@@ -91,6 +95,10 @@ def _run(fn: Any, settings: ReplaySettings) -> None:
               help="write into a database that is not the one the archive was captured from")
 @click.option("--org", help="restore only this organization_id")
 @click.option("--relationship-type", help="restore only this relationship_type")
+@click.option("--memory-limit", help="DuckDB memory limit for the rebuild, e.g. 2GB "
+              "(spills to disk beyond it)  [default: DuckDB's, 80% of RAM]")
+@click.option("--spill-dir", type=click.Path(path_type=Path),
+              help="where the rebuild spills  [default: a directory in the system temp dir]")
 @click.pass_context
 def main(ctx: click.Context, /, **options: Any) -> None:
     """Rebuild the exact state of a table at any point, restore it, or undo a transaction."""
@@ -106,6 +114,31 @@ def main(ctx: click.Context, /, **options: Any) -> None:
 @click.pass_context
 def verify_cmd(ctx: click.Context, /, **options: Any) -> None:
     """Compare the archive's current state with the live tables; name differing rows."""
-    merged = {k: v for k, v in (ctx.obj or {}).items() if k in ("archive", "dsn", "table")}
+    merged = {k: v for k, v in (ctx.obj or {}).items()
+              if k in ("archive", "dsn", "table", "memory_limit", "spill_dir")}
     merged.update({k: v for k, v in options.items() if v is not None})
     _run(run_verify, _settings(**merged))
+
+
+@main.command("checkpoint")
+@click.option("--archive", help="archive directory or URI (s3://bucket/prefix)")
+@click.option("--tables", help="comma-separated schema.table list  [default: every archived "
+              "table]")
+@click.option("--every-changes", type=int,
+              help="checkpoint a table after this many new changes  [default: 1000000]")
+@click.option("--keep", type=int, help="checkpoints kept per table  [default: 3]")
+@click.option("--retention-hours", type=float,
+              help="files of removed checkpoints stay this long for running readers  "
+                   "[default: 168]")
+@click.option("--verify", is_flag=True, default=None,
+              help="check every checkpoint against a rebuild from the beginning")
+@click.option("--memory-limit", help="DuckDB memory limit, e.g. 2GB")
+@click.option("--spill-dir", type=click.Path(path_type=Path), help="where DuckDB spills")
+@click.pass_context
+def checkpoint_cmd(ctx: click.Context, /, **options: Any) -> None:
+    """Write the state checkpoints that are due (schedule it, e.g. hourly, next to the
+    archiver): replay then reads only the changes after the nearest checkpoint."""
+    merged = {k: v for k, v in (ctx.obj or {}).items()
+              if k in ("archive", "memory_limit", "spill_dir")}
+    merged.update({k: v for k, v in options.items() if v is not None})
+    _run(run_checkpoint, _settings(**merged))

@@ -16,10 +16,12 @@ from consumers.archive.location import ArchiveLocation, archive_location
 from hera_kit.text import first_line
 from hera_kit.times import parse_zoned_time
 from replay.apply import Applied
+from replay.checkpoint_job import Policy, make_checkpoints, verify_checkpoints
 from replay.errors import BadPoint, ReplayError
 from replay.filters import refuse_outside_restore, requested, typed_scope
 from replay.identity import check_target
 from replay.live import Conn, columns, connect, primary_key, require_privileges
+from replay.memory import Memory
 from replay.output import check_output_path, create_table, fill_table, write_file
 from replay.point import choose_point
 from replay.render import show_applied, show_checks, show_plans
@@ -81,7 +83,7 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
         raise BadPoint("--since only goes with --revert-actor")
     if s.revert_actor is not None or (s.revert_xid is not None and len(s.revert_xid) > 1):
         return run_revert_many(s, out, progress)
-    duck = open_history(_archive(s))
+    duck = open_history(_archive(s), memory=memory(s))
     if s.revert_xid is not None:
         with closing(open_pg(_dsn(s, "--revert-xid"))) as conn:
             check_target(duck, conn, "--revert-xid", s.allow_other_database, progress)
@@ -140,7 +142,7 @@ def run_replay(s: ReplaySettings, out: Console, err: Console) -> int:
 
 def run_revert_many(s: ReplaySettings, out: Console, progress: Progress) -> int:
     """``--revert-actor NAME`` or several ``--revert-xid``: replay/revert_many.py."""
-    duck = open_history(_archive(s))
+    duck = open_history(_archive(s), memory=memory(s))
     if s.revert_actor is not None:
         if s.before_xid is not None:
             raise BadPoint("--revert-actor takes --since/--until times, not --before-xid")
@@ -203,8 +205,38 @@ def _finish(out: Console, dry_run: bool, applied: list[Applied]) -> None:
     show_applied(out, applied)
 
 
+def memory(s: ReplaySettings) -> Memory:
+    return Memory(s.memory_limit, s.spill_dir)
+
+
+def run_checkpoint(s: ReplaySettings, out: Console, err: Console) -> int:
+    """``replay checkpoint``: make the checkpoints that are due (or ``--verify`` them)."""
+    def progress(msg: str) -> None:
+        err.print(f"[dim]replay checkpoint:[/dim] {msg}", highlight=False, soft_wrap=True)
+
+    loc = _archive(s)
+    if s.verify:
+        checked = verify_checkpoints(loc, memory=memory(s), progress=progress)
+        for c in checked:
+            verdict = "ok" if c.differing == 0 else f"DIFFERS in {c.differing} rows"
+            out.print(f"{c.table} at {format_lsn(c.lsn)}: {c.rows} rows, {verdict}",
+                      highlight=False)
+        if not checked:
+            out.print("no checkpoints in the archive")
+        return 0 if all(c.differing == 0 for c in checked) else 1
+    tables = [TableId.parse(t.strip()) for t in (s.tables or "").split(",") if t.strip()]
+    policy = Policy(every_changes=s.every_changes, keep=s.keep,
+                    retention_hours=s.retention_hours)
+    for o in make_checkpoints(loc, tables or None, policy=policy, memory=memory(s),
+                              progress=progress):
+        what = (f"checkpoint at {format_lsn(o.lsn)}, {o.rows} rows" if o.lsn is not None
+                else f"no checkpoint: {o.reason}")
+        out.print(f"{o.table}: {what}", highlight=False)
+    return 0
+
+
 def run_verify(s: ReplaySettings, out: Console, err: Console) -> int:
-    duck = open_history(_archive(s))
+    duck = open_history(_archive(s), memory=memory(s))
     with closing(open_pg(_dsn(s, "verify"))) as pg:
         tables = [TableId.parse(s.table)] if "table" in s.model_fields_set else None
         if tables:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import PrivateAttr, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumers.archive.settings import StorageSettings
@@ -37,6 +37,19 @@ class ReplaySettings(BaseSettings):
     allow_other_database: bool = False
     org: str | None = None
     relationship_type: str | None = None
+    # DuckDB's memory bound for rebuilds ("2GB"); spilled beyond it into spill_dir
+    memory_limit: str | None = None
+    spill_dir: Path | None = None
+    # replay checkpoint (see its --help)
+    tables: str | None = Field(None, description="replay checkpoint: comma-separated "
+                               "schema.table list (default: every archived table)")
+    every_changes: int = Field(1_000_000, ge=1, description="replay checkpoint: checkpoint a "
+                               "table after this many new changes")
+    keep: int = Field(3, ge=1, description="replay checkpoint: checkpoints kept per table")
+    retention_hours: float = Field(168.0, ge=0, description="replay checkpoint: files of "
+                                   "removed checkpoints stay this long for running readers")
+    verify: bool = Field(False, description="replay checkpoint: check every checkpoint "
+                         "against a rebuild from the beginning")
 
     def storage_options(self) -> dict[str, str]:
         return self._storage.storage_options()

@@ -94,6 +94,8 @@ def open_history(archive: str | Path | ArchiveLocation,
         return conn
     except ArchiveError as exc:
         raise ReplayError(f"cannot read the archive {loc}: {exc}") from None
+    except duckdb.OutOfMemoryException:
+        raise  # the CLI says it in one line, naming the memory limit
     except duckdb.Error as exc:
         raise ReplayError(f"cannot read the archive {loc}: {first_line(exc, '')}; "
                           "restore the file from a backup or re-archive from Kafka") from None

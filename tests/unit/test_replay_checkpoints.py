@@ -128,3 +128,32 @@ def test_too_few_new_changes_make_no_checkpoint(tmp_path: Path) -> None:
     checkpoint_at(open_history(loc), loc, TABLE, lsns[-2])
     made = make_checkpoints(loc, policy=Policy(every_changes=1000))
     assert made[0].lsn is None and "fewer than 1000" in made[0].reason
+
+
+def test_a_rebuild_that_does_not_fit_the_memory_limit_says_so_in_one_line(
+        archive: tuple[Path, list[int]], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from replay.cli import main
+
+    root, lsns = archive
+    result = CliRunner().invoke(main, [
+        "--archive", str(root), "--table", "public.rel", "--until", hex(lsns[-1]),
+        "--output", str(tmp_path / "out.jsonl"), "--memory-limit", "100KB"])
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("replay: error")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "does not fit in the memory limit (100KB)" in lines[0]
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_the_checkpoint_command_makes_then_verifies_checkpoints(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from replay.cli import main
+
+    h, _ = eventful_history()
+    root = write_archive(tmp_path / "a", h)
+    made = CliRunner().invoke(main, ["checkpoint", "--archive", str(root)])
+    assert made.exit_code == 0 and "public.rel: checkpoint at 0/2900, 3 rows" in made.output
+    checked = CliRunner().invoke(main, ["checkpoint", "--archive", str(root), "--verify"])
+    assert checked.exit_code == 0 and "public.rel at 0/2900: 3 rows, ok" in checked.output
