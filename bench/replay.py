@@ -65,24 +65,37 @@ _ROW = """to_json({{
     'version': ({v} + 1)::VARCHAR}})::VARCHAR"""
 
 
-def _changes_sql(rows: int, changes: int, per_txn: int) -> str:
-    """The archive's changes segment as one query: snapshot rows, then the changes."""
+def _changes_sql(rows: int, changes: tuple[int, int], per_txn: int, steady: bool,
+                 snapshot: tuple[int, int] = (0, 0)) -> str:
+    """One chunk of the archive's changes as one query: snapshot rows ``snapshot`` [lo, hi),
+    then the stream changes numbered ``changes`` [lo, hi) (chunks are independent: every
+    value is a function of the row or change number alone).
+
+    ``steady``: every 20 changes are 18 updates, one delete and the re-insert of the key it
+    deleted, so the state holds exactly ``rows`` rows at every transaction end, whatever
+    the history length (the long-history bench); else 70% updates, 15% deletes and 15%
+    inserts of new keys (the state grows)."""
     types = json.dumps(TYPES).replace("'", "''")
     snap = _ROW.format(i="i", v="0")
     upd = _ROW.format(i="tgt", v="j")
+    if steady:
+        ops = ("CASE WHEN j % 20 < 18 THEN 'u' WHEN j % 20 = 18 THEN 'd' ELSE 'c' END",
+               f"CASE WHEN j % 20 = 19 THEN (hash(j - 1) % {rows})::BIGINT "
+               f"ELSE (hash(j) % {rows})::BIGINT END")
+    else:
+        ops = ("CASE WHEN j % 20 < 14 THEN 'u' WHEN j % 20 < 17 THEN 'd' ELSE 'c' END",
+               f"CASE WHEN j % 20 < 17 THEN (hash(j) % {rows})::BIGINT ELSE {rows} + j END")
     return f"""
     WITH snap AS (
         SELECT 'r' AS op, {EPOCH}::UBIGINT AS commit_lsn, i::INTEGER AS position,
                NULL::BIGINT AS xid, i AS tgt, {snap} AS after, NULL::VARCHAR AS before,
                TRUE AS snapshot
-        FROM range({rows}) t(i)
+        FROM range({snapshot[0]}, {snapshot[1]}) t(i)
     ),
     ch AS (
         SELECT j, (j // {per_txn}) AS txn, (j % {per_txn})::INTEGER AS position,
-               CASE WHEN j % 20 < 14 THEN 'u' WHEN j % 20 < 17 THEN 'd' ELSE 'c' END AS op,
-               CASE WHEN j % 20 < 17 THEN (hash(j) % {rows})::BIGINT
-                    ELSE {rows} + j END AS tgt
-        FROM range({changes}) t(j)
+               {ops[0]} AS op, {ops[1]} AS tgt
+        FROM range({changes[0]}, {changes[1]}) t(j)
     ),
     stream AS (
         SELECT op, ({EPOCH} + 4096 * (txn + 1))::UBIGINT AS commit_lsn, position,
@@ -104,33 +117,56 @@ def _changes_sql(rows: int, changes: int, per_txn: int) -> str:
     """  # noqa: S608 - numbers and our own literals only
 
 
+CHUNK = 500_000  # rows per chunk: the builder's memory is one chunk, whatever the size
+
+
 def build_archive(root: Path | ArchiveLocation, rows: int, changes: int,
-                  per_txn: int = 100) -> int:
-    """A 1M-row snapshot + changes as real archive segments; returns the last commit LSN."""
+                  per_txn: int = 100, *, steady: bool = False, start: int = 0,
+                  chunk: int = CHUNK, progress: Callable[[str], None] | None = None) -> int:
+    """A ``rows``-row snapshot + ``changes`` changes as real archive files, written in
+    chunks of ``chunk`` rows (one commit each: bounded memory at any size); returns the
+    last commit LSN. ``start``: continue an archive built up to change ``start`` (the
+    snapshot and the markers are written only when ``start`` is 0)."""
     from consumers.archive.segments import SCHEMAS
     from consumers.archive.store import ArchiveStore
 
     duck = duckdb.connect()
-    txns = changes // per_txn
-    last = EPOCH + 4096 * txns
+    duck.execute("SET memory_limit = '2GB'")
+    per_chunk = max(chunk // per_txn, 1) * per_txn  # chunks end at transaction ends
+    last = EPOCH + 4096 * ((start + changes) // per_txn)
     with ArchiveStore.open_or_create(root) as store:
-        table = duck.sql(_changes_sql(rows, changes, per_txn)).to_arrow_table()
-        store.replace_segments([], table.cast(SCHEMAS["changes"]), "changes")
-        ends = duck.sql(f"""
-            SELECT (1000 + t)::BIGINT AS xid, ({EPOCH} + 4096 * (t + 1))::UBIGINT AS commit_lsn,
-                   make_timestamptz(1740830400000000 + {EPOCH} + 4096 * (t + 1)) AS commit_ts,
-                   {per_txn}::BIGINT AS event_count,
-                   '[{{"data_collection":"public.core_relationships","event_count":{per_txn}}}]'
-                       AS data_collections
-            FROM range({txns}) r(t)""").to_arrow_table()  # noqa: S608
-        store.replace_segments([], ends.cast(SCHEMAS["transactions"]), "transactions")
+        if start == 0:
+            for lo in range(0, rows, chunk):
+                snap = duck.sql(_changes_sql(rows, (0, 0), per_txn, steady,
+                                             (lo, min(lo + chunk, rows)))).to_arrow_table()
+                store.replace_segments([], snap.cast(SCHEMAS["changes"]), "changes")
+        for lo in range(start, start + changes, per_chunk):
+            hi = min(lo + per_chunk, start + changes)
+            table = duck.sql(_changes_sql(rows, (lo, hi), per_txn, steady)).to_arrow_table()
+            store.replace_segments([], table.cast(SCHEMAS["changes"]), "changes")
+            del table
+            t_lo, t_hi = lo // per_txn, hi // per_txn
+            ends = duck.sql(f"""
+                SELECT (1000 + t)::BIGINT AS xid,
+                       ({EPOCH} + 4096 * (t + 1))::UBIGINT AS commit_lsn,
+                       make_timestamptz(1740830400000000 + {EPOCH} + 4096 * (t + 1))
+                           AS commit_ts,
+                       {per_txn}::BIGINT AS event_count,
+                       '[{{"data_collection":"public.core_relationships","event_count":{per_txn}}}]'
+                           AS data_collections
+                FROM range({t_lo}, {t_hi}) r(t)""").to_arrow_table()  # noqa: S608
+            store.replace_segments([], ends.cast(SCHEMAS["transactions"]), "transactions")
+            if progress is not None:
+                progress(f"built {hi} of {start + changes} changes")
         now = datetime(2025, 3, 1, 12, tzinfo=UTC)
+        statuses = ["SNAPSHOT_START", "SNAPSHOT_END", "PROGRESS"] if start == 0 \
+            else ["PROGRESS"]
+        n = len(statuses)
         markers = pa.table({
-            "status": ["SNAPSHOT_START", "SNAPSHOT_END", "PROGRESS"],
-            "slot": ["bench"] * 3, "db": ["bench"] * 3, "epoch_lsn": [EPOCH] * 3,
-            "lsn": [EPOCH, EPOCH, last], "ts": [now] * 3,
-            "tables": [["public.core_relationships"]] * 3,
-            **{c: [None] * 3 for c in ("system_identifier", "plugin", "definitions")},
+            "status": statuses, "slot": ["bench"] * n, "db": ["bench"] * n,
+            "epoch_lsn": [EPOCH] * n, "lsn": [EPOCH] * (n - 1) + [last], "ts": [now] * n,
+            "tables": [["public.core_relationships"]] * n,
+            **{c: [None] * n for c in ("system_identifier", "plugin", "definitions")},
         }).cast(SCHEMAS["markers"])
         store.replace_segments([], markers, "markers")
     return last

@@ -149,13 +149,15 @@ def rebuild(
     *,
     changes: str = "changes",
     base: str | None = None,
+    base_keyed: bool = False,
 ) -> duckdb.DuckDBPyRelation:
     """The rows of ``table`` at ``window.upto_lsn``: relation ``(key VARCHAR, row VARCHAR,
     ord HUGEINT)`` (``row``: JSON text in the v2 event encoding; ``ord``: the order
     ``commit_lsn * 2^32 + position`` of the event that wrote the row, 0 for base rows).
 
     ``base`` names a relation with a ``row JSON`` column (the rows of a base snapshot at
-    ``window.after_lsn``); it replaces the archive's snapshot rows.
+    ``window.after_lsn``); it replaces the archive's snapshot rows. ``base_keyed``: it also
+    has the canonical ``key`` (a checkpoint's), so no row is parsed to find its key.
 
     Two passes, because carrying every row's ``after`` text through the per-key
     aggregation costs several times the rest (strings copied at each update): first the
@@ -170,20 +172,18 @@ def rebuild(
     after = "s.after::VARCHAR" if v1 is None or not (v1[0] or v1[1]) else (
         f"CASE WHEN s.schema_version = 1 THEN {v1_to_v2_sql('s.after', *v1)} "
         "ELSE s.after::VARCHAR END")
-    base_touch = (
-        ""
-        if base is None
-        else f"UNION ALL SELECT 0::HUGEINT, {key_sql('row')}, 1 "  # noqa: S608
-        f"FROM {quote_duck(base)}"
-    )
+    base_key = "key" if base_keyed else key_sql("row")
+    # Base rows (ord 0) survive exactly when no TRUNCATE is in the window and no event of the
+    # window touches their key: an anti-join against the window's keys, so the per-key
+    # aggregation covers the window's events only, not every row of the base.
     base_rows = (
         ""
         if base is None
         else f"""UNION ALL
-        SELECT w.k, b.row, 0::HUGEINT FROM win w JOIN (
-            SELECT {key_sql('row')} AS k, row::VARCHAR AS row
-            FROM {quote_duck(base)}) b ON b.k = w.k
-        WHERE w.present AND w.ord = 0"""  # noqa: S608
+        SELECT b.k, b.row, 0::HUGEINT FROM (
+            SELECT {base_key} AS k, row::VARCHAR AS row
+            FROM {quote_duck(base)}) b ANTI JOIN win w ON b.k = w.k
+        WHERE (SELECT t FROM cut) < 0"""  # noqa: S608
     )
     old_key = _OLD_KEY_FAST if len(pk) == 1 else _OLD_KEY
     stream_rows = f"""
@@ -209,7 +209,6 @@ def rebuild(
             SELECT ord, old_k, 0 FROM (
                 SELECT ord, k, {old_key} AS old_k FROM (SELECT * FROM ev WHERE op = 'u')
             ) WHERE old_k IS DISTINCT FROM k
-            {base_touch}
         ),
         -- One aggregate: the presence rides in the lowest bit of the event's order.
         win AS (

@@ -295,7 +295,7 @@ def _from_checkpoint(conn: duckdb.DuckDBPyConnection, table: TableId, upto: int,
     types = dict(later[1]) if later is not None and later[0] > found.lsn * 4294967296 \
         else dict(found.header["types"])
     window = Window(upto_lsn=upto, after_lsn=found.lsn)
-    rel = rebuild(conn, table, window, found.pk, base=found.relation)
+    rel = rebuild(conn, table, window, found.pk, base=found.relation, base_keyed=True)
     rel, types, steps = _with_schema_changes(conn, table, rel, types, found.lsn, upto,
                                              forward, strict, floor)
     if not steps and not load_schema_changes(conn, table):

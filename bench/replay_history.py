@@ -1,0 +1,196 @@
+"""Replay after a long history (issue 19): the newest point of a table with a ~2M-row state,
+with 3M, 10M, 30M changes archived, replayed from the nearest checkpoint.
+
+Each archive (``bench/replay.py`` ``build_archive``, steady mode: the state holds exactly
+``ROWS`` rows at every transaction end) is built once into a cache directory outside the
+repository: the history up to ``TAIL`` changes before the end, a checkpoint there (the
+first checkpoint's cost is measured: a rebuild from the snapshot), then the last ``TAIL``
+changes, as the scheduled job would leave it between two runs. Each replay runs in a child
+process (its peak RSS is the child's ``ru_maxrss``), alternating between the sizes, and the
+medians are reported with their spread.
+
+    .venv/bin/python -m bench.replay_history --cache /work/bench-cache --sizes 3M,10M,30M
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from bench.common import BenchContext, Figure
+from bench.replay import EPOCH, TABLE, build_archive
+
+ROWS = 2_000_000
+TAIL = 500_000  # changes after the newest checkpoint (the job runs every 1M changes)
+MEMORY = "1500MB"
+
+
+def _archive(cache: Path, changes: int, rows: int, tail: int, say: Callable[[str], None]) -> Path:
+    """The cached archive of ``changes`` changes (built once)."""
+    from consumers.archive.location import archive_location
+    from replay.checkpoint_job import checkpoint_at
+    from replay.memory import Memory
+    from replay.state import open_history
+    from replay.tables import TableId
+
+    root = cache / f"steady-{rows}-{changes}"
+    done = root / "_bench_done.json"
+    if done.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    t0 = time.perf_counter()
+    head = changes - tail
+    lsn = build_archive(root, rows, head, steady=True, progress=say)
+    built = time.perf_counter() - t0
+    loc = archive_location(root)
+    t1 = time.perf_counter()
+    n = checkpoint_at(open_history(loc, memory=Memory(MEMORY)), loc, TableId(*TABLE), lsn)
+    first_ckpt = time.perf_counter() - t1
+    say(f"first checkpoint of {n} rows at {changes - tail} changes: {first_ckpt:.1f} s")
+    build_archive(root, rows, tail, steady=True, start=head, progress=say)
+    done.write_text(json.dumps({"built_s": built, "first_checkpoint_s": first_ckpt,
+                                "checkpoint_rows": n, "checkpoint_at_changes": head}))
+    return root
+
+
+def replay_once(root: str, memory: str, checkpoints: bool = True) -> dict[str, float]:
+    """In this process: the newest point's state, materialized (what --into-table and
+    --restore do first); seconds and rows."""
+    from replay.memory import Memory
+    from replay.point import LsnPoint
+    from replay.state import materialize, open_history, state_at
+    from replay.tables import TableId
+
+    meta = json.loads((Path(root) / "_bench_point.json").read_text())
+    t0 = time.perf_counter()
+    duck = open_history(root, memory=Memory(memory))
+    state = materialize(duck, state_at(duck, TableId(*TABLE), LsnPoint(int(meta["lsn"])),
+                                       checkpoints=checkpoints), "_bench")
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "rows": state.rel.shape[0],
+            "rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: of this program's memory alone; ru_maxrss would keep
+    the parent's high-water mark across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(root: Path, memory: str, checkpoints: bool = True) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.replay_history", "--one", str(root), "--memory", memory,
+         *([] if checkpoints else ["--no-checkpoints"])],
+        check=True, capture_output=True, text=True, timeout=3600)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1_000, "M": 1_000_000}.get(text[-1:], 1)
+    return int(float(text.rstrip("KM")) * mult)
+
+
+def measure(cache: Path, sizes: list[int], rounds: int, rows: int = ROWS, tail: int = TAIL,
+            say: Callable[[str], None] = click.echo) -> dict[int, dict[str, object]]:
+    roots = {}
+    for n in sizes:
+        root = _archive(cache, n, rows, tail, say)
+        last = EPOCH + 4096 * (n // 100)
+        (root / "_bench_point.json").write_text(json.dumps({"lsn": last}))
+        roots[n] = root
+    runs: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
+    for r in range(rounds):  # alternating: the machine's speed drifts
+        for n in (sizes if r % 2 == 0 else list(reversed(sizes))):
+            runs[n].append(_child(roots[n], MEMORY))
+            say(f"{n} changes: {runs[n][-1]}")
+    out: dict[int, dict[str, object]] = {}
+    for n, rs in runs.items():
+        secs = [x["seconds"] for x in rs]
+        rss = [x["rss_mb"] for x in rs]
+        meta = json.loads((roots[n] / "_bench_done.json").read_text())
+        out[n] = {"median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs),
+                  "median_rss_mb": statistics.median(rss), "max_rss_mb": max(rss),
+                  "rows": rs[-1]["rows"], "runs": len(rs), **meta}
+    return out
+
+
+def checkpoint_cost(root: Path, workdir: Path) -> dict[str, float]:
+    """An incremental checkpoint (the previous checkpoint + the TAIL changes) on a copy of
+    the archive: seconds and the child's peak RSS."""
+    copy = workdir / "ckpt-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(root, copy)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.replay_history", "--one-checkpoint", str(copy),
+             "--memory", MEMORY], check=True, capture_output=True, text=True, timeout=3600)
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def _one_checkpoint(root: str, memory: str) -> dict[str, float]:
+    from consumers.archive.location import archive_location
+    from replay.checkpoint_job import Policy, make_checkpoints
+    from replay.memory import Memory
+
+    t0 = time.perf_counter()
+    made = make_checkpoints(archive_location(root), policy=Policy(every_changes=1),
+                            memory=Memory(memory))
+    return {"seconds": time.perf_counter() - t0, "rows": made[0].rows,
+            "rss_mb": peak_rss_mb()}
+
+
+def run(ctx: BenchContext) -> list[Figure]:
+    """In ``make bench``: small sizes (the big ones: run this module with --cache)."""
+    sizes = [300_000, 1_000_000] if ctx.quick else [1_000_000, 3_000_000]
+    rows = 200_000
+    res = measure(ctx.workdir / "history", sizes, 3, rows=rows, tail=100_000,
+                  say=lambda _m: None)
+    lo, hi = res[sizes[0]], res[sizes[-1]]
+    ratio = float(hi["median_s"]) / float(lo["median_s"])  # type: ignore[arg-type]
+    return [Figure(f"replay: newest point, {rows}-row state, {sizes[-1]} vs {sizes[0]} "
+                   "changes archived (from a checkpoint)", ratio, "x", "<= 1.3x",
+                   ratio <= 1.3, json.dumps({str(k): v for k, v in res.items()}))]
+
+
+@click.command()
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("/work/bench-cache"))
+@click.option("--sizes", default="3M,10M")
+@click.option("--rounds", type=int, default=5)
+@click.option("--one", help="internal: one replay in this process")
+@click.option("--one-checkpoint", help="internal: one checkpoint in this process")
+@click.option("--memory", default=MEMORY)
+@click.option("--no-checkpoints", is_flag=True)
+def main(cache: Path, sizes: str, rounds: int, one: str | None, one_checkpoint: str | None,
+         memory: str, no_checkpoints: bool) -> None:
+    if one:
+        click.echo(json.dumps(replay_once(one, memory, not no_checkpoints)))
+        return
+    if one_checkpoint:
+        click.echo(json.dumps(_one_checkpoint(one_checkpoint, memory)))
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    ns = [_size(s) for s in sizes.split(",")]
+    res = measure(cache, ns, rounds)
+    res_json = {str(k): v for k, v in res.items()}
+    click.echo(json.dumps(res_json, indent=1))
+    cost = checkpoint_cost(cache / f"steady-{ROWS}-{ns[0]}", cache)
+    click.echo(json.dumps({"incremental_checkpoint": cost}))
+
+
+if __name__ == "__main__":
+    main()
