@@ -71,13 +71,20 @@ def replay_once(root: str, memory: str, checkpoints: bool = True) -> dict[str, f
     from replay.tables import TableId
 
     meta = json.loads((Path(root) / "_bench_point.json").read_text())
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     duck = open_history(root, memory=Memory(memory))
     state = materialize(duck, state_at(duck, TableId(*TABLE), LsnPoint(int(meta["lsn"])),
                                        checkpoints=checkpoints), "_bench")
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "rows": state.rel.shape[0],
+    return {"seconds": seconds, "cpu_s": _cpu() - c0, "rows": state.rel.shape[0],
             "rss_mb": peak_rss_mb()}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process (user + system): steadier than wall time on a host
+    loaded by others, reported next to it."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def peak_rss_mb() -> float:
@@ -119,10 +126,13 @@ def measure(cache: Path, sizes: list[int], rounds: int, rows: int = ROWS, tail: 
     out: dict[int, dict[str, object]] = {}
     for n, rs in runs.items():
         secs = [x["seconds"] for x in rs]
+        cpu = [x["cpu_s"] for x in rs]
         rss = [x["rss_mb"] for x in rs]
         meta = json.loads((roots[n] / "_bench_done.json").read_text())
         out[n] = {"median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs),
-                  "median_rss_mb": statistics.median(rss), "max_rss_mb": max(rss),
+                  "median_cpu_s": statistics.median(cpu), "min_cpu_s": min(cpu),
+                  "max_cpu_s": max(cpu), "median_rss_mb": statistics.median(rss),
+                  "max_rss_mb": max(rss),
                   "rows": rs[-1]["rows"], "runs": len(rs), **meta}
     return out
 
@@ -147,10 +157,10 @@ def _one_checkpoint(root: str, memory: str) -> dict[str, float]:
     from replay.checkpoint_job import Policy, make_checkpoints
     from replay.memory import Memory
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     made = make_checkpoints(archive_location(root), policy=Policy(every_changes=1),
                             memory=Memory(memory))
-    return {"seconds": time.perf_counter() - t0, "rows": made[0].rows,
+    return {"seconds": time.perf_counter() - t0, "cpu_s": _cpu() - c0, "rows": made[0].rows,
             "rss_mb": peak_rss_mb()}
 
 

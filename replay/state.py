@@ -18,7 +18,7 @@ from capture.event import format_lsn
 from consumers.archive.layout import ArchiveError
 from consumers.archive.location import ArchiveLocation, archive_location
 from hera_kit.text import first_line
-from replay import checkpoint
+from replay import checkpoint, tail
 from replay.coverage import Base, check_coverage, epochs, resolve_point
 from replay.errors import NotCovered, ReplayError, UnknownTable
 from replay.memory import Memory
@@ -78,6 +78,7 @@ def open_history(archive: str | Path | ArchiveLocation,
     builds those from the AWS_* variables; nothing here reads the environment).
     ``memory``: DuckDB's memory limit and spill directory (default: DuckDB's own)."""
     from consumers.archive.reader import connect_history
+    from consumers.archive.table import open_table
 
     try:
         loc = archive_location(archive, storage_options)
@@ -88,9 +89,11 @@ def open_history(archive: str | Path | ArchiveLocation,
     except ArchiveError as exc:
         raise NotCovered(str(exc)) from None
     try:
-        conn = connect_history(loc)
+        table = open_table(loc)
+        conn = connect_history(loc, table=table)
         (memory or Memory()).apply(conn)
         checkpoint.attach(conn, loc)
+        tail.remember(conn, loc, table)
         return conn
     except ArchiveError as exc:
         raise ReplayError(f"cannot read the archive {loc}: {exc}") from None
@@ -121,13 +124,14 @@ EventTypes = tuple[int, dict[str, str]]
 
 
 def event_types_before(conn: duckdb.DuckDBPyConnection, table: TableId,
-                       before_ord: int, floor: tuple[int, EventTypes | None] | None = None
-                       ) -> EventTypes | None:
+                       before_ord: int, floor: tuple[int, EventTypes | None] | None = None,
+                       changes: str = "changes") -> EventTypes | None:
     """(order, types) of the last event of ``table`` with ``types`` before ``before_ord``.
 
     ``floor``: (LSN, the answer at that LSN) from a checkpoint: only events after the LSN
-    are scanned (the tail, not the whole history), the checkpoint's answer otherwise."""
-    src = quote_duck(raw_source(conn))
+    are scanned (the tail, not the whole history; ``changes``: a relation of it), the
+    checkpoint's answer otherwise."""
+    src = quote_duck(raw_source(conn, changes))
     params: dict[str, object] = {"s": table.schema, "t": table.name, "o": before_ord}
     if floor is not None:
         params["f"] = floor[0]
@@ -157,13 +161,14 @@ def archived_types(conn: duckdb.DuckDBPyConnection, table: TableId,
 
 
 def _no_silent_column_change(conn: duckdb.DuckDBPyConnection, table: TableId,
-                             window: Window, start_columns: list[str] | None = None) -> None:
+                             window: Window, start_columns: list[str] | None = None,
+                             changes: str = "changes") -> None:
     """An archive with no schema changes recorded (written before the schema log) whose
     events show other columns at the end of the window than at its start: a DDL happened
     that replay cannot apply, so the state would be wrong. Refused, naming where.
     ``start_columns``: the columns at the window's start (a checkpoint's), else the first
     event's."""
-    src = quote_duck(raw_source(conn))
+    src = quote_duck(raw_source(conn, changes))
     where, params = window_where(table, window)
     ends = [str(t[0]) for t in conn.execute(
         f"(SELECT types::VARCHAR FROM {src} WHERE {where} AND types IS NOT NULL "  # noqa: S608
@@ -190,12 +195,13 @@ def _no_silent_column_change(conn: duckdb.DuckDBPyConnection, table: TableId,
 
 def _with_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId, rel: Rel,
                          types: dict[str, str], after_lsn: int, upto: int, forward: bool,
-                         strict: bool, floor: tuple[int, EventTypes | None] | None = None
+                         strict: bool, floor: tuple[int, EventTypes | None] | None = None,
+                         changes: str = "changes"
                          ) -> tuple[Rel, dict[str, str], list[tuple[Step, list[Col]]]]:
     """Apply the DDLs after ``after_lsn`` up to ``upto`` (and beyond, ``forward``: to the
     archive's latest definition, as rows untouched since the point look today)."""
-    changes = load_schema_changes(conn, table, with_baselines=True)
-    todo = [(i, c) for i, c in enumerate(changes) if c.commit_lsn > after_lsn
+    ddls = load_schema_changes(conn, table, with_baselines=True)
+    todo = [(i, c) for i, c in enumerate(ddls) if c.commit_lsn > after_lsn
             and (forward or c.commit_lsn <= upto) and not c.baseline]
     if not todo:
         return rel, types, []
@@ -210,13 +216,14 @@ def _with_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId, rel: R
                 f"before {format_lsn(c.commit_lsn)}")
     steps: list[tuple[Step, list[Col]]] = []
     for i, c in todo:
-        prev = definition_before(i, changes, event_types_before(conn, table, c.ord, floor))
+        prev = definition_before(i, ddls, event_types_before(conn, table, c.ord, floor,
+                                                             changes))
         steps.append((step_for(len(steps), prev, c), prev))
     out = apply_steps(conn, rel, steps)
     if strict:
         unknown_rows(conn, out, steps)
     last = todo[-1][1]
-    later = event_types_before(conn, table, (upto + 1) * 4294967296, floor)
+    later = event_types_before(conn, table, (upto + 1) * 4294967296, floor, changes)
     if forward or later is None or later[0] < last.ord:
         types = {c.name: c.type for c in last.columns}
     return out, types, steps
@@ -290,17 +297,19 @@ def _from_checkpoint(conn: duckdb.DuckDBPyConnection, table: TableId, upto: int,
     progress(f"checking the archive covers {table} at {format_lsn(upto)} from the "
              f"checkpoint at {format_lsn(found.lsn)}")
     check_coverage(conn, upto, table, Base(found.lsn))
+    src = tail.relation(conn, found.lsn)  # only the files that can hold the tail
     floor = (found.lsn, found.event_types)
-    later = event_types_before(conn, table, (upto + 1) * 4294967296, floor)
+    later = event_types_before(conn, table, (upto + 1) * 4294967296, floor, src)
     types = dict(later[1]) if later is not None and later[0] > found.lsn * 4294967296 \
         else dict(found.header["types"])
     window = Window(upto_lsn=upto, after_lsn=found.lsn)
-    rel = rebuild(conn, table, window, found.pk, base=found.relation, base_keyed=True)
+    rel = rebuild(conn, table, window, found.pk, changes=src, base=found.relation,
+                  base_keyed=True)
     rel, types, steps = _with_schema_changes(conn, table, rel, types, found.lsn, upto,
-                                             forward, strict, floor)
+                                             forward, strict, floor, src)
     if not steps and not load_schema_changes(conn, table):
-        _no_silent_column_change(conn, table, window, list(found.header["types"]))
-    v1 = window_v1_columns(conn, table, window)
+        _no_silent_column_change(conn, table, window, list(found.header["types"]), src)
+    v1 = window_v1_columns(conn, table, window, src)
     v1_json = tuple(dict.fromkeys([*found.header.get("v1_json", []), *(v1[0] if v1 else [])]))
     progress(f"rebuilding {table} at {format_lsn(upto)} from the checkpoint at "
              f"{format_lsn(found.lsn)}"

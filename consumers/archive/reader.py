@@ -53,19 +53,20 @@ from hera_kit.text import first_line
 
 def connect_history(archive: str | Path | ArchiveLocation, *, version: int | None = None,
                     as_of: datetime | None = None,
-                    storage_options: dict[str, str] | None = None, clock: Clock = utc_now
-                    ) -> duckdb.DuckDBPyConnection:
+                    storage_options: dict[str, str] | None = None, clock: Clock = utc_now,
+                    table: DeltaTable | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the archive's views (see the module docstring).
 
     Raises NotAnArchiveError / NewerArchiveError for a location without a readable archive,
     DamagedArchiveError for a Delta log that cannot be read or a data file that is missing or
     truncated (naming the file), ArchiveError for a ``version``/``as_of`` the table cannot
     answer exactly (not kept, before its oldest kept commit, in the future). Never writes to
-    the archive and takes no lock: safe while the archiver runs.
+    the archive and takes no lock: safe while the archiver runs. ``table``: the archive's
+    table the caller opened already (``open_table``): its version is the one read.
     """
     loc = archive_location(archive, storage_options)
     loc.check_readable()
-    dt = open_table(loc)
+    dt = table if table is not None else open_table(loc)
     if version is not None or as_of is not None:
         dt = _time_travel(dt, loc, version, as_of, clock)
     con = duckdb.connect(":memory:")

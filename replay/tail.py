@@ -1,0 +1,54 @@
+"""Pruning: the tail after a checkpoint read from only the files that can hold it.
+
+Every archiver batch is one set of files sorted by commit LSN, so each file's min/max
+``commit_lsn`` (the Delta log's file statistics) is a narrow range and the files of a tail
+are the newest few. ``relation`` lists exactly the ``changes`` files whose statistics
+overlap the tail (``DeltaTable.file_uris`` with a pruning predicate: the log alone, no file
+is opened) and gives the rebuild a relation over those files only — local Parquet files read
+by DuckDB, or on object storage a pyarrow dataset of just those objects. Measured in the
+README (Benchmarks): replay's time stays flat from 3M to 10M archived changes.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import duckdb
+from deltalake import DeltaTable
+
+from consumers.archive.location import ArchiveLocation
+from consumers.archive.views import parquet_source, raw_relation_sql
+
+
+@dataclass(frozen=True)
+class _Source:
+    loc: ArchiveLocation
+    table: DeltaTable  # the version the connection's views read
+
+
+_SOURCES: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, _Source] = \
+    weakref.WeakKeyDictionary()
+
+
+def remember(conn: duckdb.DuckDBPyConnection, loc: ArchiveLocation, table: DeltaTable) -> None:
+    _SOURCES[conn] = _Source(loc, table)
+
+
+def relation(conn: duckdb.DuckDBPyConnection, after_lsn: int) -> str:
+    """A ``changes``-shaped relation holding (at least) every change with a commit LSN after
+    ``after_lsn``, over the files that can hold one; ``changes`` for a connection this
+    module does not know (tests' in-memory histories)."""
+    source = _SOURCES.get(conn)
+    if source is None:
+        return "changes"
+    predicate = [("kind", "=", "changes"), ("commit_lsn", ">", after_lsn)]
+    name = "_hera_tail_changes"
+    if source.loc.is_local:
+        files = source.table.file_uris(file_pruning_predicate=predicate)
+        conn.execute(raw_relation_sql(name, "changes", parquet_source(files)))
+    else:
+        conn.register(f"{name}_ds", source.table.to_pyarrow_dataset(
+            file_pruning_predicate=predicate))
+        conn.execute(raw_relation_sql(name, "changes", f"{name}_ds"))
+    return name
