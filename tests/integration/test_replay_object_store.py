@@ -68,3 +68,48 @@ def test_replay_from_either_backend_rebuilds_the_table_postgresql_had(
         (nan,) = conn.execute("SELECT count(*) FROM rebuilt WHERE relationship_strength = "
                               "'NaN'").fetchone() or (0,)
         assert int(str(nan)) > 0
+
+
+def _checkpoint(target: ArchiveTarget, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "replay"), "checkpoint", "--archive", target.uri,
+         *args], env={**os.environ, **target.env}, capture_output=True, text=True, timeout=120)
+
+
+def test_a_checkpoint_on_either_backend_gives_the_table_postgresql_had_after_its_tail(
+        hera_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
+        archive_target: ArchiveTarget) -> None:
+    with running_capture(hera_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name), \
+            archiver_thread(broker.bootstrap_servers, topic_prefix, archive_target), \
+            hera_db.connect() as conn:
+
+        def archived_past(lsn_text: str) -> None:
+            def done() -> bool:
+                rows = archive_target.connect().execute(
+                    "SELECT coalesce(max(lsn), 0) FROM markers").fetchall()
+                return int(rows[0][0]) >= parse_lsn(lsn_text)
+            wait_for(done, 60, "the archive to catch up", interval=0.2)
+
+        conn.execute("UPDATE core_relationships SET relationship_strength = 'NaN' "
+                     "WHERE relationship_type = 'SERVICE_IN_CATEGORY'")
+        (mid,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone() or ("0/0",)
+        archived_past(str(mid))
+        made = _checkpoint(archive_target, "--every-changes", "1")
+        assert made.returncode == 0 and "public.core_relationships: checkpoint at" in \
+            made.stdout, made.stdout + made.stderr
+        conn.execute("DELETE FROM core_relationships WHERE relationship_type = "
+                     "'USER_MEMBER_OF_ORG'")
+        conn.execute("CREATE TABLE expected AS TABLE core_relationships")
+        (end,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone() or ("0/0",)
+        archived_past(str(end))
+    into = _replay(archive_target, hera_db.dsn, "--until", format_lsn(parse_lsn(str(end))),
+                   "--into-table", "public.rebuilt")
+    assert into.returncode == 0, into.stderr
+    assert "from the checkpoint at" in into.stderr, into.stderr
+    verified = _checkpoint(archive_target, "--verify")
+    assert verified.returncode == 0 and ", ok" in verified.stdout, verified.stdout
+    with hera_db.connect() as conn:
+        cols = [str(r[0]) for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'expected'::regclass "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum").fetchall()]
+        assert rows_differing(conn, "expected", "rebuilt", cols) == 0
