@@ -132,6 +132,7 @@ def build_archive(root: Path | ArchiveLocation, rows: int, changes: int,
 
     duck = duckdb.connect()
     duck.execute("SET memory_limit = '2GB'")
+    duck.execute("SET enable_progress_bar = false")
     per_chunk = max(chunk // per_txn, 1) * per_txn  # chunks end at transaction ends
     last = EPOCH + 4096 * ((start + changes) // per_txn)
     with ArchiveStore.open_or_create(root) as store:

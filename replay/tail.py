@@ -35,6 +35,19 @@ def remember(conn: duckdb.DuckDBPyConnection, loc: ArchiveLocation, table: Delta
     _SOURCES[conn] = _Source(loc, table)
 
 
+def _predicate(after_lsn: int) -> list[tuple[str, str, object]]:
+    return [("kind", "=", "changes"), ("commit_lsn", ">", after_lsn)]
+
+
+def files(conn: duckdb.DuckDBPyConnection, after_lsn: int) -> tuple[int, int] | None:
+    """(files the tail after ``after_lsn`` is read from, files of changes in the archive)."""
+    source = _SOURCES.get(conn)
+    if source is None:
+        return None
+    every = source.table.file_uris(file_pruning_predicate=[("kind", "=", "changes")])
+    return len(source.table.file_uris(file_pruning_predicate=_predicate(after_lsn))), len(every)
+
+
 def relation(conn: duckdb.DuckDBPyConnection, after_lsn: int) -> str:
     """A ``changes``-shaped relation holding (at least) every change with a commit LSN after
     ``after_lsn``, over the files that can hold one; ``changes`` for a connection this
@@ -42,11 +55,11 @@ def relation(conn: duckdb.DuckDBPyConnection, after_lsn: int) -> str:
     source = _SOURCES.get(conn)
     if source is None:
         return "changes"
-    predicate = [("kind", "=", "changes"), ("commit_lsn", ">", after_lsn)]
+    predicate = _predicate(after_lsn)
     name = "_hera_tail_changes"
     if source.loc.is_local:
-        files = source.table.file_uris(file_pruning_predicate=predicate)
-        conn.execute(raw_relation_sql(name, "changes", parquet_source(files)))
+        conn.execute(raw_relation_sql(name, "changes", parquet_source(
+            source.table.file_uris(file_pruning_predicate=predicate))))
     else:
         conn.register(f"{name}_ds", source.table.to_pyarrow_dataset(
             file_pruning_predicate=predicate))

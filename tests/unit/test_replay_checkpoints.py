@@ -157,3 +157,24 @@ def test_the_checkpoint_command_makes_then_verifies_checkpoints(tmp_path: Path) 
     assert made.exit_code == 0 and "public.rel: checkpoint at 0/2900, 3 rows" in made.output
     checked = CliRunner().invoke(main, ["checkpoint", "--archive", str(root), "--verify"])
     assert checked.exit_code == 0 and "public.rel at 0/2900: 3 rows, ok" in checked.output
+
+
+def test_the_tail_after_a_checkpoint_is_read_from_its_own_files_only(tmp_path: Path) -> None:
+    from bench.replay import EPOCH, build_archive
+    from replay import tail
+
+    table = TableId("public", "core_relationships")
+    loc = archive_location(tmp_path / "a")
+    head = build_archive(loc, 300, 2_000, steady=True, chunk=400)
+    checkpoint_at(open_history(loc), loc, table, head)
+    last = build_archive(loc, 300, 1_000, steady=True, start=2_000, chunk=400)
+    conn = open_history(loc)
+    assert tail.files(conn, head) == (3, 9)  # of 1 snapshot file + 5 + 3 change files
+    said: list[str] = []
+    fast = state_at(conn, table, last, progress=said.append)
+    slow = state_at(conn, table, last, checkpoints=False)
+    assert any("from the checkpoint" in m for m in said)
+    assert sorted(fast.rel.fetchall()) != [] and fast.rel.shape[0] == 300
+    assert sorted(fast.rel.project("key, row").fetchall()) == sorted(
+        slow.rel.project("key, row").fetchall())
+    assert last == EPOCH + 4096 * 30
