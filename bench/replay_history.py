@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import click
 
@@ -62,17 +63,22 @@ def _archive(cache: Path, changes: int, rows: int, tail: int, say: Callable[[str
     return root
 
 
-def replay_once(root: str, memory: str, checkpoints: bool = True) -> dict[str, float]:
+def replay_once(root: str, memory: str, checkpoints: bool = True,
+                s3: str | None = None) -> dict[str, float]:
     """In this process: the newest point's state, materialized (what --into-table and
-    --restore do first); seconds and rows."""
+    --restore do first); seconds and rows. ``s3``: JSON of {"uri", "options"}, the same
+    archive copied to an S3 server."""
+    from consumers.archive.location import archive_location
     from replay.memory import Memory
     from replay.point import LsnPoint
     from replay.state import materialize, open_history, state_at
     from replay.tables import TableId
 
     meta = json.loads((Path(root) / "_bench_point.json").read_text())
+    where = archive_location(root) if s3 is None else archive_location(
+        json.loads(s3)["uri"], json.loads(s3)["options"])
     t0, c0 = time.perf_counter(), _cpu()
-    duck = open_history(root, memory=Memory(memory))
+    duck = open_history(where, memory=Memory(memory))
     state = materialize(duck, state_at(duck, TableId(*TABLE), LsnPoint(int(meta["lsn"])),
                                        checkpoints=checkpoints), "_bench")
     seconds = time.perf_counter() - t0
@@ -96,10 +102,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child(root: Path, memory: str, checkpoints: bool = True) -> dict[str, float]:
+def _child(root: Path, memory: str, checkpoints: bool = True,
+           s3: str | None = None) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.replay_history", "--one", str(root), "--memory", memory,
-         *([] if checkpoints else ["--no-checkpoints"])],
+         *([] if checkpoints else ["--no-checkpoints"]), *([] if s3 is None else ["--s3", s3])],
         check=True, capture_output=True, text=True, timeout=3600)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -152,6 +159,74 @@ def checkpoint_cost(root: Path, workdir: Path) -> dict[str, float]:
         shutil.rmtree(copy, ignore_errors=True)
 
 
+def measure_s3(root: Path, rounds: int) -> dict[str, object]:
+    """The newest-point replay of ``root`` copied to a real S3-compatible server (SeaweedFS,
+    plain http), alternating with the local copy."""
+    from pyarrow import fs
+
+    from devstack.s3 import start_s3
+
+    server = start_s3("bench-history")
+    try:
+        opts = server.storage_options()
+        endpoint = urlparse(opts["AWS_ENDPOINT_URL"])
+        s3fs = fs.S3FileSystem(access_key=opts["AWS_ACCESS_KEY_ID"],
+                               secret_key=opts["AWS_SECRET_ACCESS_KEY"],
+                               endpoint_override=endpoint.netloc, scheme=endpoint.scheme,
+                               region=opts.get("AWS_REGION", "us-east-1"))
+        fs.copy_files(str(root), f"{server.bucket}/history", source_filesystem=fs.LocalFileSystem(),
+                      destination_filesystem=s3fs)
+        s3 = json.dumps({"uri": server.uri("history"), "options": opts})
+        local: list[dict[str, float]] = []
+        remote: list[dict[str, float]] = []
+        for _ in range(rounds):
+            local.append(_child(root, MEMORY))
+            remote.append(_child(root, MEMORY, s3=s3))
+        return {"local_median_s": statistics.median(x["seconds"] for x in local),
+                "s3_median_s": statistics.median(x["seconds"] for x in remote),
+                "s3_runs_s": [x["seconds"] for x in remote],
+                "s3_cpu_s": [x["cpu_s"] for x in remote],
+                "s3_rss_mb": [x["rss_mb"] for x in remote], "rows": remote[-1]["rows"]}
+    finally:
+        server.stop()
+
+
+def ingest_slowdown(root: Path, workdir: Path, pairs: int = 3,
+                    events: int = 200_000) -> dict[str, object]:
+    """The archiver's store ingest rate (bench/archive.py's measure: bulk-parsed batches of
+    50k events, one commit each) alone and while a checkpoint job runs on a copy of the
+    ``root`` archive, alternating. By design they share only the host (the checkpoint
+    commits to its own table): this measures that contention."""
+    from bench.archive import _events, _store_ingest
+
+    payloads = _events(events)
+    alone: list[float] = []
+    during: list[float] = []
+    for i in range(pairs):
+        shutil.rmtree(workdir / "ingest", ignore_errors=True)
+        alone.append(_store_ingest(payloads, workdir / "ingest")[0])
+        copy = workdir / "ckpt-copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(root, copy)
+        job = subprocess.Popen(
+            [sys.executable, "-m", "bench.replay_history", "--one-checkpoint", str(copy),
+             "--memory", MEMORY], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(2)  # the job past its imports, reading the archive
+            shutil.rmtree(workdir / "ingest", ignore_errors=True)
+            during.append(_store_ingest(payloads, workdir / "ingest")[0])
+            running = job.poll() is None
+        finally:
+            job.wait(timeout=3600)
+            shutil.rmtree(copy, ignore_errors=True)
+        if not running:
+            during.pop()  # the checkpoint ended before the ingest did: not overlapped
+        del i
+    ratios = [d / a for a, d in zip(alone, during, strict=False)]
+    return {"alone_eps": alone, "during_eps": during,
+            "median_ratio": statistics.median(ratios) if ratios else None}
+
+
 def _one_checkpoint(root: str, memory: str) -> dict[str, float]:
     from consumers.archive.location import archive_location
     from replay.checkpoint_job import Policy, make_checkpoints
@@ -185,21 +260,33 @@ def run(ctx: BenchContext) -> list[Figure]:
 @click.option("--one-checkpoint", help="internal: one checkpoint in this process")
 @click.option("--memory", default=MEMORY)
 @click.option("--no-checkpoints", is_flag=True)
+@click.option("--ingest-only", is_flag=True, help="only the ingest slowdown figure")
+@click.option("--s3-only", is_flag=True, help="only the S3 figure (first size)")
+@click.option("--s3", help="internal: the S3 copy for --one")
 def main(cache: Path, sizes: str, rounds: int, one: str | None, one_checkpoint: str | None,
-         memory: str, no_checkpoints: bool) -> None:
+         memory: str, no_checkpoints: bool, ingest_only: bool, s3_only: bool,
+         s3: str | None) -> None:
     if one:
-        click.echo(json.dumps(replay_once(one, memory, not no_checkpoints)))
+        click.echo(json.dumps(replay_once(one, memory, not no_checkpoints, s3)))
         return
     if one_checkpoint:
         click.echo(json.dumps(_one_checkpoint(one_checkpoint, memory)))
         return
     cache.mkdir(parents=True, exist_ok=True)
     ns = [_size(s) for s in sizes.split(",")]
+    if ingest_only:
+        click.echo(json.dumps(ingest_slowdown(cache / f"steady-{ROWS}-{ns[0]}", cache)))
+        return
+    if s3_only:
+        click.echo(json.dumps(measure_s3(cache / f"steady-{ROWS}-{ns[0]}", rounds)))
+        return
     res = measure(cache, ns, rounds)
     res_json = {str(k): v for k, v in res.items()}
     click.echo(json.dumps(res_json, indent=1))
     cost = checkpoint_cost(cache / f"steady-{ROWS}-{ns[0]}", cache)
     click.echo(json.dumps({"incremental_checkpoint": cost}))
+    click.echo(json.dumps({"ingest_during_checkpoint": ingest_slowdown(
+        cache / f"steady-{ROWS}-{ns[0]}", cache)}))
 
 
 if __name__ == "__main__":
