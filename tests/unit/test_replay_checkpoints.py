@@ -178,3 +178,19 @@ def test_the_tail_after_a_checkpoint_is_read_from_its_own_files_only(tmp_path: P
     assert sorted(fast.rel.project("key, row").fetchall()) == sorted(
         slow.rel.project("key, row").fetchall())
     assert last == EPOCH + 4096 * 30
+
+
+def test_the_archivers_housekeeping_leaves_the_checkpoints_alone(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from consumers.archive.housekeeping import Housekeeping, housekeep
+    from consumers.archive.store import ArchiveStore
+
+    h, lsns = eventful_history()
+    loc = archive_location(write_archive(tmp_path / "a", h))
+    checkpoint_at(open_history(loc), loc, TABLE, lsns[-1])
+    with ArchiveStore.open_or_create(loc, create=False) as archive:
+        housekeep(archive, Housekeeping(min_small_files=1, retention=timedelta(0)))
+    (kept,) = store.list_checkpoints(loc)
+    assert all(Path(f).exists() for f in kept.files)
+    assert verify_checkpoints(loc)[0].differing == 0
