@@ -27,7 +27,7 @@ from capture.event import format_lsn
 from consumers.archive import checkpoints as store
 from consumers.archive.location import ArchiveLocation
 from consumers.archive.views import parquet_source
-from replay.tables import TableId, first, quote_duck
+from replay.tables import TableId, first
 
 INDEX = "_hera_checkpoint_index"
 BATCH_ROWS = 50_000  # rows per streamed batch: the writer holds one batch at a time
@@ -126,18 +126,11 @@ def header_of(state: Any, epoch_lsn: int, event_types: tuple[int, dict[str, str]
 
 def write(loc: ArchiveLocation, conn: duckdb.DuckDBPyConnection, state: Any,
           epoch_lsn: int, event_types: tuple[int, dict[str, str]] | None) -> int:
-    """Materialise ``state`` once (DuckDB, within its memory limit, spilling), then stream it
-    into the archive in batches; returns the row count."""
-    name = "_hera_checkpoint_rows"
-    conn.execute(f"DROP TABLE IF EXISTS {quote_duck(name)}")
-    state.rel.project("key, row").to_table(name)
-    count = first(conn.execute(f"SELECT count(*) FROM {quote_duck(name)}"))  # noqa: S608
-    rows = int(count[0]) if count else 0
-    reader = conn.table(name).to_arrow_reader(BATCH_ROWS)
-    store.write_checkpoint(loc, header_of(state, epoch_lsn, event_types, rows),
-                           iter(reader))
-    conn.execute(f"DROP TABLE {quote_duck(name)}")
-    return rows
+    """Stream ``state`` (DuckDB runs the rebuild within its memory limit, spilling) into the
+    archive in batches, nothing materialised; returns the row count."""
+    reader = state.rel.project("key, row::VARCHAR AS row").to_arrow_reader(BATCH_ROWS)
+    return store.write_checkpoint(loc, header_of(state, epoch_lsn, event_types, 0),
+                                  iter(reader))
 
 
 def differing_rows(conn: duckdb.DuckDBPyConnection, a: duckdb.DuckDBPyRelation,
