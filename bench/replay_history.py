@@ -234,7 +234,7 @@ def _one_checkpoint(root: str, memory: str) -> dict[str, float]:
 
     t0, c0 = time.perf_counter(), _cpu()
     made = make_checkpoints(archive_location(root), policy=Policy(every_changes=1),
-                            memory=Memory(memory))
+                            memory=Memory(memory, threads=1))  # replay checkpoint's default
     return {"seconds": time.perf_counter() - t0, "cpu_s": _cpu() - c0, "rows": made[0].rows,
             "rss_mb": peak_rss_mb()}
 

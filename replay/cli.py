@@ -134,6 +134,8 @@ def verify_cmd(ctx: click.Context, /, **options: Any) -> None:
               help="check every checkpoint against a rebuild from the beginning")
 @click.option("--memory-limit", help="DuckDB memory limit, e.g. 2GB")
 @click.option("--spill-dir", type=click.Path(path_type=Path), help="where DuckDB spills")
+@click.option("--threads", type=int, help="DuckDB threads; 1 leaves the other cores to the "
+              "archiver and capture  [default: 1]")
 @click.pass_context
 def checkpoint_cmd(ctx: click.Context, /, **options: Any) -> None:
     """Write the state checkpoints that are due (schedule it, e.g. hourly, next to the

@@ -215,8 +215,9 @@ def run_checkpoint(s: ReplaySettings, out: Console, err: Console) -> int:
         err.print(f"[dim]replay checkpoint:[/dim] {msg}", highlight=False, soft_wrap=True)
 
     loc = _archive(s)
+    bound = Memory(s.memory_limit, s.spill_dir, s.threads)
     if s.verify:
-        checked = verify_checkpoints(loc, memory=memory(s), progress=progress)
+        checked = verify_checkpoints(loc, memory=bound, progress=progress)
         for c in checked:
             verdict = "ok" if c.differing == 0 else f"DIFFERS in {c.differing} rows"
             out.print(f"{c.table} at {format_lsn(c.lsn)}: {c.rows} rows, {verdict}",
@@ -227,7 +228,7 @@ def run_checkpoint(s: ReplaySettings, out: Console, err: Console) -> int:
     tables = [TableId.parse(t.strip()) for t in (s.tables or "").split(",") if t.strip()]
     policy = Policy(every_changes=s.every_changes, keep=s.keep,
                     retention_hours=s.retention_hours)
-    for o in make_checkpoints(loc, tables or None, policy=policy, memory=memory(s),
+    for o in make_checkpoints(loc, tables or None, policy=policy, memory=bound,
                               progress=progress):
         what = (f"checkpoint at {format_lsn(o.lsn)}, {o.rows} rows" if o.lsn is not None
                 else f"no checkpoint: {o.reason}")

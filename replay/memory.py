@@ -20,6 +20,7 @@ import duckdb
 class Memory:
     limit: str | None = None  # DuckDB's syntax: "2GB", "512MB"; None: DuckDB's default (80% RAM)
     spill_dir: Path | None = None  # None: a per-process directory under the system temp dir
+    threads: int | None = None  # DuckDB's worker threads; None: one per core
 
     def apply(self, conn: duckdb.DuckDBPyConnection) -> None:
         # A directory of this process alone: DuckDB creates it and removes what it spilled
@@ -28,6 +29,8 @@ class Memory:
         conn.execute("SET temp_directory = $d", {"d": str(spill)})
         if self.limit is not None:
             conn.execute("SET memory_limit = $m", {"m": self.limit})
+        if self.threads is not None:
+            conn.execute("SET threads = $t", {"t": self.threads})
 
     def describe(self) -> str:
         return self.limit or "DuckDB's default (80% of RAM)"

@@ -50,6 +50,8 @@ class ReplaySettings(BaseSettings):
                                    "removed checkpoints stay this long for running readers")
     verify: bool = Field(False, description="replay checkpoint: check every checkpoint "
                          "against a rebuild from the beginning")
+    threads: int = Field(1, ge=1, description="replay checkpoint: DuckDB threads (1 leaves "
+                         "the other cores to the archiver and capture)")
 
     def storage_options(self) -> dict[str, str]:
         return self._storage.storage_options()
