@@ -154,7 +154,7 @@ def build_archive(root: Path | ArchiveLocation, rows: int, changes: int,
                            AS commit_ts,
                        {per_txn}::BIGINT AS event_count,
                        '[{{"data_collection":"public.core_relationships","event_count":{per_txn}}}]'
-                           AS data_collections
+                           AS data_collections, NULL::VARCHAR AS author
                 FROM range({t_lo}, {t_hi}) r(t)""").to_arrow_table()  # noqa: S608
             store.replace_segments([], ends.cast(SCHEMAS["transactions"]), "transactions")
             if progress is not None:
