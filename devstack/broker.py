@@ -6,7 +6,6 @@ Memory storage, starts in milliseconds. Production uses Apache Kafka (docker-com
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.ports import free_port
+from devstack.ports import free_port, listens
 from devstack.postgres import StackError
 
 
@@ -49,7 +48,11 @@ class Broker:
              "--storage-engine", "memory://tansu/"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
-        _wait_for_port(self.port, self.proc, self.logfile)
+        try:
+            _wait_for_port(self.port, self.proc, self.logfile)
+        except StackError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop the broker. Memory storage: its topics are gone with it."""
@@ -64,24 +67,38 @@ class Broker:
         self.proc = None
 
 
+class PortTaken(StackError):
+    """Another process bound the broker's port first."""
+
+
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], logfile: Path) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise StackError(f"broker exited with {proc.returncode}: {logfile.read_text()[-2000:]}")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+            log = logfile.read_text(errors="replace")[-2000:]
+            error = PortTaken if "AddrInUse" in log else StackError
+            raise error(f"broker exited with {proc.returncode}: {log}")
+        # Ours listening, not just anything answering there: a port another process took
+        # meanwhile answers too (and tansu prints that it listens before it binds).
+        if listens(proc.pid, port):
+            return
         time.sleep(0.02)
     raise StackError(f"broker did not listen on port {port} within 20 s")
 
 
-def start_broker(port: int | None = None, advertised: str | None = None) -> Broker:
+def start_broker(port: int | None = None, advertised: str | None = None,
+                 attempts: int = 3) -> Broker:
+    """A broker on ``port``, or on a free port (another one if a process took it first)."""
     logdir = Path(tempfile.mkdtemp(prefix="hera-broker-"))
-    broker = Broker(port or free_port(), None, logdir / "tansu.log", advertised)
-    broker.start()
-    return broker
+    for attempt in range(attempts):
+        broker = Broker(port or free_port(), None, logdir / "tansu.log", advertised)
+        try:
+            broker.start()
+            return broker
+        except PortTaken:
+            if port is not None or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @contextlib.contextmanager

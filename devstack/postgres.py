@@ -199,13 +199,29 @@ def start_postgres(
         f.write("local replication all trust\nhost replication all 127.0.0.1/32 trust\n")
     cluster = PostgresCluster(bindir, datadir, port, wd, owns, dict(extra_conf or {}))
     try:
-        cluster.start()
+        _start_on_a_free_port(cluster, retry="port" not in (extra_conf or {}))
         _create_pg_cron(cluster)
     except StackError:
         if owns:
             shutil.rmtree(wd, ignore_errors=True)
         raise
     return cluster
+
+
+def _start_on_a_free_port(cluster: PostgresCluster, retry: bool, attempts: int = 3) -> None:
+    """Start the cluster; if another process bound its port between ``free_port()`` and the
+    postmaster's bind (parallel test workers and other runs share this machine), start it
+    again on a new port (a later ``port`` line of postgresql.auto.conf wins)."""
+    for attempt in range(attempts):
+        try:
+            cluster.start()
+            return
+        except StackError as exc:
+            if not retry or attempt == attempts - 1 or "Address already in use" not in str(exc):
+                raise
+        cluster.port = free_port()
+        with (cluster.datadir / "postgresql.auto.conf").open("a") as f:
+            f.write(f"port = {cluster.port}\n")
 
 
 def _create_pg_cron(cluster: PostgresCluster) -> None:

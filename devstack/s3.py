@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.ports import listens
 from devstack.postgres import StackError
 from devstack.waiting import wait_until
 
@@ -119,9 +120,25 @@ def _answers(url: str) -> bool:
     return True
 
 
-def start_s3(bucket: str = "hera", volume_slots: int = VOLUME_SLOTS) -> S3Server:
+class _Exited(StackError):
+    """weed exited while starting (most often: a port another process took meanwhile)."""
+
+
+def start_s3(bucket: str = "hera", volume_slots: int = VOLUME_SLOTS,
+             attempts: int = 3) -> S3Server:
     """SeaweedFS with ``bucket`` created and S3 answering; ``volume_slots`` below the default
-    only for tests of a store that runs out of volumes."""
+    only for tests of a store that runs out of volumes. On free ports: new ones if weed exits
+    while starting (another process took one meanwhile)."""
+    for attempt in range(attempts):
+        try:
+            return _start_s3_once(bucket, volume_slots)
+        except _Exited:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _start_s3_once(bucket: str, volume_slots: int) -> S3Server:
     workdir = Path(tempfile.mkdtemp(prefix="hera-s3-"))
     (workdir / "data").mkdir()
     config = workdir / "identities.json"
@@ -140,10 +157,13 @@ def start_s3(bucket: str = "hera", volume_slots: int = VOLUME_SLOTS) -> S3Server
     proc = _spawn(command, workdir)
     server = S3Server(f"http://127.0.0.1:{s3}", bucket, proc, workdir, command)
     try:
-        wait_until(lambda: proc.poll() is not None or _answers(server.endpoint), 60,
+        # weed itself answering, not another process that took the port meanwhile
+        wait_until(lambda: proc.poll() is not None
+                   or (listens(proc.pid, s3) and _answers(server.endpoint)), 60,
                    "SeaweedFS S3 to answer", 0.2, StackError)
         if proc.poll() is not None:
-            raise StackError(f"weed exited rc {proc.returncode}: see {workdir / 'weed.log'}")
+            tail = (workdir / "weed.log").read_text(errors="replace")[-1500:]
+            raise _Exited(f"weed exited rc {proc.returncode}: {tail}")
 
         def bucket_created() -> bool:
             out = subprocess.run(

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from deltalake import DeltaTable
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from devstack.broker import Broker
@@ -116,3 +122,70 @@ def test_hera_stack_up_with_s3_serves_a_bucket_for_the_archive_until_sigterm() -
     except OSError:
         answered = False
     assert not answered  # the store is gone with the stack
+
+
+@pytest.fixture
+def taken_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A port another process holds, handed out as the next "free" port: the race of two test
+    workers (or two runs) picking ports at the same moment, made certain."""
+    import devstack.broker
+    import devstack.postgres
+    import devstack.s3
+    from devstack.ports import free_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken: int = busy.getsockname()[1]
+        handed = iter([taken])
+
+        def racing_free_port() -> int:
+            return next(handed, None) or free_port()
+
+        ports = devstack.s3._free_ports
+
+        def racing_free_ports(n: int) -> list[int]:
+            return [racing_free_port(), *ports(n - 1)]
+
+        monkeypatch.setattr(devstack.postgres, "free_port", racing_free_port)
+        monkeypatch.setattr(devstack.broker, "free_port", racing_free_port)
+        monkeypatch.setattr(devstack.s3, "_free_ports", racing_free_ports)
+        yield taken
+
+
+def test_a_cluster_whose_port_was_taken_meanwhile_starts_on_another(taken_port: int) -> None:
+    from devstack.postgres import start_postgres
+
+    cluster = start_postgres()
+    try:
+        assert cluster.port != taken_port
+        with psycopg.connect(cluster.dsn()) as conn:
+            assert conn.execute("SHOW port").fetchone() == (str(cluster.port),)
+    finally:
+        cluster.destroy()
+
+
+def test_a_broker_whose_port_was_taken_meanwhile_starts_on_another(taken_port: int) -> None:
+    from devstack.broker import start_broker
+    from devstack.ports import listens
+
+    b = start_broker()
+    try:
+        assert b.port != taken_port and b.proc is not None and listens(b.proc.pid, b.port)
+        producer = KafkaProducer(bootstrap_servers=b.bootstrap_servers)
+        producer.send("taken-port", b"v").get(timeout=30)
+        producer.close()
+    finally:
+        b.stop()
+
+
+def test_an_s3_server_whose_port_was_taken_meanwhile_starts_on_others(taken_port: int) -> None:
+    from devstack.s3 import start_s3
+
+    server = start_s3()
+    try:
+        assert not any(arg.endswith(f"={taken_port}") for arg in server.command)
+        assert not DeltaTable.is_deltatable(server.uri("nothing-here"),
+                                            storage_options=server.storage_options())
+    finally:
+        server.stop()
