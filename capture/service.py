@@ -20,7 +20,7 @@ import psycopg
 from capture.decoding import PLUGINS, Decoder, TableNames, choose_plugin, make_decoder
 from capture.decoding.catalog import SideCatalog
 from capture.decoding.names import warn_without_schema_log
-from capture.encoding import SESSION_OPTIONS
+from capture.encoding import CAPTURE_OPTIONS
 from capture.errors import BrokerError, CaptureError, DecodeError, SlotError, Stopped
 from capture.event import MarkerKind, Op, StreamMarker, change_event_json, encode_key, format_lsn
 from capture.kafka_admin import ensure_topics
@@ -60,7 +60,7 @@ ABORTABLE_PHASES = frozenset({"starting", "back-off"})
 
 def _connect(dsn: str, **kw: object) -> psycopg.Connection[tuple[object, ...]]:
     try:
-        return psycopg.connect(dsn, autocommit=True, options=SESSION_OPTIONS, **kw)  # type: ignore[arg-type]
+        return psycopg.connect(dsn, autocommit=True, options=CAPTURE_OPTIONS, **kw)  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
         first = first_line(exc)
         raise CaptureError(f"cannot connect to PostgreSQL: {first} (check --dsn)") from exc

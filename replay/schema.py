@@ -161,13 +161,23 @@ def _scale(pg_type: str) -> int | None:
     return int(m.group(2) or 0)
 
 
+def same_type(a: str, b: str) -> bool:
+    """The same type spelled by capture (schema-qualified outside pg_catalog: public.mood)
+    or, in archives written before that spelling was fixed, as the session's search_path
+    showed it (mood)."""
+    if a == b:
+        return True
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    return "." in long_ and long_.partition(".")[2] == short
+
+
 def conversion(old: str, new: str, ddl: str | None) -> tuple[str | None, str]:
     """How ALTER COLUMN TYPE turns a value of type ``old`` into ``new``: DuckDB SQL over the
     old input text ``{t}`` giving the new input text, or None and the reason it cannot be
     done exactly."""
     if ddl is not None and _USING.search(ddl):
         return None, "it converts with a USING expression"
-    if old == new:
+    if same_type(old, new):
         return "{t}", ""
     if old.endswith("[]") and new.endswith("[]"):
         inner, why = conversion(old[:-2], new[:-2], None)
