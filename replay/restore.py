@@ -178,8 +178,9 @@ def revert(duck: duckdb.DuckDBPyConnection, pg: Conn, xid: int, *, dry_run: bool
             duck.execute(f"DROP TABLE IF EXISTS _touched{i}")
             keys.distinct().to_table(f"_touched{i}")
             keys = duck.table(f"_touched{i}")
+            generated = frozenset(c.name for c in cols if c.generated)
             for st in (before, after):
-                unknown_rows(duck, st.rel, st.steps, keys=f"_touched{i}")
+                unknown_rows(duck, st.rel, st.steps, keys=f"_touched{i}", ignore=generated)
             progress(f"reading live rows of {t}")
             live = read_rows(pg, t, cols)
             plans.append(plan_changes(duck, t, before.pk, list(before.types), before.rel,
