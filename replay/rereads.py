@@ -33,8 +33,8 @@ def reread_started(conn: duckdb.DuckDBPyConnection, table: TableId, lsn: int) ->
     found = conn.execute(
         "SELECT 1 FROM changes WHERE table_schema = $s AND table_name = $t AND op = 'r' "
         "AND xid IS NOT NULL AND commit_lsn > $c LIMIT 1",
-        {"s": table.schema, "t": table.name, "c": lsn}).fetchone()
-    return found is not None
+        {"s": table.schema, "t": table.name, "c": lsn}).fetchall()  # all: no open result
+    return bool(found)
 
 
 def end_after(ends: list[int], lsn: int) -> int | None:
@@ -57,10 +57,10 @@ def check_joined(conn: duckdb.DuckDBPyConnection, table: TableId, slot: str,
     """Refuse a table that joined the epoch after its snapshot (added to --tables later):
     its rows before capture's re-read of it are not in the archive, and rebuilding it from
     that re-read on is not built yet."""
-    row = conn.execute(
+    rows = conn.execute(
         "SELECT tables FROM markers WHERE status = 'SNAPSHOT_START' AND slot = $s "
-        "AND epoch_lsn = $e LIMIT 1", {"s": slot, "e": epoch_lsn}).fetchone()
-    if row is None or not row[0] or str(table) in row[0]:
+        "AND epoch_lsn = $e LIMIT 1", {"s": slot, "e": epoch_lsn}).fetchall()
+    if not rows or not rows[0][0] or str(table) in rows[0][0]:
         return
     raise NotCovered(
         f"{table} was added to capture (slot {slot}) after the snapshot of its epoch at "
