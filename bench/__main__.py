@@ -33,7 +33,7 @@ from bench.common import BenchContext, Figure
 # Modules of bench/ that are libraries, not benchmarks.
 _NOT_AREAS = {"common", "compare", "__main__"}
 # Run the areas in the order of the data flow; unknown ones follow alphabetically.
-_ORDER = ["capture", "archive", "detect", "replay", "guardian", "author"]
+_ORDER = ["capture", "reread", "archive", "detect", "replay", "guardian", "author"]
 DEFAULT_JSON = Path("bench/results/latest.json")
 
 

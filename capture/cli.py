@@ -63,6 +63,9 @@ def main() -> None:
               help="producer compression; kafka-python readers need lz4 (installed with "
                    "hera-guard) or, for zstd/snappy, another package; gzip needs none "
                    "[HERA_COMPRESSION, default lz4]")
+@click.option("--reread-chunk-rows", type=int,
+              help="rows per primary-key chunk of an online re-read (capture holds one "
+                   "chunk) [HERA_REREAD_CHUNK_ROWS, default 500]")
 @click.option("--new-snapshot", is_flag=True, default=None,
               help="drop the slot and start a new epoch with a fresh snapshot")
 @click.option("--log-level", default="INFO", show_default=True)
@@ -143,21 +146,36 @@ def _exit(code: int) -> None:
 @main.command()
 @click.option("--dsn", help="PostgreSQL connection string [HERA_DSN]")
 @click.option("--slot", help="replication slot name [HERA_SLOT, default hera_guard]")
+@click.option("--bootstrap-servers", help="with the broker, also list the online re-reads "
+                                          "[HERA_BOOTSTRAP_SERVERS]")
+@click.option("--topic-prefix", help="topic prefix [HERA_TOPIC_PREFIX, default hera]")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def status(dsn: str | None, slot: str | None, as_json: bool) -> None:
-    """Slot, confirmed LSN, lag in bytes and seconds, whether capture is active."""
+def status(dsn: str | None, slot: str | None, bootstrap_servers: str | None,
+           topic_prefix: str | None, as_json: bool) -> None:
+    """Slot, confirmed LSN, lag in bytes and seconds, whether capture is active; with
+    --bootstrap-servers also the online re-reads (table, reason, chunks, rows, ETA)."""
     from rich.console import Console
     from rich.table import Table
 
+    from capture.resnapshot import RereadRow, reread_report
     from capture.status import slot_status
 
-    settings = settings_or_fail(COMMAND, StatusSettings, {"dsn": dsn, "slot": slot})
+    settings = settings_or_fail(COMMAND, StatusSettings, {
+        "dsn": dsn, "slot": slot, "bootstrap_servers": bootstrap_servers,
+        "topic_prefix": topic_prefix})
+    rereads: list[RereadRow] | None = None
     try:
         st = slot_status(settings.dsn, settings.slot)
+        if settings.bootstrap_servers:
+            rereads = reread_report(settings.dsn, settings.bootstrap_servers,
+                                    settings.topic_prefix, settings.slot)
     except CaptureError as exc:
         fail(COMMAND, str(exc), exc.exit_code)
     if as_json:
-        click.echo(json.dumps(asdict(st)))
+        out = asdict(st)
+        if rereads is not None:
+            out["rereads"] = [asdict(r) for r in rereads]
+        click.echo(json.dumps(out))
         return
     table = Table(title=f"capture slot {st.slot}")
     table.add_column("field")
@@ -165,3 +183,32 @@ def status(dsn: str | None, slot: str | None, as_json: bool) -> None:
     for k, v in asdict(st).items():
         table.add_row(k, "-" if v is None else str(v))
     Console().print(table)
+    if rereads:
+        listing = Table(title="online re-reads")
+        for name in ("table", "reason", "state", "chunks", "rows", "superseded", "started",
+                     "finished", "exact_from", "eta_s"):
+            listing.add_column(name)
+        for r in rereads:
+            listing.add_row(*("-" if v is None else str(v) for v in asdict(r).values()))
+        Console(width=200).print(listing)
+
+
+@main.command()
+@click.option("--dsn", help="PostgreSQL connection string [HERA_DSN]")
+@click.option("--slot", help="the slot of the capture that re-reads [HERA_SLOT, default "
+                             "hera_guard]")
+@click.option("--table", "table", required=True, help="schema.table to re-read")
+@click.option("--reason", default="requested", show_default=True,
+              help="why (shown in capture status and on every re-read row)")
+def resnapshot(dsn: str | None, slot: str | None, table: str, reason: str) -> None:
+    """Ask the running capture to re-read a table online (e.g. after restoring it from a
+    backup); returns once the request is committed. Progress: capture status."""
+    from capture.resnapshot import record_request
+
+    settings = settings_or_fail(COMMAND, StatusSettings, {"dsn": dsn, "slot": slot})
+    try:
+        lsn = record_request(settings.dsn, settings.slot, table, reason)
+    except CaptureError as exc:
+        fail(COMMAND, str(exc), exc.exit_code)
+    click.echo(f"re-read of {table} requested at {lsn}: capture (slot {settings.slot}) starts "
+               "it when its stream reaches that point; follow it with capture status")

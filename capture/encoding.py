@@ -25,7 +25,11 @@ outputs, apply, live reads) goes through this module.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
 
 SCHEMA_VERSION = 2
 
@@ -33,6 +37,15 @@ SCHEMA_VERSION = 2
 # connections), so a value reads identically whichever path it came by.
 SESSION_OPTIONS = ("-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres "
                    "-c extra_float_digits=1 -c bytea_output=hex")
+
+# The one spelling of a type in ``types``, column definitions and live reads: format_type
+# under this search_path, so a type outside pg_catalog is always schema-qualified
+# (``public.mood``) whichever path the database, role or DSN sets. The schema log
+# (sql/08_schema_log.sql) pins the same path. Capture's own sessions (replication
+# included: wal2json spells types in the walsender's session) run under it; other
+# readers switch to it only around their catalog query (``canonical_type_path``).
+TYPE_SEARCH_PATH = "pg_catalog, pg_temp"
+CAPTURE_OPTIONS = SESSION_OPTIONS + " -c search_path=pg_catalog,pg_temp"
 
 BOOL_TYPES = frozenset({"boolean"})
 INT_TYPES = frozenset({"smallint", "integer"})
@@ -87,3 +100,16 @@ def duck_encode_sql(pg_type: str, text: str) -> str:
 def normalise_wal2json_bytea(text: str) -> str:
     """wal2json prints bytea as bare hex (``00ff``); PostgreSQL's output is ``\\x00ff``."""
     return text if text.startswith("\\x") else "\\x" + text
+
+
+@contextmanager
+def canonical_type_path(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Run the block's ``format_type`` calls under ``TYPE_SEARCH_PATH``; the session's own
+    path is back afterwards (writes made later, and their triggers, see the caller's)."""
+    row = conn.execute("SELECT current_setting('search_path')").fetchone()
+    previous = str(row[0]) if row else "\"$user\", public"
+    conn.execute("SELECT set_config('search_path', %s, false)", (TYPE_SEARCH_PATH,))
+    try:
+        yield
+    finally:
+        conn.execute("SELECT set_config('search_path', %s, false)", (previous,))

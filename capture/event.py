@@ -37,7 +37,7 @@ class Op(StrEnum):
     CREATE = "c"
     UPDATE = "u"
     DELETE = "d"
-    READ = "r"  # a row of the initial snapshot
+    READ = "r"  # a row of the initial snapshot or of an online re-read
     TRUNCATE = "t"
 
 
@@ -70,7 +70,9 @@ class Source(BaseModel):
     lsn: int | None = None  # LSN of this change's WAL record (snapshot: the slot's start)
     ts_ms: int  # commit time of the transaction, ms since epoch UTC
     ts_us: int  # the same commit time in microseconds: exact point-in-time replay needs it
-    snapshot: str = "false"  # "true" for op r, "last" for the final snapshot row, else "false"
+    # "true" for op r of the initial snapshot, "last" for its final row, "incremental" for a
+    # row of an online re-read (capture/reread.py), else "false".
+    snapshot: str = "false"
 
 
 class Author(BaseModel):
@@ -146,6 +148,14 @@ class ChangeEvent(BaseModel):
     position: int
     key: Row | None = None  # primary key columns of the row (None for TRUNCATE)
     types: dict[str, str] | None = None  # column -> PostgreSQL type; None for TRUNCATE
+    # Rows of an online re-read (source.snapshot "incremental"): why the table was re-read
+    # (a DDL the stream cannot express, a table added to --tables, an operator's request).
+    # Sparse: written only where set, so every other event keeps the canonical document.
+    reread: str | None = Field(None, json_schema_extra={"sparse": True})
+
+    @property
+    def is_reread(self) -> bool:
+        return self.reread is not None
 
     @property
     def table_id(self) -> str:
@@ -156,7 +166,10 @@ class ChangeEvent(BaseModel):
         return (self.commit_lsn, self.position)
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
+        # ``reread`` only where set: every other event keeps the canonical document the
+        # archive's bulk parser expects (consumers/archive/bulk_parse.py).
+        return self.model_dump_json(
+            by_alias=True, exclude=None if self.reread is not None else {"reread"}).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ChangeEvent:
@@ -234,6 +247,10 @@ class MarkerKind(StrEnum):
     SNAPSHOT_START = "SNAPSHOT_START"  # a new epoch: the slot was created at ``epoch_lsn``
     SNAPSHOT_END = "SNAPSHOT_END"  # every snapshot row of the epoch has been published
     PROGRESS = "PROGRESS"  # every change committed at or before ``lsn`` has been published
+    # An online re-read ended at the commit ``lsn`` (the table: the one key of
+    # ``definitions``): from there on every row of it has a known value at a known position
+    # (capture/reread.py).
+    REREAD_END = "REREAD_END"
 
 
 class StreamMarker(BaseModel):
@@ -268,6 +285,9 @@ class StreamMarker(BaseModel):
     # snapshot, spelled as the schema log spells it (sql/08_schema_log.sql): the baseline
     # (attnums included) replay matches the epoch's first recorded DDL against.
     definitions: dict[str, tuple[ColumnDef, ...]] | None = None
+    # The online re-reads as of ``lsn`` (queued, running with their last completed key, and
+    # finished): a capture restarting there resumes them (capture/reread.py RereadState).
+    rereads: tuple[dict[str, Any], ...] | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -328,7 +348,9 @@ def parse_transaction_topic(data: bytes | str) -> TransactionTopicRecord:
 def document_members(model: type[BaseModel]) -> list[str]:
     """The members of ``model``'s JSON document (aliases), in the order capture writes them:
     the one spelling of the document's shape that the archive's bulk parser reads."""
-    return [field.alias or name for name, field in model.model_fields.items()]
+    return [field.alias or name for name, field in model.model_fields.items()
+            if not (isinstance(field.json_schema_extra, dict)
+                    and field.json_schema_extra.get("sparse"))]
 
 
 # Members written only when they have a value (the transaction's author: absent, a record is
@@ -358,7 +380,8 @@ def change_event_json(*, before: Row | None, after: Row | None, op: Op, ts_ms: i
                       db: str, schema: str, table: str, tx_id: int | None, lsn: int | None,
                       commit_ts_us: int, snapshot: str, commit_lsn: int, position: int,
                       table_order: int | None, key: Row | None,
-                      types: dict[str, str] | None, author: msgspec.Raw | None = None) -> bytes:
+                      types: dict[str, str] | None, author: msgspec.Raw | None = None,
+                      reread: str | None = None) -> bytes:
     """The JSON of a ChangeEvent, built without constructing the model.
 
     capture's hot path: the same document ``ChangeEvent(...).to_json()`` gives (a unit test
@@ -377,7 +400,7 @@ def change_event_json(*, before: Row | None, after: Row | None, op: Op, ts_ms: i
                    "schema": schema, "table": table, "txId": tx_id, "lsn": lsn,
                    "ts_ms": commit_ts_us // 1000, "ts_us": commit_ts_us, "snapshot": snapshot},
         "transaction": transaction, "commit_lsn": commit_lsn, "position": position, "key": key,
-        "types": types,
+        "types": types, **({} if reread is None else {"reread": reread}),
     })
 
 

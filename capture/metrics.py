@@ -71,6 +71,16 @@ class CaptureMetrics:
             "Errors that stopped capture (event too large, slot lost, bad set-up), by kind",
             ["kind"], registry=self.registry)
         self.health = CaptureHealth(self.ready)
+        # Online re-reads (capture/reread.py), by table.
+        self.reread_rows = Counter(
+            "hera_capture_reread_rows", "Rows published by online re-reads (op r, incremental)",
+            ["table"], registry=self.registry)
+        self.reread_chunks = Counter(
+            "hera_capture_reread_chunks", "Chunks of online re-reads closed by their high "
+            "watermark", ["table"], registry=self.registry)
+        self.rereads_running = Gauge(
+            "hera_capture_rereads_running", "Online re-reads queued or running",
+            registry=self.registry)
 
         self.commit_to_ack = Histogram(
             "hera_capture_commit_to_ack_seconds",

@@ -11,8 +11,10 @@ for. The service fills it in at set-up (a new epoch or a resumed one); each stre
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from capture.errors import BrokerError, Stopped
 from capture.event import MarkerKind, StreamMarker
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     import threading
 
     from capture.publish import AckTracker, Producer
+    from capture.reread import RereadState
     from capture.settings import CaptureSettings
     from capture.slot import TableInfo
 
@@ -56,14 +59,15 @@ class StreamPosition:
         self.confirmed_lsn = lsn
         return True
 
-    def marker(self, kind: MarkerKind, lsn: int, columns: ColumnSets | None = None
-               ) -> StreamMarker:
+    def marker(self, kind: MarkerKind, lsn: int, columns: ColumnSets | None = None,
+               rereads: Sequence[RereadState] = ()) -> StreamMarker:
         known = self.known_columns if columns is None else columns
         return StreamMarker(status=kind, slot=self.slot, db=self.dbname,
                             epoch_lsn=self.epoch_lsn, lsn=lsn, ts_ms=int(self.clock() * 1000),
                             tables=tuple(t.qualified for t in self.tables),
                             system_identifier=self.system_identifier, plugin=self.plugin,
-                            columns={f"{s}.{t}": c for (s, t), c in known.items()})
+                            columns={f"{s}.{t}": c for (s, t), c in known.items()},
+                            rereads=tuple(msgspec.to_builtins(r) for r in rereads) or None)
 
     def backpressure(self, producer: Producer, tracker: AckTracker,
                      stop: threading.Event | None = None) -> None:

@@ -60,6 +60,14 @@ from capture.metrics import CaptureMetrics
 from capture.position import Clock, StreamPosition, await_acks
 from capture.protocol import Keepalive, ReplicationStream, XLogData
 from capture.publish import AckTracker, PendingTxn, Producer
+from capture.reread import (
+    REQUEST_PREFIX,
+    SNAPSHOT_MARK,
+    WATERMARK_PREFIX,
+    Rereads,
+    RereadState,
+)
+from capture.rewrites import rewrite_reason
 from capture.settings import CaptureSettings
 from capture.topics import table_topic, transaction_topic
 from hera_kit.text import first_line
@@ -118,6 +126,7 @@ class StreamContext:
     metrics: CaptureMetrics
     clock: Clock
     position: StreamPosition  # the confirmed LSN, the markers, the in-flight bound
+    rereads: Rereads  # the online re-reads (capture/reread.py), kept across streams
     # Commit -> acknowledged latency, seconds, per transaction (the benchmarks' samples).
     latency_observer: Callable[[float], None] | None = None
     on_streaming: Callable[[], None] | None = None  # called once the stream starts
@@ -188,6 +197,21 @@ class StreamRunner:
         # becomes the baseline when its names match (the log spells types with search_path
         # pg_catalog, e.g. public.mood, the decoders as format_type does for capture).
         self.logged: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.rereads = ctx.rereads
+        # (end LSN of a commit, the re-read states from then on), as column_history.
+        self.reread_history: list[tuple[int, list[RereadState]]] = [
+            (position.confirmed_lsn, self.rereads.snapshot())]
+        self.reread_changed = False
+        # Logical messages by prefix (each plugin delivers them; see capture.decoding).
+        self.on_message = {SCHEMA_PREFIX: self.schema_logged, HEARTBEAT_PREFIX: self.heartbeat,
+                           AUTHOR_PREFIX: self.authored, WATERMARK_PREFIX: self.watermark,
+                           REQUEST_PREFIX: self.reread_request}
+
+    def rereads_at(self, lsn: int) -> list[RereadState]:
+        """The re-read states after everything up to ``lsn``; older history dropped."""
+        while len(self.reread_history) > 1 and self.reread_history[1][0] <= lsn:
+            self.reread_history.pop(0)
+        return self.reread_history[0][1]
 
     def columns_at(self, lsn: int) -> dict[tuple[str, str], Columns]:
         """The column sets in force after everything up to ``lsn``; older history dropped."""
@@ -269,6 +293,8 @@ class StreamRunner:
             self.settle(force=reply)
             self._watch_acks()
             self.maybe_heartbeat()
+            if self.rereads.chunk is None and self.rereads.active() is not None:
+                self.rereads.next_chunk()
 
     def handle(self, rec: object) -> None:
         if isinstance(rec, Begin):
@@ -280,12 +306,50 @@ class StreamRunner:
         elif isinstance(rec, Relation):
             self.columns_seen(rec.schema, rec.table, rec.lsn, rec.columns)
         elif isinstance(rec, Message):
-            if rec.prefix == AUTHOR_PREFIX:
-                self.authored(rec)
-            elif rec.prefix == SCHEMA_PREFIX and rec.transactional and self.txn is not None:
-                self.schema_logged(rec)
-            elif rec.prefix == HEARTBEAT_PREFIX and self.txn is None and self.tracker.idle:
-                self.acked_lsn = max(self.acked_lsn, rec.lsn)
+            handler = self.on_message.get(rec.prefix)
+            if handler is not None:
+                handler(rec)
+
+    def heartbeat(self, rec: Message) -> None:
+        if self.txn is None and self.tracker.idle:
+            self.acked_lsn = max(self.acked_lsn, rec.lsn)
+
+    # --- re-reads (capture/reread.py) ----------------------------------------------------
+
+    def watermark(self, rec: Message) -> None:
+        if not rec.transactional or self.txn is None:
+            return
+        txn = self.txn
+
+        def emit(schema: str, table: str, row: Row, key: Row, types: dict[str, str],
+                 reason: str) -> None:
+            self._emit(txn, Op.READ, schema, table, rec.lsn, None, row, key, types,
+                       snapshot=SNAPSHOT_MARK, reread=reason)
+
+        ended = self.rereads.watermark(rec, txn.begin.commit_lsn, emit)
+        if ended is None:
+            return
+        self.reread_changed = True
+        if ended.finished:
+            # In the high watermark's transaction: confirmed only once the broker has it.
+            # The table re-read is the one key of ``definitions`` (``tables`` stays every
+            # captured table: consumers read it as the stream's table set).
+            end = self.position.marker(MarkerKind.REREAD_END, txn.begin.commit_lsn).model_copy(
+                update={"definitions": {ended.table: ()}}).to_json()
+            self._send(self.ttopic, b"marker", end, txn.pending)
+
+    def reread_request(self, rec: Message) -> None:
+        if rec.transactional and self.txn is not None:
+            self.rereads.requested(rec, {f"{s}.{t}" for s, t in self.topics}, self.s.slot)
+            self.reread_changed = True
+
+    def _reread_after(self, schema: str, table: str, lsn: int, why: str) -> None:
+        """A DDL the stream cannot express: the table's content is unknown until re-read."""
+        log.warning("table re-read after a schema change the stream cannot express",
+                    extra={"table": f"{schema}.{table}", "why": why, "lsn": format_lsn(lsn)})
+        self.rereads.schema_changed(schema, table)
+        self.rereads.request(f"{schema}.{table}", why, lsn)
+        self.reread_changed = True
 
     def _txn(self) -> _Txn:
         if self.txn is None:
@@ -316,7 +380,8 @@ class StreamRunner:
 
     def _emit(self, txn: _Txn, op: Op, schema: str, table: str, lsn: int,
               before: Row | None, after: Row | None, key: Row | None,
-              types: dict[str, str] | None) -> None:
+              types: dict[str, str] | None, snapshot: str = "false",
+              reread: str | None = None) -> None:
         if not txn.began:
             self._begin(txn)
         qualified = f"{schema}.{table}"
@@ -326,9 +391,9 @@ class StreamRunner:
         value = change_event_json(
             before=before, after=after, op=op, ts_ms=int(self.clock() * 1000),
             name=self.s.topic_prefix, db=self.position.dbname, schema=schema, table=table,
-            tx_id=b.xid, lsn=lsn, commit_ts_us=b.ts_us, snapshot="false",
+            tx_id=b.xid, lsn=lsn, commit_ts_us=b.ts_us, snapshot=snapshot,
             commit_lsn=b.commit_lsn, position=txn.position, table_order=n, key=key,
-            types=types, author=txn.author_raw)
+            types=types, author=txn.author_raw, reread=reread)
         txn.position += 1
         txn.changes += 1
         topic = self.topics.get((schema, table)) or table_topic(self.s.topic_prefix, schema, table)
@@ -349,12 +414,15 @@ class StreamRunner:
             # A column set not seen on this table's last change: compare with what is known.
             self.columns_seen(rec.schema, rec.table, rec.lsn, tuple(rec.types.items()))
             self.last_types[table] = rec.types
+        if self.rereads.chunk is not None:
+            self.rereads.changed(rec.schema, rec.table, rec.before, rec.after)
         self._emit(self._txn(), _OPS[rec.action], rec.schema, rec.table, rec.lsn, rec.before,
                    rec.after, rec.key, rec.types)
 
     def truncate(self, rec: Truncate) -> None:
         txn = self._txn()
         for schema, table in rec.tables:
+            self.rereads.truncated(schema, table)
             self._emit(txn, Op.TRUNCATE, schema, table, rec.lsn, None, None, None, None)
 
     # --- schema changes ------------------------------------------------------------------
@@ -376,8 +444,11 @@ class StreamRunner:
         defs = tuple(ColumnDef(attnum=i + 1, name=n, type=t)
                      for i, (n, t) in enumerate(columns))
         self._schema_event(self._txn(), schema, table, lsn, defs, None, None, recorded=False)
+        self._reread_after(schema, table, lsn, "an unrecorded schema change (no schema log)")
 
     def schema_logged(self, rec: Message) -> None:
+        if not rec.transactional or self.txn is None:
+            return
         try:
             logged = _decode_schema_log(rec.content.encode())
         except msgspec.DecodeError as exc:
@@ -391,10 +462,13 @@ class StreamRunner:
         defs = tuple(ColumnDef(attnum=c.attnum, name=c.name, type=c.type, not_null=c.not_null,
                                default=c.default, missing=c.missing, has_missing=c.has_missing)
                      for c in logged.columns)
+        why = rewrite_reason(self.columns.get(table), defs, logged.ddl)
         self.columns[table] = tuple((c.name, c.type) for c in logged.columns)
         self.logged[table] = tuple(c.name for c in logged.columns)
         self._schema_event(self._txn(), logged.schema, logged.table, rec.lsn, defs,
                            logged.command_tag, logged.ddl, recorded=True)
+        if why is not None:
+            self._reread_after(logged.schema, logged.table, rec.lsn, why)
 
     def _follow_rename(self, relid: int, name: tuple[str, str]) -> tuple[str, str] | None:
         """A captured table is its relation: under another name (RENAME TO) it keeps its
@@ -446,6 +520,9 @@ class StreamRunner:
         self.tracker.close(txn.pending, rec.end_lsn)
         if self.columns != self.column_history[-1][1]:
             self.column_history.append((rec.end_lsn, dict(self.columns)))
+        if self.reread_changed:
+            self.reread_changed = False
+            self.reread_history.append((rec.end_lsn, self.rereads.snapshot()))
         self.txn = None
         self.last_activity = time.monotonic()
 
@@ -463,7 +540,8 @@ class StreamRunner:
                 force or now - self.last_confirm >= self.s.confirm_interval_s):
             m = self.markers.open()
             marker = self.position.marker(MarkerKind.PROGRESS, self.acked_lsn,
-                                          self.columns_at(self.acked_lsn)).to_json()
+                                          self.columns_at(self.acked_lsn),
+                                          self.rereads_at(self.acked_lsn)).to_json()
             self.producer.send(self.ttopic, b"marker", marker, self.markers.sent(m, len(marker)))
             self.markers.close(m, self.acked_lsn)
             self.marker_lsn = self.acked_lsn

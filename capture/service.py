@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 
+import msgspec
 import psycopg
 
 from capture.decoding import PLUGINS, Decoder, TableNames, choose_plugin, make_decoder
 from capture.decoding.catalog import SideCatalog
 from capture.decoding.names import warn_without_schema_log
-from capture.encoding import SESSION_OPTIONS
+from capture.encoding import CAPTURE_OPTIONS
 from capture.errors import BrokerError, CaptureError, DecodeError, SlotError, Stopped
 from capture.event import MarkerKind, Op, StreamMarker, change_event_json, encode_key, format_lsn
 from capture.kafka_admin import ensure_topics
@@ -29,6 +30,7 @@ from capture.metrics import CaptureMetrics
 from capture.position import Clock, StreamPosition, await_acks
 from capture.protocol import ReplicationStream
 from capture.publish import AckTracker, EventTooLarge, Producer, producer_for
+from capture.reread import Rereads, RereadState, TableShape
 from capture.runner import StreamContext, StreamRunner
 from capture.settings import CaptureSettings
 from capture.slot import (
@@ -60,7 +62,7 @@ ABORTABLE_PHASES = frozenset({"starting", "back-off"})
 
 def _connect(dsn: str, **kw: object) -> psycopg.Connection[tuple[object, ...]]:
     try:
-        return psycopg.connect(dsn, autocommit=True, options=SESSION_OPTIONS, **kw)  # type: ignore[arg-type]
+        return psycopg.connect(dsn, autocommit=True, options=CAPTURE_OPTIONS, **kw)  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
         first = first_line(exc)
         raise CaptureError(f"cannot connect to PostgreSQL: {first} (check --dsn)") from exc
@@ -91,6 +93,8 @@ class CaptureService:
         self.phase_lock = threading.Lock()
         self.phase = "starting"
         self.streams_opened = 0
+        self.rereads = Rereads(settings.dsn, settings.reread_chunk_rows, self._shape, clock,
+                               on_progress=self._reread_progress)
 
     def _enter(self, phase: str) -> None:
         with self.phase_lock:
@@ -163,6 +167,7 @@ class CaptureService:
                 pos.epoch_lsn = marker.epoch_lsn
                 pos.confirmed_lsn = existing.confirmed_flush_lsn or 0
                 self._resume_columns(marker)
+                self._reread_added(marker)
                 return producer, pos.confirmed_lsn
             self._enter_snapshot(stop)
             return producer, self._new_epoch(producer, stop)
@@ -238,10 +243,35 @@ class CaptureService:
                                  pos.dbname, at_most_lsn=pos.confirmed_lsn)
         if marker is None or marker.columns is None:
             return  # markers of an older capture: today's catalog is all there is
+        if marker.rereads:
+            self.rereads.restore([msgspec.convert(r, RereadState) for r in marker.rereads])
         for qualified, columns in marker.columns.items():
             schema, _, table = qualified.partition(".")
             if (schema, table) in pos.known_columns:
                 pos.known_columns[(schema, table)] = tuple(columns)
+
+    def _reread_added(self, newest: StreamMarker) -> None:
+        """A table newly named in --tables for this slot: re-read online (no new epoch);
+        its changes stream from now on. A table no longer named keeps its history."""
+        before = set(newest.tables)
+        if not before:
+            return  # markers of an older capture: nothing to compare with
+        for t in self.position.tables:
+            if t.qualified not in before and not any(
+                    s.table == t.qualified for s in self.rereads.states):
+                self.rereads.request(t.qualified, "added to --tables",
+                                     self.position.confirmed_lsn)
+
+    def _reread_progress(self, state: RereadState, rows: int) -> None:
+        self.metrics.reread_rows.labels(table=state.table).inc(rows)
+        self.metrics.reread_chunks.labels(table=state.table).inc()
+        self.metrics.rereads_running.set(sum(not s.finished for s in self.rereads.states))
+
+    def _shape(self, qualified: str) -> TableShape:
+        """A table's columns and key now (a re-read reads them; PreflightError without key)."""
+        with _connect(self.s.dsn) as conn:
+            info = table_info(conn, qualified)
+        return TableShape(info.schema, info.table, info.columns, info.primary_key)
 
     @property
     def dec(self) -> Decoder:
@@ -409,8 +439,9 @@ class CaptureService:
         self._enter("streaming")
         runner = StreamRunner(StreamContext(
             settings=self.s, decoder=self.dec, metrics=self.metrics, clock=self.clock,
-            position=self.position, latency_observer=self.latency_observer,
-            on_streaming=self.on_streaming, names=self.names), producer, stream)
+            position=self.position, rereads=self.rereads,
+            latency_observer=self.latency_observer, on_streaming=self.on_streaming,
+            names=self.names), producer, stream)
         self.ready.set()
         self.metrics.health.ready()
         log.info("streaming", extra={"slot": self.s.slot, "plugin": self.dec.caps.name,
@@ -421,6 +452,8 @@ class CaptureService:
             # A new stream resumes from the confirmed LSN: compare its changes with the column
             # sets of that position, not with those of what this one decoded beyond it.
             self.position.known_columns = dict(runner.columns_at(self.position.confirmed_lsn))
+            self.rereads.restore(runner.rereads_at(self.position.confirmed_lsn))
+            self.rereads.close()
             stream.close()
             self.catalog.close()
 

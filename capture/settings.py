@@ -39,6 +39,8 @@ class CaptureSettings(KafkaSettings):
     status_interval_s: float = Field(5.0, gt=0)
     new_snapshot: bool = False
     snapshot_batch_rows: int = Field(5000, ge=1)
+    # Rows per chunk of an online re-read (capture/reread.py): capture holds one chunk.
+    reread_chunk_rows: int = Field(500, ge=1)
     max_in_flight: int = Field(20_000, ge=100)  # records sent but not yet acknowledged
     max_in_flight_bytes: int = Field(32 * MIB, ge=MIB)
     max_backoff_s: float = Field(30.0, gt=0)
@@ -87,3 +89,7 @@ class StatusSettings(BaseSettings):
     dsn: str = Field(min_length=1,
                      description="libpq connection string of the captured database")
     slot: str = "hera_guard"
+    # Optional: with the broker, status also lists the online re-reads (from the newest
+    # PROGRESS marker on <prefix>.transaction).
+    bootstrap_servers: str | None = None
+    topic_prefix: str = "hera"

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.string import TextLoader
 
-from capture.encoding import SESSION_OPTIONS, text_decoder
+from capture.encoding import CAPTURE_OPTIONS, text_decoder
 from capture.event import ColumnDef, Row
 from capture.slot import TableInfo
 
@@ -34,7 +34,7 @@ def snapshot_definitions(dsn: str, snapshot_name: str, tables: Sequence[TableInf
                          ) -> dict[str, tuple[ColumnDef, ...]]:
     """Each table's definition as of the exported snapshot (the epoch's baseline)."""
     out: dict[str, tuple[ColumnDef, ...]] = {}
-    with psycopg.connect(dsn, autocommit=False, options=SESSION_OPTIONS) as conn:
+    with psycopg.connect(dsn, autocommit=False, options=CAPTURE_OPTIONS) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
         conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
@@ -67,7 +67,7 @@ def snapshot_rows(dsn: str, snapshot_name: str, tables: Sequence[TableInfo],
     bpchar's trims) under the same SESSION_OPTIONS as the replication connection, so a row
     reads byte for byte as the stream gives it.
     """
-    with psycopg.connect(dsn, autocommit=False, options=SESSION_OPTIONS) as conn:
+    with psycopg.connect(dsn, autocommit=False, options=CAPTURE_OPTIONS) as conn:
         output_text(conn)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))

@@ -279,7 +279,8 @@ def _check_complete(conn: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
         actual AS (
             SELECT commit_lsn, table_schema || '.' || table_name AS tbl,
                    count(DISTINCT position) AS n
-            FROM {src} WHERE NOT snapshot AND commit_lsn > $lo AND commit_lsn <= $hi
+            FROM {src} WHERE (NOT snapshot OR xid IS NOT NULL)  -- re-read rows count
+                  AND commit_lsn > $lo AND commit_lsn <= $hi
             GROUP BY ALL
         )
         SELECT coalesce(e.commit_lsn, a.commit_lsn) AS c, e.xid, coalesce(e.tbl, a.tbl),
@@ -297,7 +298,7 @@ def _check_complete(conn: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
                 f"events of {tbl}")
         schema, _, name = str(tbl).partition(".")
         later = first(conn.execute(
-            f"SELECT 1 FROM {src} WHERE NOT snapshot AND commit_lsn > $c "  # noqa: S608
+            f"SELECT 1 FROM {src} WHERE (NOT snapshot OR xid IS NOT NULL) AND commit_lsn > $c "  # noqa: S608
             "AND table_schema = $s AND table_name = $t LIMIT 1",
             {"c": int(c), "s": schema, "t": name}))
         if later is None:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
-from capture.encoding import NATIVE_TYPES, SESSION_OPTIONS
+from capture.encoding import NATIVE_TYPES, SESSION_OPTIONS, canonical_type_path
 from replay.errors import PrivilegeError, ReplayError, UnknownTable
 from replay.tables import TableId
 from replay.values import encode_text_sql
@@ -34,7 +34,7 @@ Conn = psycopg.Connection[tuple[object, ...]]
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str  # format_type spelling, as capture's ``types``
+    type: str  # format_type under capture.encoding.TYPE_SEARCH_PATH, as capture's ``types``
     generated: bool = False
 
 
@@ -55,10 +55,13 @@ def columns(conn: Conn, table: TableId) -> list[Column]:
     if oid is None:
         raise UnknownTable(f"table {table} does not exist in the database; check --table "
                            "and the DSN's database")
-    rows = conn.execute(
-        "SELECT attname, format_type(atttypid, atttypmod), attgenerated <> '' "
-        "FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
-        "ORDER BY attnum", (oid,)).fetchall()
+    # Capture's spelling (public.mood, never mood): the session's search_path must not make
+    # the same enum or domain look like a schema difference.
+    with canonical_type_path(conn):
+        rows = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attgenerated <> '' "
+            "FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum", (oid,)).fetchall()
     return [Column(str(n), str(t), bool(g)) for n, t, g in rows]
 
 

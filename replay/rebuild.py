@@ -7,6 +7,7 @@ the row in the change-event encoding, see ``capture/event.py``).
 
 Rules, in WAL order ``(commit_lsn, position)``:
 - snapshot rows (op ``r``) of the chosen epoch, or the rows of a base snapshot, are the start;
+  rows of an online re-read (op ``r`` inside a transaction: they have an xid) are changes;
 - ``c``/``u`` set the key's row to ``after``; an UPDATE that changes the primary key also
   removes the old key (taken from ``before``, else ``key``);
 - ``d`` removes the key; ``t`` (TRUNCATE) removes every row that came before it.
@@ -126,7 +127,7 @@ def window_where(table: TableId, window: Window) -> tuple[str, dict[str, object]
     snapshot_filter = "FALSE" if window.snapshot_lsn is None else "commit_lsn = $snap"
     where = f"""table_schema = $s AND table_name = $t AND commit_lsn <= $upto
               AND ((snapshot AND {snapshot_filter})
-                   OR (NOT snapshot AND commit_lsn > $after))"""
+                   OR ((NOT snapshot OR xid IS NOT NULL) AND commit_lsn > $after))"""
     params: dict[str, object] = {"s": table.schema, "t": table.name,
                                  "upto": window.upto_lsn, "after": window.after_lsn}
     if window.snapshot_lsn is not None:

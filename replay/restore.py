@@ -24,7 +24,7 @@ from replay.errors import ConflictsFound, UnknownTable
 from replay.live import Column, Conn, columns, primary_key, read_rows, require_privileges
 from replay.plan import CONFLICT, DELETE, UPDATE, Plan, Scope, plan_changes
 from replay.rebuild import pk_paths
-from replay.schema import SchemaChangeRefused, unknown_rows
+from replay.schema import SchemaChangeRefused, same_type, unknown_rows
 from replay.state import Progress, State, materialize, quiet, state_at
 from replay.tables import TableId, first
 from replay.values import key_sql
@@ -102,7 +102,8 @@ def check_columns(state: State, cols: list[Column]) -> None:
     live = {c.name: c.type for c in cols if not c.generated}
     archived = {n: t for n, t in state.types.items() if n in live or n not in
                 {c.name for c in cols}}
-    if archived != live:
+    if archived.keys() != live.keys() or not all(
+            same_type(t, live[n]) for n, t in archived.items()):
         diff = sorted(set(archived.items()) ^ set(live.items()))
         shown = ", ".join(f"{n} {t}" for n, t in diff[:6])
         raise SchemaChangeRefused(
@@ -177,8 +178,9 @@ def revert(duck: duckdb.DuckDBPyConnection, pg: Conn, xid: int, *, dry_run: bool
             duck.execute(f"DROP TABLE IF EXISTS _touched{i}")
             keys.distinct().to_table(f"_touched{i}")
             keys = duck.table(f"_touched{i}")
+            generated = frozenset(c.name for c in cols if c.generated)
             for st in (before, after):
-                unknown_rows(duck, st.rel, st.steps, keys=f"_touched{i}")
+                unknown_rows(duck, st.rel, st.steps, keys=f"_touched{i}", ignore=generated)
             progress(f"reading live rows of {t}")
             live = read_rows(pg, t, cols)
             plans.append(plan_changes(duck, t, before.pk, list(before.types), before.rel,

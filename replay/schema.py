@@ -31,6 +31,7 @@ import duckdb
 
 from capture.event import format_lsn
 from replay.errors import ReplayError
+from replay.rereads import window_note
 from replay.tables import TableId, first, quote_duck
 from replay.values import encode_text_sql, encoded_literal, literal
 
@@ -161,13 +162,23 @@ def _scale(pg_type: str) -> int | None:
     return int(m.group(2) or 0)
 
 
+def same_type(a: str, b: str) -> bool:
+    """The same type spelled by capture (schema-qualified outside pg_catalog: public.mood)
+    or, in archives written before that spelling was fixed, as the session's search_path
+    showed it (mood)."""
+    if a == b:
+        return True
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    return "." in long_ and long_.partition(".")[2] == short
+
+
 def conversion(old: str, new: str, ddl: str | None) -> tuple[str | None, str]:
     """How ALTER COLUMN TYPE turns a value of type ``old`` into ``new``: DuckDB SQL over the
     old input text ``{t}`` giving the new input text, or None and the reason it cannot be
     done exactly."""
     if ddl is not None and _USING.search(ddl):
         return None, "it converts with a USING expression"
-    if old == new:
+    if same_type(old, new):
         return "{t}", ""
     if old.endswith("[]") and new.endswith("[]"):
         inner, why = conversion(old[:-2], new[:-2], None)
@@ -263,10 +274,31 @@ class Step:
     change: SchemaChange
     members: list[tuple[str, str]]
     losses: list[str]  # why rows written before it may get a sentinel ("" if they cannot)
+    # The commit where capture's re-read of the table after this DDL ended (replay/rereads.py)
+    exact_from: int | None = None
+    reread: bool = False  # the archive holds re-reads of this table (the note names them)
 
     @property
     def may_lose(self) -> bool:
         return bool(self.losses)
+
+
+def unrecorded_step(i: int, prev: list[Col], change: SchemaChange) -> Step:
+    """An unrecorded change (only ever applied once a re-read followed it): a column of the
+    same name and type keeps its values (capture would have seen nothing else change);
+    every other value of a row written before it is unknown until the re-read's row
+    supersedes it."""
+    old = {c.name: c for c in prev}
+    members: list[tuple[str, str]] = []
+    losses: list[str] = []
+    for col in change.columns:
+        src = old.get(col.name)
+        if src is not None and same_type(src.type, col.type):
+            members.append((col.name, f"v.{quote_duck(src.name)}"))
+        else:
+            members.append((col.name, _sentinel(i)))
+            losses.append(f"column {col.name} changed without a record")
+    return Step(change, members, losses)
 
 
 def step_for(i: int, prev: list[Col], change: SchemaChange) -> Step:
@@ -342,21 +374,33 @@ def apply_steps(conn: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation,
 
 
 def unknown_rows(conn: duckdb.DuckDBPyConnection, rel: duckdb.DuckDBPyRelation,
-                 steps: list[tuple[Step, list[Col]]], keys: str | None = None) -> None:
+                 steps: list[tuple[Step, list[Col]]], keys: str | None = None,
+                 ignore: frozenset[str] = frozenset()) -> None:
     """Refuse when a row of ``rel`` (restricted to keys in relation ``keys``) still holds a
-    value a DDL made unknowable."""
+    value a DDL made unknowable (in a column not in ``ignore``: generated columns, which
+    PostgreSQL computes itself on every write)."""
     lossy = [s for s, _ in steps if s.may_lose]
     if not lossy:
         return
     rel.create_view("_schema_check", replace=True)
     only = "" if keys is None else f"AND key IN (SELECT key FROM {quote_duck(keys)})"  # noqa: S608
     for i, step in ((i, s) for i, (s, _) in enumerate(steps) if s.may_lose):
+        params: dict[str, str] = {"p": f"{_SENTINEL_JSON}{i}\""}
+        test = "contains(row, $p)"
+        if ignore:  # column by column, leaving out the ignored ones
+            names = [c.name for c in step.change.columns if c.name not in ignore]
+            params = {"s": f"{SENTINEL}{i}"} if names else {}
+            test = " OR ".join(
+                f"coalesce(json_extract_string(row, {literal('$.' + json.dumps(n))}) = $s, "
+                "false)" for n in names) or "false"
         found = first(conn.execute(
-            f"SELECT count(*) FROM _schema_check WHERE contains(row, $p) {only}",  # noqa: S608
-            {"p": f"{_SENTINEL_JSON}{i}\""}))
+            f"SELECT count(*) FROM _schema_check WHERE ({test}) {only}",  # noqa: S608
+            params))
         n = int(found[0]) if found else 0
         if n:
             raise SchemaChangeRefused(
                 f"replay cannot rebuild {n} rows written before {step.change.describe()} "
                 f"exactly: {'; '.join(step.losses)}, so their values are not recorded; "
-                f"pick a point before {format_lsn(step.change.commit_lsn)}")
+                f"pick a point before {format_lsn(step.change.commit_lsn)}"
+                + (window_note(step.change.commit_lsn, step.exact_from) if step.reread
+                   else ""))

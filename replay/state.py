@@ -31,6 +31,7 @@ from replay.rebuild import (
     window_v1_columns,
     window_where,
 )
+from replay.rereads import check_joined, end_after, reread_ends, reread_started
 from replay.schema import (
     Col,
     SchemaChangeRefused,
@@ -40,6 +41,7 @@ from replay.schema import (
     load_schema_changes,
     step_for,
     unknown_rows,
+    unrecorded_step,
 )
 from replay.snapshot import BaseSnapshot
 from replay.tables import TableId, first, quote_duck
@@ -205,8 +207,9 @@ def _with_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId, rel: R
             and (forward or c.commit_lsn <= upto) and not c.baseline]
     if not todo:
         return rel, types, []
+    ends = reread_ends(conn, table)
     for _, c in todo:
-        if not c.recorded:
+        if not c.recorded and end_after(ends, c.commit_lsn) is None:
             where = ("after the point: rows cannot be brought to today's columns"
                      if c.commit_lsn > upto else f"before {format_lsn(upto)}")
             raise SchemaChangeRefused(
@@ -218,7 +221,13 @@ def _with_schema_changes(conn: duckdb.DuckDBPyConnection, table: TableId, rel: R
     for i, c in todo:
         prev = definition_before(i, ddls, event_types_before(conn, table, c.ord, floor,
                                                              changes))
-        steps.append((step_for(len(steps), prev, c), prev))
+        # After an unrecorded change only a re-read (checked above) makes rows known again.
+        step = (step_for(len(steps), prev, c) if c.recorded
+                else unrecorded_step(len(steps), prev, c))
+        end = end_after(ends, c.commit_lsn)
+        step = replace(step, exact_from=end,
+                       reread=end is not None or reread_started(conn, table, c.commit_lsn))
+        steps.append((step, prev))
     out = apply_steps(conn, rel, steps)
     if strict:
         unknown_rows(conn, out, steps)
@@ -263,6 +272,7 @@ def state_at(conn: duckdb.DuckDBPyConnection, table: TableId, point: Point | int
         rel = rebuild(conn, table, window, pk, base="_base_rows")
     else:
         assert resolved.epoch is not None
+        check_joined(conn, table, resolved.epoch.slot, resolved.epoch.epoch_lsn)
         window = Window(upto_lsn=upto, after_lsn=resolved.epoch.epoch_lsn,
                         snapshot_lsn=resolved.epoch.epoch_lsn)
         rel = rebuild(conn, table, window, pk)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 HEARTBEAT_PREFIX = "hera-guard"
 SCHEMA_PREFIX = "hera-guard.schema"
 AUTHOR_PREFIX = "hera.author"
+# Online re-reads (capture/reread.py): chunk watermarks and operators' requests.
+WATERMARK_PREFIX = "hera.watermark"
+REREAD_PREFIX = "hera.reread"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from capture.encoding import SESSION_OPTIONS
+from capture.encoding import CAPTURE_OPTIONS
 
 _QUERY = """
 SELECT ARRAY(SELECT format_type(u.o, u.m)
@@ -37,7 +37,7 @@ class SideCatalog:
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, autocommit=True, options=SESSION_OPTIONS)
+            self._conn = psycopg.connect(self.dsn, autocommit=True, options=CAPTURE_OPTIONS)
         return self._conn
 
     def relation_columns(self, relid: int, type_oids: Sequence[tuple[int, int]]

@@ -20,7 +20,9 @@ import msgspec
 from capture.decoding.base import (
     AUTHOR_PREFIX,
     HEARTBEAT_PREFIX,
+    REREAD_PREFIX,
     SCHEMA_PREFIX,
+    WATERMARK_PREFIX,
     Capabilities,
     Catalog,
 )
@@ -202,7 +204,8 @@ class Wal2JsonDecoder:
         options = dict(WAL2JSON_OPTIONS)
         options["add-tables"] = ",".join(
             [self.add_tables, *(f"{_escape(s)}.{_escape(t)}" for s, t in self.names.extra)])
-        options["add-msg-prefixes"] = f"{HEARTBEAT_PREFIX},{SCHEMA_PREFIX},{AUTHOR_PREFIX}"
+        options["add-msg-prefixes"] = ",".join(
+            (HEARTBEAT_PREFIX, SCHEMA_PREFIX, AUTHOR_PREFIX, WATERMARK_PREFIX, REREAD_PREFIX))
         if self.numeric_as_string:
             options[NUMERIC_AS_STRING] = "1"
         return options

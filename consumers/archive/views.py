@@ -97,7 +97,9 @@ CREATE OR REPLACE VIEW change_log AS
 SELECT commit_ts, lsn_text(commit_lsn) AS lsn, xid,
        table_schema || '.' || table_name AS "table",
        CASE op WHEN 'c' THEN 'insert' WHEN 'u' THEN 'update' WHEN 'd' THEN 'delete'
-               WHEN 'r' THEN 'snapshot' WHEN 't' THEN 'truncate' END AS operation,
+               -- op r inside a transaction: a row of capture's online re-read
+               WHEN 'r' THEN CASE WHEN xid IS NULL THEN 'snapshot' ELSE 're-read' END
+               WHEN 't' THEN 'truncate' END AS operation,
        key, before, after, commit_lsn, position,
        t.db_user, t.session_user, t.application_name, t.client_addr, t.actor, t.context
 FROM changes LEFT JOIN (

@@ -88,6 +88,8 @@ class Detector:
         if event.op in (Op.TRUNCATE, Op.DELETE):
             return True
         table = event.table_id
+        if event.op is Op.READ:  # an online re-read's row: it sets membership state
+            return table == self.rules.orphaned_user.table
         if event.op is Op.UPDATE:
             return table in (self.rules.orphaned_user.table, self.rules.mass_deletion.table,
                              self.rules.role_removed.table) or self._bad_code(event)
@@ -127,6 +129,9 @@ class Detector:
         md, ou, rr = self.rules.mass_deletion, self.rules.orphaned_user, self.rules.role_removed
         for e in tx.events:
             table = e.table_id
+            if e.op is Op.READ:  # an online re-read: what the row is, not a change to judge
+                self.apply_snapshot(e)
+                continue
             if e.op is Op.TRUNCATE:
                 f.truncated.append(table)
                 if table == ou.table:

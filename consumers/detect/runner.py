@@ -252,10 +252,12 @@ class DetectorRunner:
         expected = topic[len(self.options.topic_prefix) + 1:]
         if event.table_id != expected:
             raise _Rejected(f"event of table {event.table_id} on the topic of {expected}")
-        if event.op == "r":
+        if event.op == "r" and event.source.txId is None:  # the initial snapshot
             if event.commit_lsn >= self.assembler.released_lsn:  # older ones: already in state
                 self.detector.apply_snapshot(event)
             return
+        # Everything else, an online re-read's rows (op r inside a transaction) included: its
+        # transaction's END counts them, and they set state in WAL order (never alert).
         self.assembler.add_event(event, tp, offset)
 
     def _on_transaction_record(self, value: bytes | None, tp: TopicPartitionKey,

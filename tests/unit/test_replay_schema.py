@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from capture.event import ColumnDef, format_lsn
-from replay.schema import SchemaChangeRefused, conversion
+from replay.schema import SchemaChangeRefused, conversion, same_type
 from replay.state import state_at
 from replay.tables import TableId
 from tests.replay_fixtures import History, memory_history
@@ -225,3 +225,12 @@ def test_the_epochs_recorded_definition_matches_a_first_rename_the_statement_hid
     h.progress()
     assert rows_at(h, lsn) == {1: {"id": row(1)["id"], "n": 1, "Kind": "k"},
                                2: {"id": row(2)["id"], "n": 2, "Kind": "k"}}
+
+
+def test_a_type_spelled_with_and_without_its_schema_is_the_same_type() -> None:
+    # Archives written before capture fixed its spelling hold ``mood`` where the schema log
+    # and today's events hold ``public.mood``.
+    assert same_type("mood", "public.mood") and same_type("public.mood[]", "mood[]")
+    assert conversion("mood", "public.mood", None) == ("{t}", "")
+    assert not same_type("mood", "public.feeling")
+    assert not same_type("integer", "bigint")
