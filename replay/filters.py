@@ -17,7 +17,7 @@ from psycopg import sql
 
 from hera_kit.text import first_line
 from replay.errors import BadPoint, UnknownTable
-from replay.live import Column, Conn
+from replay.live import Column, Conn, output_text_sql
 from replay.plan import Scope
 from replay.settings import ReplaySettings
 from replay.tables import TableId
@@ -58,11 +58,13 @@ def typed_scope(pg: Conn, table: TableId, cols: list[Column], filters: list[Filt
             raise UnknownTable(f"{table} has no column {f.column}; {f.option} only applies to "
                                f"tables that have {f.column}")
         # The table's row type carries the column's type (domains and typmods included);
-        # jsonb_populate_record runs the type's input function on the text, ``::text`` its
-        # output function, in replay's session settings (those capture archives with).
-        query = sql.SQL("SELECT (jsonb_populate_record(NULL::{t}, "
-                        "jsonb_build_object(%s::text, %s::text))).{c}::text").format(
+        # jsonb_populate_record runs the type's input function on the text, output_text_sql
+        # its output function, in replay's session settings (those capture archives with).
+        value = sql.SQL("(jsonb_populate_record(NULL::{t}, "
+                        "jsonb_build_object(%s::text, %s::text))).{c}").format(
             t=sql.Identifier(table.schema, table.name), c=sql.Identifier(f.column))
+        query = sql.SQL("SELECT {} FROM (SELECT {} AS v) AS given").format(
+            output_text_sql(sql.Identifier("v")), value)
         try:
             row = pg.execute(query, (f.column, f.value)).fetchone()
         except psycopg.errors.DataError as exc:

@@ -101,11 +101,19 @@ def require_schema_create(conn: Conn, schema: str) -> None:
                              f"{schema}; grant CREATE on it or use another DSN")
 
 
+def output_text_sql(expr: sql.Composable) -> sql.Composable:
+    """SQL giving ``expr``'s text exactly as its type's output function prints it (what
+    capture archives and COPY sends), NULL for NULL. Not ``expr::text``: a cast to text can
+    be a function of its own (inet's adds the netmask, bpchar's drops trailing spaces);
+    concat() always calls the output function. No ``%`` in it: callers pass parameters."""
+    return sql.SQL("CASE WHEN {e} IS NULL THEN NULL ELSE concat({e}) END").format(e=expr)
+
+
 def _encoded(col: Column) -> sql.Composable:
     ident = sql.Identifier(col.name)
     if col.type in NATIVE_TYPES:
         return ident
-    return sql.SQL("{}::text").format(ident)
+    return output_text_sql(ident)
 
 
 def row_json_sql(cols: list[Column]) -> sql.Composable:
