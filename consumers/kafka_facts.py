@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from capture.errors import BrokerError
 from hera_kit.kafka_config import KafkaConfig, as_config
@@ -40,11 +40,14 @@ def fetch_watermarks(bootstrap_servers: KafkaConfig | str,
     except KafkaError as exc:
         raise BrokerError.unreachable(bootstrap_servers, exc) from exc
     try:
-        lows = consumer.beginning_offsets(tps)
-        reported = consumer.end_offsets(tps)
+        lows = list_offsets(consumer, tps, "beginning")
+        reported = list_offsets(consumer, [tp for tp in tps if tp in lows], "end")
+        tps = [tp for tp in tps if tp in reported]  # gone meanwhile: left out, as unknown
+        if not tps:
+            return {}
         consumer.assign(tps)
         for tp in tps:
-            consumer.seek(tp, max(0, int(reported[tp]) - 1))
+            consumer.seek(tp, max(0, reported[tp] - 1))
         deadline = time.monotonic() + timeout_s
         highs: dict[Any, int] = {}
         while len(highs) < len(tps):
@@ -52,15 +55,43 @@ def fetch_watermarks(bootstrap_servers: KafkaConfig | str,
             for tp in tps:
                 hw = consumer.highwater(tp)
                 if hw is not None:
-                    highs[tp] = max(int(hw), int(reported[tp]))
+                    highs[tp] = max(int(hw), reported[tp])
             if time.monotonic() > deadline:
+                # a partition deleted since its end was listed never answers a fetch: left
+                # out like the others that vanished; one still on the broker is a timeout
+                known = {(tp.topic, p) for tp in tps
+                         for p in consumer.partitions_for_topic(tp.topic) or ()}
+                if all(tp in highs or (tp.topic, tp.partition) not in known for tp in tps):
+                    break
                 raise BrokerError(f"timed out reading the end of {tps[0].topic} from "
                                   f"{bootstrap_servers}")
-        return {(tp.topic, tp.partition): (int(lows[tp]), highs[tp]) for tp in tps}
+        return {(tp.topic, tp.partition): (lows[tp], highs[tp]) for tp in tps if tp in highs}
     except KafkaError as exc:
         raise BrokerError.unreachable(bootstrap_servers, exc) from exc
     finally:
         consumer.close()
+
+
+def list_offsets(consumer: Any, tps: list[Any], which: Literal["beginning", "end"],
+                 ) -> dict[Any, int]:
+    """kafka-python's ``beginning_offsets``/``end_offsets`` for the partitions still on the
+    broker. kafka-python (3.0) drops from its ListOffsets request a partition whose topic
+    was deleted since its metadata named it (no leader any more) and then raises
+    ``KeyError(TopicPartition)`` for it: that partition is left out of the answer, as one
+    the broker does not have (the caller's stream check says what that means)."""
+    ask = list(tps)
+    while ask:
+        try:
+            got = (consumer.beginning_offsets if which == "beginning"
+                   else consumer.end_offsets)(ask)
+        except KeyError as exc:
+            gone = exc.args[0] if exc.args else None
+            if gone not in ask:
+                raise
+            ask.remove(gone)
+            continue
+        return {tp: int(o) for tp, o in got.items() if o is not None}
+    return {}
 
 
 def _admin(bootstrap_servers: KafkaConfig | str, timeout_s: float) -> Any:

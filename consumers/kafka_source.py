@@ -49,6 +49,7 @@ from consumers.kafka_facts import (
     fetch_watermarks,
     kafka_cluster_id,
     kafka_topic_ids,
+    list_offsets,
 )
 from hera_kit.kafka_config import KafkaConfig, as_config
 
@@ -252,14 +253,14 @@ class KafkaSource(_BrokerFacts):
     def start_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         if not tps:
             return {}
-        got = self._consumer.beginning_offsets([TopicPartition(t, p) for t, p in tps])
-        return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
+        got = list_offsets(self._consumer, [TopicPartition(t, p) for t, p in tps], "beginning")
+        return {(tp.topic, tp.partition): o for tp, o in got.items()}
 
     def end_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         if not tps:
             return {}
-        got = self._consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
-        return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
+        got = list_offsets(self._consumer, [TopicPartition(t, p) for t, p in tps], "end")
+        return {(tp.topic, tp.partition): o for tp, o in got.items()}
 
     def fetched_ends(self) -> dict[tuple[str, int], int]:
         out = {}

@@ -58,14 +58,16 @@ def check_stream(source: CheckedSource, archived: StreamIdentity | None,
     if not offsets:
         return seen
     existing = source.partitions()
-    missing = sorted(tp for tp, o in offsets.items() if o > 0 and tp not in existing)
+    read = sorted(tp for tp, o in offsets.items() if o > 0 and tp in existing)
+    # a partition deleted between the two questions has no end: missing as well
+    ends = source.end_offsets(read)
+    missing = sorted(tp for tp, o in offsets.items() if o > 0 and tp not in ends)
     if missing:
         t, p = missing[0]
         raise IdentityMismatchError(
             f"the broker has no partition {t}[{p}] (the archive holds it up to offset "
             f"{offsets[(t, p)] - 1}; {len(missing)} partition(s) missing): the broker lost its "
             f"data or is another one; {WAY_OUT}")
-    ends = source.end_offsets(sorted(tp for tp, o in offsets.items() if o > 0))
     for tp, end in sorted(ends.items()):
         if end == 0:
             raise IdentityMismatchError(
