@@ -36,7 +36,10 @@ def fetch_watermarks(bootstrap_servers: KafkaConfig | str,
                                  fetch_max_wait_ms=10, max_partition_fetch_bytes=1024,
                                  request_timeout_ms=int(timeout_s * 1000) + 1000,
                                  bootstrap_timeout_ms=int(timeout_s * 1000),
-                                 client_id="hera-guard-watermarks")
+                                 client_id="hera-guard-watermarks",
+                                 # a partition deleted meanwhile must stay gone, not come
+                                 # back empty with the broker's defaults
+                                 allow_auto_create_topics=False)
     except KafkaError as exc:
         raise BrokerError.unreachable(bootstrap_servers, exc) from exc
     try:
