@@ -252,7 +252,9 @@ class DetectorRunner:
         expected = topic[len(self.options.topic_prefix) + 1:]
         if event.table_id != expected:
             raise _Rejected(f"event of table {event.table_id} on the topic of {expected}")
-        if event.op == "r" and event.source.txId is None:  # the initial snapshot
+        # The initial snapshot (source.snapshot "true"/"last"), not an online re-read's row
+        # ("incremental"), which its transaction's END counts.
+        if event.op == "r" and event.source.snapshot != "incremental":
             if event.commit_lsn >= self.assembler.released_lsn:  # older ones: already in state
                 self.detector.apply_snapshot(event)
             return
