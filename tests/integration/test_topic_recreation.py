@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient
 
+from capture.errors import ConfigError
 from capture.kafka_admin import ensure_topics
 from capture.topics import table_topic, transaction_topic
 from devstack.broker import Broker
@@ -66,29 +67,39 @@ def test_a_change_topic_deleted_under_running_services_is_recreated_by_capture_a
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
     with empty_db.connect() as conn:
         load_sample(conn, SampleSize(organizations=1, users=4, other_relationships=5))
-    with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
-                         kafka_backend=backend), empty_db.connect() as conn:
-        archiver = start_archiver(broker.bootstrap_servers, topic_prefix, target,
-                                  tmp_path / "archive.log", "WARNING")
-        state = tmp_path / "state"
-        detector = detect_cli(broker, topic_prefix, state)
-        try:
-            conn.execute(INSERT, (300,))
-            wait_for(lambda: consumed_per_topic(target).get(topic, 0) >= 300, 60,
-                     "the archiver to read the first rows")
-            admin.delete_topics([topic])
-            conn.execute(INSERT, (20,))  # fewer records than the consumers have read
-            # capture notices and re-creates it with its own partition count
-            wait_until(lambda: _partitions(admin, topic) == 1, 30,
-                       "capture to re-create the topic with one partition")
-            conn.execute(INSERT, (20,))
-            archived_rc, detected_rc = archiver.wait(60), detector.wait(60)
-        finally:
-            _stop(archiver)
-            _stop(detector)
-            admin.close()
-    assert _partitions(KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers),
-                       topic) == 1  # never the broker's default of 4
+    refused: list[ConfigError] = []
+    try:
+        with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
+                             kafka_backend=backend), empty_db.connect() as conn:
+            archiver = start_archiver(broker.bootstrap_servers, topic_prefix, target,
+                                      tmp_path / "archive.log", "WARNING")
+            state = tmp_path / "state"
+            detector = detect_cli(broker, topic_prefix, state)
+            try:
+                conn.execute(INSERT, (300,))
+                wait_for(lambda: consumed_per_topic(target).get(topic, 0) >= 300, 60,
+                         "the archiver to read the first rows")
+                admin.delete_topics([topic])
+                conn.execute(INSERT, (20,))  # fewer records than the consumers have read
+                # capture notices and re-creates it with its own partition count; the test
+                # broker (tansu) may re-create it first, with its default of 4, on another
+                # client's request (Kafka with auto-create off does not): capture must then
+                # refuse it loudly, never write into it
+                wait_until(lambda: _partitions(admin, topic) in (1, 4), 30,
+                           "the topic to exist again")
+                conn.execute(INSERT, (20,))
+                archived_rc, detected_rc = archiver.wait(60), detector.wait(60)
+            finally:
+                _stop(archiver)
+                _stop(detector)
+                admin.close()
+    except ConfigError as exc:
+        refused.append(exc)
+    parts = _partitions(KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers), topic)
+    if parts == 1:  # capture's own re-creation, never the broker's default of 4
+        assert not refused
+    else:
+        assert parts == 4 and refused and "capture writes its topics with 1" in str(refused[0])
     assert archived_rc == 3
     line = (tmp_path / "archive.log").read_text().strip().splitlines()[-1]
     assert line.startswith("consumers: the broker serves another stream: "), line
