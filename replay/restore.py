@@ -143,6 +143,30 @@ def touched_keys(duck: duckdb.DuckDBPyConnection, table: TableId, commit_lsn: in
     return keys
 
 
+def plan_undo(duck: duckdb.DuckDBPyConnection, t: TableId, commit: int, cols: list[Column],
+              pk: list[str], live: pa.Table, tag: str) -> Plan:
+    """What makes the rows of ``t`` that the transaction committed at ``commit`` touched what
+    they were before it, against ``live``: the plan of --revert-xid and of every undo of
+    --revert-actor. Both states are brought to today's columns (every later schema change
+    applied, as an untouched row reads today); only the touched keys must be knowable."""
+    types = {c.name: c.type for c in cols}
+    before = materialize(duck, state_at(duck, t, commit - 1, live_pk=pk, live_types=types,
+                                        forward=True, strict=False), f"_before{tag}")
+    after = materialize(duck, state_at(duck, t, commit, live_pk=pk, live_types=types,
+                                       forward=True, strict=False), f"_after{tag}")
+    check_columns(before, cols)
+    name = f"_touched{tag}"
+    duck.execute(f"DROP TABLE IF EXISTS {name}")
+    touched_keys(duck, t, commit, before.pk, before).distinct().to_table(name)
+    keys = duck.table(name)
+    generated = frozenset(c.name for c in cols if c.generated)
+    for st in (before, after):
+        unknown_rows(duck, st.rel, st.steps, keys=name, ignore=generated)
+    return plan_changes(duck, t, before.pk, list(before.types), before.rel, live,
+                        expected=after.rel, keys=keys,
+                        compat=tuple({*before.v1_json, *after.v1_json}))
+
+
 def revert(duck: duckdb.DuckDBPyConnection, pg: Conn, xid: int, *, dry_run: bool = False,
            force: bool = False, skip_conflicts: bool = False, allow_orphaning: bool = False,
            show: Show = _no_show, progress: Progress = quiet) -> Outcome:
@@ -163,29 +187,9 @@ def revert(duck: duckdb.DuckDBPyConnection, pg: Conn, xid: int, *, dry_run: bool
         plans = []
         for i, t in enumerate(tables):
             cols = columns(pg, t)
-            pk = primary_key(pg, t)
-            types = {c.name: c.type for c in cols}
-            # Both states brought to today's columns (every later schema change applied, as
-            # an untouched row reads today); only the touched keys must be knowable.
-            before = materialize(duck, state_at(duck, t, commit - 1, live_pk=pk,
-                                                live_types=types, forward=True,
-                                                strict=False), f"_before{i}")
-            after = materialize(duck, state_at(duck, t, commit, live_pk=pk,
-                                               live_types=types, forward=True,
-                                               strict=False), f"_after{i}")
-            check_columns(before, cols)
-            keys = touched_keys(duck, t, commit, before.pk, before)
-            duck.execute(f"DROP TABLE IF EXISTS _touched{i}")
-            keys.distinct().to_table(f"_touched{i}")
-            keys = duck.table(f"_touched{i}")
-            generated = frozenset(c.name for c in cols if c.generated)
-            for st in (before, after):
-                unknown_rows(duck, st.rel, st.steps, keys=f"_touched{i}", ignore=generated)
             progress(f"reading live rows of {t}")
             live = read_rows(pg, t, cols)
-            plans.append(plan_changes(duck, t, before.pk, list(before.types), before.rel,
-                                      live, expected=after.rel, keys=keys,
-                                      compat=tuple({*before.v1_json, *after.v1_json})))
+            plans.append(plan_undo(duck, t, commit, cols, primary_key(pg, t), live, str(i)))
         show(plans)
         conflicts = sum(p.count(CONFLICT) for p in plans)
         if dry_run:

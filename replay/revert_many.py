@@ -28,11 +28,10 @@ from replay.apply import Applied, lock
 from replay.coverage import check_coverage, commit_of
 from replay.errors import BadPoint, ConflictsFound, UnknownTable
 from replay.live import Conn, columns, primary_key, read_rows, require_privileges
-from replay.plan import CONFLICT, Plan, plan_changes
+from replay.plan import CONFLICT, Plan
 from replay.rebuild import pk_paths
-from replay.restore import WRITE_PRIVILEGES, _apply_all, _force, check_columns, touched_keys
-from replay.schema import unknown_rows
-from replay.state import Progress, materialize, quiet, state_at
+from replay.restore import WRITE_PRIVILEGES, _apply_all, _force, plan_undo
+from replay.state import Progress, quiet
 from replay.tables import TableId
 from replay.values import key_sql
 
@@ -181,26 +180,8 @@ def revert_transactions(duck: duckdb.DuckDBPyConnection, pg: Conn, txns: Sequenc
             progress(f"planning the undo of {txn.describe()}")
             plans = []
             for i, tb in enumerate(tables_of[txn.commit_lsn]):
-                pk = primary_key(pg, tb)
-                types = {c.name: c.type for c in cols[tb]}
-                commit = txn.commit_lsn
-                before = materialize(duck, state_at(duck, tb, commit - 1, live_pk=pk,
-                                                    live_types=types, forward=True,
-                                                    strict=False), f"_mbefore{k}_{i}")
-                after = materialize(duck, state_at(duck, tb, commit, live_pk=pk,
-                                                   live_types=types, forward=True,
-                                                   strict=False), f"_mafter{k}_{i}")
-                check_columns(before, cols[tb])
-                keys = touched_keys(duck, tb, commit, before.pk, before)
-                name = f"_mtouched{k}_{i}"
-                duck.execute(f"DROP TABLE IF EXISTS {name}")
-                keys.distinct().to_table(name)
-                keys = duck.table(name)
-                for st in (before, after):
-                    unknown_rows(duck, st.rel, st.steps, keys=name)
-                plan = plan_changes(duck, tb, before.pk, list(before.types), before.rel,
-                                    live[tb], expected=after.rel, keys=keys,
-                                    compat=tuple({*before.v1_json, *after.v1_json}))
+                plan = plan_undo(duck, tb, txn.commit_lsn, cols[tb], primary_key(pg, tb),
+                                 live[tb], f"m{k}_{i}")
                 plans.append(plan)
                 # --force: conflicting rows too become what they were before the transaction
                 done = _force(plan) if force else plan.without_conflicts()
