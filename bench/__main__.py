@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 import bench
-from bench.common import BenchContext, Figure
+from bench.common import BenchContext, Figure, format_number
 
 # Modules of bench/ that are libraries, not benchmarks.
 _NOT_AREAS = {"common", "compare", "__main__"}
@@ -140,14 +140,6 @@ def _met(value: bool | None) -> str:
     return {True: "[green]✔[/]", False: "[red]✘[/]", None: "–"}[value]
 
 
-def _number(value: float) -> str:
-    if value == 0 or abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
-
-
 def render(console: Console, results: list[AreaResult]) -> None:
     table = Table(title="hera-guard benchmarks", show_lines=False)
     for col, justify in (("area", "left"), ("figure", "left"), ("value", "right"),
@@ -161,7 +153,7 @@ def render(console: Console, results: list[AreaResult]) -> None:
                           r.error)
             continue
         for f in r.figures:
-            table.add_row(r.area, f.name, _number(f.value), f.unit, f.spread, f.target,
+            table.add_row(r.area, f.name, format_number(f.value), f.unit, f.spread, f.target,
                           _met(f.met), f.detail)
     console.print(table)
 
@@ -263,8 +255,9 @@ def _compare(console: Console, ref: str, areas: list[str], quick: bool, rounds: 
                 "ratio min–max", "verdict"):
         table.add_column(col)
     for c in results:
-        table.add_row(c.name, c.unit, _number(c.this), _number(c.ref), f"{c.median:.2f}",
-                      f"{min(c.ratios):.2f}–{max(c.ratios):.2f}", c.verdict())
+        table.add_row(c.name, c.unit, format_number(c.this), format_number(c.ref),
+                      f"{c.median:.2f}", f"{min(c.ratios):.2f}–{max(c.ratios):.2f}",
+                      c.verdict())
     console.print(table)
 
 

@@ -38,10 +38,11 @@ class Figure:
         """``min–max`` of the runs, ``""`` for a single run."""
         if self.low is None or self.high is None:
             return ""
-        return f"{_short(self.low)}–{_short(self.high)}"
+        return f"{format_number(self.low)}–{format_number(self.high)}"
 
 
-def _short(value: float) -> str:
+def format_number(value: float) -> str:
+    """A figure as the report tables print it: thousands grouped, 3 significant digits below 10."""
     if value == 0 or abs(value) >= 100:
         return f"{value:,.0f}"
     if abs(value) >= 10:

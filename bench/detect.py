@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import psycopg
 
 from bench.common import BenchContext, Figure
 from capture.topics import alerts_topic, transaction_topic
+from devstack.process import stop_process
 from devstack.sample import SampleSize, load_sample
 from hera_kit.kafka_config import KafkaConfig, as_config
 
@@ -138,12 +138,7 @@ def _spawn_detector(ctx: BenchContext, bootstrap: str, prefix: str, backend: str
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    stop_process(proc, 60)
 
 
 def run(ctx: BenchContext) -> list[Figure]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from devstack.ports import free_port, listens
 from devstack.postgres import StackError
+from devstack.process import stop_process
 
 
 def broker_binary() -> str:
@@ -58,12 +59,7 @@ class Broker:
         """Stop the broker. Memory storage: its topics are gone with it."""
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
 
 

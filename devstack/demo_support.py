@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import psycopg
 from rich.console import Console
 from rich.text import Text
 
+from devstack.process import stop_process
 from devstack.waiting import wait_until as _wait_until
 
 
@@ -140,15 +140,7 @@ class Children:
         proc = self.procs.pop(label, None)
         if proc is None:
             return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
+        return stop_process(proc, timeout)
 
     def stop_all(self) -> None:
         for label in list(reversed(self.procs)):

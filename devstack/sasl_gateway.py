@@ -22,24 +22,16 @@ from collections.abc import Mapping
 
 from scramp import ScramException, ScramMechanism  # type: ignore[import-untyped]
 
+from hera_kit.kafka_probe import read_exact
+
 _API_VERSIONS, _HANDSHAKE, _AUTHENTICATE = 18, 17, 36
 _UNSUPPORTED_MECHANISM, _AUTH_FAILED, _ILLEGAL_STATE = 33, 58, 34
 _FAILED = ("Authentication failed during authentication due to invalid credentials with "
            "SASL mechanism {}")
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise EOFError
-        out += chunk
-    return out
-
-
 def _frame(sock: socket.socket) -> bytes:
-    return _read_exact(sock, struct.unpack(">i", _read_exact(sock, 4))[0])
+    return read_exact(sock, struct.unpack(">i", read_exact(sock, 4))[0])
 
 
 def _send(sock: socket.socket, payload: bytes) -> None:

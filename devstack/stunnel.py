@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.postgres import StackError
+from devstack.process import stop_process
 from devstack.waiting import wait_until
 
 
@@ -19,12 +20,7 @@ class Stunnel:
     logfile: Path
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def start_stunnel(workdir: Path, accept_port: int, connect_port: int, cert: Path, key: Path,

@@ -42,7 +42,7 @@ def _request(api_key: int, version: int, body: bytes, correlation: int) -> bytes
     return struct.pack(">i", len(header) + len(body)) + header + body
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytes:
+def read_exact(sock: socket.socket, n: int) -> bytes:
     out = b""
     while len(out) < n:
         chunk = sock.recv(n - len(out))
@@ -55,10 +55,10 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
 def _call(sock: socket.socket, api_key: int, version: int, body: bytes, correlation: int
           ) -> bytes:
     sock.sendall(_request(api_key, version, body, correlation))
-    size = struct.unpack(">i", _read_exact(sock, 4))[0]
+    size = struct.unpack(">i", read_exact(sock, 4))[0]
     if not 4 <= size <= 10 * 1024 * 1024:
         raise ValueError("not a Kafka response")
-    payload = _read_exact(sock, size)
+    payload = read_exact(sock, size)
     if struct.unpack(">i", payload[:4])[0] != correlation:
         raise ValueError("not a Kafka response")
     return payload[4:]

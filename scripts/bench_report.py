@@ -11,16 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import format_number
+
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
-
-
-def _number(value: float) -> str:
-    if value == 0 or abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
 
 
 def render(report: dict[str, Any]) -> str:
@@ -44,8 +39,9 @@ def render(report: dict[str, Any]) -> str:
         for f in area["figures"]:
             met = {True: "✔", False: "✘", None: "–"}[f["met"]]
             low, high = f.get("low"), f.get("high")
-            spread = "" if low is None or high is None else f"{_number(low)}–{_number(high)}"
-            lines.append(f"| {area['area']} | {f['name']} | {_number(f['value'])} | {spread} "
+            spread = ("" if low is None or high is None
+                      else f"{format_number(low)}–{format_number(high)}")
+            lines.append(f"| {area['area']} | {f['name']} | {format_number(f['value'])} | {spread} "
                          f"| {f['unit']} | {f['target']} | {met} | "
                          f"{f['detail'].replace('|', '/')} |")
     return "\n".join(lines) + "\n"
