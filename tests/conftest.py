@@ -27,6 +27,7 @@ from tests.security_fixtures import (  # noqa: F401 - fixtures
     tls_broker,
     tls_postgres,
 )
+from tests.webhook_fixtures import endpoint  # noqa: F401 - fixture
 
 _counter = itertools.count()
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,22 +33,13 @@ from tests.capture_fixtures import PLUGINS, wait_until
 from tests.conftest import HeraDB
 from tests.detect_fixtures import DYN, REL, fixed_clock
 from tests.guard_fixtures import install_guard
-from tests.integration.test_detect_webhook import SECRET, Endpoint
 from tests.replay_fixtures import Pipeline, pipeline, table_difference
+from tests.webhook_fixtures import SECRET, Endpoint
 
 ORG_X = "aaaaaaaa-0000-0000-0000-000000000001"
 ORG_Y = "aaaaaaaa-0000-0000-0000-000000000002"
 MEMBERS = 24  # > the detector's per-transaction threshold (10)
 REPLAY = [str(Path(sys.executable).parent / "replay")]
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    e = Endpoint()
-    try:
-        yield e
-    finally:
-        e.close()
 
 
 def _migrator_role(db: HeraDB) -> None:
