@@ -30,7 +30,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from bench.common import BenchContext, Figure, ratio_runs, timed
+from bench.common import BenchContext, Figure, Runs, ratio_runs, timed
 from capture.event import parse_lsn
 
 if TYPE_CHECKING:
@@ -192,8 +192,8 @@ def replay_speed(ctx: BenchContext) -> list[Figure]:
         state = materialize(duck, state_at(duck, TableId(*TABLE), LsnPoint(point)), "_bench")
         counts.append(state.rel.shape[0])
 
-    seconds = min(timed(rebuild) for _ in range(3))
-    s3_seconds, s3_rows = _on_s3(rows, changes, rebuild, counts)
+    local = Runs(tuple(timed(rebuild) for _ in range(3)))
+    s3_runs, s3_rows = _on_s3(rows, changes, rebuild, counts)
     out = ctx.workdir / "replay-state.parquet"
 
     def to_parquet() -> None:
@@ -205,17 +205,17 @@ def replay_speed(ctx: BenchContext) -> list[Figure]:
 
     parquet = timed(to_parquet)
     load = os.getloadavg()[0]
-    return [Figure(
-        "replay: state of a 1M-row table at a point (1M changes archived)", seconds, "s",
-        "<= 3 s", seconds <= 3.0,
+    return [local.figure(
+        "replay: state of a 1M-row table at a point (1M changes archived)", "s",
+        "<= 3 s", lambda v: v <= 3.0,
         f"{rows} snapshot rows + {changes} changes in {changes // 100} transactions; "
-        f"{counts[-1]} rows at the point; best of 3; archive built in {built:.1f} s; "
+        f"{counts[-1]} rows at the point; median of 3; archive built in {built:.1f} s; "
         f"with typed Parquet output {parquet:.2f} s; load average {load:.1f}"),
-        Figure("replay: the same state from the archive on S3", s3_seconds, "s",
-               "figure on S3", None,
-               f"the same archive built on SeaweedFS (local S3 server, plain http), read by "
-               f"replay with the location's storage options; {s3_rows} rows at the point; "
-               "best of 3")]
+        s3_runs.figure("replay: the same state from the archive on S3", "s",
+                       "figure on S3", None,
+                       f"the same archive built on SeaweedFS (local S3 server, plain http), "
+                       f"read by replay with the location's storage options; {s3_rows} rows "
+                       "at the point; median of 3")]
 
 
 @contextlib.contextmanager
@@ -232,15 +232,14 @@ def _s3_server(bucket: str) -> Iterator[S3Server]:
 
 
 def _on_s3(rows: int, changes: int, rebuild: Callable[[ArchiveLocation], None],
-           counts: list[int]) -> tuple[float, int]:
+           counts: list[int]) -> tuple[Runs, int]:
     """The replay-state figure with the archive on a real S3-compatible server."""
     from consumers.archive.location import archive_location
 
     with _s3_server("bench-replay") as s3:
         loc = archive_location(s3.uri("replay"), s3.storage_options())
         build_archive(loc, rows, changes)
-        seconds = min(timed(lambda: rebuild(loc)) for _ in range(3))
-        return seconds, counts[-1]
+        return Runs(tuple(timed(lambda: rebuild(loc)) for _ in range(3))), counts[-1]
 
 
 def restore_speed(ctx: BenchContext) -> list[Figure]:
@@ -321,7 +320,7 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
             "(SELECT 1 FROM core_relationships c WHERE c.id = b.id)").format(
                 sql.Identifier(backup)))
 
-    # Alternating runs, best of each: the machine is shared, a single pair is noise.
+    # Alternating pairs, the ratio per pair: the machine is shared, a single pair is noise.
     ours_runs, floor_runs = [], []
     for rep in range(3):
         if rep:
@@ -362,11 +361,11 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
         Figure("replay: PostgreSQL's own share: COPY of the same rows' text from a server "
                "file / the floor", copy_s / insert_s, "x", "informational", None,
                f"COPY core_relationships FROM a file the server wrote (COPY TO) of exactly "
-               f"those rows: {copy_s:.2f} s, best of 3; no client, no archive, no plan: "
+               f"those rows: {copy_s:.2f} s, median of 3; no client, no archive, no plan: "
                f"the part of any exact text restore that no client can make faster"),
         Figure("replay: the same restore from the archive on S3", s3_s, "s", "figure on S3",
                None, f"the same archive written to SeaweedFS (local S3 server, plain http), "
-               f"read by replay with the location's storage options; best of 3; "
+               f"read by replay with the location's storage options; median of 3; "
                f"{s3_s / insert_s:.2f}x the floor; phases: {s3_phases}"),
     ]
 
@@ -374,7 +373,7 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
 def _server_copy(pg: psycopg.Connection[tuple[object, ...]], backup: str, path: Path,
                  wipe: Callable[[], None], restored: Callable[[], bool]) -> float:
     """Seconds PostgreSQL alone takes to COPY the deleted rows' text in from a server-side
-    file (best of 3): the floor of the apply step of a restore that sends PostgreSQL text."""
+    file (median of 3): the floor of the apply step of a restore that sends PostgreSQL text."""
     missing = sql.SQL("SELECT b.* FROM {} b WHERE NOT EXISTS (SELECT 1 FROM "
                       "core_relationships c WHERE c.id = b.id)").format(sql.Identifier(backup))
     wipe()
@@ -389,7 +388,7 @@ def _server_copy(pg: psycopg.Connection[tuple[object, ...]], backup: str, path: 
             assert restored()
     finally:
         path.unlink(missing_ok=True)
-    return min(runs)
+    return statistics.median(runs)
 
 
 def _phases(marks: list[tuple[float, str]]) -> str:
@@ -400,7 +399,7 @@ def _restore_on_s3(history: History, run: Callable[[ArchiveLocation], float],
                    wipe: Callable[[], None],
                    marks: list[tuple[float, str]],
                    restored: Callable[[], bool]) -> tuple[float, str]:
-    """The restore figure with the archive on a real S3-compatible server: best of 3, and
+    """The restore figure with the archive on a real S3-compatible server: median of 3, and
     the phases of the first run."""
     from consumers.archive.location import archive_location
     from tests.replay_fixtures import write_archive
@@ -416,7 +415,7 @@ def _restore_on_s3(history: History, run: Callable[[ArchiveLocation], float],
             assert restored()
             if rep == 0:
                 phases = _phases(marks)
-        return min(runs), phases
+        return statistics.median(runs), phases
 
 
 def _floor_detail(deleted: int, our_s: float, ours_runs: list[float], insert_s: float,
