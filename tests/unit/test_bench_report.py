@@ -1,0 +1,40 @@
+"""The bench's stability check (issue 18): two runs on one commit, every ratio within ±15 %."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_report",
+                                                  ROOT / "scripts" / "bench_report.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _report(date: str, **ratios: float) -> dict[str, Any]:
+    figures = [{"name": n, "value": v, "unit": "x", "low": v, "high": v} for n, v in ratios.items()]
+    figures.append({"name": "rate", "value": 1000.0 if date.endswith("1") else 10.0,
+                    "unit": "changes/s"})
+    return {"date": date, "areas": [{"area": "capture", "figures": figures}]}
+
+
+def test_ratios_within_fifteen_percent_are_stable_and_rates_are_not_compared() -> None:
+    text, outside = _module().stability(_report("2026-12-07T17:19:01", a=1.0, b=2.0),
+                                        _report("2026-12-07T17:31:02", a=1.14, b=1.75))
+    assert outside == []
+    assert "| capture: a | 1 (1–1) | 1.14 (1.14–1.14) | 1.14 |" in text
+    assert "rate" not in text
+
+
+def test_a_ratio_outside_fifteen_percent_or_missing_from_one_run_is_named() -> None:
+    _, outside = _module().stability(_report("2026-12-07T17:19:01", a=1.0, b=2.0),
+                                     _report("2026-12-07T17:31:02", a=1.16, c=3.0))
+    assert outside == ["capture: a: 1.16", "capture: b: only in run 1", "capture: c: only in run 2"]
