@@ -18,6 +18,7 @@ to it, and the json columns written in schema_version 1.
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +28,15 @@ from capture.event import format_lsn
 from consumers.archive import checkpoints as store
 from consumers.archive.location import ArchiveLocation
 from consumers.archive.views import parquet_source
+from replay import staging
 from replay.tables import TableId, first
 
 INDEX = "_hera_checkpoint_index"
+_NO_ROWS = "(SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS row WHERE false)"
+# Checkpoints on object storage not yet copied locally: view name -> (location, files).
+_REMOTE: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection,
+                                   dict[str, tuple[ArchiveLocation, tuple[str, ...]]]] = \
+    weakref.WeakKeyDictionary()
 BATCH_ROWS = 50_000  # rows per streamed batch: the writer holds one batch at a time
 
 
@@ -58,11 +65,11 @@ def attach(conn: duckdb.DuckDBPyConnection, loc: ArchiveLocation) -> int:
     for i, ckpt in enumerate(found):
         name = f"_hera_checkpoint_{i}"
         if loc.is_local:
-            source = parquet_source(list(ckpt.files)) or "(SELECT NULL::VARCHAR AS key, " \
-                "NULL::VARCHAR AS row WHERE false)"
+            source = parquet_source(list(ckpt.files)) or _NO_ROWS
             conn.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT key, row "  # noqa: S608
                          f"FROM {source}")
-        else:
+        else:  # copied to local disk when chosen (``nearest``): see replay/staging.py
+            _REMOTE.setdefault(conn, {})[name] = (store.location(loc), ckpt.files)
             conn.register(f"{name}_ds", store.rows_dataset(loc, ckpt))
             conn.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT key, row "  # noqa: S608
                          f"FROM {name}_ds")
@@ -86,7 +93,20 @@ def nearest(conn: duckdb.DuckDBPyConnection, table: TableId, epoch_lsn: int,
         {"s": table.schema, "t": table.name, "e": epoch_lsn, "u": upto}))
     if row is None:
         return None
+    _localize(conn, str(row[1]))
     return Found(table, int(row[0]), str(row[1]), json.loads(str(row[2])))
+
+
+def _localize(conn: duckdb.DuckDBPyConnection, name: str) -> None:
+    """A checkpoint on object storage about to be read: its view switched from the lazy
+    pyarrow dataset to DuckDB's Parquet reader over local copies (once)."""
+    remote = _REMOTE.get(conn, {}).pop(name, None)
+    if remote is None:
+        return
+    source = parquet_source(staging.local_copies(conn, remote[0], remote[1])) or _NO_ROWS
+    conn.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT key, row "  # noqa: S608
+                 f"FROM {source}")
+    conn.unregister(f"{name}_ds")
 
 
 def has_any(conn: duckdb.DuckDBPyConnection, table: TableId) -> bool:

@@ -228,8 +228,10 @@ def _epoch_at(eps: list[Epoch], lsn: int, table: TableId) -> Epoch | None:
 
 
 def check_coverage(conn: duckdb.DuckDBPyConnection, upto: int, table: TableId,
-                   base: Base | None = None) -> Resolved:
-    """Refuse points the archive cannot answer exactly; return the epoch that answers."""
+                   base: Base | None = None, changes: str = "changes") -> Resolved:
+    """Refuse points the archive cannot answer exactly; return the epoch that answers.
+    ``changes``: a relation holding every change after ``base`` (replay/tail.py's: the
+    completeness check then reads the tail's files, not every file of the archive)."""
     eps = epochs(conn)
     if base is not None:
         if upto < base.lsn:
@@ -259,14 +261,16 @@ def check_coverage(conn: duckdb.DuckDBPyConnection, upto: int, table: TableId,
         gap = f"; {describe_gap(ep, nxt)}" if upto < nxt.epoch_lsn else ""
         raise NotCovered(f"the archive does not cover {format_lsn(upto)}: "
                          f"{describe_coverage(eps, table)}{gap}")
-    _check_complete(conn, lo=base.lsn if base is not None else ep.epoch_lsn, hi=upto)
+    _check_complete(conn, lo=base.lsn if base is not None else ep.epoch_lsn, hi=upto,
+                    changes=changes if base is not None else "changes")
     return Resolved(upto, ep)
 
 
-def _check_complete(conn: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
+def _check_complete(conn: duckdb.DuckDBPyConnection, lo: int, hi: int,
+                    changes: str = "changes") -> None:
     # Counting distinct positions on the raw relation equals counting the deduplicated
     # view's rows, without the view's cost.
-    src = quote_duck(raw_source(conn, "changes"))
+    src = quote_duck(raw_source(conn, changes))
     bad = conn.execute(
         f"""
         WITH expected AS (

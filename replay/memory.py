@@ -15,6 +15,8 @@ from pathlib import Path
 
 import duckdb
 
+from replay import staging
+
 
 @dataclass(frozen=True)
 class Memory:
@@ -27,6 +29,7 @@ class Memory:
         # when the connection closes; two replays never share spill files.
         spill = self.spill_dir or Path(tempfile.gettempdir()) / f"hera-replay-spill-{os.getpid()}"
         conn.execute("SET temp_directory = $d", {"d": str(spill)})
+        staging.remember(conn, self.spill_dir)  # local copies of remote files go there too
         if self.limit is not None:
             conn.execute("SET memory_limit = $m", {"m": self.limit})
         if self.threads is not None:

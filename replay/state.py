@@ -306,8 +306,8 @@ def _from_checkpoint(conn: duckdb.DuckDBPyConnection, table: TableId, upto: int,
     after it is read (coverage checked from there: the checkpoint was checked when made)."""
     progress(f"checking the archive covers {table} at {format_lsn(upto)} from the "
              f"checkpoint at {format_lsn(found.lsn)}")
-    check_coverage(conn, upto, table, Base(found.lsn))
     src = tail.relation(conn, found.lsn)  # only the files that can hold the tail
+    check_coverage(conn, upto, table, Base(found.lsn), src)
     floor = (found.lsn, found.event_types)
     later = event_types_before(conn, table, (upto + 1) * 4294967296, floor, src)
     types = dict(later[1]) if later is not None and later[0] > found.lsn * 4294967296 \

@@ -4,9 +4,10 @@ Every archiver batch is one set of files sorted by commit LSN, so each file's mi
 ``commit_lsn`` (the Delta log's file statistics) is a narrow range and the files of a tail
 are the newest few. ``relation`` lists exactly the ``changes`` files whose statistics
 overlap the tail (``DeltaTable.file_uris`` with a pruning predicate: the log alone, no file
-is opened) and gives the rebuild a relation over those files only — local Parquet files read
-by DuckDB, or on object storage a pyarrow dataset of just those objects. Measured in the
-README (Benchmarks): replay's time stays flat from 3M to 10M archived changes.
+is opened) and gives the rebuild a relation over those files only, read by DuckDB's Parquet
+reader (on object storage from local copies of just those objects: replay/staging.py).
+Measured in the README (Benchmarks): replay's time stays flat from 3M to 10M archived
+changes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from deltalake import DeltaTable
 
 from consumers.archive.location import ArchiveLocation
 from consumers.archive.views import parquet_source, raw_relation_sql
+from replay import staging
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,8 @@ def relation(conn: duckdb.DuckDBPyConnection, after_lsn: int) -> str:
         return "changes"
     predicate = _predicate(after_lsn)
     name = "_hera_tail_changes"
-    if source.loc.is_local:
-        conn.execute(raw_relation_sql(name, "changes", parquet_source(
-            source.table.file_uris(file_pruning_predicate=predicate))))
-    else:
-        conn.register(f"{name}_ds", source.table.to_pyarrow_dataset(
-            file_pruning_predicate=predicate))
-        conn.execute(raw_relation_sql(name, "changes", f"{name}_ds"))
+    uris = source.table.file_uris(file_pruning_predicate=predicate)
+    if not source.loc.is_local:  # copied to local disk: see replay/staging.py for why
+        uris = staging.local_copies(conn, source.loc, uris)
+    conn.execute(raw_relation_sql(name, "changes", parquet_source(uris)))
     return name
