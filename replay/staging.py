@@ -27,6 +27,7 @@ from deltalake.fs import DeltaStorageHandler
 
 from consumers.archive.layout import ArchiveError
 from consumers.archive.location import ArchiveLocation, store_error
+from hera_kit import logs
 
 _CHUNK = 8 * 1024 * 1024
 _BASES: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Path | None] = \
@@ -73,8 +74,13 @@ def local_copies(conn: duckdb.DuckDBPyConnection, loc: ArchiveLocation,
                 with store.open_input_stream(rel) as src, part.open("wb") as dst:
                     while chunk := src.read(_CHUNK):
                         dst.write(chunk)
+            except FileNotFoundError:
+                part.unlink(missing_ok=True)
+                raise loc.missing_file(logs.redact(uri)) from None
             except OSError as exc:
                 part.unlink(missing_ok=True)
+                if "not found" in str(exc).lower():  # delta-rs: "Object at location … not found"
+                    raise loc.missing_file(logs.redact(uri)) from None
                 raise loc.unreachable(exc) from None
             except Exception as exc:  # delta-rs' own errors (not OSError subclasses)
                 part.unlink(missing_ok=True)

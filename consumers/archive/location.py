@@ -157,13 +157,17 @@ class ArchiveLocation:
             for rel, size in files:
                 self.check_file(self.path / rel, size)
 
+    def missing_file(self, path: str) -> DamagedArchiveError:
+        """The one wording of "a data file the log lists is not there"."""
+        return DamagedArchiveError(f"data file {path} of the archive {self} is missing; "
+                                   f"{_RESTORE}")
+
     def check_file(self, path: Path, size: int) -> None:
         """A data file the log lists must be there with its size (cheap: one stat)."""
         try:
             actual = path.stat().st_size
         except FileNotFoundError:
-            raise DamagedArchiveError(
-                f"data file {path} of the archive {self} is missing; {_RESTORE}") from None
+            raise self.missing_file(str(path)) from None
         if actual != size:
             raise DamagedArchiveError(
                 f"data file {path} of the archive {self} is damaged ({actual} bytes, the "
