@@ -251,6 +251,8 @@ def state_at(conn: duckdb.DuckDBPyConnection, table: TableId, point: Point | int
     the keys it touches, with ``State.steps``). ``checkpoints``: start from the newest
     checkpoint at or before the point when the archive has one (the same rows as from the
     beginning; False rebuilds from the epoch's snapshot, to verify a checkpoint)."""
+    if base is not None or not (checkpoints and has_checkpoint(conn, table)):
+        tail.localize_history(conn)  # from the beginning: on S3, read from local copies
     if base is None and not (checkpoints and has_checkpoint(conn, table)):
         require_archived(conn, table)
     upto = point if isinstance(point, int) else resolve_point(
@@ -259,6 +261,7 @@ def state_at(conn: duckdb.DuckDBPyConnection, table: TableId, point: Point | int
         found = _checkpoint_for(conn, table, upto)
         if found is not None:
             return _from_checkpoint(conn, table, upto, found, progress, forward, strict)
+        tail.localize_history(conn)
     progress(f"checking the archive covers {table} at {format_lsn(upto)}")
     resolved = check_coverage(conn, upto, table, base.base if base else None)
     pk = primary_key_columns(conn, table) or live_pk or ["id"]

@@ -64,3 +64,27 @@ def relation(conn: duckdb.DuckDBPyConnection, after_lsn: int) -> str:
         uris = staging.local_copies(conn, source.loc, uris)
     conn.execute(raw_relation_sql(name, "changes", parquet_source(uris)))
     return name
+
+
+_WHOLE: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
+
+
+def localize_history(conn: duckdb.DuckDBPyConnection) -> None:
+    """Before a rebuild from the beginning on object storage: the connection's
+    ``raw_changes`` (and so ``changes``) switched from deltalake's pyarrow dataset to
+    DuckDB's Parquet reader over local copies of the same files (replay/staging.py), so
+    the whole rebuild stays within DuckDB's memory limit. Costs disk: the compressed size
+    of the changes files of the table version read. No-op on local disk; once per
+    connection."""
+    source = _SOURCES.get(conn)
+    if source is None or source.loc.is_local or conn in _WHOLE:
+        return
+    uris = source.table.file_uris(file_pruning_predicate=[("kind", "=", "changes")])
+    local = parquet_source(staging.local_copies(conn, source.loc, uris))
+    present = None
+    if local is not None:  # files written before a column was added lack it (as reader.py)
+        described = conn.sql(f"DESCRIBE SELECT * FROM {local}").fetchall()  # noqa: S608
+        present = {str(r[0]) for r in described}
+    conn.execute(raw_relation_sql("raw_changes", "changes", local, present))
+    _WHOLE.add(conn)
+
