@@ -5,12 +5,14 @@ checkpoint and the tail as deltalake's pyarrow datasets peaked at 2.8-3.4 GB RSS
 1500MB memory limit, against 1.7 GB for the same archive on local disk; the pyarrow
 memory pool (system, mimalloc) changed nothing, so it is not freed-but-kept memory but the
 datasets' scans themselves (read-ahead, decoded batches), allocated outside DuckDB's
-memory limit and once per scan (the rebuild scans the tail several times). Copying just
-those files (the chosen checkpoint's and the tail's: the pruned few, not the archive) into
-a per-connection directory and reading them with DuckDB's own Parquet reader makes the S3
-path the local one: the same bytes, the same reader, the same memory limit and spilling.
-The copies cost disk (the checkpoint's and the tail's compressed size), are streamed in
-chunks (never a whole object in memory), and are removed with the connection.
+memory limit and once per scan (the rebuild scans the tail several times). Copying those
+files into a per-connection directory and reading them with DuckDB's own Parquet reader
+makes the S3 path the local one: the same bytes, the same reader, the same memory limit
+and spilling (1.77 GB). From a checkpoint only its files and the tail's are copied (the
+pruned few); a rebuild from the beginning copies every changes file (replay/tail.py
+``localize_history``; 4.2 GB -> 1.8 GB peak on the same archive). The copies cost disk
+(the files' compressed size), are streamed in chunks (never a whole object in memory),
+and are removed with the connection.
 """
 
 from __future__ import annotations
