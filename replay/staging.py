@@ -17,6 +17,7 @@ and are removed with the connection.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import weakref
@@ -27,9 +28,9 @@ import duckdb
 import pyarrow.fs as pafs
 from deltalake.fs import DeltaStorageHandler
 
-from consumers.archive.layout import ArchiveError
 from consumers.archive.location import ArchiveLocation, store_error
 from hera_kit import logs
+from replay.errors import ReplayError
 
 _CHUNK = 8 * 1024 * 1024
 _BASES: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Path | None] = \
@@ -59,34 +60,65 @@ def _directory(conn: duckdb.DuckDBPyConnection) -> Path:
 
 def local_copies(conn: duckdb.DuckDBPyConnection, loc: ArchiveLocation,
                  uris: Sequence[str]) -> list[str]:
-    """Local paths of copies of ``uris`` (objects under ``loc``), made once per connection."""
-    into = _directory(conn)
+    """Local paths of copies of ``uris`` (objects under ``loc``), made once per connection.
+    ReplayError (one line, nothing changed) when an object is missing, the store cannot be
+    read, or the local disk cannot take the copy."""
+    try:
+        into = _directory(conn)
+    except OSError as exc:
+        raise ReplayError(f"cannot make a directory for local copies under "
+                          f"{_BASES.get(conn) or tempfile.gettempdir()}: {exc.strerror or exc}; "
+                          "point --spill-dir (HERA_SPILL_DIR) at a writable directory; "
+                          "nothing was changed") from None
     store = pafs.PyFileSystem(DeltaStorageHandler(loc.uri, loc.options()))
     prefix = loc.uri.rstrip("/") + "/"
     out = []
     for uri in uris:
         if not uri.startswith(prefix):
-            raise ArchiveError(f"the data file {uri} is not under {loc}")
-        rel = uri[len(prefix):]
-        target = into / rel
+            raise ReplayError(f"the data file {logs.redact(uri)} is not under {loc}")
+        target = into / uri[len(prefix):]
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(target.name + ".part")
-            try:
-                with store.open_input_stream(rel) as src, part.open("wb") as dst:
-                    while chunk := src.read(_CHUNK):
-                        dst.write(chunk)
-            except FileNotFoundError:
-                part.unlink(missing_ok=True)
-                raise loc.missing_file(logs.redact(uri)) from None
-            except OSError as exc:
-                part.unlink(missing_ok=True)
-                if "not found" in str(exc).lower():  # delta-rs: "Object at location … not found"
-                    raise loc.missing_file(logs.redact(uri)) from None
-                raise loc.unreachable(exc) from None
-            except Exception as exc:  # delta-rs' own errors (not OSError subclasses)
-                part.unlink(missing_ok=True)
-                raise ArchiveError(f"cannot read {uri}: {store_error(exc)}") from None
-            part.rename(target)
+            _copy(store, loc, uri, uri[len(prefix):], target)
         out.append(str(target))
     return out
+
+
+def _copy(store: pafs.FileSystem, loc: ArchiveLocation, uri: str, rel: str,
+          target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        with part.open("wb") as dst:
+            try:
+                src = store.open_input_stream(rel)
+            except Exception as exc:  # delta-rs' errors, OSError or not
+                raise _store_error(loc, uri, exc) from None
+            with src:
+                while True:
+                    try:
+                        chunk = src.read(_CHUNK)
+                    except Exception as exc:
+                        raise _store_error(loc, uri, exc) from None
+                    if not chunk:
+                        break
+                    dst.write(chunk)
+    except OSError as exc:  # the local disk (full, read-only, ...)
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
+        raise ReplayError(
+            f"cannot copy {logs.redact(uri)} to local disk ({part.parent}): "
+            f"{exc.strerror or exc}; free disk space for --spill-dir (HERA_SPILL_DIR) or point "
+            "it elsewhere; nothing was changed") from None
+    except ReplayError:
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
+        raise
+    part.rename(target)
+
+
+def _store_error(loc: ArchiveLocation, uri: str, exc: BaseException) -> ReplayError:
+    if isinstance(exc, FileNotFoundError) or "not found" in str(exc).lower():
+        return ReplayError(str(loc.missing_file(logs.redact(uri))))  # "Object at ... not found"
+    if isinstance(exc, OSError):
+        return ReplayError(str(loc.unreachable(exc)))
+    return ReplayError(f"cannot read {logs.redact(uri)}: {store_error(exc)}")

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from consumers.archive.layout import ArchiveError, DamagedArchiveError
 from consumers.archive.location import ArchiveLocation
 from replay import staging
+from replay.errors import ReplayError
 
 
 def _store(tmp_path: Path) -> tuple[ArchiveLocation, str, Path]:
@@ -53,11 +53,32 @@ def test_the_copies_go_when_their_connection_goes(tmp_path: Path) -> None:
 
 def test_a_file_outside_the_archive_is_refused(tmp_path: Path) -> None:
     loc, _, _ = _store(tmp_path)
-    with pytest.raises(ArchiveError, match="is not under"):
+    with pytest.raises(ReplayError, match="is not under"):
         staging.local_copies(duckdb.connect(), loc, ["file:///etc/passwd"])
 
 
 def test_a_missing_object_is_named_as_a_missing_data_file(tmp_path: Path) -> None:
     loc, _, _ = _store(tmp_path)
-    with pytest.raises(DamagedArchiveError, match=r"gone\.parquet of the archive .* is missing"):
+    with pytest.raises(ReplayError, match=r"gone\.parquet of the archive .* is missing"):
         staging.local_copies(duckdb.connect(), loc, [f"{loc.uri}/kind=changes/gone.parquet"])
+
+
+def test_a_local_disk_that_cannot_take_the_copy_is_one_line_naming_the_spill_dir(
+        tmp_path: Path) -> None:
+    loc, uri, _ = _store(tmp_path)
+    conn = duckdb.connect()
+    staging.remember(conn, tmp_path / "spill")
+    (copy,) = staging.local_copies(conn, loc, [uri])
+    Path(copy).unlink()
+    Path(copy + ".part").mkdir()  # the copy cannot be written where it goes
+    with pytest.raises(ReplayError, match=r"to local disk .*--spill-dir.*nothing was changed"):
+        staging.local_copies(conn, loc, [uri])
+
+
+def test_a_spill_dir_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    loc, uri, _ = _store(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    conn = duckdb.connect()
+    staging.remember(conn, tmp_path / "a-file" / "spill")
+    with pytest.raises(ReplayError, match=r"cannot make a directory for local copies"):
+        staging.local_copies(conn, loc, [uri])
