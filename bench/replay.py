@@ -167,7 +167,8 @@ def build_archive(root: Path | ArchiveLocation, rows: int, changes: int,
             "status": statuses, "slot": ["bench"] * n, "db": ["bench"] * n,
             "epoch_lsn": [EPOCH] * n, "lsn": [EPOCH] * (n - 1) + [last], "ts": [now] * n,
             "tables": [["public.core_relationships"]] * n,
-            **{c: [None] * n for c in ("system_identifier", "plugin", "definitions")},
+            **{c: [None] * n for c in ("system_identifier", "plugin", "definitions",
+                                        "commit_ts")},
         }).cast(SCHEMAS["markers"])
         store.replace_segments([], markers, "markers")
     return last

@@ -288,6 +288,12 @@ class StreamMarker(BaseModel):
     # The online re-reads as of ``lsn`` (queued, running with their last completed key, and
     # finished): a capture restarting there resumes them (capture/reread.py RereadState).
     rereads: tuple[dict[str, Any], ...] | None = None
+    # PROGRESS: PostgreSQL's commit time (µs since epoch UTC) of the newest transaction
+    # committed at or before ``lsn`` (capture's heartbeat commits one when the database is
+    # idle): the time the marker vouches for. ``ts_ms`` is capture's clock, which runs ahead
+    # of the WAL it has read by capture's lag. None: no commit seen yet, or a marker from
+    # before this member existed (replay then trusts archived commit times only).
+    commit_ts_us: int | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

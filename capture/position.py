@@ -51,6 +51,15 @@ class StreamPosition:
         self.confirmed_lsn = 0
         # Column set per captured table as last seen in the stream (from the catalog at start).
         self.known_columns: ColumnSets = {}
+        # PostgreSQL's commit time (µs) of the newest transaction at or before the acked LSN
+        # (None until one is seen): what PROGRESS markers vouch for, never capture's clock.
+        self.reach_ts_us: int | None = None
+
+    def reached(self, commit_ts_us: int) -> None:
+        """A commit at or before the acked LSN: the reach's time moves forward only (concurrent
+        commits' times and their LSN order may differ by a few microseconds)."""
+        if self.reach_ts_us is None or commit_ts_us > self.reach_ts_us:
+            self.reach_ts_us = commit_ts_us
 
     def confirm(self, lsn: int) -> bool:
         """Move the confirmed LSN to ``lsn`` if that is forward; True when it moved."""
@@ -61,13 +70,16 @@ class StreamPosition:
 
     def marker(self, kind: MarkerKind, lsn: int, columns: ColumnSets | None = None,
                rereads: Sequence[RereadState] = ()) -> StreamMarker:
+        """A marker at ``lsn``; a PROGRESS marker carries the reach's server time."""
         known = self.known_columns if columns is None else columns
         return StreamMarker(status=kind, slot=self.slot, db=self.dbname,
                             epoch_lsn=self.epoch_lsn, lsn=lsn, ts_ms=int(self.clock() * 1000),
                             tables=tuple(t.qualified for t in self.tables),
                             system_identifier=self.system_identifier, plugin=self.plugin,
                             columns={f"{s}.{t}": c for (s, t), c in known.items()},
-                            rereads=tuple(msgspec.to_builtins(r) for r in rereads) or None)
+                            rereads=tuple(msgspec.to_builtins(r) for r in rereads) or None,
+                            commit_ts_us=self.reach_ts_us if kind is MarkerKind.PROGRESS
+                            else None)
 
     def backpressure(self, producer: Producer, tracker: AckTracker,
                      stop: threading.Event | None = None) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -202,6 +203,8 @@ class StreamRunner:
         self.reread_history: list[tuple[int, list[RereadState]]] = [
             (position.confirmed_lsn, self.rereads.snapshot())]
         self.reread_changed = False
+        # (end LSN, commit time) of commits not yet acked: a PROGRESS marker's server time.
+        self.commit_times: deque[tuple[int, int]] = deque()
         # Logical messages by prefix (each plugin delivers them; see capture.decoding).
         self.on_message = {SCHEMA_PREFIX: self.schema_logged, HEARTBEAT_PREFIX: self.heartbeat,
                            AUTHOR_PREFIX: self.authored, WATERMARK_PREFIX: self.watermark,
@@ -518,6 +521,7 @@ class StreamRunner:
                 txn.pending)
             txn.pending.commit_ts_us = rec.ts_us
         self.tracker.close(txn.pending, rec.end_lsn)
+        self.commit_times.append((rec.end_lsn, rec.ts_us))
         if self.columns != self.column_history[-1][1]:
             self.column_history.append((rec.end_lsn, dict(self.columns)))
         if self.reread_changed:
@@ -535,6 +539,8 @@ class StreamRunner:
         acked = self.tracker.confirmable()
         if acked is not None:
             self.acked_lsn = max(self.acked_lsn, acked)
+        while self.commit_times and self.commit_times[0][0] <= self.acked_lsn:
+            self.position.reached(self.commit_times.popleft()[1])
         now = time.monotonic()
         if self.acked_lsn > self.marker_lsn and (
                 force or now - self.last_confirm >= self.s.confirm_interval_s):
@@ -562,9 +568,11 @@ class StreamRunner:
             return
         self.last_heartbeat = now
         # A quiet captured table must not pin WAL: a message through the slot moves it on.
+        # Transactional: its commit carries PostgreSQL's clock, so an idle database's reach
+        # in time (PROGRESS commit_ts_us) advances once the stream delivers it.
         try:
             with psycopg.connect(self.s.dsn, autocommit=True) as conn:
-                conn.execute("SELECT pg_logical_emit_message(false, %s, 'heartbeat')",
+                conn.execute("SELECT pg_logical_emit_message(true, %s, 'heartbeat')",
                              (HEARTBEAT_PREFIX,))
             self.metrics.heartbeats.inc()
         except psycopg.Error as exc:

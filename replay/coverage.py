@@ -2,9 +2,14 @@
 
 An epoch is one slot's life: SNAPSHOT_START/SNAPSHOT_END at ``epoch_lsn``, then the stream.
 Within an epoch the archive reaches the highest PROGRESS ``lsn`` or the latest archived
-commit, whichever is higher. A point X is answerable iff an epoch with a finished snapshot
-of the table has ``epoch_lsn <= X``, reaches X, and every transaction of that epoch committed
-at or before X is complete in the archive (archived events per table equal the END counts).
+commit, whichever is higher; in time, the latest server time either vouches for: a PROGRESS
+marker's ``commit_ts`` (PostgreSQL's commit time of the newest commit at or before its LSN)
+or an archived commit's time. Never a marker's ``ts``: capture's clock when it published,
+which runs ahead of the WAL it has read by capture's lag.
+
+A point X is answerable iff an epoch with a finished snapshot of the table has
+``epoch_lsn <= X``, reaches X, and every transaction of that epoch committed at or before X
+is complete in the archive (archived events per table equal the END counts).
 A time after an epoch that a later epoch follows is answerable only up to that epoch's last
 archived commit: what capture lost in the gap may be older than its last PROGRESS marker.
 
@@ -35,7 +40,10 @@ class Epoch:
     snapshot_done: bool
     tables: frozenset[str]
     reach_lsn: int  # everything committed at or before it is archived
-    reach_ts: datetime | None  # latest commit time or PROGRESS time seen in the epoch
+    # The latest server commit time the epoch vouches for (archived commits, PROGRESS
+    # markers' commit_ts): every commit up to it is archived, to the precision stated in
+    # docs/event-contract.md.
+    reach_ts: datetime | None
     end_lsn: int | None  # the next epoch's epoch_lsn: commits from there belong to it
     # The latest archived commit's time: before a gap, the last time the epoch can vouch for
     # (a PROGRESS marker's time is capture's clock when it published an LSN, which trails the
@@ -71,7 +79,7 @@ def epochs(conn: duckdb.DuckDBPyConnection) -> list[Epoch]:
                bool_or(status = 'SNAPSHOT_END'),
                list_distinct(flatten(list(tables))),
                max(lsn) FILTER (WHERE status = 'PROGRESS'),
-               max(ts) FILTER (WHERE status = 'PROGRESS')
+               max(commit_ts) FILTER (WHERE status = 'PROGRESS')
         FROM markers GROUP BY slot, epoch_lsn ORDER BY epoch_lsn, slot
         """
     ).fetchall()

@@ -49,10 +49,11 @@ def confirmed_lsn(dsn: str, slot: str) -> int:
 
 @contextlib.contextmanager
 def running_capture(dsn: str, bootstrap_servers: str, prefix: str, slot: str,
-                    clock: Callable[[], float] = time.time,
                     **overrides: Any) -> Iterator[CaptureService]:
-    """Capture in a background thread until the block ends (clean stop); ``clock``: the
-    service's clock (a test's clock that runs ahead stands for a capture that lags)."""
+    """Capture in a background thread until the block ends (clean stop). ``overrides``: its
+    settings, and ``clock`` the service's clock (one that runs ahead stands for a capture
+    that lags)."""
+    clock: Callable[[], float] = overrides.pop("clock", time.time)
     settings = CaptureSettings(dsn=dsn, bootstrap_servers=bootstrap_servers, slot=slot,
                                topic_prefix=prefix, **overrides)
     svc = CaptureService(settings, clock)

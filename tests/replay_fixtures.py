@@ -150,7 +150,7 @@ class History:
             status=MarkerKind.PROGRESS, slot=self.slot, db=self.db, epoch_lsn=self.epoch_lsn,
             system_identifier=self.system_identifier,
             lsn=self.next_lsn if lsn is None else lsn, ts_ms=us(self.clock) // 1000 + 1,
-            tables=(f"{self.schema}.{self.table}",)))
+            tables=(f"{self.schema}.{self.table}",), commit_ts_us=us(self.clock) + 1))
 
 
 _CHANGES_DDL = """
@@ -162,7 +162,7 @@ CREATE TABLE transactions (xid BIGINT, commit_lsn UBIGINT, commit_ts TIMESTAMPTZ
     event_count BIGINT, data_collections JSON);
 CREATE TABLE markers (status VARCHAR, slot VARCHAR, db VARCHAR, epoch_lsn UBIGINT,
     lsn UBIGINT, ts TIMESTAMPTZ, tables VARCHAR[], system_identifier VARCHAR, plugin VARCHAR,
-    definitions JSON);
+    definitions JSON, commit_ts TIMESTAMPTZ);
 CREATE TABLE schema_changes (table_schema VARCHAR, table_name VARCHAR, commit_lsn UBIGINT,
     position INTEGER, xid BIGINT, commit_ts TIMESTAMPTZ, lsn UBIGINT, columns JSON,
     command_tag VARCHAR, ddl VARCHAR, recorded BOOLEAN, schema_version INTEGER);
@@ -198,11 +198,12 @@ def memory_history(*histories: History) -> duckdb.DuckDBPyConnection:
                  for t in h.ends])
         if h.markers:
             conn.executemany(
-                "INSERT INTO markers VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO markers VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [[m.status.value, m.slot, m.db, m.epoch_lsn, m.lsn, _ts(m.ts_ms * 1000),
                   list(m.tables), m.system_identifier, m.plugin,
                   None if m.definitions is None else json.dumps(
-                      {t: [c.model_dump() for c in d] for t, d in m.definitions.items()})]
+                      {t: [c.model_dump() for c in d] for t, d in m.definitions.items()}),
+                  None if m.commit_ts_us is None else _ts(m.commit_ts_us)]
                  for m in h.markers])
         if h.schema_changes:
             conn.executemany(

@@ -65,6 +65,9 @@ MARKERS_SCHEMA = pa.schema([
     ("system_identifier", pa.string()),
     ("plugin", pa.string()),
     ("definitions", pa.string()),  # SNAPSHOT_START: the tables' definitions (JSON)
+    # PROGRESS: PostgreSQL's commit time of the newest commit at or before lsn (NULL in
+    # markers written before capture recorded it)
+    ("commit_ts", UTC_US),
 ])
 
 SCHEMA_CHANGES_SCHEMA = pa.schema([
@@ -186,6 +189,7 @@ def markers_table(markers: Iterable[StreamMarker]) -> pa.Table:
         cols["plugin"].append(m.plugin)
         cols["definitions"].append(None if m.definitions is None else _json(
             {t: [c.model_dump() for c in d] for t, d in m.definitions.items()}))
+        cols["commit_ts"].append(m.commit_ts_us)
     return _sorted(pa.Table.from_pydict(cols, schema=MARKERS_SCHEMA), ["lsn"])
 
 

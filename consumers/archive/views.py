@@ -84,7 +84,7 @@ FROM (SELECT DISTINCT ON (commit_lsn) * FROM raw_transactions);
 
 CREATE OR REPLACE VIEW markers AS
 SELECT DISTINCT status, slot, db, epoch_lsn, lsn, ts, tables, system_identifier, plugin,
-       CAST(definitions AS JSON) AS definitions
+       CAST(definitions AS JSON) AS definitions, commit_ts
 FROM raw_markers;
 
 CREATE OR REPLACE VIEW schema_changes AS
