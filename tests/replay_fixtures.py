@@ -21,6 +21,7 @@ import duckdb
 import psycopg
 from psycopg import sql
 
+from capture.decoding import HEARTBEAT_PREFIX
 from capture.encoding import SCHEMA_VERSION
 from capture.event import (
     ChangeEvent,
@@ -251,10 +252,11 @@ class Pipeline:
         return lsn
 
     def sync(self) -> int:
-        """A captured commit after everything so far; returns once it is archived."""
+        """A commit capture sees after everything so far (a transactional logical message,
+        as capture's heartbeat: no captured table changes); returns once it is archived,
+        so the archive reaches it in LSN and in PostgreSQL's commit time."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("UPDATE core_organizations SET updated_at = now() "
-                          "WHERE id = (SELECT min(id::text)::uuid FROM core_organizations)")
+            conn.execute("SELECT pg_logical_emit_message(true, %s, 'sync')", (HEARTBEAT_PREFIX,))
             row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
             assert row is not None
             lsn = parse_lsn(str(row[0]))
