@@ -34,9 +34,15 @@ import psycopg
 SCHEMA_VERSION = 2
 
 # The text output settings every capture session uses (snapshot, replication, side
-# connections), so a value reads identically whichever path it came by.
+# connections), so a value reads identically whichever path it came by and whatever the
+# server's, database's or role's defaults are. Each is an output function's only session
+# input: TimeZone (timestamptz), DateStyle (date/time), IntervalStyle (interval),
+# extra_float_digits (real/double: 1 = shortest exact), bytea_output (bytea), lc_monetary
+# (money: C prints $1,234.56; German would print 1.234,56 €). The other lc_* settings
+# change no type's output (lc_numeric and lc_time only to_char's). Replay's sessions use
+# the same, so the text is read back under the settings it was printed with.
 SESSION_OPTIONS = ("-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres "
-                   "-c extra_float_digits=1 -c bytea_output=hex")
+                   "-c extra_float_digits=1 -c bytea_output=hex -c lc_monetary=C")
 
 # The one spelling of a type in ``types``, column definitions and live reads: format_type
 # under this search_path, so a type outside pg_catalog is always schema-qualified

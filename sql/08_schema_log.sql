@@ -47,6 +47,7 @@ SET DateStyle = 'ISO, MDY'
 SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1
 SET bytea_output = 'hex'
+SET lc_monetary = 'C'
 AS $$
 DECLARE
     rel record;

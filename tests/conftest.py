@@ -18,6 +18,7 @@ from psycopg import sql
 from devstack.broker import Broker, start_broker
 from devstack.postgres import PostgresCluster, start_postgres
 from devstack.sample import SampleSize, create_schema, load_sample
+from tests.locale_fixtures import german_money_cluster, money_db  # noqa: F401 - fixtures
 from tests.s3_fixtures import archive_target, s3_server  # noqa: F401 - fixtures
 from tests.security_fixtures import (  # noqa: F401 - fixtures
     bad_certificates,
