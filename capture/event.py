@@ -291,8 +291,10 @@ class StreamMarker(BaseModel):
     # PROGRESS: PostgreSQL's commit time (µs since epoch UTC) of the newest transaction
     # committed at or before ``lsn`` (capture's heartbeat commits one when the database is
     # idle): the time the marker vouches for. ``ts_ms`` is capture's clock, which runs ahead
-    # of the WAL it has read by capture's lag. None: no commit seen yet, or a marker from
-    # before this member existed (replay then trusts archived commit times only).
+    # of the WAL it has read by capture's lag. SNAPSHOT_START: the server's clock read just
+    # after the slot was created, at or after every commit the snapshot holds. None: no
+    # commit seen yet, or a marker from before this member existed (replay then trusts
+    # archived commit times only, and ``ts_ms`` for an epoch's start).
     commit_ts_us: int | None = None
 
     def to_json(self) -> bytes:

@@ -44,7 +44,7 @@ from capture.slot import (
     slot_info,
     table_info,
 )
-from capture.snapshot import snapshot_definitions, snapshot_rows
+from capture.snapshot import server_time_us, snapshot_definitions, snapshot_rows
 from capture.table_names import check_tables_exist
 from capture.topic_watch import TopicWatch, WatchedProducer
 from capture.topics import table_topic, transaction_topic
@@ -290,7 +290,8 @@ class CaptureService:
         ttopic = transaction_topic(self.s.topic_prefix)
         definitions = snapshot_definitions(self.s.dsn, snapshot_name, pos.tables)
         start = pos.marker(MarkerKind.SNAPSHOT_START, pos.epoch_lsn).model_copy(
-            update={"definitions": definitions}).to_json()
+            update={"definitions": definitions,
+                    "commit_ts_us": server_time_us(self.s.dsn)}).to_json()
         producer.send(ttopic, b"marker", start, tracker.sent(txn, len(start)))
         # The start marker on record first: a stop or a crash from here on is known to the
         # next start as an incomplete snapshot (a new epoch), never as a slot of unknown origin.

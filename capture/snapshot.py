@@ -51,6 +51,18 @@ def snapshot_definitions(dsn: str, snapshot_name: str, tables: Sequence[TableInf
     return out
 
 
+def server_time_us(dsn: str) -> int:
+    """PostgreSQL's clock now, µs since the epoch. Read after the slot was created, it is at
+    or after the commit time of every transaction the slot's snapshot holds: the time the
+    epoch's SNAPSHOT_START vouches for (capture's own clock may be behind the server's)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8"
+                           ).fetchone()
+    if row is None:
+        raise RuntimeError("SELECT clock_timestamp() returned no row")
+    return int(str(row[0]))
+
+
 def output_text(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     """Make ``conn`` return every value as the text PostgreSQL's output function printed."""
     for (oid,) in conn.execute("SELECT oid::int FROM pg_type").fetchall():

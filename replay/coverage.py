@@ -36,7 +36,7 @@ from replay.tables import TableId, first, quote_duck
 class Epoch:
     slot: str
     epoch_lsn: int
-    started: datetime
+    started: datetime  # every commit the snapshot holds is at or before it (server time)
     snapshot_done: bool
     tables: frozenset[str]
     reach_lsn: int  # everything committed at or before it is archived
@@ -75,7 +75,10 @@ def epochs(conn: duckdb.DuckDBPyConnection) -> list[Epoch]:
     """Every epoch in the archive, oldest first, with how far it reaches."""
     rows = conn.execute(
         """
-        SELECT slot, epoch_lsn, min(ts),
+        SELECT slot, epoch_lsn,
+               -- the server's time after the slot was created; capture's clock in markers
+               -- written before it was recorded
+               coalesce(min(commit_ts) FILTER (WHERE status = 'SNAPSHOT_START'), min(ts)),
                bool_or(status = 'SNAPSHOT_END'),
                list_distinct(flatten(list(tables))),
                max(lsn) FILTER (WHERE status = 'PROGRESS'),

@@ -111,3 +111,23 @@ def test_an_idle_database_is_covered_up_to_now_by_captures_heartbeat(stack: Stac
 
         wait_until(answered, 30, "a heartbeat to carry the archive's reach past the last write")
     assert table_difference(stack.conn, "idle_point", "idle_replayed") == 0
+
+
+def test_a_time_before_the_snapshot_is_refused_though_captures_clock_says_it_started_earlier(
+        stack: Stack) -> None:
+    before = _server_now(stack.conn)
+    _write(stack.conn, "IN_THE_SNAPSHOT")  # committed after ``before``, held by the snapshot
+    with running_capture(clock=lambda: time.time() - LAG_S, **stack.capture):
+        after = _server_now(stack.conn)  # the snapshot is done: capture is streaming
+        stack.pipe.sync()
+    out = stack.pipe.archive.parent / "state.csv"
+    refused = stack.replay("--until", before.isoformat(), "--output", str(out))
+    assert refused.exit_code == 1, refused.output
+    errors = [ln for ln in refused.output.splitlines() if ln.startswith("replay: error:")]
+    assert len(errors) == 1 and "before the oldest snapshot" in errors[0], refused.output
+    assert not out.exists()
+    copy_moment(stack.conn, "snapshot_state")
+    done = stack.replay("--until", after.isoformat(), "--into-table", "public.from_snapshot",
+                        "--dsn", stack.db.dsn)
+    assert done.exit_code == 0, done.output
+    assert table_difference(stack.conn, "snapshot_state", "from_snapshot") == 0
