@@ -53,6 +53,18 @@ def test_markers_without_a_server_time_fall_back_to_archived_commit_times_only()
     assert epochs(conn)[-1].reach_ts == h.clock
 
 
+def test_a_time_before_the_snapshots_server_time_is_before_the_oldest_snapshot() -> None:
+    h, _ = _lagging(commit_ts=True)
+    start = h.markers[0]
+    # Capture's clock was behind the server's: its marker says the snapshot started earlier.
+    h.markers[0] = start.model_copy(update={"ts_ms": start.ts_ms - 60_000,
+                                            "commit_ts_us": start.ts_ms * 1000})
+    conn = memory_history(h)
+    with pytest.raises(NotCovered, match="before the oldest snapshot"):
+        resolve_point(conn, TimePoint(h.clock - timedelta(seconds=10, microseconds=1)), TABLE)
+    assert resolve_point(conn, TimePoint(h.clock - timedelta(seconds=10)), TABLE) == h.epoch_lsn
+
+
 def test_an_old_marker_without_commit_ts_still_parses() -> None:
     old = (b'{"schema_version":2,"status":"PROGRESS","slot":"s","db":"d","epoch_lsn":1,'
            b'"lsn":2,"ts_ms":3,"tables":[]}')
