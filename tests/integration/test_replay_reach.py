@@ -24,7 +24,7 @@ from click.testing import CliRunner, Result
 
 from devstack.broker import Broker
 from replay.cli import main
-from tests.capture_fixtures import running_capture
+from tests.capture_fixtures import PLUGINS, running_capture
 from tests.conftest import HeraDB
 from tests.integration.archive_support import start_archiver
 from tests.replay_fixtures import Pipeline, copy_moment, table_difference
@@ -98,8 +98,10 @@ def test_a_lagging_captures_marker_time_does_not_cover_a_commit_it_has_not_archi
     assert table_difference(stack.conn, "at_point", "replayed") == 0
 
 
-def test_an_idle_database_is_covered_up_to_now_by_captures_heartbeat(stack: Stack) -> None:
-    with running_capture(clock=lambda: time.time() + LAG_S, **stack.capture):
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_an_idle_database_is_covered_up_to_now_by_captures_heartbeat(
+        stack: Stack, plugin: str) -> None:
+    with running_capture(clock=lambda: time.time() + LAG_S, plugin=plugin, **stack.capture):
         _write(stack.conn, "LAST")
         copy_moment(stack.conn, "idle_point")
         stack.pipe.sync()
