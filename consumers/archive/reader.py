@@ -21,8 +21,9 @@ httpfs extension may not be installable where this runs. Deduplicated:
 - ``markers``: status VARCHAR, slot VARCHAR, db VARCHAR, epoch_lsn UBIGINT, lsn UBIGINT,
   ts TIMESTAMPTZ, tables VARCHAR[], system_identifier VARCHAR, plugin VARCHAR,
   definitions JSON (the tables' definitions at SNAPSHOT_START; NULL for old
-  markers), commit_ts TIMESTAMPTZ (PROGRESS: PostgreSQL's commit time of the newest commit
-  at or before lsn; ``ts`` is capture's clock; NULL for old markers).
+  markers), commit_ts TIMESTAMPTZ (PostgreSQL's clock, where ``ts`` is capture's:
+  PROGRESS, the commit time of the newest commit at or before lsn; SNAPSHOT_START, the time
+  just after the slot was created; NULL for old markers).
 - ``schema_changes``: table_schema, table_name, commit_lsn UBIGINT, position INTEGER, xid,
   commit_ts, lsn UBIGINT, columns JSON (capture.event.ColumnDef objects), command_tag, ddl,
   recorded BOOLEAN, schema_version — one row per (commit_lsn, position).

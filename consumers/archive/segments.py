@@ -65,8 +65,9 @@ MARKERS_SCHEMA = pa.schema([
     ("system_identifier", pa.string()),
     ("plugin", pa.string()),
     ("definitions", pa.string()),  # SNAPSHOT_START: the tables' definitions (JSON)
-    # PROGRESS: PostgreSQL's commit time of the newest commit at or before lsn (NULL in
-    # markers written before capture recorded it)
+    # PostgreSQL's time (capture.event.StreamMarker.commit_ts_us): PROGRESS, the newest
+    # commit's at or before lsn; SNAPSHOT_START, after the slot was created (NULL in markers
+    # written before capture recorded it)
     ("commit_ts", UTC_US),
 ])
 
