@@ -111,7 +111,8 @@ def write_legacy_archive(root: Path, changes: list[ChangeEvent], ends: list[Tran
                                                    "version": 1}))
     tables = {"changes": changes_rows([*changes, *changes[:1]]),
               "transactions": transactions_table(ends),
-              "markers": markers_table(markers).drop_columns(["system_identifier", "plugin"])}
+              "markers": markers_table(markers).drop_columns(
+                  ["system_identifier", "plugin", "commit_ts"])}
     segments = []
     for kind, table in tables.items():
         step = max(1, -(-table.num_rows // segments_per_kind))
