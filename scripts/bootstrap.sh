@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything hera-guard needs on a fresh Debian/Ubuntu machine, idempotently:
 # PostgreSQL 15 with wal2json and pg_cron, stunnel4 (TLS in front of the test broker) and
-# prometheus (promtool for the alert rules' tests) as system packages, and a virtualenv with the project.
+# prometheus (promtool for the alert rules' tests) and locales (glibc's locale sources: the money test
+# compiles a German locale) as system packages, and a virtualenv with the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PG_PACKAGES=(postgresql-15 postgresql-15-wal2json postgresql-15-cron stunnel4 prometheus)
+PG_PACKAGES=(postgresql-15 postgresql-15-wal2json postgresql-15-cron stunnel4 prometheus locales)
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
