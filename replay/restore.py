@@ -24,6 +24,7 @@ from replay.errors import ConflictsFound, UnknownTable
 from replay.live import Column, Conn, columns, primary_key, read_rows, require_privileges
 from replay.plan import CONFLICT, DELETE, UPDATE, Plan, Scope, plan_changes
 from replay.rebuild import pk_paths
+from replay.revert_reread import heal
 from replay.schema import SchemaChangeRefused, same_type, unknown_rows
 from replay.state import Progress, State, materialize, quiet, state_at
 from replay.tables import TableId, first
@@ -160,8 +161,15 @@ def plan_undo(duck: duckdb.DuckDBPyConnection, t: TableId, commit: int, cols: li
     touched_keys(duck, t, commit, before.pk, before).distinct().to_table(name)
     keys = duck.table(name)
     generated = frozenset(c.name for c in cols if c.generated)
-    for st in (before, after):
-        unknown_rows(duck, st.rel, st.steps, keys=name, ignore=generated)
+    try:
+        for st in (before, after):
+            unknown_rows(duck, st.rel, st.steps, keys=name, ignore=generated)
+    except SchemaChangeRefused as refused:
+        # A DDL after the transaction rewrote values: exact again once its re-read ended.
+        before, after = heal(duck, t, commit, types, before, after, name, generated,
+                             refused, tag)
+        for st in (before, after):
+            unknown_rows(duck, st.rel, st.steps, keys=name, ignore=generated)
     return plan_changes(duck, t, before.pk, list(before.types), before.rel, live,
                         expected=after.rel, keys=keys,
                         compat=tuple({*before.v1_json, *after.v1_json}))

@@ -277,6 +277,7 @@ class Step:
     # The commit where capture's re-read of the table after this DDL ended (replay/rereads.py)
     exact_from: int | None = None
     reread: bool = False  # the archive holds re-reads of this table (the note names them)
+    lost: tuple[str, ...] = ()  # the columns rows written before it may hold unknown
 
     @property
     def may_lose(self) -> bool:
@@ -298,7 +299,7 @@ def unrecorded_step(i: int, prev: list[Col], change: SchemaChange) -> Step:
         else:
             members.append((col.name, _sentinel(i)))
             losses.append(f"column {col.name} changed without a record")
-    return Step(change, members, losses)
+    return Step(change, members, losses, lost=_lost(i, members))
 
 
 def step_for(i: int, prev: list[Col], change: SchemaChange) -> Step:
@@ -333,7 +334,11 @@ def step_for(i: int, prev: list[Col], change: SchemaChange) -> Step:
                         f"WHEN starts_with({text}, chr(0) || 'hera-unknown:') THEN {value} "
                         f"ELSE ({encode_text_sql(col.type, new_text)})::JSON END")
         members.append((col.name, expr))
-    return Step(change, members, losses)
+    return Step(change, members, losses, lost=_lost(i, members))
+
+
+def _lost(i: int, members: list[tuple[str, str]]) -> tuple[str, ...]:
+    return tuple(n for n, e in members if _sentinel(i) in e)
 
 
 def definition_before(change_index: int, changes: list[SchemaChange],

@@ -3,8 +3,8 @@
 points before the DDL are exact; a point between the DDL and the re-read's end is refused in
 one line naming the DDL and the window, or exact; every point after the re-read equals
 PostgreSQL's own copy (EXCEPT ALL both ways, every column as text); a revert of a
-transaction from before the DDL works after the re-read where its rows' other columns are
-known (a stored generated column), and is refused naming the DDL where they are not."""
+transaction from before the DDL works after the re-read (replay/revert_reread.py), and one
+that changed a column the DDL computes from is refused in one line naming it."""
 
 from __future__ import annotations
 
@@ -114,6 +114,11 @@ def test_points_around_a_rewriting_ddl_are_exact_or_refused_and_exact_after_the_
         row = c.execute("SELECT txid_current()").fetchone()
     assert row is not None
     xid = int(str(row[0]))
+    with c.transaction():
+        c.execute("UPDATE rr SET v = v + 7 WHERE a = 2003")
+        row = c.execute("SELECT txid_current()").fetchone()
+    assert row is not None
+    xid_v = int(str(row[0]))
     before = run.copy("before")
     c.execute(ddl)
     at_ddl = run.copy("at_ddl")
@@ -156,12 +161,20 @@ def test_points_around_a_rewriting_ddl_are_exact_or_refused_and_exact_after_the_
     c.execute("UPDATE expected SET big = NULL WHERE a IN (2001, 2002)")
     c.execute("CREATE TABLE now_ AS TABLE rr")
     reverted = run.replay("--revert-xid", str(xid))
-    if case != "stored_generated":
-        # The rows it touched hold, before and after it, a value only the rewrite knew:
-        # refused naming the DDL, even after the re-read (which knows today's values; a
-        # revert that keeps the columns the transaction did not change is not built yet).
+    # Every case: the transaction changed `big` only; the columns the DDL rewrote hold, before
+    # and after it, the value the re-read recorded (and generated ones PostgreSQL computes).
+    assert reverted.exit_code == 0, reverted.output
+    assert rows_differing(c, "expected", "rr", cols) == 0
+
+    # A transaction that changed v: only `USING v + 0.5` computed a column from it.
+    c.execute("UPDATE expected SET v = v - 7 WHERE a = 2003")
+    c.execute("DROP TABLE now_")
+    c.execute("CREATE TABLE now_ AS TABLE rr")
+    reverted = run.replay("--revert-xid", str(xid_v))
+    if case == "type_using":
         assert reverted.exit_code == 1, reverted.output
-        assert ddl[12:40] in reverted.output or "unrecorded" in reverted.output
+        errors = [ln for ln in reverted.output.splitlines() if "error:" in ln]
+        assert len(errors) == 1 and "column v changed by the transaction" in errors[0], errors
         assert rows_differing(c, "now_", "rr", cols) == 0
         return
     assert reverted.exit_code == 0, reverted.output
