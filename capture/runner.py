@@ -337,7 +337,10 @@ class StreamRunner:
             # In the high watermark's transaction: confirmed only once the broker has it.
             # The table re-read is the one key of ``definitions`` (``tables`` stays every
             # captured table: consumers read it as the stream's table set).
-            end = self.position.marker(MarkerKind.REREAD_END, txn.begin.commit_lsn).model_copy(
+            # Its rereads: the state as of its LSN (the ended one with where it was requested:
+            # replay rebuilds a table added to --tables from there).
+            end = self.position.marker(MarkerKind.REREAD_END, txn.begin.commit_lsn,
+                                       rereads=self.rereads.snapshot()).model_copy(
                 update={"definitions": {ended.table: ()}}).to_json()
             self._send(self.ttopic, b"marker", end, txn.pending)
 

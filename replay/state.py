@@ -31,7 +31,7 @@ from replay.rebuild import (
     window_v1_columns,
     window_where,
 )
-from replay.rereads import check_joined, end_after, reread_ends, reread_started
+from replay.rereads import end_after, joined_start, reread_ends, reread_started
 from replay.schema import (
     Col,
     SchemaChangeRefused,
@@ -275,9 +275,11 @@ def state_at(conn: duckdb.DuckDBPyConnection, table: TableId, point: Point | int
         rel = rebuild(conn, table, window, pk, base="_base_rows")
     else:
         assert resolved.epoch is not None
-        check_joined(conn, table, resolved.epoch.slot, resolved.epoch.epoch_lsn)
-        window = Window(upto_lsn=upto, after_lsn=resolved.epoch.epoch_lsn,
-                        snapshot_lsn=resolved.epoch.epoch_lsn)
+        ep = resolved.epoch
+        # A table added to --tables later starts empty where its re-read was requested.
+        joined = joined_start(conn, table, ep.slot, ep.epoch_lsn, upto)
+        window = (Window(upto_lsn=upto, after_lsn=ep.epoch_lsn, snapshot_lsn=ep.epoch_lsn)
+                  if joined is None else Window(upto_lsn=upto, after_lsn=joined))
         rel = rebuild(conn, table, window, pk)
     rel, types, steps = _with_schema_changes(conn, table, rel, types, window.after_lsn, upto,
                                              forward, strict)

@@ -174,6 +174,9 @@ class BulkChangeParser:
             "snapshot": pc.not_equal(_inner(f(src, "snapshot")), "false"),
             "event_ts": pc.multiply(num(e, "ts_ms"), 1000).cast(UTC_US),
             "schema_version": num(e, "schema_version"),
+            # re-read rows (a sparse member) never match the canonical document: the model
+            # path archives them with their reason
+            "reread": pa.nulls(len(e), pa.string()),
         }
         # a later schema_version or a position beyond int32: the model's path decides
         ok2 = _all([pc.less_equal(cols["schema_version"], SCHEMA_VERSION),

@@ -15,7 +15,8 @@ httpfs extension may not be installable where this runs. Deduplicated:
   commit_lsn UBIGINT, position INTEGER, xid BIGINT (NULL for snapshot rows),
   commit_ts TIMESTAMPTZ (µs, from source.ts_us), key JSON, before JSON, after JSON,
   types JSON, snapshot BOOLEAN, event_ts TIMESTAMPTZ (capture's processing time, ts_ms),
-  schema_version INTEGER (1 or 2: see capture/encoding.py) — one row per (commit_lsn, position).
+  schema_version INTEGER (1 or 2: see capture/encoding.py), reread VARCHAR (a row of an
+  online re-read: why the table was re-read; NULL otherwise) — one row per (commit_lsn, position).
 - ``transactions``: xid BIGINT, commit_lsn UBIGINT, commit_ts TIMESTAMPTZ,
   event_count BIGINT, data_collections JSON (from END records) — one row per commit_lsn.
 - ``markers``: status VARCHAR, slot VARCHAR, db VARCHAR, epoch_lsn UBIGINT, lsn UBIGINT,
@@ -23,14 +24,15 @@ httpfs extension may not be installable where this runs. Deduplicated:
   definitions JSON (the tables' definitions at SNAPSHOT_START; NULL for old
   markers), commit_ts TIMESTAMPTZ (PostgreSQL's clock, where ``ts`` is capture's:
   PROGRESS, the commit time of the newest commit at or before lsn; SNAPSHOT_START, the time
-  just after the slot was created; NULL for old markers).
+  just after the slot was created; NULL for old markers),
+  rereads JSON (the online re-reads as of the marker's LSN; NULL for old markers).
 - ``schema_changes``: table_schema, table_name, commit_lsn UBIGINT, position INTEGER, xid,
   commit_ts, lsn UBIGINT, columns JSON (capture.event.ColumnDef objects), command_tag, ddl,
   recorded BOOLEAN, schema_version — one row per (commit_lsn, position).
 - ``raw_changes`` (and ``raw_transactions``, ``raw_markers``, ``raw_schema_changes``): the
   same rows before deduplication.
 
-Plus the analysts' views and macros of ``views.VIEW_SQL`` (change_log, transaction_summary,
+Plus the analysts' views and macros of ``views.VIEW_SQL`` (change_log, transaction_summary, rereads,
 row_timeline, relationship_timeline, table_as_of, table_as_of_lsn, lsn_text). Files a
 version references stay until vacuum's retention has passed, so a connection keeps working
 that long after newer commits and compactions.

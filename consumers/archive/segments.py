@@ -43,6 +43,7 @@ CHANGES_SCHEMA = pa.schema([
     ("snapshot", pa.bool_()),
     ("event_ts", UTC_US),
     ("schema_version", pa.int32()),
+    ("reread", pa.string()),  # an online re-read's row: why the table was re-read; else NULL
 ])
 
 TRANSACTIONS_SCHEMA = pa.schema([
@@ -69,6 +70,9 @@ MARKERS_SCHEMA = pa.schema([
     # commit's at or before lsn; SNAPSHOT_START, after the slot was created (NULL in markers
     # written before capture recorded it)
     ("commit_ts", UTC_US),
+    # The online re-reads as of the marker's LSN (JSON list of capture.reread.RereadState;
+    # a REREAD_END marker's holds the one that ended, with where it was requested).
+    ("rereads", pa.string()),
 ])
 
 SCHEMA_CHANGES_SCHEMA = pa.schema([
@@ -108,7 +112,7 @@ def _table_schema() -> pa.Schema:
 TABLE_SCHEMA = _table_schema()
 # Columns added after archives were first written: a writer adds them to an older table
 # (``table.add_missing_columns``), a reader of files without them reads NULL.
-ADDED_COLUMNS = ("author",)
+ADDED_COLUMNS = ("author", "reread", "rereads")
 
 
 def to_table_rows(kind: str, rows: pa.Table) -> pa.Table:
@@ -152,6 +156,7 @@ def changes_rows(events: Iterable[ChangeEvent]) -> pa.Table:
         cols["snapshot"].append(s.snapshot != "false")
         cols["event_ts"].append(e.ts_ms * 1000)
         cols["schema_version"].append(e.schema_version)
+        cols["reread"].append(e.reread)
     return pa.Table.from_pydict(cols, schema=CHANGES_SCHEMA)
 
 
@@ -191,6 +196,7 @@ def markers_table(markers: Iterable[StreamMarker]) -> pa.Table:
         cols["definitions"].append(None if m.definitions is None else _json(
             {t: [c.model_dump() for c in d] for t, d in m.definitions.items()}))
         cols["commit_ts"].append(m.commit_ts_us)
+        cols["rereads"].append(None if m.rereads is None else _json(list(m.rereads)))
     return _sorted(pa.Table.from_pydict(cols, schema=MARKERS_SCHEMA), ["lsn"])
 
 

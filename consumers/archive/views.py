@@ -60,7 +60,9 @@ CREATE OR REPLACE MACRO lsn_text(lsn) AS
 CREATE OR REPLACE VIEW changes AS
 SELECT table_schema, table_name, op, commit_lsn, position, xid, commit_ts,
        CAST(key AS JSON) AS key, CAST(before AS JSON) AS before, CAST(after AS JSON) AS after,
-       CAST(types AS JSON) AS types, snapshot, event_ts, schema_version
+       CAST(types AS JSON) AS types, snapshot, event_ts, schema_version,
+       -- a row of capture's online re-read: why the table was re-read (NULL otherwise)
+       reread
 FROM (SELECT DISTINCT ON (commit_lsn, position) * FROM raw_changes);
 
 -- The author (capture.event.Author, sql/10_author.sql): NULL columns for a transaction
@@ -84,8 +86,23 @@ FROM (SELECT DISTINCT ON (commit_lsn) * FROM raw_transactions);
 
 CREATE OR REPLACE VIEW markers AS
 SELECT DISTINCT status, slot, db, epoch_lsn, lsn, ts, tables, system_identifier, plugin,
-       CAST(definitions AS JSON) AS definitions, commit_ts
+       CAST(definitions AS JSON) AS definitions, commit_ts, CAST(rereads AS JSON) AS rereads
 FROM raw_markers;
+
+-- Every online re-read that ended, one row each (from its REREAD_END marker): the table, why,
+-- where it was requested and where it ended (from there every row of the table is known).
+CREATE OR REPLACE VIEW rereads AS
+SELECT DISTINCT m.slot, m.epoch_lsn, r."table" AS "table", r.reason,
+       r.requested_lsn, lsn_text(r.requested_lsn) AS requested, m.lsn AS end_lsn,
+       lsn_text(m.lsn) AS ended, r.chunks, r."rows" AS "rows", r.dropped AS rows_superseded,
+       make_timestamptz(r.started_ms * 1000) AS started,
+       make_timestamptz(r.done_ms * 1000) AS finished
+FROM markers m, unnest(from_json(m.rereads, '[{"table": "VARCHAR", "reason": "VARCHAR",
+        "requested_lsn": "UBIGINT", "started_ms": "BIGINT", "chunks": "BIGINT",
+        "rows": "BIGINT", "dropped": "BIGINT", "done_lsn": "UBIGINT",
+        "done_ms": "BIGINT"}]')) AS u(r)
+WHERE m.status = 'REREAD_END' AND r.done_lsn = m.lsn
+  AND list_contains(json_keys(m.definitions), r."table");
 
 CREATE OR REPLACE VIEW schema_changes AS
 SELECT table_schema, table_name, commit_lsn, position, xid, commit_ts, lsn,
@@ -101,7 +118,8 @@ SELECT commit_ts, lsn_text(commit_lsn) AS lsn, xid,
                WHEN 'r' THEN CASE WHEN xid IS NULL THEN 'snapshot' ELSE 're-read' END
                WHEN 't' THEN 'truncate' END AS operation,
        key, before, after, commit_lsn, position,
-       t.db_user, t.session_user, t.application_name, t.client_addr, t.actor, t.context
+       t.db_user, t.session_user, t.application_name, t.client_addr, t.actor, t.context,
+       reread AS reread_reason
 FROM changes LEFT JOIN (
     SELECT commit_lsn AS t_lsn, db_user, session_user, application_name, client_addr, actor,
            context

@@ -181,13 +181,14 @@ def test_points_around_a_rewriting_ddl_are_exact_or_refused_and_exact_after_the_
     assert rows_differing(c, "expected", "rr", cols) == 0
 
 
-def test_a_table_added_later_is_refused_in_one_line_and_the_others_replay_as_before(
+def test_a_table_added_later_replays_exactly_after_its_reread_and_is_refused_before_its_end(
         empty_db: HeraDB, broker: Broker, topic_prefix: str, slot_name: str,
         tmp_path: Path) -> None:
     with empty_db.connect() as conn:
         conn.execute(RR_DDL)
-        conn.execute("CREATE TABLE added (id integer PRIMARY KEY, v text)")
-        conn.execute("INSERT INTO added SELECT i, 'v' || i FROM generate_series(1, 40) i")
+        conn.execute("CREATE TABLE added (a integer, b text, v integer, big text, "
+                     "PRIMARY KEY (a, b))")
+        conn.execute("INSERT INTO added SELECT i, 'k', i FROM generate_series(1, 120) i")
     archive = tmp_path / "archive"
     proc = start_archiver(broker.bootstrap_servers, topic_prefix, archive,
                           tmp_path / "archiver.log")
@@ -195,25 +196,49 @@ def test_a_table_added_later_is_refused_in_one_line_and_the_others_replay_as_bef
                                 heartbeat_interval_s=0.5, confirm_interval_s=0.1)
     try:
         with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
-                             tables=("public.rr",), **args):
-            pass
+                             tables=("public.rr",), **args), empty_db.connect() as conn:
+            # Changes of `added` nobody captures: only the re-read can know them.
+            conn.execute("UPDATE added SET v = v * 10 WHERE a % 3 = 0")
+            conn.execute("DELETE FROM added WHERE a % 7 = 0")
         with running_capture(empty_db.dsn, broker.bootstrap_servers, topic_prefix, slot_name,
                              tables=("public.rr", "public.added"), **args) as svc, \
                 empty_db.connect() as conn:
             run = Run(empty_db, svc, Pipeline(empty_db.dsn, archive), conn)
-            wait_until(lambda: any(s.table == "public.added" and s.finished
-                                   for s in svc.rereads.states), 60, "the added table's re-read")
+
+            def state() -> Any:
+                return next((s for s in svc.rereads.states if s.table == "public.added"), None)
+
+            with traffic(empty_db.dsn, table="added", seed=5):
+                wait_until(lambda: state() is not None and state().finished, 60,
+                           "the added table's re-read")
+            conn.execute("CREATE TABLE now_added AS TABLE added")
             now = run.copy("now_rr")
             run.sync()
-            ok = run.replay("--until", format_lsn(now), "--into-table", "public.r_now")
+
+            def replay(table: str, lsn: int, into: str) -> Result:
+                return CliRunner().invoke(main, [
+                    "--archive", str(archive), "--dsn", empty_db.dsn, "--table", table,
+                    "--until", format_lsn(lsn), "--into-table", into])
+
+            ok = replay("public.rr", now, "public.r_now")
             assert ok.exit_code == 0, ok.output
             assert rows_differing(conn, "now_rr", "r_now", COLUMNS) == 0
-            refused = CliRunner().invoke(main, [
-                "--archive", str(archive), "--dsn", empty_db.dsn, "--table", "public.added",
-                "--until", format_lsn(now), "--into-table", "public.r_added"])
+            ok = replay("public.added", now, "public.r_added")
+            assert ok.exit_code == 0, ok.output
+            assert rows_differing(conn, "now_added", "r_added", COLUMNS) == 0
+            end = state().done_lsn
+            refused = replay("public.added", state().requested_lsn, "public.r_early")
             assert refused.exit_code == 1, refused.output
             errors = [ln for ln in refused.output.splitlines() if "error:" in ln]
-            assert len(errors) == 1 and "public.added was added to capture" in errors[0]
+            assert len(errors) == 1 and f"exact from {format_lsn(end)}" in errors[0], errors
+            shown = connect_history(archive).execute(
+                'SELECT reason, requested_lsn FROM rereads WHERE "table" = \'public.added\''
+            ).fetchall()
+            assert shown == [("added to --tables", state().requested_lsn)]
+            reasons = connect_history(archive).execute(
+                "SELECT DISTINCT reread_reason FROM change_log WHERE \"table\" = "
+                "'public.added' AND operation = 're-read'").fetchall()
+            assert reasons == [("added to --tables",)]
     finally:
         proc.terminate()
         proc.wait(30)
