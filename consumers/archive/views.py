@@ -136,7 +136,10 @@ WITH per_op AS (
     SELECT commit_lsn, xid, tbl, json_group_object(op, n) AS ops, sum(n) AS n,
            sum(n) FILTER (WHERE op = 'c') AS c, sum(n) FILTER (WHERE op = 'u') AS u,
            sum(n) FILTER (WHERE op = 'd') AS d, sum(n) FILTER (WHERE op = 't') AS t,
-           sum(n) FILTER (WHERE op = 'r') AS r, min(commit_ts) AS commit_ts
+           -- op r: the initial snapshot's rows (no xid) or an online re-read's (in a txn)
+           sum(n) FILTER (WHERE op = 'r' AND xid IS NULL) AS r,
+           sum(n) FILTER (WHERE op = 'r' AND xid IS NOT NULL) AS rr,
+           min(commit_ts) AS commit_ts
     FROM per_op GROUP BY ALL
 )
 SELECT xid, lsn_text(commit_lsn) AS lsn, min(commit_ts) AS commit_ts,
@@ -148,7 +151,7 @@ SELECT xid, lsn_text(commit_lsn) AS lsn, min(commit_ts) AS commit_ts,
        any_value(t.db_user) AS db_user, any_value(t.session_user) AS session_user,
        any_value(t.application_name) AS application_name,
        any_value(t.client_addr) AS client_addr, any_value(t.actor) AS actor,
-       any_value(t.context) AS context
+       any_value(t.context) AS context, coalesce(sum(rr), 0)::BIGINT AS reread_rows
 FROM per_table LEFT JOIN (
     SELECT commit_lsn AS t_lsn, db_user, session_user, application_name, client_addr, actor,
            context
@@ -157,7 +160,8 @@ GROUP BY commit_lsn, xid;
 
 -- Every change of one row of a table (by its "id" primary key), and the table's TRUNCATEs.
 CREATE OR REPLACE MACRO row_timeline(tbl, row_id) AS TABLE
-SELECT commit_ts, lsn_text(commit_lsn) AS lsn, xid, op, before, after, commit_lsn, position
+SELECT commit_ts, lsn_text(commit_lsn) AS lsn, xid, op, before, after, commit_lsn, position,
+       reread
 FROM changes
 WHERE (table_schema || '.' || table_name = tbl OR table_name = tbl)
   AND (key ->> 'id' = CAST(row_id AS VARCHAR) OR op = 't')

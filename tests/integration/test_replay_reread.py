@@ -152,10 +152,17 @@ def test_points_around_a_rewriting_ddl_are_exact_or_refused_and_exact_after_the_
     verified = CliRunner().invoke(main, ["verify", "--archive", str(run.pipe.archive),
                                          "--dsn", run.db.dsn, "--table", "public.rr"])
     assert verified.exit_code == 0, verified.output
-    shown = connect_history(run.pipe.archive).execute(
-        "SELECT DISTINCT operation FROM change_log WHERE \"table\" = 'public.rr' "
-        "AND xid IS NOT NULL AND operation = 're-read'").fetchall()
-    assert shown == [("re-read",)]
+    history = connect_history(run.pipe.archive)
+    shown = history.execute(
+        "SELECT DISTINCT operation, reread_reason IS NOT NULL FROM change_log WHERE "
+        "\"table\" = 'public.rr' AND xid IS NOT NULL AND operation = 're-read'").fetchall()
+    assert shown == [("re-read", True)]
+    summary = history.execute(
+        "SELECT sum(reread_rows), sum(snapshot_rows) FROM transaction_summary "
+        "WHERE xid IS NOT NULL").fetchall()
+    assert summary[0][0] > 0 and summary[0][1] == 0, summary
+    ended = history.execute('SELECT reason FROM rereads WHERE "table" = \'public.rr\'').fetchall()
+    assert ended and all(r[0] for r in ended), ended
 
     c.execute("CREATE TABLE expected AS TABLE rr")
     c.execute("UPDATE expected SET big = NULL WHERE a IN (2001, 2002)")
