@@ -111,7 +111,7 @@ def _changes_sql(rows: int, changes: tuple[int, int], per_txn: int, steady: bool
            to_json({{'id': printf('%08x-0000-4000-8000-%012x', tgt, tgt)}})::VARCHAR AS key,
            before, after, '{types}' AS types, snapshot,
            make_timestamptz(1740830400000000 + commit_lsn::BIGINT) AS event_ts,
-           2 AS schema_version
+           2 AS schema_version, NULL::VARCHAR AS reread
     FROM (SELECT * FROM snap UNION ALL SELECT * FROM stream)
     ORDER BY commit_lsn, position
     """  # noqa: S608 - numbers and our own literals only
@@ -168,7 +168,7 @@ def build_archive(root: Path | ArchiveLocation, rows: int, changes: int,
             "epoch_lsn": [EPOCH] * n, "lsn": [EPOCH] * (n - 1) + [last], "ts": [now] * n,
             "tables": [["public.core_relationships"]] * n,
             **{c: [None] * n for c in ("system_identifier", "plugin", "definitions",
-                                        "commit_ts")},
+                                       "commit_ts", "rereads")},
         }).cast(SCHEMAS["markers"])
         store.replace_segments([], markers, "markers")
     return last
