@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -109,6 +110,11 @@ class Chunk:
     in_window: bool = False
     dropped: int = 0
     stale: bool = False  # a DDL of the table came before its high mark: read it again
+    # Transactions in progress in the chunk SELECT's snapshot (32-bit xids): one whose commit
+    # record precedes the low mark may still have been invisible to the SELECT (PostgreSQL
+    # writes the commit record before it makes the transaction visible), so its change wins
+    # even before the window opens (docs/rereads.md, "The low watermark's visibility race").
+    invisible: frozenset[int] = frozenset()
 
 
 Emit = Callable[[str, str, "Row", "Row", dict[str, str], str], None]
@@ -130,6 +136,11 @@ class Rereads:
     _chunk_seq: int = 0
     _announced: set[tuple[str, int]] = field(default_factory=set)
     chunk_types: dict[str, str] = field(default_factory=dict)  # of the last chunk read
+    # The table of the active re-read, "schema.table" (the stream reports its changes here,
+    # chunk or not) and the xids of its latest changes: a chunk whose SELECT could not see
+    # one of them is stale.
+    watch: str | None = None
+    _recent: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
 
     # --- state ---------------------------------------------------------------------------
 
@@ -140,6 +151,11 @@ class Rereads:
         """The state as of the confirmed LSN (from its PROGRESS marker)."""
         self.states = [msgspec.structs.replace(s) for s in states]
         self.chunk = None
+        self._watch()
+
+    def _watch(self) -> None:
+        active = self.active()
+        self.watch = None if active is None else active.table
 
     def snapshot(self) -> list[RereadState]:
         return [msgspec.structs.replace(s) for s in self.states]
@@ -156,6 +172,7 @@ class Rereads:
                                        started_ms=int(self.clock() * 1000)))
         log.info("re-read queued", extra={"table": table, "reason": reason,
                                           "lsn": format_lsn(lsn)})
+        self._watch()
         return True
 
     def requested(self, msg: Message, captured: set[str], slot: str) -> None:
@@ -175,10 +192,15 @@ class Rereads:
 
     # --- the stream side -----------------------------------------------------------------
 
-    def changed(self, schema: str, table: str, before: Row | None, after: Row | None) -> None:
-        """A change of a table inside a chunk's window: the stream's version wins."""
+    def changed(self, schema: str, table: str, before: Row | None, after: Row | None,
+                xid: int | None = None) -> None:
+        """A change of a table inside a chunk's window, or by a transaction the chunk's
+        SELECT could not see: the stream's version wins."""
+        if xid is not None and self.watch == f"{schema}.{table}":
+            self._recent.append(xid)
         chunk = self.chunk
-        if chunk is None or not chunk.in_window or chunk.table != (schema, table):
+        if chunk is None or chunk.table != (schema, table) or not (
+                chunk.in_window or (xid is not None and xid in chunk.invisible)):
             return
         for row in (before, after):
             if row is not None:
@@ -190,9 +212,10 @@ class Rereads:
         if self.chunk is not None and self.chunk.table == (schema, table):
             self.chunk.stale = True
 
-    def truncated(self, schema: str, table: str) -> None:
+    def truncated(self, schema: str, table: str, xid: int | None = None) -> None:
         chunk = self.chunk
-        if chunk is not None and chunk.in_window and chunk.table == (schema, table):
+        if chunk is not None and chunk.table == (schema, table) and (
+                chunk.in_window or (xid is not None and xid in chunk.invisible)):
             chunk.dropped += len(chunk.rows)
             chunk.rows.clear()
 
@@ -222,6 +245,7 @@ class Rereads:
         state.dropped += chunk.dropped
         if chunk.last_key is None:
             state.done_lsn = commit_lsn
+            self._watch()
             state.done_ms = int(self.clock() * 1000)
             log.info("re-read finished", extra={
                 "table": state.table, "reason": state.reason, "chunks": state.chunks,
@@ -278,16 +302,21 @@ class Rereads:
         chunk = Chunk(number, (shape.schema, shape.table), shape.primary_key, types, {}, None)
         self.chunk = chunk  # before the low mark: the stream may reach it at once
         self._mark(conn, number, "low", state.table)
-        rows, last = self._read(conn, shape, state.last_key)
+        rows, last, invisible = self._read(conn, shape, state.last_key)
         chunk.rows = rows
         chunk.last_key = last
+        chunk.invisible = invisible
+        if invisible.intersection(self._recent):
+            # Already streamed, yet not visible to the SELECT (committed, not yet visible):
+            # its change came before the chunk existed; read the range again.
+            chunk.stale = True
         chunk.types = self.chunk_types
         self._mark(conn, number, "high", state.table)
         return True
 
     def _read(self, conn: psycopg.Connection[tuple[object, ...]], shape: TableShape,
               after: list[str | None] | None
-              ) -> tuple[dict[tuple[object, ...], Row], list[str | None] | None]:
+              ) -> tuple[dict[tuple[object, ...], Row], list[str | None] | None, frozenset[int]]:
         pk = shape.primary_key
         query = sql.SQL("SELECT * FROM {}").format(sql.Identifier(shape.schema, shape.table))
         params: list[object] = []
@@ -303,6 +332,8 @@ class Rereads:
         last: list[str | None] | None = None
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            # The first statement takes the transaction's snapshot: the SELECT below reads it.
+            snap = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
             cur = conn.execute(query, params)
             names = [d.name for d in cur.description or ()]
             fetched = cur.fetchall()
@@ -320,7 +351,14 @@ class Rereads:
             out[tuple(row[k] for k in pk)] = row
             last = [None if values[i] is None else str(values[i]) for i in index]
         self.chunk_types = types
-        return out, (last if out else None)
+        return out, (last if out else None), _in_progress(str(snap[0]) if snap else "")
+
+
+def _in_progress(snapshot: str) -> frozenset[int]:
+    """The xids in progress of a ``pg_current_snapshot()`` text (``xmin:xmax:xip,…``), as the
+    32-bit ids logical decoding reports (xid8 carries the epoch in its high bits)."""
+    xip = snapshot.split(":")[2] if snapshot.count(":") == 2 else ""
+    return frozenset(int(x) & 0xFFFFFFFF for x in xip.split(",") if x)
 
 
 def request_reread(dsn: str, table: str, reason: str = "requested",

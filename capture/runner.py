@@ -420,15 +420,16 @@ class StreamRunner:
             # A column set not seen on this table's last change: compare with what is known.
             self.columns_seen(rec.schema, rec.table, rec.lsn, tuple(rec.types.items()))
             self.last_types[table] = rec.types
-        if self.rereads.chunk is not None:
-            self.rereads.changed(rec.schema, rec.table, rec.before, rec.after)
+        if self.rereads.watch is not None:
+            self.rereads.changed(rec.schema, rec.table, rec.before, rec.after,
+                                 self._txn().begin.xid)
         self._emit(self._txn(), _OPS[rec.action], rec.schema, rec.table, rec.lsn, rec.before,
                    rec.after, rec.key, rec.types)
 
     def truncate(self, rec: Truncate) -> None:
         txn = self._txn()
         for schema, table in rec.tables:
-            self.rereads.truncated(schema, table)
+            self.rereads.truncated(schema, table, txn.begin.xid)
             self._emit(txn, Op.TRUNCATE, schema, table, rec.lsn, None, None, None, None)
 
     # --- schema changes ------------------------------------------------------------------

@@ -56,6 +56,47 @@ def test_rows_the_stream_changes_inside_the_window_are_dropped_the_rest_publishe
     assert not state.finished and r.chunk is None
 
 
+def test_a_change_before_the_low_mark_by_a_transaction_the_select_could_not_see_wins() -> None:
+    # Committed in the WAL before the low mark, not yet visible to the chunk's snapshot:
+    # the chunk holds the row from before it, so the stream's version must win.
+    r = rereads()
+    c = chunk(r, [(1, "x", "old"), (2, "x", "old")], ["2", "x"])
+    c.invisible = frozenset({77})
+    r.changed("public", "t", {"a": 1, "b": "x", "v": "old"}, {"a": 1, "b": "x", "v": "new"},
+              xid=77)
+    r.changed("public", "t", None, {"a": 2, "b": "x", "v": "seen"}, xid=78)  # visible to it
+    r.watermark(mark(r, "low"), 300, lambda *a: None)
+    assert [(row["a"], row["v"]) for row in close(r)] == [(2, "old")]
+
+
+def test_a_chunk_whose_select_could_not_see_an_already_streamed_change_is_read_again(
+        ) -> None:
+    r = rereads()
+    r.changed("public", "t", None, {"a": 1, "b": "x", "v": "new"}, xid=91)  # streamed first
+    r.changed("public", "other", None, {"a": 1, "b": "x", "v": "new"}, xid=92)
+
+    class Conn:
+        def execute(self, *_: object) -> None:
+            return None
+
+    r._connection = lambda: Conn()  # type: ignore[method-assign,assignment,return-value]
+    r._read = lambda *_: ({(1, "x"): {"a": 1, "b": "x", "v": "old"}}, ["1", "x"],  # type: ignore[method-assign,assignment]
+                          frozenset({91}))
+    assert r.next_chunk()
+    assert r.chunk is not None and r.chunk.stale
+    r.watermark(mark(r, "low", number=r.chunk.number), 300, lambda *a: None)
+    out: list[dict[str, Any]] = []
+    r.watermark(mark(r, "high", number=1), 310, lambda s, t, row, *a: out.append(row))
+    assert out == [] and r.states[0].last_key is None  # the same range is read again
+
+
+def test_in_progress_xids_are_read_from_the_snapshot_as_decoding_reports_them() -> None:
+    from capture.reread import _in_progress
+
+    assert _in_progress("10:20:12,4294967311") == frozenset({12, 15})
+    assert _in_progress("10:10:") == frozenset()
+
+
 def test_a_truncate_inside_the_window_drops_the_whole_chunk() -> None:
     r = rereads()
     chunk(r, [(1, "x", "v")], ["1", "x"])
