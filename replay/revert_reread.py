@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from capture.event import format_lsn
+from replay.coverage import check_coverage
 from replay.rebuild import pk_paths
 from replay.rereads import end_after, reread_ends
 from replay.schema import SENTINEL, Col, SchemaChangeRefused, Step, same_type
@@ -55,6 +56,12 @@ def heal(duck: duckdb.DuckDBPyConnection, t: TableId, commit: int, types: dict[s
     if end is None:
         raise refused
     xid = _xid(duck, commit)
+    here, there = (check_coverage(duck, lsn, t).epoch for lsn in (commit, end))
+    if here is None or there is None or here.epoch_lsn != there.epoch_lsn:
+        raise SchemaChangeRefused(
+            f"cannot revert transaction {xid} exactly: the re-read after the schema change "
+            f"ended at {format_lsn(end)}, in another capture epoch than the transaction "
+            "(changes in the gap between them were not captured)")
     _untouched_until(duck, t, commit, end, before.pk, touched, xid)
     reread = materialize(duck, state_at(duck, t, end, live_pk=before.pk, live_types=types,
                                         forward=True, strict=False), f"_reread{tag}")

@@ -119,6 +119,12 @@ def test_points_around_a_rewriting_ddl_are_exact_or_refused_and_exact_after_the_
         row = c.execute("SELECT txid_current()").fetchone()
     assert row is not None
     xid_v = int(str(row[0]))
+    with c.transaction():
+        c.execute("UPDATE rr SET big = 'first' WHERE a = 2004")
+        row = c.execute("SELECT txid_current()").fetchone()
+    assert row is not None
+    xid_again = int(str(row[0]))
+    c.execute("UPDATE rr SET big = 'again' WHERE a = 2004")  # before the re-read's end
     before = run.copy("before")
     c.execute(ddl)
     at_ddl = run.copy("at_ddl")
@@ -172,6 +178,16 @@ def test_points_around_a_rewriting_ddl_are_exact_or_refused_and_exact_after_the_
     # and after it, the value the re-read recorded (and generated ones PostgreSQL computes).
     assert reverted.exit_code == 0, reverted.output
     assert rows_differing(c, "expected", "rr", cols) == 0
+
+    # A row changed again after the transaction and before the re-read's end: its value after
+    # the transaction in today's columns was never recorded (stored_generated: no column is
+    # unknown, the change is an ordinary conflict). Refused either way, nothing changed.
+    c.execute("DROP TABLE now_")
+    c.execute("CREATE TABLE now_ AS TABLE rr")
+    reverted = run.replay("--revert-xid", str(xid_again))
+    assert reverted.exit_code == 1, reverted.output
+    assert case == "stored_generated" or "changed again" in reverted.output, reverted.output
+    assert rows_differing(c, "now_", "rr", cols) == 0
 
     # A transaction that changed v: only `USING v + 0.5` computed a column from it.
     c.execute("UPDATE expected SET v = v - 7 WHERE a = 2003")
