@@ -138,7 +138,8 @@ class Rereads:
     chunk_types: dict[str, str] = field(default_factory=dict)  # of the last chunk read
     # The table of the active re-read, "schema.table" (the stream reports its changes here,
     # chunk or not) and the xids of its latest changes: a chunk whose SELECT could not see
-    # one of them is stale.
+    # one of them is stale. (Changes reach capture at their commit, both plugins are used
+    # without streaming of in-progress transactions: an xid here has committed.)
     watch: str | None = None
     _recent: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
 
