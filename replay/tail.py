@@ -19,7 +19,7 @@ import duckdb
 from deltalake import DeltaTable
 
 from consumers.archive.location import ArchiveLocation
-from consumers.archive.views import parquet_source, raw_relation_sql
+from consumers.archive.views import define_raw, parquet_source
 from replay import staging
 
 
@@ -62,7 +62,7 @@ def relation(conn: duckdb.DuckDBPyConnection, after_lsn: int) -> str:
     uris = source.table.file_uris(file_pruning_predicate=predicate)
     if not source.loc.is_local:  # copied to local disk: see replay/staging.py for why
         uris = staging.local_copies(conn, source.loc, uris)
-    conn.execute(raw_relation_sql(name, "changes", parquet_source(uris)))
+    define_raw(conn, name, "changes", parquet_source(uris))
     return name
 
 
@@ -80,11 +80,7 @@ def localize_history(conn: duckdb.DuckDBPyConnection) -> None:
     if source is None or source.loc.is_local or conn in _WHOLE:
         return
     uris = source.table.file_uris(file_pruning_predicate=[("kind", "=", "changes")])
-    local = parquet_source(staging.local_copies(conn, source.loc, uris))
-    present = None
-    if local is not None:  # files written before a column was added lack it (as reader.py)
-        described = conn.sql(f"DESCRIBE SELECT * FROM {local}").fetchall()  # noqa: S608
-        present = {str(r[0]) for r in described}
-    conn.execute(raw_relation_sql("raw_changes", "changes", local, present))
+    define_raw(conn, "raw_changes", "changes",
+               parquet_source(staging.local_copies(conn, source.loc, uris)))
     _WHOLE.add(conn)
 

@@ -51,7 +51,7 @@ from consumers.archive.layout import ArchiveError
 from consumers.archive.location import ArchiveLocation, archive_location
 from consumers.archive.segments import KINDS
 from consumers.archive.table import Clock, files_by_kind, open_table, utc_now
-from consumers.archive.views import VIEW_SQL, parquet_source, raw_relation_sql
+from consumers.archive.views import VIEW_SQL, define_raw, parquet_source, raw_relation_sql
 from hera_kit.text import first_line
 
 
@@ -126,12 +126,7 @@ def _local_relations(con: duckdb.DuckDBPyConnection, dt: DeltaTable,
         if kind not in KINDS:
             continue
         loc.check_files(files)
-        source = parquet_source([str(root / rel) for rel, _ in files])
-        present = None
-        if source is not None:  # files written before a column was added lack it
-            described = con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()  # noqa: S608
-            present = {str(r[0]) for r in described}
-        con.execute(raw_relation_sql(f"raw_{kind}", kind, source, present))
+        define_raw(con, f"raw_{kind}", kind, parquet_source([str(root / rel) for rel, _ in files]))
 
 
 def _dataset_relations(con: duckdb.DuckDBPyConnection, dt: DeltaTable) -> None:

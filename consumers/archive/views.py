@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import duckdb
+
 from consumers.archive.segments import ADDED_COLUMNS, SCHEMAS
 
 
@@ -44,6 +46,18 @@ def raw_relation_sql(name: str, kind: str, source: str | None,
         if present is None or c in present or c not in ADDED_COLUMNS
         else f"NULL::{duck_type(kind, c)} AS {c}" for c in cols)
     return f"CREATE OR REPLACE VIEW {name} AS SELECT {casts} FROM {source}"  # noqa: S608 - own literals
+
+
+def define_raw(con: duckdb.DuckDBPyConnection, name: str, kind: str,
+               source: str | None) -> None:
+    """``raw_relation_sql`` over Parquet ``source``, its columns read from the files: files
+    written before a column was added (``ADDED_COLUMNS``) lack it, and a set of files that
+    all predate it would otherwise fail to bind the column instead of reading NULL."""
+    present = None
+    if source is not None:
+        described = con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()  # noqa: S608 - own literals
+        present = {str(r[0]) for r in described}
+    con.execute(raw_relation_sql(name, kind, source, present))
 
 
 def parquet_source(files: list[str]) -> str | None:

@@ -115,3 +115,23 @@ def test_an_as_of_time_the_table_cannot_place_is_refused_not_answered(tmp_path: 
     future = CliRunner().invoke(main, ["history", str(root), "--as-of",
                                        "2999-01-01T00:00:00+0000", "SELECT 1"])
     assert future.exit_code == 2 and "is in the future" in future.output
+
+
+def test_files_written_before_the_added_columns_read_null_in_them(tmp_path: Path) -> None:
+    """An archive from before ``reread``/``author``/``rereads`` existed: every file lacks
+    them. Replay's tail relation and the reader bind them as NULL instead of failing."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from consumers.archive.segments import ADDED_COLUMNS, SCHEMAS
+    from consumers.archive.views import define_raw, parquet_source
+
+    old = pa.schema([f for f in SCHEMAS["changes"] if f.name not in ADDED_COLUMNS])
+    pq.write_table(old.empty_table(), tmp_path / "old.parquet")
+    con = duckdb.connect()
+    define_raw(con, "raw_changes", "changes", parquet_source([str(tmp_path / "old.parquet")]))
+    assert "reread" not in old.names
+    assert con.execute("SELECT count(*), count(reread) FROM raw_changes").fetchall() == [(0, 0)]
+    assert ("reread", "VARCHAR") in [(r[0], r[1]) for r in
+                                     con.execute("DESCRIBE raw_changes").fetchall()]
