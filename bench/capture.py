@@ -29,8 +29,9 @@ from capture.decoding import make_decoder
 from capture.decoding.catalog import SideCatalog
 from capture.decoding.choice import wal2json_exact
 from capture.event import format_lsn, parse_lsn
+from capture.options import capture_options
 from capture.runner import tune_gc
-from capture.service import CaptureService
+from capture.service import open_capture
 from capture.settings import CaptureSettings
 from capture.slot import TableInfo
 
@@ -83,9 +84,9 @@ def _settings(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
 def _prime(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
            plugin: str, kafka_config: Path | None = None) -> None:
     """Create capture's slot (empty snapshot), then stop, so the workload waits in the WAL."""
-    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin,
-                                   kafka_config=kafka_config),
-                         on_streaming=tune_gc)
+    svc = open_capture(capture_options(_settings(ctx, dsn, slot, prefix, backend,
+                                                 plugin=plugin, kafka_config=kafka_config)),
+                       on_streaming=tune_gc)
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
     t.start()
@@ -102,8 +103,9 @@ def _timed_capture(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend:
     """Seconds from streaming to the workload's end confirmed, and the process CPU seconds
     spent meanwhile (capture's threads and its Kafka client's; the waiting loop here polls one
     connection 50 times a second, a negligible share)."""
-    svc = CaptureService(_settings(ctx, dsn, slot, prefix, backend, plugin=plugin,
-                                   kafka_config=kafka_config), on_streaming=tune_gc)
+    svc = open_capture(capture_options(_settings(ctx, dsn, slot, prefix, backend,
+                                                 plugin=plugin, kafka_config=kafka_config)),
+                       on_streaming=tune_gc)
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
     t.start()
@@ -249,8 +251,9 @@ def _latency_run(ctx: BenchContext, backend: str, i: int) -> tuple[float, float,
     dsn = ctx.new_database(f"bench_capture_lat_{tag}")
     samples: list[float] = []
     slot = f"lat_{tag}"
-    svc = CaptureService(_settings(ctx, dsn, slot, f"benchlat.{backend}.{i}", backend),
-                         latency_observer=samples.append, on_streaming=tune_gc)
+    svc = open_capture(capture_options(_settings(ctx, dsn, slot, f"benchlat.{backend}.{i}",
+                                                 backend)),
+                       latency_observer=samples.append, on_streaming=tune_gc)
     stop = threading.Event()
     t = threading.Thread(target=svc.run, args=(stop,))
     t.start()

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import psycopg
 
 from bench.common import BenchContext, Figure, Runs
+from capture.options import capture_options
 from capture.reread import request_reread
 from capture.runner import tune_gc
-from capture.service import CaptureService
+from capture.service import open_capture
 from capture.settings import CaptureSettings
 
 # One 500-row chunk is ~100 kB of rows; the rest is the producer's in-flight bound
@@ -75,8 +76,8 @@ def _pair(ctx: BenchContext, dsn: str, rows: int, chunk: int, i: int,
     settings = CaptureSettings(dsn=dsn, bootstrap_servers=ctx.broker.bootstrap_servers,
                                slot=slot, topic_prefix=f"benchreread{i}",
                                tables="public.big,public.other", reread_chunk_rows=chunk)
-    svc = CaptureService(settings, on_streaming=tune_gc,
-                         latency_observer=lambda s: samples.append((time.monotonic(), s)))
+    svc = open_capture(capture_options(settings), on_streaming=tune_gc,
+                       latency_observer=lambda s: samples.append((time.monotonic(), s)))
     stop = threading.Event()
     t0 = time.monotonic()
     thread = threading.Thread(target=svc.run, args=(stop,), name="capture")

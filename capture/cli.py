@@ -23,7 +23,7 @@ from hera_kit import logs
 from hera_kit.service import ServiceEndpoint, fail, settings_or_fail, stop_on_signals
 
 if TYPE_CHECKING:
-    from capture.service import CaptureService
+    from capture.service import Phase
 
 COMMAND = "capture"
 log = logging.getLogger("hera.capture")
@@ -54,6 +54,8 @@ def main() -> None:
                    "[HERA_PLUGIN, default auto: wal2json if exact (>= 2.6), else pgoutput]")
 @click.option("--metrics-port", type=int,
               help="serve /metrics, /healthz and /readyz on this port [HERA_METRICS_PORT]")
+@click.option("--metrics-host",
+              help="address of that endpoint [HERA_METRICS_HOST, default 127.0.0.1]")
 @click.option("--heartbeat-interval-s", type=float, help="idle heartbeat period, seconds")
 @click.option("--max-message-bytes", type=int,
               help="largest event (key + value) capture publishes: the topics' "
@@ -71,33 +73,38 @@ def main() -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 def run(log_level: str, **options: Any) -> None:
     """Capture continuously until SIGTERM/SIGINT (clean stop: flush, confirm)."""
+    from capture.metrics import CaptureMetrics
+    from capture.options import capture_options
     from capture.runner import tune_gc
-    from capture.service import CaptureService
+    from capture.service import Phase, open_capture
     from capture.slot_metrics import SlotCollector
 
     logs.configure(log_level)
     settings = settings_or_fail(COMMAND, CaptureSettings, options)
-    service = CaptureService(settings, on_streaming=tune_gc)
+    opts = capture_options(settings)
+    metrics, phase = CaptureMetrics(), Phase()
     stop = stop_on_signals(on_stop=lambda: _end_when_stuck(
-        service, settings.stop_timeout_s + STOP_MARGIN_S))
+        phase, settings.stop_timeout_s + STOP_MARGIN_S))
     endpoint: ServiceEndpoint | None = None
     try:
         if settings.metrics_port is not None:
             # the slot's cost to the database (lag seconds, WAL retained vs the server's max)
-            service.metrics.registry.register(
+            metrics.registry.register(
                 SlotCollector(settings.dsn, settings.slot, settings.status_interval_s))
             try:
-                endpoint = ServiceEndpoint(service.metrics.registry, service.metrics.health,
+                endpoint = ServiceEndpoint(metrics.registry, metrics.health,
                                            settings.metrics_port, settings.metrics_host)
             except OSError as exc:
                 fail(COMMAND, f"cannot serve metrics on {settings.metrics_host}:"
                               f"{settings.metrics_port} ({exc.strerror}): choose another "
                               "--metrics-port", 2)
-        service.run(stop)
-        service.metrics.health.not_ready("stopped")
+        service = open_capture(opts, time.time, stop, metrics=metrics, phase=phase,
+                               on_streaming=tune_gc)
+        service.run()
+        metrics.health.not_ready("stopped")
     except CaptureError as exc:
-        service.metrics.health.not_ready(str(exc))
-        service.metrics.fatal_errors.labels(kind=type(exc).__name__).inc()
+        metrics.health.not_ready(str(exc))
+        metrics.fatal_errors.labels(kind=type(exc).__name__).inc()
         fail(COMMAND, str(exc), exc.exit_code)
     finally:
         if endpoint is not None:
@@ -107,7 +114,7 @@ def run(log_level: str, **options: Any) -> None:
 _watching = threading.Lock()
 
 
-def _end_when_stuck(service: CaptureService, grace_s: float) -> None:
+def _end_when_stuck(phase: Phase, grace_s: float) -> None:
     """On SIGTERM/SIGINT (called once per signal): a thread that ends the process at once
     in a phase where nothing is under way (starting, back-off: their calls to the broker or
     the database may block for many seconds), and after ``grace_s`` in any phase. The
@@ -122,15 +129,15 @@ def _end_when_stuck(service: CaptureService, grace_s: float) -> None:
 
         deadline = time.monotonic() + grace_s
         while True:
-            with service.phase_lock:  # the service cannot enter the next phase meanwhile
-                phase = service.phase
-                if phase in ABORTABLE_PHASES:
-                    log.info("stopped", extra={"phase": phase})
+            with phase.lock:  # the service cannot enter the next phase meanwhile
+                now = phase.name
+                if now in ABORTABLE_PHASES:
+                    log.info("stopped", extra={"phase": now})
                     _exit(0)
             if time.monotonic() > deadline:
                 log.error("did not stop within %.0f s; ending the process (as after SIGKILL: "
                           "the next start resumes from the confirmed LSN, nothing is lost)",
-                          grace_s, extra={"phase": phase})
+                          grace_s, extra={"phase": now})
                 _exit(1)
             time.sleep(0.05)
 

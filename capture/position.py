@@ -22,9 +22,9 @@ from capture.event import MarkerKind, StreamMarker
 if TYPE_CHECKING:
     import threading
 
+    from capture.options import CaptureOptions
     from capture.publish import AckTracker, Producer
     from capture.reread import RereadState
-    from capture.settings import CaptureSettings
     from capture.slot import TableInfo
 
 Clock = Callable[[], float]
@@ -38,10 +38,10 @@ BACKPRESSURE_TIMEOUT_S = 60.0
 class StreamPosition:
     """The slot's epoch and confirmed LSN, the markers that record them, the in-flight bound."""
 
-    def __init__(self, settings: CaptureSettings, clock: Clock) -> None:
-        self.slot = settings.slot
-        self.max_in_flight = settings.max_in_flight
-        self.max_in_flight_bytes = settings.max_in_flight_bytes
+    def __init__(self, options: CaptureOptions, clock: Clock) -> None:
+        self.slot = options.slot
+        self.max_in_flight = options.max_in_flight
+        self.max_in_flight_bytes = options.max_in_flight_bytes
         self.clock = clock
         self.dbname = ""
         self.tables: list[TableInfo] = []

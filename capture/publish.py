@@ -29,7 +29,7 @@ from capture.event import format_lsn
 from hera_kit.kafka_config import KafkaConfig, as_config
 
 if TYPE_CHECKING:
-    from capture.settings import CaptureSettings
+    from capture.options import CaptureOptions
 
 # What a record batch adds around one record's key and value (batch header 61 bytes, record
 # header and varints < 30): an event fits when key + value + this <= max_message_bytes.
@@ -420,9 +420,9 @@ def make_producer(backend: str, bootstrap_servers: KafkaConfig | str,
                                max_message_bytes=max_message_bytes, compression=compression)
 
 
-def producer_for(settings: CaptureSettings) -> Producer:
-    """The producer capture's settings ask for (backend, size limit, compression)."""
-    return make_producer(settings.kafka_backend, settings.kafka,
-                         settings.topic_partitions == 1,
-                         max_message_bytes=settings.max_message_bytes,
-                         compression=settings.compression)
+def producer_for(options: CaptureOptions) -> Producer:
+    """The producer capture's options ask for (backend, size limit, compression)."""
+    return make_producer(options.kafka_backend, options.kafka,
+                         options.topic_partitions == 1,
+                         max_message_bytes=options.max_message_bytes,
+                         compression=options.compression)

@@ -2,7 +2,7 @@
 
 Thrown away on any fault (the service reconnects and re-reads from the confirmed LSN). Knows
 no plugin: it asks the decoder and handles plugin-neutral records. It sees of the service only
-a StreamContext (settings, decoder, metrics, clock, and the StreamPosition that owns the
+a StreamContext (options, decoder, metrics, clock, and the StreamPosition that owns the
 confirmed LSN, the markers and the in-flight bound), and never imports it.
 
 Schema changes: a transactional 'hera-guard.schema' message (sql/08_schema_log.sql) for a
@@ -69,7 +69,6 @@ from capture.reread import (
     RereadState,
 )
 from capture.rewrites import rewrite_reason
-from capture.settings import CaptureSettings
 from capture.topics import table_topic, transaction_topic
 from hera_kit.text import first_line
 
@@ -77,6 +76,7 @@ if TYPE_CHECKING:
     import threading
 
     from capture.decoding import Decoder
+    from capture.options import CaptureOptions
 
 log = logging.getLogger("hera.capture")
 _OPS = {"I": Op.CREATE, "U": Op.UPDATE, "D": Op.DELETE}
@@ -122,7 +122,7 @@ class _Txn:
 class StreamContext:
     """What a stream runner may use of the service: no more, so the two stay apart."""
 
-    settings: CaptureSettings
+    options: CaptureOptions
     decoder: Decoder
     metrics: CaptureMetrics
     clock: Clock
@@ -141,7 +141,7 @@ GC_THRESHOLDS = (20_000, 20, 20)
 
 def tune_gc() -> None:
     """Make the cyclic garbage collector cheap for capture's allocation pattern (a process
-    setting: the CLI passes it as ``CaptureService(on_streaming=tune_gc)``).
+    setting: the CLI passes it as ``open_capture(..., on_streaming=tune_gc)``).
 
     Every record in flight holds a few objects (the client's future, its callbacks, our
     delivery closure) until the broker acknowledges it, so they survive the young
@@ -163,7 +163,7 @@ class StreamRunner:
     def __init__(self, ctx: StreamContext, producer: Producer,
                  stream: ReplicationStream) -> None:
         self.ctx = ctx
-        self.s = ctx.settings
+        self.s = ctx.options
         self.decoder = ctx.decoder
         self.metrics = ctx.metrics
         self.clock = ctx.clock

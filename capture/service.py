@@ -27,12 +27,12 @@ from capture.event import MarkerKind, Op, StreamMarker, change_event_json, encod
 from capture.kafka_admin import ensure_topics
 from capture.ledger import last_marker
 from capture.metrics import CaptureMetrics
+from capture.options import CaptureOptions
 from capture.position import Clock, StreamPosition, await_acks
 from capture.protocol import ReplicationStream
 from capture.publish import AckTracker, EventTooLarge, Producer, producer_for
 from capture.reread import Rereads, RereadState, TableShape
 from capture.runner import StreamContext, StreamRunner
-from capture.settings import CaptureSettings
 from capture.slot import (
     TableInfo,
     check_plugin_allowed,
@@ -68,37 +68,65 @@ def _connect(dsn: str, **kw: object) -> psycopg.Connection[tuple[object, ...]]:
         raise CaptureError(f"cannot connect to PostgreSQL: {first} (check --dsn)") from exc
 
 
+class Phase:
+    """What capture is doing, for a stop (SIGTERM): starting -> snapshot (a new epoch only) ->
+    streaming <-> back-off. Changed under ``lock``, so whoever ends the process in an
+    abortable phase (the CLI, on SIGTERM) holds it and the service cannot move on into the
+    slot meanwhile. Made before the service is opened: a stop while opening sees "starting"."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.name = "starting"
+
+    def enter(self, name: str) -> None:
+        with self.lock:
+            self.name = name
+
+
 class CaptureService:
-    def __init__(self, settings: CaptureSettings, clock: Clock = time.time,
+    """An opened capture (``open_capture``): its checks passed, its producer made, its start
+    decided; ``run`` snapshots (a new epoch only) and streams. The constructor does no I/O."""
+
+    def __init__(self, options: CaptureOptions, clock: Clock = time.time,
                  metrics: CaptureMetrics | None = None,
                  latency_observer: Callable[[float], None] | None = None,
-                 on_streaming: Callable[[], None] | None = None) -> None:
-        self.s = settings
+                 on_streaming: Callable[[], None] | None = None,
+                 phase: Phase | None = None, stop: threading.Event | None = None) -> None:
+        self.s = options
+        self.stop = stop or threading.Event()  # what run() stops on unless given another
         self.latency_observer = latency_observer
         # Called once each stream starts (the process-wide GC tuning of the CLI and the
         # benchmarks, capture.runner.tune_gc): library code leaves the process alone.
         self.on_streaming = on_streaming
         self.clock = clock
         self.metrics = metrics or CaptureMetrics()
-        # The epoch, the confirmed LSN, the markers: filled in by prepare(), moved on by
+        # The epoch, the confirmed LSN, the markers: filled in by open(), moved on by
         # each stream's runner.
-        self.position = StreamPosition(settings, clock)
-        self.catalog = SideCatalog(settings.dsn)
-        self.decoder: Decoder | None = None  # chosen in prepare(): the slot's plugin
+        self.position = StreamPosition(options, clock)
+        self.catalog = SideCatalog(options.dsn)
+        self.decoder: Decoder | None = None  # chosen in open(): the slot's plugin
         self.names = TableNames(())  # the captured tables by relation (renames followed)
         self.ready = threading.Event()  # set once streaming (snapshot done) - tests await it
-        # starting -> snapshot (a new epoch only) -> streaming <-> back-off. Changed under
-        # the lock, so whoever ends the process in an abortable phase (the CLI, on SIGTERM)
-        # holds it and the service cannot move on into the slot meanwhile.
-        self.phase_lock = threading.Lock()
-        self.phase = "starting"
+        self._phase = phase or Phase()
         self.streams_opened = 0
-        self.rereads = Rereads(settings.dsn, settings.reread_chunk_rows, self._shape, clock,
+        self.rereads = Rereads(options.dsn, options.reread_chunk_rows, self._shape, clock,
                                on_progress=self._reread_progress)
+        # What open() decided: the producer, and where the stream starts (None: a new epoch
+        # first, after dropping the slot when ``_drop_slot``).
+        self._producer: Producer | None = None
+        self._start_lsn: int | None = None
+        self._drop_slot = False
 
     def _enter(self, phase: str) -> None:
-        with self.phase_lock:
-            self.phase = phase
+        self._phase.enter(phase)
+
+    @property
+    def phase(self) -> str:
+        return self._phase.name
+
+    @property
+    def phase_lock(self) -> threading.Lock:
+        return self._phase.lock
 
     @property
     def epoch_lsn(self) -> int:
@@ -114,11 +142,26 @@ class CaptureService:
 
     # --- set-up --------------------------------------------------------------------------
 
-    def prepare(self, stop: threading.Event | None = None) -> tuple[Producer, int]:
-        """Preflight, broker, slot (+ snapshot when new). Returns the producer and start LSN.
-        Raises Stopped when ``stop`` is set before the slot is touched or during the
-        snapshot (the next start then begins a new epoch)."""
-        stop = stop or threading.Event()
+    def open(self) -> None:
+        """The I/O of the start, nothing of which changes the slot (phase "starting"):
+        preflight, output plugin and its publication, topics (an unreachable broker stops us
+        here), the producer, and whether the slot is ours and where it resumes. CaptureError
+        (one line) when capture cannot start; what it opened is closed again."""
+        try:
+            self._open()
+        except BaseException:
+            self._close_opened()
+            raise
+
+    def _close_opened(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+        if self._watch is not None:
+            self._watch.stop()
+        self.catalog.close()
+
+    def _open(self) -> None:
         pos = self.position
         with _connect(self.s.dsn) as conn:
             pos.dbname = str((conn.execute("SELECT current_database()").fetchone() or [""])[0])
@@ -144,32 +187,43 @@ class CaptureService:
             self.decoder.prepare(conn, pos.tables, self.s.slot)
         self._ensure_topics()  # an unreachable broker stops us before the slot is touched
         if existing is not None and self.s.new_snapshot and not existing.active:
-            self._enter_snapshot(stop)
-            log.warning("dropping slot for a new snapshot", extra={"slot": self.s.slot})
-            with _connect(self.s.dsn) as conn:
-                drop_slot(conn, self.s.slot)
+            self._drop_slot = True  # by run(), in the snapshot phase
             existing = None
-        producer = self._watched(producer_for(self.s))
+        self._producer = self._watched(producer_for(self.s))
+        if existing is None:
+            return  # a new epoch: run() creates the slot and publishes the snapshot
+        check_slot(existing, pos.dbname, PLUGINS)
+        marker = last_marker(self.s.kafka, self.s.topic_prefix, self.s.slot, pos.dbname)
+        if marker is not None and marker.status == MarkerKind.SNAPSHOT_START:
+            # The snapshot was interrupted: nothing was confirmed, the export is gone.
+            log.warning("previous snapshot incomplete; starting a new epoch")
+            self._drop_slot = True
+            return
+        self._check_ours(existing.confirmed_flush_lsn or 0, marker)
+        assert marker is not None
+        pos.epoch_lsn = marker.epoch_lsn
+        pos.confirmed_lsn = existing.confirmed_flush_lsn or 0
+        self._resume_columns(marker)
+        self._reread_added(marker)
+        self._start_lsn = pos.confirmed_lsn
+
+    def _start(self, stop: threading.Event) -> tuple[Producer, int]:
+        """What open() decided, done: the producer and the LSN the stream starts from, after
+        a new epoch (slot dropped when asked, created, snapshot published) when there is no
+        slot to resume. Raises Stopped when ``stop`` is set before the slot is touched or
+        during the snapshot (the next start then begins a new epoch)."""
+        producer = self._producer
+        if producer is None:
+            raise CaptureError("capture run before open (use capture.service.open_capture)")
+        self._producer = None  # the caller's from here on
+        if self._start_lsn is not None:
+            return producer, self._start_lsn
         try:
-            if existing is not None:
-                check_slot(existing, pos.dbname, PLUGINS)
-                marker = last_marker(self.s.kafka, self.s.topic_prefix,
-                                     self.s.slot, pos.dbname)
-                if marker is not None and marker.status == MarkerKind.SNAPSHOT_START:
-                    # The snapshot was interrupted: nothing was confirmed, the export is gone.
-                    log.warning("previous snapshot incomplete; starting a new epoch")
-                    self._enter_snapshot(stop)
-                    with _connect(self.s.dsn) as conn:
-                        drop_slot(conn, self.s.slot)
-                    return producer, self._new_epoch(producer, stop)
-                self._check_ours(existing.confirmed_flush_lsn or 0, marker)
-                assert marker is not None
-                pos.epoch_lsn = marker.epoch_lsn
-                pos.confirmed_lsn = existing.confirmed_flush_lsn or 0
-                self._resume_columns(marker)
-                self._reread_added(marker)
-                return producer, pos.confirmed_lsn
             self._enter_snapshot(stop)
+            if self._drop_slot:
+                log.warning("dropping slot for a new snapshot", extra={"slot": self.s.slot})
+                with _connect(self.s.dsn) as conn:
+                    drop_slot(conn, self.s.slot)
             return producer, self._new_epoch(producer, stop)
         except Stopped:
             producer.close(0)  # an abandoned snapshot: nothing buffered is worth sending
@@ -276,7 +330,7 @@ class CaptureService:
     @property
     def dec(self) -> Decoder:
         if self.decoder is None:
-            raise CaptureError("capture used before prepare()")
+            raise CaptureError("capture used before open()")
         return self.decoder
 
     def _publish_snapshot(self, producer: Producer, snapshot_name: str,
@@ -339,9 +393,11 @@ class CaptureService:
 
     # --- streaming -----------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
-        """Capture until ``stop`` is set. Transient faults (broker down, PostgreSQL restart)
-        are retried with backoff; set-up errors raise CaptureError at once."""
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Capture until ``stop`` (default: the one given to open_capture) is set. Transient
+        faults (broker down, PostgreSQL restart) are retried with backoff; errors of the
+        snapshot or the slot raise CaptureError at once."""
+        stop = stop or self.stop
         try:
             self._run(stop)
         finally:
@@ -349,9 +405,8 @@ class CaptureService:
                 self._watch.stop()
 
     def _run(self, stop: threading.Event) -> None:
-        self._enter("starting")
         try:
-            producer, start_lsn = self.prepare(stop)
+            producer, start_lsn = self._start(stop)
         except Stopped as exc:
             log.warning(str(exc))
             log.info("stopped", extra={"phase": self.phase})
@@ -439,7 +494,7 @@ class CaptureService:
         self.streams_opened += 1
         self._enter("streaming")
         runner = StreamRunner(StreamContext(
-            settings=self.s, decoder=self.dec, metrics=self.metrics, clock=self.clock,
+            options=self.s, decoder=self.dec, metrics=self.metrics, clock=self.clock,
             position=self.position, rereads=self.rereads,
             latency_observer=self.latency_observer, on_streaming=self.on_streaming,
             names=self.names), producer, stream)
@@ -458,6 +513,20 @@ class CaptureService:
             stream.close()
             self.catalog.close()
 
+
+
+def open_capture(options: CaptureOptions, clock: Clock = time.time,
+                 stop: threading.Event | None = None, *, metrics: CaptureMetrics | None = None,
+                 phase: Phase | None = None,
+                 latency_observer: Callable[[float], None] | None = None,
+                 on_streaming: Callable[[], None] | None = None) -> CaptureService:
+    """Everything capture needs, opened and checked (``CaptureService.open``); CaptureError
+    (one line) when it cannot start, with nothing left open. The returned service's
+    ``run()`` captures until ``stop`` is set (the CLI's: SIGTERM/SIGINT)."""
+    service = CaptureService(options, clock, metrics, latency_observer, on_streaming, phase,
+                             stop)
+    service.open()
+    return service
 
 def _system_identifier(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
     """The cluster's identity for the markers (pg_control_system() may be restricted)."""

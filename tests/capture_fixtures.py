@@ -22,7 +22,8 @@ from typing import Any
 import psycopg
 
 from capture.event import ChangeEvent
-from capture.service import CaptureService
+from capture.options import capture_options
+from capture.service import CaptureService, open_capture
 from capture.settings import CaptureSettings
 from capture.topics import DEFAULT_TABLES, table_topic
 from tests.waiting import wait_until
@@ -56,8 +57,8 @@ def running_capture(dsn: str, bootstrap_servers: str, prefix: str, slot: str,
     clock: Callable[[], float] = overrides.pop("clock", time.time)
     settings = CaptureSettings(dsn=dsn, bootstrap_servers=bootstrap_servers, slot=slot,
                                topic_prefix=prefix, **overrides)
-    svc = CaptureService(settings, clock)
     stop = threading.Event()
+    svc = open_capture(capture_options(settings), clock, stop)
     errors: list[BaseException] = []
 
     def target() -> None:

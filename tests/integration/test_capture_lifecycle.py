@@ -27,7 +27,8 @@ from capture.event import (
     parse_lsn,
     parse_transaction_topic,
 )
-from capture.service import CaptureService
+from capture.options import capture_options
+from capture.service import open_capture
 from capture.settings import CaptureSettings
 from capture.topics import transaction_topic
 from devstack.broker import Broker
@@ -338,11 +339,11 @@ def test_points_between_an_epoch_and_the_next_after_a_stop_mid_snapshot_are_refu
                 first = _change(conn, "FIRST_EPOCH")
                 pipe.sync()
             # A new snapshot asked for, and a stop as soon as it has begun.
-            svc = CaptureService(CaptureSettings(
+            stop = threading.Event()
+            svc = open_capture(capture_options(CaptureSettings(
                 dsn=hera_db.dsn, bootstrap_servers=broker.bootstrap_servers, slot=slot_name,
                 topic_prefix=topic_prefix, new_snapshot=True, heartbeat_interval_s=0.5,
-                confirm_interval_s=0.1))
-            stop = threading.Event()
+                confirm_interval_s=0.1)), stop=stop)
             handler = _StopOn(stop, "snapshot started")
             logging.getLogger("hera.capture").addHandler(handler)
             try:
