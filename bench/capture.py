@@ -29,8 +29,8 @@ from capture.decoding import make_decoder
 from capture.decoding.catalog import SideCatalog
 from capture.decoding.choice import wal2json_exact
 from capture.event import format_lsn, parse_lsn
+from capture.gc_tuning import tune_gc
 from capture.options import capture_options
-from capture.runner import tune_gc
 from capture.service import open_capture
 from capture.settings import CaptureSettings
 from capture.slot import TableInfo

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import psycopg
 
 from bench.common import BenchContext, Figure, Runs
+from capture.gc_tuning import tune_gc
 from capture.options import capture_options
 from capture.reread import request_reread
-from capture.runner import tune_gc
 from capture.service import open_capture
 from capture.settings import CaptureSettings
 

@@ -73,9 +73,9 @@ def main() -> None:
 @click.option("--log-level", default="INFO", show_default=True)
 def run(log_level: str, **options: Any) -> None:
     """Capture continuously until SIGTERM/SIGINT (clean stop: flush, confirm)."""
+    from capture.gc_tuning import tune_gc
     from capture.metrics import CaptureMetrics
     from capture.options import capture_options
-    from capture.runner import tune_gc
     from capture.service import Phase, open_capture
     from capture.slot_metrics import SlotCollector
 

@@ -5,10 +5,8 @@ no plugin: it asks the decoder and handles plugin-neutral records. It sees of th
 a StreamContext (options, decoder, metrics, clock, and the StreamPosition that owns the
 confirmed LSN, the markers and the in-flight bound), and never imports it.
 
-Schema changes: a transactional 'hera-guard.schema' message (sql/08_schema_log.sql) for a
-captured table becomes a recorded SchemaChangeEvent at its place in the transaction; a column
-set the decoder shows (pgoutput Relation, wal2json's columns) that differs from the last known
-one without such a message becomes a SchemaChangeEvent with recorded=False.
+Schema changes are capture.schema_changes' to decide, the re-reads' watermarks and requests
+capture.reread_stream's; the runner publishes what they report inside the transaction.
 
 Authors: the transactional 'hera.author' message (sql/10_author.sql, capture/author.py) comes
 before the transaction's first captured change; its Author rides on BEGIN/END and on each
@@ -17,7 +15,6 @@ change event's transaction block. The first one of a transaction counts.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections import deque
@@ -25,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import msgspec
 import psycopg
 
 from capture.author import AuthorError, parse_author
@@ -43,15 +39,12 @@ from capture.decoding import (
     TableNames,
     Truncate,
 )
-from capture.errors import BrokerError, DecodeError, Stopped, StreamRestart
+from capture.errors import BrokerError, DecodeError, Stopped
 from capture.event import (
-    Author,
     ColumnDef,
     MarkerKind,
     Op,
     SchemaChangeEvent,
-    TableCount,
-    TransactionEvent,
     author_json,
     change_event_json,
     encode_key,
@@ -68,8 +61,10 @@ from capture.reread import (
     Rereads,
     RereadState,
 )
-from capture.rewrites import rewrite_reason
+from capture.reread_stream import StreamRereads
+from capture.schema_changes import SchemaChanges
 from capture.topics import table_topic, transaction_topic
+from capture.txn import Txn
 from hera_kit.text import first_line
 
 if TYPE_CHECKING:
@@ -81,41 +76,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hera.capture")
 _OPS = {"I": Op.CREATE, "U": Op.UPDATE, "D": Op.DELETE}
 _SCHEMA_KEY = b"schema"
-
-
-class _SchemaColumn(msgspec.Struct):
-    attnum: int
-    name: str
-    type: str
-    not_null: bool = False
-    default: str | None = None
-    missing: str | None = None
-    has_missing: bool = False
-
-
-class _SchemaLog(msgspec.Struct):
-    schema: str
-    table: str
-    columns: list[_SchemaColumn]
-    command_tag: str | None = None
-    ddl: str | None = None
-    relid: int | None = None  # pg_class.oid (schema logs installed before it: None)
-
-
-_decode_schema_log = msgspec.json.Decoder(_SchemaLog).decode
-
-
-@dataclass
-class _Txn:
-    begin: Begin
-    pending: PendingTxn
-    position: int = 0  # next position: change events and schema changes share the numbering
-    changes: int = 0
-    schema_changes: int = 0
-    per_table: dict[str, int] = field(default_factory=dict)
-    began: bool = False
-    author: Author | None = None
-    author_raw: msgspec.Raw | None = None  # the author's JSON, encoded once per transaction
 
 
 @dataclass(frozen=True)
@@ -135,28 +95,6 @@ class StreamContext:
     names: TableNames = field(default_factory=lambda: TableNames(()))
 
 
-# Allocations between young-generation collections (CPython's default: 700). See tune_gc.
-GC_THRESHOLDS = (20_000, 20, 20)
-
-
-def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for capture's allocation pattern (a process
-    setting: the CLI passes it as ``open_capture(..., on_streaming=tune_gc)``).
-
-    Every record in flight holds a few objects (the client's future, its callbacks, our
-    delivery closure) until the broker acknowledges it, so they survive the young
-    collections, reach the oldest generation and make CPython run full collections over the
-    whole heap (modules, clients, pydantic) every few thousand records: measured, a third of
-    kafka-python's producing time. What exists once streaming starts lives as long as the
-    process: ``gc.freeze`` takes it out of every collection; the higher thresholds collect
-    the (rare) cyclic garbage of the hot path in fewer, equally cheap passes. Reference
-    counting still frees everything else at once, so memory stays as bounded as before.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 class StreamRunner:
     """The state of one connected stream; thrown away on any fault."""
 
@@ -172,7 +110,7 @@ class StreamRunner:
         self.stream = stream
         self.tracker = AckTracker(on_acked=self._acked)
         self.markers = AckTracker()
-        self.txn: _Txn | None = None
+        self.txn: Txn | None = None
         self.published = 0  # events handed to the producer, folded into the metric per burst
         self.acked_lsn = position.confirmed_lsn
         self.marker_lsn = position.confirmed_lsn  # highest PROGRESS published (maybe not acked)
@@ -187,22 +125,12 @@ class StreamRunner:
         self.ttopic = transaction_topic(self.s.topic_prefix)
         self.topics = {(t.schema, t.table): table_topic(self.s.topic_prefix, t.schema, t.table)
                        for t in position.tables}
-        # Column sets as last known per captured table, to notice a change without a message.
-        self.columns: dict[tuple[str, str], Columns] = position.known_columns
-        self.last_types: dict[tuple[str, str], dict[str, str]] = {}
-        # (end LSN of a commit, the column sets from then on): PROGRESS markers carry the
-        # sets as of their LSN, which may be behind what has been decoded.
-        self.column_history: list[tuple[int, dict[tuple[str, str], Columns]]] = [
-            (position.confirmed_lsn, dict(self.columns))]
-        # Column names the schema log announced; the decoder's next column set for the table
-        # becomes the baseline when its names match (the log spells types with search_path
-        # pg_catalog, e.g. public.mood, the decoders as format_type does for capture).
-        self.logged: dict[tuple[str, str], tuple[str, ...]] = {}
         self.rereads = ctx.rereads
-        # (end LSN of a commit, the re-read states from then on), as column_history.
-        self.reread_history: list[tuple[int, list[RereadState]]] = [
-            (position.confirmed_lsn, self.rereads.snapshot())]
-        self.reread_changed = False
+        self.reread_log = StreamRereads(ctx.rereads, position.confirmed_lsn,
+                                        {f"{s}.{t}" for s, t in self.topics}, self.s.slot)
+        self.schema = SchemaChanges(position, ctx.decoder, ctx.names, self.topics,
+                                    self._schema_event, self.reread_log.after_ddl)
+        self.last_types = self.schema.last_types  # read per row: no call in between
         # (end LSN, commit time) of commits not yet acked: a PROGRESS marker's server time.
         self.commit_times: deque[tuple[int, int]] = deque()
         # Logical messages by prefix (each plugin delivers them; see capture.decoding).
@@ -212,15 +140,11 @@ class StreamRunner:
 
     def rereads_at(self, lsn: int) -> list[RereadState]:
         """The re-read states after everything up to ``lsn``; older history dropped."""
-        while len(self.reread_history) > 1 and self.reread_history[1][0] <= lsn:
-            self.reread_history.pop(0)
-        return self.reread_history[0][1]
+        return self.reread_log.at(lsn)
 
     def columns_at(self, lsn: int) -> dict[tuple[str, str], Columns]:
         """The column sets in force after everything up to ``lsn``; older history dropped."""
-        while len(self.column_history) > 1 and self.column_history[1][0] <= lsn:
-            self.column_history.pop(0)
-        return self.column_history[0][1]
+        return self.schema.at(lsn)
 
     def _acked(self, txn: PendingTxn) -> None:
         if txn.commit_ts_us:
@@ -301,13 +225,13 @@ class StreamRunner:
 
     def handle(self, rec: object) -> None:
         if isinstance(rec, Begin):
-            self.txn = _Txn(rec, self.tracker.open())
+            self.txn = Txn(rec, self.tracker.open())
         elif isinstance(rec, Commit):
             self.commit(rec)
         elif isinstance(rec, Truncate):
             self.truncate(rec)
         elif isinstance(rec, Relation):
-            self.columns_seen(rec.schema, rec.table, rec.lsn, rec.columns)
+            self.schema.seen(rec.schema, rec.table, rec.lsn, rec.columns)
         elif isinstance(rec, Message):
             handler = self.on_message.get(rec.prefix)
             if handler is not None:
@@ -329,11 +253,8 @@ class StreamRunner:
             self._emit(txn, Op.READ, schema, table, rec.lsn, None, row, key, types,
                        snapshot=SNAPSHOT_MARK, reread=reason)
 
-        ended = self.rereads.watermark(rec, txn.begin.commit_lsn, emit)
-        if ended is None:
-            return
-        self.reread_changed = True
-        if ended.finished:
+        ended = self.reread_log.watermark(rec, txn.begin.commit_lsn, emit)
+        if ended is not None:
             # In the high watermark's transaction: confirmed only once the broker has it.
             # The table re-read is the one key of ``definitions`` (``tables`` stays every
             # captured table: consumers read it as the stream's table set).
@@ -346,29 +267,16 @@ class StreamRunner:
 
     def reread_request(self, rec: Message) -> None:
         if rec.transactional and self.txn is not None:
-            self.rereads.requested(rec, {f"{s}.{t}" for s, t in self.topics}, self.s.slot)
-            self.reread_changed = True
+            self.reread_log.requested(rec)
 
-    def _reread_after(self, schema: str, table: str, lsn: int, why: str) -> None:
-        """A DDL the stream cannot express: the table's content is unknown until re-read."""
-        log.warning("table re-read after a schema change the stream cannot express",
-                    extra={"table": f"{schema}.{table}", "why": why, "lsn": format_lsn(lsn)})
-        self.rereads.schema_changed(schema, table)
-        self.rereads.request(f"{schema}.{table}", why, lsn)
-        self.reread_changed = True
-
-    def _txn(self) -> _Txn:
+    def _txn(self) -> Txn:
         if self.txn is None:
             raise DecodeError("a change arrived outside a transaction (no BEGIN)")
         return self.txn
 
-    def _begin(self, txn: _Txn) -> None:
+    def _begin(self, txn: Txn) -> None:
         txn.began = True
-        self._send(self.ttopic, b"txn", TransactionEvent(
-            status="BEGIN", id=f"{txn.begin.xid}:{txn.begin.commit_lsn}",
-            xid=txn.begin.xid, commit_lsn=txn.begin.commit_lsn,
-            ts_ms=txn.begin.ts_us // 1000, ts_us=txn.begin.ts_us,
-            author=txn.author).to_json(), txn.pending)
+        self._send(self.ttopic, b"txn", txn.begin_event(), txn.pending)
 
     def authored(self, rec: Message) -> None:
         txn = self.txn
@@ -384,7 +292,7 @@ class StreamRunner:
             return
         txn.author_raw = author_json(txn.author)
 
-    def _emit(self, txn: _Txn, op: Op, schema: str, table: str, lsn: int,
+    def _emit(self, txn: Txn, op: Op, schema: str, table: str, lsn: int,
               before: Row | None, after: Row | None, key: Row | None,
               types: dict[str, str] | None, snapshot: str = "false",
               reread: str | None = None) -> None:
@@ -418,7 +326,7 @@ class StreamRunner:
         table = (rec.schema, rec.table)
         if rec.types is not self.last_types.get(table):
             # A column set not seen on this table's last change: compare with what is known.
-            self.columns_seen(rec.schema, rec.table, rec.lsn, tuple(rec.types.items()))
+            self.schema.seen(rec.schema, rec.table, rec.lsn, tuple(rec.types.items()))
             self.last_types[table] = rec.types
         if self.rereads.watch is not None:
             self.rereads.changed(rec.schema, rec.table, rec.before, rec.after,
@@ -434,70 +342,14 @@ class StreamRunner:
 
     # --- schema changes ------------------------------------------------------------------
 
-    def columns_seen(self, schema: str, table: str, lsn: int, columns: Columns) -> None:
-        known = self.columns.get((schema, table))
-        if known == columns:
-            return
-        logged = self.logged.pop((schema, table), None)
-        if logged is not None and logged == tuple(n for n, _ in columns):
-            self.columns[(schema, table)] = columns
-            return
-        self.columns[(schema, table)] = columns
-        if known is None:
-            return  # a table capture did not know at start: nothing to compare with
-        log.warning("columns changed without a schema-log message (install "
-                    "sql/08_schema_log.sql for exact replay across DDL)",
-                    extra={"table": f"{schema}.{table}", "lsn": lsn})
-        defs = tuple(ColumnDef(attnum=i + 1, name=n, type=t)
-                     for i, (n, t) in enumerate(columns))
-        self._schema_event(self._txn(), schema, table, lsn, defs, None, None, recorded=False)
-        self._reread_after(schema, table, lsn, "an unrecorded schema change (no schema log)")
-
     def schema_logged(self, rec: Message) -> None:
-        if not rec.transactional or self.txn is None:
-            return
-        try:
-            logged = _decode_schema_log(rec.content.encode())
-        except msgspec.DecodeError as exc:
-            raise DecodeError(f"unparseable {SCHEMA_PREFIX} message ({exc}): "
-                              f"{rec.content[:200]!r}") from exc
-        table = (logged.schema, logged.table)
-        if logged.relid is not None:
-            table = self._follow_rename(logged.relid, table) or table
-        if table not in self.topics:
-            return  # a DDL on a table this stream does not capture
-        defs = tuple(ColumnDef(attnum=c.attnum, name=c.name, type=c.type, not_null=c.not_null,
-                               default=c.default, missing=c.missing, has_missing=c.has_missing)
-                     for c in logged.columns)
-        why = rewrite_reason(self.columns.get(table), defs, logged.ddl)
-        self.columns[table] = tuple((c.name, c.type) for c in logged.columns)
-        self.logged[table] = tuple(c.name for c in logged.columns)
-        self._schema_event(self._txn(), logged.schema, logged.table, rec.lsn, defs,
-                           logged.command_tag, logged.ddl, recorded=True)
-        if why is not None:
-            self._reread_after(logged.schema, logged.table, rec.lsn, why)
+        if rec.transactional and self.txn is not None:
+            self.schema.schema_logged(rec)
 
-    def _follow_rename(self, relid: int, name: tuple[str, str]) -> tuple[str, str] | None:
-        """A captured table is its relation: under another name (RENAME TO) it keeps its
-        captured name and topic. A decoder that filters by name (wal2json) must be told the
-        new name at START_REPLICATION: the stream restarts from the confirmed LSN, before
-        this DDL, so nothing written under the new name is missed."""
-        before = self.decoder.start_options()
-        own = self.ctx.names.renamed(relid, *name)
-        if own is None:
-            return None
-        if own != name:
-            log.warning("captured table %s.%s is now named %s.%s; its changes keep its "
-                        "captured name and topic", *own, *name)
-        if self.decoder.start_options() != before:
-            raise StreamRestart(
-                f"captured table {own[0]}.{own[1]} was renamed to {name[0]}.{name[1]}: "
-                f"decoding again from {format_lsn(self.position.confirmed_lsn)} with the new name")
-        return own
-
-    def _schema_event(self, txn: _Txn, schema: str, table: str, lsn: int,
-                      columns: tuple[ColumnDef, ...], command_tag: str | None, ddl: str | None,
-                      recorded: bool) -> None:
+    def _schema_event(self, schema: str, table: str, lsn: int, columns: tuple[ColumnDef, ...],
+                      command_tag: str | None, ddl: str | None, recorded: bool) -> None:
+        """A schema change (capture.schema_changes) at its place in the transaction."""
+        txn = self._txn()
         if not txn.began:
             self._begin(txn)
         b = txn.begin
@@ -515,22 +367,12 @@ class StreamRunner:
     def commit(self, rec: Commit) -> None:
         txn = self._txn()
         if txn.began:
-            self._send(self.ttopic, b"txn", TransactionEvent(
-                status="END", id=f"{rec.xid}:{rec.commit_lsn}", xid=rec.xid,
-                commit_lsn=rec.commit_lsn, ts_ms=rec.ts_us // 1000, ts_us=rec.ts_us,
-                event_count=txn.changes,
-                data_collections=tuple(TableCount(data_collection=k, event_count=v)
-                                       for k, v in txn.per_table.items()),
-                schema_change_count=txn.schema_changes, author=txn.author).to_json(),
-                txn.pending)
+            self._send(self.ttopic, b"txn", txn.end_event(rec), txn.pending)
             txn.pending.commit_ts_us = rec.ts_us
         self.tracker.close(txn.pending, rec.end_lsn)
         self.commit_times.append((rec.end_lsn, rec.ts_us))
-        if self.columns != self.column_history[-1][1]:
-            self.column_history.append((rec.end_lsn, dict(self.columns)))
-        if self.reread_changed:
-            self.reread_changed = False
-            self.reread_history.append((rec.end_lsn, self.rereads.snapshot()))
+        self.schema.committed(rec.end_lsn)
+        self.reread_log.committed(rec.end_lsn)
         self.txn = None
         self.last_activity = time.monotonic()
 

@@ -96,7 +96,7 @@ class CaptureService:
         self.stop = stop or threading.Event()  # what run() stops on unless given another
         self.latency_observer = latency_observer
         # Called once each stream starts (the process-wide GC tuning of the CLI and the
-        # benchmarks, capture.runner.tune_gc): library code leaves the process alone.
+        # benchmarks, capture.gc_tuning.tune_gc): library code leaves the process alone.
         self.on_streaming = on_streaming
         self.clock = clock
         self.metrics = metrics or CaptureMetrics()

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from capture.gc_tuning import GC_THRESHOLDS, tune_gc
 from capture.publish import _CoalescedWakeup
-from capture.runner import GC_THRESHOLDS, tune_gc
 
 
 def _counter() -> tuple[list[int], _CoalescedWakeup]:
