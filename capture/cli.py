@@ -12,7 +12,6 @@ import os
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -20,6 +19,7 @@ import click
 from capture.errors import CaptureError
 from capture.settings import CaptureSettings, StatusSettings
 from hera_kit import logs
+from hera_kit.kafka_settings import kafka_config_option
 from hera_kit.service import ServiceEndpoint, fail, settings_or_fail, stop_on_signals
 
 if TYPE_CHECKING:
@@ -40,10 +40,7 @@ def main() -> None:
 @main.command()
 @click.option("--dsn", help="PostgreSQL connection string [HERA_DSN]")
 @click.option("--bootstrap-servers", help="Kafka HOST:PORT[,...] [HERA_BOOTSTRAP_SERVERS]")
-@click.option("--kafka-config", type=click.Path(path_type=Path),
-              help="Kafka client properties file: security.protocol, sasl.*, ssl.*, "
-                   "bootstrap.servers (secrets also from HERA_KAFKA_SASL_PASSWORD, "
-                   "HERA_KAFKA_SSL_KEY_PASSWORD) [HERA_KAFKA_CONFIG]")
+@kafka_config_option
 @click.option("--slot", help="replication slot name [HERA_SLOT, default hera_guard]")
 @click.option("--topic-prefix", help="topic prefix [HERA_TOPIC_PREFIX, default hera]")
 @click.option("--tables", help="comma-separated schema.table list [HERA_TABLES]")

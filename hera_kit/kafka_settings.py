@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings
 
@@ -48,3 +49,11 @@ class KafkaSettings(BaseSettings):
     def kafka(self) -> KafkaConfig:
         assert self._kafka is not None  # set by the validator
         return self._kafka
+
+
+# ``--kafka-config``, the flag of KafkaSettings.kafka_config, spelled once for every service.
+kafka_config_option = click.option(
+    "--kafka-config", type=click.Path(path_type=Path),
+    help="Kafka client properties file: security.protocol, sasl.*, ssl.*, bootstrap.servers "
+         "(secrets also from HERA_KAFKA_SASL_PASSWORD, HERA_KAFKA_SSL_KEY_PASSWORD) "
+         "[HERA_KAFKA_CONFIG]")

@@ -21,6 +21,7 @@ import click
 
 from consumers.archive.layout import ArchiveError, IdentityMismatchError
 from consumers.archive.settings import ArchiveSettings, StorageSettings
+from hera_kit.kafka_settings import kafka_config_option
 from hera_kit.service import fail as kit_fail
 from hera_kit.service import settings_or_fail, stop_on_signals
 from hera_kit.times import parse_zoned_time
@@ -71,10 +72,7 @@ def _location(target: str) -> Any:
 
 @click.group(invoke_without_command=True)
 @click.option("--bootstrap-servers", help="Kafka HOST:PORT[,...] [HERA_BOOTSTRAP_SERVERS]")
-@click.option("--kafka-config", type=click.Path(path_type=Path),
-              help="Kafka client properties file: security.protocol, sasl.*, ssl.*, "
-                   "bootstrap.servers (secrets also from HERA_KAFKA_SASL_PASSWORD, "
-                   "HERA_KAFKA_SSL_KEY_PASSWORD) [HERA_KAFKA_CONFIG]")
+@kafka_config_option
 @click.option("--archive", help="archive directory or URI (s3://bucket/prefix) [HERA_ARCHIVE]; "
               "object-store credentials from AWS_* variables")
 @click.option("--topic-prefix", help="topic prefix [HERA_TOPIC_PREFIX, default hera]")

@@ -15,6 +15,7 @@ from consumers.detect.metrics import DetectMetrics
 from consumers.detect.service import detect_options, open_detector
 from consumers.detect.settings import DetectSettings
 from hera_kit import logs
+from hera_kit.kafka_settings import kafka_config_option
 from hera_kit.service import Health, ServiceEndpoint, fail, settings_or_fail, stop_on_signals
 
 COMMAND = "consumers detect"
@@ -26,10 +27,7 @@ def _utc_now() -> datetime:
 
 @click.command()
 @click.option("--bootstrap-servers", help="Kafka HOST:PORT [env HERA_BOOTSTRAP_SERVERS]")
-@click.option("--kafka-config", type=click.Path(path_type=Path),
-              help="Kafka client properties file: security.protocol, sasl.*, ssl.*, "
-                   "bootstrap.servers (secrets also from HERA_KAFKA_SASL_PASSWORD, "
-                   "HERA_KAFKA_SSL_KEY_PASSWORD) [HERA_KAFKA_CONFIG]")
+@kafka_config_option
 @click.option("--topic-prefix", help="topic prefix of the capture [env HERA_TOPIC_PREFIX]")
 @click.option("--tables", help="comma-separated schema.table to watch [env HERA_TABLES]")
 @click.option("--dsn", help="database for critical_system_alerts [env HERA_DSN]")
