@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import asdict
@@ -20,7 +19,7 @@ from capture.errors import CaptureError
 from capture.settings import CaptureSettings, StatusSettings
 from hera_kit import logs
 from hera_kit.kafka_settings import kafka_config_option
-from hera_kit.service import ServiceEndpoint, fail, settings_or_fail, stop_on_signals
+from hera_kit.service import ServiceEndpoint, exit_now, fail, settings_or_fail, stop_on_signals
 
 if TYPE_CHECKING:
     from capture.service import Phase
@@ -130,21 +129,15 @@ def _end_when_stuck(phase: Phase, grace_s: float) -> None:
                 now = phase.name
                 if now in ABORTABLE_PHASES:
                     log.info("stopped", extra={"phase": now})
-                    _exit(0)
+                    exit_now(0)
             if time.monotonic() > deadline:
                 log.error("did not stop within %.0f s; ending the process (as after SIGKILL: "
                           "the next start resumes from the confirmed LSN, nothing is lost)",
                           grace_s, extra={"phase": now})
-                _exit(1)
+                exit_now(1)
             time.sleep(0.05)
 
     threading.Thread(target=watch, name="hera-stop-watch", daemon=True).start()
-
-
-def _exit(code: int) -> None:
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    os._exit(code)
 
 
 @main.command()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +21,8 @@ import click
 from consumers.archive.layout import ArchiveError, IdentityMismatchError
 from consumers.archive.settings import ArchiveSettings, StorageSettings
 from hera_kit.kafka_settings import kafka_config_option
+from hera_kit.service import exit_now, settings_or_fail, stop_on_signals
 from hera_kit.service import fail as kit_fail
-from hera_kit.service import settings_or_fail, stop_on_signals
 from hera_kit.times import parse_zoned_time
 
 log = logging.getLogger("consumers.archive")
@@ -38,10 +37,7 @@ def _exit(code: int) -> NoReturn:
     # In-process callers (click's test runner) get SystemExit for local stores.
     if not _OBJECT_STORE_USED and Path(sys.argv[0]).name != "consumers":
         sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    exit_now(code)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
