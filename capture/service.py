@@ -23,14 +23,14 @@ from capture.decoding.catalog import SideCatalog
 from capture.decoding.names import warn_without_schema_log
 from capture.encoding import CAPTURE_OPTIONS
 from capture.errors import BrokerError, CaptureError, DecodeError, SlotError, Stopped
-from capture.event import MarkerKind, Op, StreamMarker, change_event_json, encode_key, format_lsn
+from capture.event import MarkerKind, StreamMarker, format_lsn
 from capture.kafka_admin import ensure_topics
 from capture.ledger import last_marker
 from capture.metrics import CaptureMetrics
 from capture.options import CaptureOptions
-from capture.position import Clock, StreamPosition, await_acks
+from capture.position import Clock, StreamPosition
 from capture.protocol import ReplicationStream
-from capture.publish import AckTracker, EventTooLarge, Producer, producer_for
+from capture.publish import EventTooLarge, Producer, producer_for
 from capture.reread import Rereads, RereadState, TableShape
 from capture.runner import StreamContext, StreamRunner
 from capture.slot import (
@@ -44,7 +44,7 @@ from capture.slot import (
     slot_info,
     table_info,
 )
-from capture.snapshot import server_time_us, snapshot_definitions, snapshot_rows
+from capture.snapshot_publish import publish_snapshot
 from capture.table_names import check_tables_exist
 from capture.topic_watch import TopicWatch, WatchedProducer
 from capture.topics import table_topic, transaction_topic
@@ -52,7 +52,6 @@ from hera_kit.text import first_line
 
 log = logging.getLogger("hera.capture")
 INITIAL_BACKOFF_S = 0.5
-SNAPSHOT_ACK_TIMEOUT_S = 60.0
 # What capture is doing, for a stop (SIGTERM). In these phases nothing is under way that a
 # stop at any instant could break (read-only checks, idempotent topic creation, waiting to
 # retry): the CLI may end the process at once. In the others (snapshot, streaming) capture
@@ -281,7 +280,9 @@ class CaptureService:
             self.position.epoch_lsn = created.consistent_point
             log.info("slot created", extra={"slot": self.s.slot, "plugin": self.dec.caps.name,
                                             "lsn": format_lsn(created.consistent_point)})
-            self._publish_snapshot(producer, created.snapshot_name, stop)
+            rows = publish_snapshot(producer, self.position, self.s, self.clock,
+                                    created.snapshot_name, stop)
+            self.metrics.events_published.inc(rows)
         finally:
             repl.close()
         self.position.confirmed_lsn = self.position.epoch_lsn
@@ -332,64 +333,6 @@ class CaptureService:
         if self.decoder is None:
             raise CaptureError("capture used before open()")
         return self.decoder
-
-    def _publish_snapshot(self, producer: Producer, snapshot_name: str,
-                          stop: threading.Event) -> None:
-        """SNAPSHOT_START (acknowledged before any row), every row as ``op: r``, SNAPSHOT_END.
-        A stop ends it at the next row (Stopped): the epoch stays without SNAPSHOT_END, which
-        makes the next start drop the slot and begin a new epoch, as after SIGKILL."""
-        pos = self.position
-        tracker = AckTracker()
-        txn = tracker.open()
-        ttopic = transaction_topic(self.s.topic_prefix)
-        definitions = snapshot_definitions(self.s.dsn, snapshot_name, pos.tables)
-        start = pos.marker(MarkerKind.SNAPSHOT_START, pos.epoch_lsn).model_copy(
-            update={"definitions": definitions,
-                    "commit_ts_us": server_time_us(self.s.dsn)}).to_json()
-        producer.send(ttopic, b"marker", start, tracker.sent(txn, len(start)))
-        # The start marker on record first: a stop or a crash from here on is known to the
-        # next start as an incomplete snapshot (a new epoch), never as a slot of unknown origin.
-        if not await_acks(producer, tracker, SNAPSHOT_ACK_TIMEOUT_S, stop):
-            if stop.is_set():
-                raise Stopped(self._snapshot_stopped(0))
-            raise BrokerError("the broker did not acknowledge the snapshot's start within 60 s")
-        log.info("snapshot started", extra={"lsn": format_lsn(pos.epoch_lsn)})
-        now_ms = int(self.clock() * 1000)
-        position = 0
-        try:
-            for table, row, key in snapshot_rows(self.s.dsn, snapshot_name, pos.tables,
-                                                 self.s.snapshot_batch_rows):
-                if stop.is_set():
-                    raise Stopped
-                value = change_event_json(
-                    before=None, after=row, op=Op.READ, ts_ms=now_ms, name=self.s.topic_prefix,
-                    db=pos.dbname, schema=table.schema, table=table.table, tx_id=None,
-                    lsn=pos.epoch_lsn, commit_ts_us=now_ms * 1000, snapshot="true",
-                    commit_lsn=pos.epoch_lsn, position=position, table_order=None, key=key,
-                    types=dict(table.columns))
-                producer.send(table_topic(self.s.topic_prefix, table.schema, table.table),
-                              encode_key(key, table.qualified), value,
-                              tracker.sent(txn, len(value)))
-                position += 1
-                pos.backpressure(producer, tracker, stop)
-            end = pos.marker(MarkerKind.SNAPSHOT_END, pos.epoch_lsn).to_json()
-            producer.send(ttopic, b"marker", end, tracker.sent(txn, len(end)))
-            tracker.close(txn, pos.epoch_lsn)
-            acked = await_acks(producer, tracker, SNAPSHOT_ACK_TIMEOUT_S, stop)
-            if not acked and stop.is_set():
-                raise Stopped
-        except Stopped:
-            raise Stopped(self._snapshot_stopped(position)) from None
-        if tracker.confirmable() is None:
-            raise BrokerError("the broker did not acknowledge the snapshot within 60 s")
-        self.metrics.events_published.inc(position)
-        log.info("snapshot published", extra={"rows": position,
-                                              "lsn": format_lsn(pos.epoch_lsn)})
-
-    def _snapshot_stopped(self, rows: int) -> str:
-        return (f"stopped during the snapshot after {rows} rows: the epoch at "
-                f"{format_lsn(self.position.epoch_lsn)} stays incomplete (no SNAPSHOT_END) and "
-                "the next start begins a new epoch with a new snapshot")
 
     # --- streaming -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from capture.event import MarkerKind, StreamMarker
+from capture.options import capture_options
 from capture.position import StreamPosition
 from capture.settings import CaptureSettings
 from replay.coverage import epochs, resolve_point
@@ -72,7 +73,8 @@ def test_an_old_marker_without_commit_ts_still_parses() -> None:
 
 
 def test_only_progress_markers_carry_the_server_time_and_it_never_goes_back() -> None:
-    pos = StreamPosition(CaptureSettings(dsn="x", bootstrap_servers="y"), lambda: 1e9)
+    pos = StreamPosition(capture_options(CaptureSettings(dsn="x", bootstrap_servers="y")),
+                         lambda: 1e9)
     assert pos.marker(MarkerKind.PROGRESS, 10).commit_ts_us is None
     pos.reached(2_000)
     pos.reached(1_999)  # a concurrent commit stamped a little earlier, later in the WAL
