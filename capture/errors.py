@@ -30,9 +30,10 @@ class BrokerError(CaptureError):
     @classmethod
     def unreachable(cls, bootstrap_servers: object, cause: BaseException | None = None
                     ) -> BrokerError:
+        from hera_kit.kafka_probe import unreachable_message
+
         why = f" ({type(cause).__name__})" if cause is not None else ""
-        return cls(f"cannot reach the Kafka broker at {bootstrap_servers}{why}: check "
-                   "--bootstrap-servers and that the broker is running")
+        return cls(unreachable_message(bootstrap_servers, why))
 
 
 class StreamRestart(CaptureError):

@@ -28,26 +28,16 @@ _FLAG = "--max-message-bytes (HERA_MAX_MESSAGE_BYTES)"
 
 
 def check_reachable(bootstrap_servers: KafkaConfig | str, timeout_s: float = 5.0) -> None:
-    """Fail fast with one clear line when no bootstrap server accepts a TCP connection
-    (kafka-python would otherwise retry for tens of seconds before saying so), or when the
-    connection's TLS or SASL cannot work (wrong password, unknown CA, plaintext against TLS:
-    hera_kit.kafka_probe names which, the same for both clients)."""
-    import socket
+    """hera_kit.kafka_probe.check_reachable in capture's exceptions: BrokerError when no
+    bootstrap server accepts a connection, BrokerSecurityError when its TLS or SASL cannot
+    work."""
+    from hera_kit.kafka_probe import KafkaSecurityError, KafkaUnreachable
+    from hera_kit.kafka_probe import check_reachable as reach
 
-    from hera_kit.kafka_probe import KafkaSecurityError, probe
-
-    cfg = as_config(bootstrap_servers)
-    for server in cfg.bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            with socket.create_connection((host or "localhost", int(port)), timeout=timeout_s):
-                break
-        except (OSError, ValueError):
-            continue
-    else:
-        raise BrokerError.unreachable(cfg)
     try:
-        probe(cfg, timeout_s)
+        reach(bootstrap_servers, timeout_s)
+    except KafkaUnreachable as exc:
+        raise BrokerError(str(exc)) from None
     except KafkaSecurityError as exc:
         raise BrokerSecurityError(str(exc)) from None
 

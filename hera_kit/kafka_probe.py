@@ -14,7 +14,7 @@ import socket
 import ssl
 import struct
 
-from hera_kit.kafka_config import KafkaConfig
+from hera_kit.kafka_config import KafkaConfig, as_config
 
 # Kafka error codes the probe names (from the protocol's error table)
 _UNSUPPORTED_SASL_MECHANISM = 33
@@ -25,6 +25,16 @@ _UNKNOWN_CA = (2, 18, 19, 20, 21)
 # what a TLS handshake against a plaintext listener ends with (OpenSSL reasons, Python errors)
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNEXPECTED_EOF_WHILE_READING",
             "EOFError", "ConnectionResetError", "SSLEOFError", "HTTP_REQUEST", "TimeoutError")
+
+
+def unreachable_message(servers: object, why: str = "") -> str:
+    """The one line for a broker nobody answers at (``servers``: the list, never secrets)."""
+    return (f"cannot reach the Kafka broker at {servers}{why}: check --bootstrap-servers and "
+            "that the broker is running")
+
+
+class KafkaUnreachable(RuntimeError):
+    """No bootstrap server accepts a TCP connection: the message is the one line to show."""
 
 
 class KafkaSecurityError(RuntimeError):
@@ -235,3 +245,21 @@ def probe(cfg: KafkaConfig, timeout_s: float = 5.0) -> None:
             sock.close()
     if last is not None:
         raise last
+
+
+def check_reachable(kafka: KafkaConfig | str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one clear line when no bootstrap server accepts a TCP connection
+    (KafkaUnreachable: kafka-python would otherwise retry for tens of seconds before saying
+    so), or when the connection's TLS or SASL cannot work (KafkaSecurityError, from
+    :func:`probe`, naming which, the same for both clients). Every service checks its broker
+    with it before building clients."""
+    cfg = as_config(kafka)
+    for entry in cfg.bootstrap_servers.split(","):
+        try:
+            with socket.create_connection(_server(entry), timeout=timeout_s):
+                break
+        except (OSError, ValueError):
+            continue
+    else:
+        raise KafkaUnreachable(unreachable_message(cfg))
+    probe(cfg, timeout_s)

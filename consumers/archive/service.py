@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from capture.errors import BrokerError, BrokerSecurityError
-from capture.kafka_admin import check_reachable
 from consumers.archive.archiver import Archiver, ArchiverStats, ArchiverTuning
 from consumers.archive.housekeeping import Housekeeping
 from consumers.archive.identity_check import archiver_check, check_stream
@@ -33,6 +31,7 @@ from consumers.kafka_source import Backend, CheckedSource, open_source
 from consumers.stream_check import StreamCheck
 from hera_kit.identity import StreamIdentity
 from hera_kit.kafka_config import KafkaConfig
+from hera_kit.kafka_probe import KafkaSecurityError, KafkaUnreachable, check_reachable
 from hera_kit.service import Health
 
 log = logging.getLogger("consumers.archive")
@@ -97,9 +96,9 @@ def open_archive(loc: ArchiveLocation, kafka: KafkaOptions) -> Sources:
     ArchiveStore.preflight(loc)
     try:  # TLS/SASL that cannot work: one line saying which, before any client retries
         check_reachable(kafka.kafka)
-    except BrokerSecurityError as exc:
+    except KafkaSecurityError as exc:
         raise ArchiveError(str(exc)) from None
-    except BrokerError:
+    except KafkaUnreachable:
         pass  # unreachable: said below
     try:
         first = open_source(kafka.kafka, kafka.topic_prefix, kafka.tables,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import threading
 
-from capture.kafka_admin import check_reachable
 from consumers.detect.metrics import DetectMetrics
 from consumers.kafka_source import CheckedSource
 from hera_kit.kafka_config import KafkaConfig
+from hera_kit.kafka_probe import check_reachable
 from hera_kit.service import Health
 
 PROBE_S = 5.0

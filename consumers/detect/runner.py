@@ -24,7 +24,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from capture.encoding import SCHEMA_VERSION
-from capture.errors import BrokerError
 from capture.event import (
     ChangeEvent,
     MarkerKind,
@@ -32,7 +31,6 @@ from capture.event import (
     TransactionEvent,
     parse_transaction_topic,
 )
-from capture.kafka_admin import check_reachable
 from capture.topics import transaction_topic
 from consumers.detect.alerts import Alert
 from consumers.detect.assembler import Assembler, TopicPartitionKey
@@ -57,6 +55,7 @@ from consumers.kafka_source import (
 )
 from consumers.stream_check import StreamCheck
 from hera_kit.kafka_config import KafkaConfig
+from hera_kit.kafka_probe import KafkaSecurityError, KafkaUnreachable, check_reachable
 from hera_kit.service import Health
 
 log = logging.getLogger("hera.detect")
@@ -368,7 +367,7 @@ class DetectorRunner:
         self._last_refresh = now
         try:  # kafka-python's metadata call waits, without a timeout, for a broker to answer
             check_reachable(self.options.bootstrap_servers, timeout_s=1.0)
-        except BrokerError:
+        except (KafkaUnreachable, KafkaSecurityError):
             return  # the broker is down (the probe says so): look again later
         before = self.source.assigned()
         try:

@@ -16,8 +16,8 @@ import logging
 import threading
 from typing import Any
 
-from capture.errors import BrokerError, BrokerSecurityError
-from capture.kafka_admin import check_reachable, ensure_topics
+from capture.errors import BrokerError
+from capture.kafka_admin import ensure_topics
 from capture.topics import alerts_topic, deadletter_topic
 from consumers.detect.config import check_settings, load_rules, named_tables
 from consumers.detect.errors import BrokerUnavailable, ConfigError, StreamMismatch
@@ -37,6 +37,7 @@ from consumers.detect.webhook import WebhookSink
 from consumers.kafka_source import CheckedSource, open_source
 from hera_kit.identity import StreamIdentity
 from hera_kit.kafka_config import as_config
+from hera_kit.kafka_probe import KafkaSecurityError, KafkaUnreachable, check_reachable
 from hera_kit.service import Health
 
 log = logging.getLogger("hera.detect")
@@ -73,9 +74,9 @@ def open_detector(options: DetectOptions, clock: Clock, stop: threading.Event | 
     prefix = options.topic_prefix
     try:  # before the state file is created: an unreachable broker creates nothing
         check_reachable(options.bootstrap_servers)
-    except BrokerSecurityError as exc:  # TLS/SASL that cannot work: which, in one line
+    except KafkaSecurityError as exc:  # TLS/SASL that cannot work: which, in one line
         raise BrokerUnavailable(str(exc)) from None
-    except BrokerError:
+    except KafkaUnreachable:
         raise BrokerUnavailable.at(options.bootstrap_servers) from None
     store = StateStore.open(options.state_path, prefix)
     sinks: list[AlertSink] = [LogSink()]
