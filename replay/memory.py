@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from hera_kit.text import first_line
 from replay import staging
 
 
@@ -42,6 +43,6 @@ class Memory:
 def out_of_memory(exc: BaseException, memory: Memory) -> str:
     """The one line for a rebuild that does not fit."""
     return (f"the rebuild does not fit in the memory limit ({memory.describe()}) even "
-            f"spilling to disk ({(str(exc).strip().splitlines() or ['?'])[0][:160]}); raise "
+            f"spilling to disk ({first_line(exc, '?')[:160]}); raise "
             "--memory-limit (HERA_MEMORY_LIMIT), free disk space for --spill-dir, or replay a "
             "point after a newer checkpoint; nothing was changed")

@@ -23,6 +23,7 @@ from consumers.archive.settings import ArchiveSettings, StorageSettings
 from hera_kit.kafka_settings import kafka_config_option
 from hera_kit.service import exit_now, settings_or_fail, stop_on_signals
 from hera_kit.service import fail as kit_fail
+from hera_kit.text import first_line
 from hera_kit.times import parse_zoned_time
 
 log = logging.getLogger("consumers.archive")
@@ -195,7 +196,7 @@ def history(archive_uri: str, query: str | None, limit: int, version: int | None
                 table.add_row(*("NULL" if v is None else str(v) for v in row))
             Console(width=200).print(table)
     except duckdb.Error as exc:
-        first = (str(exc).strip().splitlines() or ["?"])[0]
+        first = first_line(exc, "?")
         hint = (" (a data file of the archive cannot be read: restore it from a backup, or "
                 "re-archive from Kafka)" if "parquet" in first.lower() else "")
         _fail(f"query failed: {first}{hint}")
