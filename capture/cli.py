@@ -66,7 +66,7 @@ def main() -> None:
                    "chunk) [HERA_REREAD_CHUNK_ROWS, default 500]")
 @click.option("--new-snapshot", is_flag=True, default=None,
               help="drop the slot and start a new epoch with a fresh snapshot")
-@click.option("--log-level", default="INFO", show_default=True)
+@logs.log_level_option()
 def run(log_level: str, **options: Any) -> None:
     """Capture continuously until SIGTERM/SIGINT (clean stop: flush, confirm)."""
     from capture.gc_tuning import tune_gc

@@ -6,7 +6,13 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 # ``password=x`` in DSNs; ``user:x@`` in URLs (only before an ``@``: ``http://host:9000/p``
@@ -55,6 +61,17 @@ class _NoSlowStepNotes(logging.Filter):
 
 
 _SLOW_STEP_FILTER = _NoSlowStepNotes()
+
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level_option(default: str | None = "INFO") -> Callable[[F], F]:
+    """``--log-level`` of every service, from ``HERA_LOG_LEVEL`` too; an unknown level is
+    click's one usage line (logging's own check raised a traceback after start-up)."""
+    return click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False),
+                        default=default, show_default=default is not None,
+                        envvar="HERA_LOG_LEVEL", help="log level [env HERA_LOG_LEVEL]")
 
 
 def configure(level: str = "INFO") -> None:

@@ -20,6 +20,7 @@ import click
 
 from consumers.archive.layout import ArchiveError, IdentityMismatchError
 from consumers.archive.settings import ArchiveSettings, StorageSettings
+from hera_kit import logs
 from hera_kit.kafka_settings import kafka_config_option
 from hera_kit.service import exit_now, settings_or_fail, stop_on_signals
 from hera_kit.service import fail as kit_fail
@@ -87,7 +88,7 @@ def _location(target: str) -> Any:
 @click.option("--new-archive-epoch", is_flag=True, default=None,
               help="continue this archive with a new stream: drops the stored offsets, "
                    "keeps the rows (for one start, after a refusal)")
-@click.option("--log-level", default="INFO", show_default=True)
+@logs.log_level_option()
 @click.pass_context
 def archive(ctx: click.Context, /, log_level: str, **options: Any) -> None:
     """Archive every change event into a Delta table, exactly once, until SIGTERM/SIGINT."""

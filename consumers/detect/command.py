@@ -54,7 +54,7 @@ def _utc_now() -> datetime:
               help="HMAC-SHA256 key of the X-Hera-Signature header [env HERA_WEBHOOK_SECRET]")
 @click.option("--webhook-format", type=click.Choice(["json", "slack"]),
               help="json: the alert, signed; slack: {\"text\": ...} [env HERA_WEBHOOK_FORMAT]")
-@click.option("--log-level", help="log level [env HERA_LOG_LEVEL; default INFO]")
+@logs.log_level_option(default=None)
 def detect(**options: Any) -> None:
     """Watch the change topics and alert on mass deletions, truncates, orphaned users,
     removed roles and non-compliant smart codes."""
