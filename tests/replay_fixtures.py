@@ -242,6 +242,23 @@ class Pipeline:
         wait_until(lambda: archive_reach(self.archive) >= lsn, timeout,
                    f"the archive to reach {format_lsn(lsn)}")
 
+    def wait_reread_ended(self, table: str, after_lsn: int, timeout: float = 120.0) -> None:
+        """Until the archive holds the end of a re-read of ``table`` (``schema.table``)
+        requested after ``after_lsn``: from there replay knows every row of it again."""
+        from consumers.archive.reader import connect_history
+        from tests.capture_fixtures import wait_until
+
+        def ended() -> bool:
+            try:
+                conn = connect_history(self.archive)
+            except Exception:  # not created yet by the archiver
+                return False
+            row = conn.execute('SELECT count(*) FROM rereads WHERE "table" = ? '
+                               "AND requested_lsn > ?", [table, after_lsn]).fetchone()
+            return bool(row and row[0])
+
+        wait_until(ended, timeout, f"the archive to hold the end of a re-read of {table}")
+
     def sync_by(self, conn: psycopg.Connection[Any], statement: str) -> int:
         """Run ``statement`` (a write to a captured table ending in ``RETURNING
         pg_current_wal_lsn()::text``) on ``conn``; return its LSN once it is archived."""
