@@ -19,16 +19,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import click
 import psycopg
 from psycopg import sql
 from rich.console import Console
 
+from devstack.demo_stack import (
+    Stack,
+    alerts,
+    connect_db,
+    one_value,
+    rows_json,
+    wait_archived,
+    wal_now,
+)
 from devstack.demo_support import (
     Children,
     DemoFailed,
@@ -59,88 +66,21 @@ SLOT = "hera_demo"
 PREFIX = "hera"
 
 
-@dataclass
-class Stack:
-    """What the demo runs on; built by :func:`main`, torn down in its ``finally``."""
-
-    workdir: Path
-    dsn: str = ""
-    bootstrap: str = ""
-    archive: Path = field(default_factory=Path)
-    children: Children | None = None
-    traffic: Traffic | None = None
-    facts: dict[str, Any] = field(default_factory=dict)
-
-
-def _one(conn: psycopg.Connection[tuple[Any, ...]], query: str,
-         params: tuple[Any, ...] = ()) -> Any:
-    row = conn.execute(query.encode(), params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def _rows_json(conn: psycopg.Connection[tuple[Any, ...]], query: str,
-               params: tuple[Any, ...] = ()) -> set[str]:
-    """Rows as canonical JSON text, to compare row contents exactly."""
-    return {str(r[0]) for r in conn.execute(query.encode(), params)}
-
-
-def _connect(dsn: str) -> psycopg.Connection[tuple[Any, ...]]:
-    return psycopg.connect(dsn, autocommit=True)
-
-
-def _archive_reach(archive: Path) -> int:
-    """The highest commit or progress LSN the archive holds (0 before its first write)."""
-    from consumers.archive.reader import connect_history
-
-    try:
-        con = connect_history(archive)
-    except Exception:  # the archiver has not written its first segment yet
-        return 0
-    try:
-        row = con.execute("SELECT greatest((SELECT coalesce(max(commit_lsn), 0) FROM "
-                          "transactions), (SELECT coalesce(max(lsn), 0) FROM markers))"
-                          ).fetchone()
-        return int(row[0]) if row else 0
-    finally:
-        con.close()
-
-
-def _wal_now(dsn: str) -> int:
-    from capture.event import parse_lsn
-
-    with _connect(dsn) as conn:
-        return parse_lsn(str(_one(conn, "SELECT pg_current_wal_lsn()::text")))
-
-
-def _wait_archived(stack: Stack, lsn: int, what: str, timeout: float = 30.0) -> float:
-    return wait_until(lambda: _archive_reach(stack.archive) >= lsn, timeout, what, 0.1)
-
-
-def _alerts(dsn: str, since_id: set[str]) -> list[dict[str, Any]]:
-    """The detector's alerts in critical_system_alerts (its PostgreSQL sink), new ones only."""
-    with _connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT id::text, metadata FROM critical_system_alerts "
-            "WHERE metadata ? 'replay_command' ORDER BY created_at").fetchall()
-    return [dict(m) for i, m in rows if i not in since_id]
-
-
 # --- the story --------------------------------------------------------------------------------
 
 
 def step_business(n: Narrator, stack: Stack) -> None:
     from devstack.sample import SampleSize, create_schema, load_sample
 
-    with _connect(stack.dsn) as conn:
+    with connect_db(stack.dsn) as conn:
         create_schema(conn)
         load_sample(conn, SampleSize(organizations=ORGS, users=USERS,
                                      other_relationships=2000))
-        users = _one(conn, "SELECT count(*) FROM app_users")
-        members = _one(conn, "SELECT count(*) FROM core_relationships "
+        users = one_value(conn, "SELECT count(*) FROM app_users")
+        members = one_value(conn, "SELECT count(*) FROM core_relationships "
                              "WHERE relationship_type = 'USER_MEMBER_OF_ORG'")
-        roles = _one(conn, "SELECT count(*) FROM core_dynamic_data WHERE field_name = 'role'")
-        orgs = _one(conn, "SELECT count(*) FROM core_organizations")
+        roles = one_value(conn, "SELECT count(*) FROM core_dynamic_data WHERE field_name = 'role'")
+        orgs = one_value(conn, "SELECT count(*) FROM core_organizations")
     n.say(f"{orgs} salons, {users} users, {members} memberships (USER_MEMBER_OF_ORG), "
           f"{roles} roles, 2000 other relationships")
     check(orgs == ORGS and users == USERS and members >= USERS and roles == members,
@@ -181,21 +121,21 @@ def step_pipeline(n: Narrator, stack: Stack) -> None:
         n.command([Path(args[0]).name if not args[0].endswith("python") else label,
                    *args[1:]])
         children.spawn(label, args, env={"HERA_CONFIRM_INTERVAL_S": "0.1"})
-    with _connect(stack.dsn) as conn:
+    with connect_db(stack.dsn) as conn:
         def streaming() -> bool:
             for label in ("capture", "archive", "detect"):
                 children.alive(label)
             return bool(conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s "
                                      "AND active", (SLOT,)).fetchone())
         took = wait_until(streaming, 60, "capture to stream")
-        plugin = _one(conn, "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s",
+        plugin = one_value(conn, "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s",
                       (SLOT,))
         n.ok(f"capture took its snapshot and streams the slot {SLOT} with {plugin} "
              f"(--plugin auto) ({took:.1f} s)")
-        rows = _one(conn, "SELECT (SELECT count(*) FROM core_relationships) + "
+        rows = one_value(conn, "SELECT (SELECT count(*) FROM core_relationships) + "
                           "(SELECT count(*) FROM core_dynamic_data)")
-    target = _wal_now(stack.dsn)
-    took = _wait_archived(stack, target, "the archive to catch up with PostgreSQL", 60)
+    target = wal_now(stack.dsn)
+    took = wait_archived(stack, target, "the archive to catch up with PostgreSQL", 60)
     from consumers.archive.reader import connect_history
 
     con = connect_history(stack.archive)
@@ -211,21 +151,21 @@ def step_pipeline(n: Narrator, stack: Stack) -> None:
          f"caught up {took:.1f} s after asking")
     # Proof the detector is live (and past the snapshot, which it reads first): a field with
     # a smart code outside the plan's patterns is a WARNING, not an incident.
-    seen = {str(a["id"]) for a in _alerts(stack.dsn, set())}
-    with _connect(stack.dsn) as conn:
+    seen = {str(a["id"]) for a in alerts(stack.dsn, set())}
+    with connect_db(stack.dsn) as conn:
         conn.execute("INSERT INTO core_dynamic_data (organization_id, entity_id, field_name, "
                      "field_value_text, smart_code) SELECT id, 'demo', 'note', 'hello', "
                      "'hera.lowercase.code' FROM core_organizations LIMIT 1")
     took = wait_until(lambda: any(a["rule"] == "NON_COMPLIANT_SMART_CODE"
-                                  for a in _alerts(stack.dsn, seen)), 30,
+                                  for a in alerts(stack.dsn, seen)), 30,
                       "the detector's warning")
     n.ok(f"detect is watching: a non-compliant smart code raised a WARNING ({took:.1f} s)")
-    stack.facts["quiet_since"] = {str(a["id"]) for a in _alerts(stack.dsn, set())}
+    stack.facts["quiet_since"] = {str(a["id"]) for a in alerts(stack.dsn, set())}
 
 
 def step_disaster(n: Narrator, stack: Stack) -> None:
-    with _connect(stack.dsn) as conn:
-        before = _one(conn, "SELECT count(*) FROM core_relationships")
+    with connect_db(stack.dsn) as conn:
+        before = one_value(conn, "SELECT count(*) FROM core_relationships")
         n.say("the deployment of the incident, [bold]checked first[/] with the plan's "
               "pre-deployment validation:")
     run_cli(n, [*cli("guard"), "predeploy", "--dsn", stack.dsn, "--new-constraint", V2_ONLY,
@@ -243,7 +183,7 @@ def step_disaster(n: Narrator, stack: Stack) -> None:
          "core_relationships WHERE relationship_type = 'USER_MEMBER_OF_ORG' "
          "GROUP BY 1 HAVING count(*) = 1 ORDER BY 1 LIMIT 1)"),
     ]
-    with _connect(stack.dsn) as conn:
+    with connect_db(stack.dsn) as conn:
         for what, statement in attempts:
             for line in statement.splitlines():
                 n.command(["psql", "-c", line])
@@ -257,20 +197,20 @@ def step_disaster(n: Narrator, stack: Stack) -> None:
                       f"{what} was refused by the guardian (got {exc.sqlstate})")
             else:
                 raise DemoFailed(f"{what} went through the guardian")
-        after = _one(conn, "SELECT count(*) FROM core_relationships")
+        after = one_value(conn, "SELECT count(*) FROM core_relationships")
         check(after >= before, "no relationship was lost")
     n.ok(f"nothing lost: {after} relationships (the traffic keeps adding some)")
 
 
 def step_gets_through(n: Narrator, stack: Stack, max_latency_s: float) -> None:
     quiet = stack.facts["quiet_since"]
-    noise = [a for a in _alerts(stack.dsn, quiet)]
+    noise = [a for a in alerts(stack.dsn, quiet)]
     check(not noise, f"no alert from ordinary traffic (got {[a['rule'] for a in noise]})")
-    with _connect(stack.dsn) as conn:
+    with connect_db(stack.dsn) as conn:
         # Salon 2: half of its members belong to no other salon (the sample's layout).
         org, name = conn.execute("SELECT id, organization_name FROM core_organizations ORDER "
                                  "BY organization_code OFFSET 1 LIMIT 1").fetchone() or ("", "")
-        roles = _rows_json(conn, "SELECT to_jsonb(d)::text FROM core_dynamic_data d")
+        roles = rows_json(conn, "SELECT to_jsonb(d)::text FROM core_dynamic_data d")
         stack.facts.update(org=org, roles=roles)
         n.say(f"an operator [bold]forces[/] the migration for {name} with the break-glass "
               "opt-ins (logged, but allowed):")
@@ -287,7 +227,7 @@ def step_gets_through(n: Narrator, stack: Stack, max_latency_s: float) -> None:
                 (org,))}
             deleted = len(lost)
             members = sum('"USER_MEMBER_OF_ORG"' in r for r in lost)
-            xid_mass = int(_one(conn, "SELECT txid_current()"))
+            xid_mass = int(one_value(conn, "SELECT txid_current()"))
         n.say(f"   {deleted} relationships of {name} deleted, {members} of them memberships "
               f"(transaction {xid_mass})")
         n.say("and a cleanup script truncates the roles table (the guardian covers "
@@ -295,20 +235,20 @@ def step_gets_through(n: Narrator, stack: Stack, max_latency_s: float) -> None:
         n.command(["psql", "-c", "TRUNCATE core_dynamic_data"])
         with conn.transaction():
             conn.execute("TRUNCATE core_dynamic_data")
-            xid_trunc = int(_one(conn, "SELECT txid_current()"))
+            xid_trunc = int(one_value(conn, "SELECT txid_current()"))
         check(members > 0 and deleted > members,
               "the forced migration deleted the organization's memberships and links")
     stack.facts.update(xid_mass=xid_mass, xid_trunc=xid_trunc, lost=lost)
 
     def fired() -> bool:
-        rules = {(a["rule"], a["transaction"]["xid"]) for a in _alerts(stack.dsn, quiet)}
+        rules = {(a["rule"], a["transaction"]["xid"]) for a in alerts(stack.dsn, quiet)}
         return {("MASS_RELATIONSHIP_DELETION", xid_mass), ("USER_ORPHANED", xid_mass),
                 ("TABLE_TRUNCATED", xid_trunc)} <= rules
     wait_until(fired, 30, "the detector's alerts")
     from datetime import datetime
 
     worst = 0.0
-    for a in _alerts(stack.dsn, quiet):
+    for a in alerts(stack.dsn, quiet):
         latency = (datetime.fromisoformat(a["detected_at"])
                    - datetime.fromisoformat(a["transaction"]["commit_time"])).total_seconds()
         worst = max(worst, latency)
@@ -324,9 +264,9 @@ def step_gets_through(n: Narrator, stack: Stack, max_latency_s: float) -> None:
     check(checks.get("missing_org_memberships") == "CRITICAL",
           "guard health reports the users without membership")
     n.ok("guard health says CRITICAL (exit 1): users without memberships and roles")
-    with _connect(stack.dsn) as conn:
+    with connect_db(stack.dsn) as conn:
         n.say("meanwhile, life goes on: a new colleague joins that salon")
-        user = _one(conn, "INSERT INTO app_users (email) VALUES ('late.joiner@example.com') "
+        user = one_value(conn, "INSERT INTO app_users (email) VALUES ('late.joiner@example.com') "
                           "RETURNING id::text")
         conn.execute("INSERT INTO core_relationships (organization_id, from_entity_id, "
                      "to_entity_id, relationship_type, smart_code) VALUES (%s, %s, %s, "
@@ -356,7 +296,7 @@ def step_repair(n: Narrator, stack: Stack) -> None:
     check(not stack.traffic.errors, f"background traffic ran cleanly {stack.traffic.errors}")
     n.say(f"(background traffic stopped after {stack.traffic.transactions} transactions, "
           f"{stack.traffic.joined} new members)")
-    _wait_archived(stack, _wal_now(stack.dsn), "the archive to hold the incident")
+    wait_archived(stack, wal_now(stack.dsn), "the archive to hold the incident")
     for xid in (stack.facts["xid_mass"], stack.facts["xid_trunc"]):
         base = [*cli("replay"), "--archive", str(stack.archive), "--revert-xid", str(xid),
                 "--dsn", stack.dsn]
@@ -365,16 +305,16 @@ def step_repair(n: Narrator, stack: Stack) -> None:
         run_cli(n, [*base, "--dry-run"], lines=7, display=[*shown, "--dry-run"])
         run_cli(n, base, lines=3, tail=True, display=shown)
     org, user = stack.facts["org"], stack.facts["late_joiner"]
-    with _connect(stack.dsn) as conn:
-        now = _rows_json(conn, "SELECT to_jsonb(r)::text FROM core_relationships r "
+    with connect_db(stack.dsn) as conn:
+        now = rows_json(conn, "SELECT to_jsonb(r)::text FROM core_relationships r "
                                "WHERE organization_id = %s", (org,))
         missing = stack.facts["lost"] - now
         check(not missing, f"every deleted relationship is back, identical ({len(missing)} "
                            "missing or different)")
-        roles_now = _rows_json(conn, "SELECT to_jsonb(d)::text FROM core_dynamic_data d")
+        roles_now = rows_json(conn, "SELECT to_jsonb(d)::text FROM core_dynamic_data d")
         check(stack.facts["roles"] <= roles_now, "every role is back, identical")
-        kept = _one(conn, "SELECT count(*) FROM core_relationships WHERE from_entity_id = %s",
-                    (user,)) + _one(conn, "SELECT count(*) FROM core_dynamic_data "
+        kept = one_value(conn, "SELECT count(*) FROM core_relationships WHERE from_entity_id = %s",
+                    (user,)) + one_value(conn, "SELECT count(*) FROM core_dynamic_data "
                                           "WHERE entity_id = %s", (user,))
         check(kept == 2, "the later membership and role of the new colleague were kept")
     n.ok(f"{len(stack.facts['lost'])} relationships and {len(stack.facts['roles'])} roles "
@@ -382,7 +322,7 @@ def step_repair(n: Narrator, stack: Stack) -> None:
     checks = _health(n, stack, expect=0)
     check(set(checks.values()) == {"HEALTHY"}, f"every health check is HEALTHY ({checks})")
     n.ok("guard health: HEALTHY (exit 0)")
-    _wait_archived(stack, _wal_now(stack.dsn), "the archive to hold the repair")
+    wait_archived(stack, wal_now(stack.dsn), "the archive to hold the repair")
     run_cli(n, [*cli("replay"), "verify", "--archive", str(stack.archive), "--dsn", stack.dsn],
             lines=8, display=["replay", "verify", "--archive", str(stack.archive), "--dsn",
                               "$HERA_DSN"])
@@ -390,7 +330,7 @@ def step_repair(n: Narrator, stack: Stack) -> None:
 
 
 def step_analyst(n: Narrator, stack: Stack) -> None:
-    _wait_archived(stack, _wal_now(stack.dsn), "the archive to hold the repair")
+    wait_archived(stack, wal_now(stack.dsn), "the archive to hold the repair")
     history = [*cli("consumers"), "history", str(stack.archive)]
     per_minute = ("SELECT date_trunc('minute', commit_ts) AS minute, table_name, "
                   "count(*) FILTER (WHERE op = 'd') AS deletions, "
@@ -400,8 +340,8 @@ def step_analyst(n: Narrator, stack: Stack) -> None:
     res = run_cli(n, [*history, per_minute], display=["consumers", "history",
                                                        str(stack.archive), per_minute])
     check(str(len(stack.facts["lost"])) in res.stdout, "the deletions show in the history")
-    with _connect(stack.dsn) as conn:
-        rel = _one(conn, "SELECT id::text FROM core_relationships WHERE organization_id = %s "
+    with connect_db(stack.dsn) as conn:
+        rel = one_value(conn, "SELECT id::text FROM core_relationships WHERE organization_id = %s "
                          "AND relationship_type = 'USER_MEMBER_OF_ORG' ORDER BY id LIMIT 1",
                    (stack.facts["org"],))
     # The relationship's id is a uuid read from the database, not user input.
@@ -461,7 +401,7 @@ def run_demo(console: Console, max_latency_s: float) -> bool:
                       "hera-guard prevents, detects and repairs it\n")
         cluster = start_postgres()
         broker = start_broker()
-        with _connect(cluster.dsn()) as conn:
+        with connect_db(cluster.dsn()) as conn:
             conn.execute("CREATE DATABASE hera")
         stack.dsn, stack.bootstrap = cluster.dsn("hera"), broker.bootstrap_servers
         console.print(f"local stack: PostgreSQL {cluster.url('hera')} (pg_cron; capture "
