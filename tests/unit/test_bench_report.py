@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.script_fixtures import load_script
 
 
 def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_report",
-                                                  ROOT / "scripts" / "bench_report.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_report")
 
 
 def _report(date: str, **ratios: float) -> dict[str, Any]:

@@ -3,22 +3,13 @@ the one the code generates today, so an operator never reads a stale variable li
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.script_fixtures import ROOT, load_script
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("config_reference",
-                                                  ROOT / "scripts" / "config_reference.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["config_reference"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("config_reference")
 
 
 def test_readme_configuration_reference_is_the_generated_one() -> None:
