@@ -400,7 +400,17 @@ class ConfluentProducer:
         self._p.flush(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        self._p.flush(timeout)
+        # flush alone leaves librdkafka's instance alive (its threads, its broker
+        # connections) until the collector frees it, which a frozen heap (tune_gc) or a
+        # reference cycle delays forever: every stream a retrying capture opened would leak
+        # one. What the broker did not take within the timeout is dropped: it is unconfirmed,
+        # so the next stream re-sends it.
+        if self._p.flush(timeout) > 0:
+            self._p.purge()
+            self._p.poll(0)  # the purged records' reports, so close has nothing to wait for
+        close = getattr(self._p, "close", None)  # older confluent-kafka: freed with the object
+        if close is not None:
+            close()
 
 
 def make_producer(backend: str, bootstrap_servers: KafkaConfig | str,

@@ -454,4 +454,6 @@ class ConfluentSource(_BrokerFacts):
 
     def close(self) -> None:
         self.flush()
+        if self._producer is not None and hasattr(self._producer, "close"):
+            self._producer.close()  # older confluent-kafka: freed with the object
         self._consumer.close()

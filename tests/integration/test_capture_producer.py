@@ -1,0 +1,47 @@
+"""capture's confluent-kafka producer ends its client on close: a capture that reopens its
+stream (broker outage, retry) must not pile up librdkafka instances, their threads and their
+broker connections."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from capture.kafka_admin import ensure_topics
+from capture.publish import ConfluentProducer
+from devstack.broker import Broker
+
+pytest.importorskip("confluent_kafka")
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_a_closed_confluent_producer_leaves_no_client_threads(broker: Broker) -> None:
+    topic = "producer_close.acked"
+    ensure_topics(broker.bootstrap_servers, [topic])
+    before = _threads()
+    producer = ConfluentProducer(broker.bootstrap_servers)
+    delivered: list[BaseException | None] = []
+    producer.send(topic, b"k", b"v", delivered.append)
+    assert _threads() > before  # librdkafka's own threads
+    producer.close()
+    assert delivered == [None]
+    assert _threads() == before
+
+
+def test_closing_with_a_record_the_broker_cannot_take_reports_it_and_returns(
+        broker: Broker) -> None:
+    before = _threads()
+    producer = ConfluentProducer(broker.bootstrap_servers)
+    delivered: list[BaseException | None] = []
+    # a topic that does not exist and is never created: the record waits for it
+    producer.send("producer_close.never_created", b"k", b"v", delivered.append)
+    t0 = time.monotonic()
+    producer.close(timeout=0.5)
+    assert time.monotonic() - t0 < 10  # not the 30 s message timeout
+    assert len(delivered) == 1 and isinstance(delivered[0], BaseException)
+    assert _threads() == before
