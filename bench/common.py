@@ -6,6 +6,7 @@ Each area has a module ``bench/<area>.py`` with ``def run(ctx: BenchContext) -> 
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -87,9 +88,11 @@ class Runs:
 
 @dataclass(frozen=True)
 class Pairs:
-    """Alternating runs of a ceiling and a product (ceiling, product, ceiling, product …):
-    each ratio is taken between the two runs of one pair, so a host whose speed drifts within
-    minutes slows both sides of a pair alike; the figure is the median ratio."""
+    """Alternating runs of a ceiling and a product, bracketed (ceiling, product, ceiling, …,
+    product, ceiling): each product run is compared with the geometric mean of the two
+    ceiling runs around it, so a host whose speed drifts within minutes, or shifts between
+    runs, moves both sides of each ratio alike; the figure is the median ratio. ``ceiling``
+    holds one run more than ``product``."""
 
     ceiling: Runs
     product: Runs
@@ -99,18 +102,28 @@ class Pairs:
 def alternate(pairs: int, ceiling: Callable[[int], float], product: Callable[[int], float],
               ratio: Callable[[float, float], float] = lambda c, p: p / c,
               step: Callable[[], None] | None = None) -> Pairs:
-    """Run ``ceiling(i)`` then ``product(i)`` for i in range(pairs); ``ratio(c, p)`` per pair
-    (by default product over ceiling, for rates: the product's share of the ceiling)."""
+    """Run ``ceiling(0)``, ``product(0)``, ``ceiling(1)`` … ``product(pairs - 1)``,
+    ``ceiling(pairs)``; ``ratio(c, p)`` per product run, ``c`` the geometric mean of the
+    ceiling runs right before and right after it (by default product over ceiling, for rates:
+    the product's share of the ceiling; the geometric mean suits rates and times alike)."""
     cs, ps = [], []
-    for i in range(pairs):
+    for i in range(pairs + 1):
         cs.append(ceiling(i))
         if step is not None:
             step()
+        if i == pairs:
+            break
         ps.append(product(i))
         if step is not None:
             step()
     return Pairs(Runs(tuple(cs)), Runs(tuple(ps)),
-                 Runs(tuple(ratio(c, p) for c, p in zip(cs, ps, strict=True))))
+                 Runs(tuple(ratio(bracket(cs[i], cs[i + 1]), p) for i, p in enumerate(ps))))
+
+
+def bracket(before: float, after: float) -> float:
+    """The ceiling a product run is compared with: the geometric mean of the ceiling runs
+    around it (the same whether the figures are rates or times)."""
+    return math.sqrt(before * after)
 
 
 def repeat(times: int, fn: Callable[[int], float],

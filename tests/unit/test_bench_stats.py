@@ -6,28 +6,31 @@ from bench.common import Runs, alternate, ratio_runs, repeat
 from bench.compare import Compared
 
 
-def test_alternate_runs_ceiling_then_product_and_takes_each_ratio_within_its_pair() -> None:
+def test_alternate_brackets_each_product_run_between_two_ceiling_runs() -> None:
     calls: list[str] = []
 
     def ceiling(i: int) -> float:
         calls.append(f"c{i}")
-        return [100.0, 50.0, 200.0][i]  # the host's speed drifts between pairs
+        return [100.0, 100.0, 400.0, 400.0][i]  # the host's speed shifts between runs
 
     def product(i: int) -> float:
         calls.append(f"p{i}")
-        return [50.0, 26.0, 96.0][i]
+        return [50.0, 100.0, 200.0][i]
 
     pairs = alternate(3, ceiling, product)
-    assert calls == ["c0", "p0", "c1", "p1", "c2", "p2"]
-    assert pairs.ratios.values == (0.5, 0.52, 0.48)
-    assert pairs.ratios.median == 0.5
-    assert (pairs.ratios.low, pairs.ratios.high) == (0.48, 0.52)
-    assert pairs.ceiling.median == 100.0 and pairs.product.median == 50.0
+    assert calls == ["c0", "p0", "c1", "p1", "c2", "p2", "c3"]
+    # p1 ran while the speed shifted: its ceiling is the geometric mean of 100 and 400
+    assert pairs.ratios.values == (0.5, 0.5, 0.5)
+    assert (pairs.ratios.low, pairs.ratios.median, pairs.ratios.high) == (0.5, 0.5, 0.5)
+    assert len(pairs.ceiling.values) == 4 and pairs.product.median == 100.0
 
 
 def test_a_custom_ratio_divides_the_ceiling_by_the_product_for_costs() -> None:
-    pairs = alternate(2, lambda i: 4.0, lambda i: 2.0, ratio=lambda c, p: c / p)
+    steps: list[int] = []
+    pairs = alternate(2, lambda i: 4.0, lambda i: 2.0, ratio=lambda c, p: c / p,
+                      step=lambda: steps.append(1))
     assert pairs.ratios.values == (2.0, 2.0)
+    assert len(steps) == 5  # every run counts in the progress line
 
 
 def test_repeat_counts_each_run_and_reports_median_and_spread_in_the_figure() -> None:
