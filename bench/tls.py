@@ -67,7 +67,7 @@ def run(ctx: BenchContext) -> list[Figure]:
         gc.unfreeze()
         gc.collect()
     how = (f"{n} events, {BACKEND} client, the test broker directly vs behind stunnel4 "
-           "(TLS 1.3); median of per-pair ratios, runs alternating")
+           "(TLS 1.3); median ratio of bracketed runs (plaintext, TLS, plaintext …)")
     return [
         archive.ratios.figure("archive ingest TLS / plaintext", "x", "informational", None,
                               f"{how}; plaintext {archive.ceiling.text('{:.0f}')} events/s, "
