@@ -184,14 +184,12 @@ def throughput(ctx: BenchContext) -> list[Figure]:
                 _prime(ctx, dsn, _slot(plugin, b, i), _prefix(plugin, b, i), b, plugin)
                 done()
     recv_options = {plugin: _recv_options(dsn, plugin, f"recv_{plugin}") for plugin in PLUGINS}
-    ceilings = pairs * len(CONFIGS) + 1
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for j in range(ceilings):
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2json')",
-                         (f"recv_w_{j}",))
-        for i in range(pairs):
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
-                         (f"recv_p_{i}",))
+        # one template slot per plugin, never read: each ceiling run reads a copy of it made
+        # right before the run (the cluster's 40 slots would not hold one per run)
+        for plugin in PLUGINS:
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)",
+                         (f"recv_{plugin}_template", plugin))
         for i in range(n // TXN_ROWS):
             conn.execute(
                 "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id,"
@@ -201,9 +199,20 @@ def throughput(ctx: BenchContext) -> list[Figure]:
     end = _lsn(dsn)
     wal2json: list[float] = []  # every ceiling run, in order
 
+    def recv(plugin: str) -> float:
+        """One ceiling run: pg_recvlogical on a fresh copy of the plugin's template slot."""
+        slot = f"recv_{plugin}_run"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_copy_logical_replication_slot(%s, %s)",
+                         (f"recv_{plugin}_template", slot))
+        try:
+            return n / _recvlogical(ctx, dsn, slot, end, recv_options[plugin])
+        finally:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
     def ceiling() -> None:
-        wal2json.append(n / _recvlogical(ctx, dsn, f"recv_w_{len(wal2json)}", end,
-                                         recv_options["wal2json"]))
+        wal2json.append(recv("wal2json"))
 
     # per configuration, per round: the rate, the CPU, the ratio to the bracketing ceiling
     rate: dict[tuple[str, str], list[float]] = {c: [] for c in CONFIGS}
@@ -215,8 +224,7 @@ def throughput(ctx: BenchContext) -> list[Figure]:
         ceiling()
         done()
         for i, configs in enumerate(rounds):
-            recv_pgo.append(n / _recvlogical(ctx, dsn, f"recv_p_{i}", end,
-                                             recv_options["pgoutput"]))
+            recv_pgo.append(recv("pgoutput"))
             done()
             for plugin, b in configs:
                 secs, cpu_s = _timed_capture(ctx, dsn, _slot(plugin, b, i),
