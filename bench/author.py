@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 
 from bench.capture import _lsn, _prime, _timed_capture
-from bench.common import BenchContext, Figure
+from bench.common import BenchContext, Figure, backend_cpu_ns
 from guard.install import SQL_DIR
 
 _AUTHOR_SQL = SQL_DIR / "10_author.sql"
@@ -84,11 +84,6 @@ def _pgbench(ctx: BenchContext, dsn: str, script: Path, seconds: int) -> float:
     return float(found.group(1))
 
 
-def _cpu_ns(pid: int) -> int:
-    """CPU time the process has run, ns (the scheduler's account, not 10 ms ticks)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-
-
 _CPU_SQL = {
     "INSERT": "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id, "
               "relationship_type) VALUES ('00000000-0000-0000-0000-0000000000aa', %s, 'x', "
@@ -107,7 +102,7 @@ def _backend_cpu(dsn: str, op: str, keys: list[str], per_txn: int = 1) -> float:
         pid = conn.info.backend_pid
         for key in keys[:50]:  # warm the plan, the trigger function, the caches
             conn.execute(_CPU_SQL[op], (f"warm-{key}",), prepare=True)
-        t0 = _cpu_ns(pid)
+        t0 = backend_cpu_ns(pid)
         for i in range(0, len(keys), per_txn):
             if per_txn == 1:
                 conn.execute(_CPU_SQL[op], (keys[i],), prepare=True)
@@ -115,7 +110,7 @@ def _backend_cpu(dsn: str, op: str, keys: list[str], per_txn: int = 1) -> float:
             with conn.transaction():
                 for key in keys[i:i + per_txn]:
                     conn.execute(_CPU_SQL[op], (key,), prepare=True)
-        return (_cpu_ns(pid) - t0) / len(keys)
+        return (backend_cpu_ns(pid) - t0) / len(keys)
 
 
 def _ratio_figure(name: str, ratios: list[float], target: str, met: bool, detail: str

@@ -116,8 +116,21 @@ def alternate(pairs: int, ceiling: Callable[[int], float], product: Callable[[in
         ps.append(product(i))
         if step is not None:
             step()
-    return Pairs(Runs(tuple(cs)), Runs(tuple(ps)),
-                 Runs(tuple(ratio(bracket(cs[i], cs[i + 1]), p) for i, p in enumerate(ps))))
+    return Pairs(Runs(tuple(cs)), Runs(tuple(ps)), bracketed(cs, ps, ratio))
+
+
+def bracketed(ceiling: Sequence[float], product: Sequence[float],
+              ratio: Callable[[float, float], float] = lambda c, p: p / c) -> Runs:
+    """The ratios of runs taken as ``alternate`` takes them (``ceiling`` one longer than
+    ``product``), for a second measure of the same runs (CPU next to wall time)."""
+    return Runs(tuple(ratio(bracket(ceiling[i], ceiling[i + 1]), p)
+                      for i, p in enumerate(product)))
+
+
+def backend_cpu_ns(pid: int) -> int:
+    """CPU time a server backend (or any process of this host) has run, ns: the scheduler's
+    account (/proc/<pid>/schedstat), not 10 ms ticks."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
 def bracket(before: float, after: float) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.common import Runs, alternate, ratio_runs, repeat
+from bench.common import Runs, alternate, bracketed, ratio_runs, repeat
 from bench.compare import Compared
 
 
@@ -31,6 +31,11 @@ def test_a_custom_ratio_divides_the_ceiling_by_the_product_for_costs() -> None:
                       step=lambda: steps.append(1))
     assert pairs.ratios.values == (2.0, 2.0)
     assert len(steps) == 5  # every run counts in the progress line
+
+
+def test_a_second_measure_of_the_same_runs_is_bracketed_alike() -> None:
+    # CPU seconds taken next to the wall times of alternate's runs: ceilings 2, 8, 8
+    assert bracketed([2.0, 8.0, 8.0], [8.0, 4.0]).values == (2.0, 0.5)
 
 
 def test_repeat_counts_each_run_and_reports_median_and_spread_in_the_figure() -> None:
