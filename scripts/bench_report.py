@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import format_number
 
@@ -84,29 +86,47 @@ def stability(first: dict[str, Any], second: dict[str, Any],
     return "\n".join(lines) + "\n", outside
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) == 3 and argv[1] == "--against":
-        text, outside = stability(json.loads(Path(argv[2]).read_text()),
-                                  json.loads(Path(argv[0]).read_text()))
-        sys.stdout.write(text)
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise click.ClickException(f"{path} is not a bench report: {exc}; give the JSON that "
+                                   "`python -m bench --json PATH` wrote") from exc
+    if not isinstance(report, dict) or "areas" not in report or "machine" not in report:
+        raise click.ClickException(f"{path} is not a bench report (no machine/areas); give the "
+                                   "JSON that `python -m bench --json PATH` wrote")
+    return report
+
+
+@click.command(help=__doc__.split("\n\n")[0] if __doc__ else None)
+@click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--write", "readme", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="replace the table between the bench markers of this Markdown file")
+@click.option("--against", "first", type=click.Path(dir_okay=False, path_type=Path),
+              help="an earlier run's report: print run 2 / run 1 per ratio, exit 1 outside "
+                   "±15 %")
+def main(report: Path, readme: Path | None, first: Path | None) -> None:
+    if readme is not None and first is not None:
+        raise click.UsageError("--write and --against do not go together: give one")
+    if first is not None:
+        text, outside = stability(_load(first), _load(report))
+        click.echo(text, nl=False)
         if outside:
-            raise SystemExit("outside ±15 %: " + "; ".join(outside))
+            click.echo("outside ±15 %: " + "; ".join(outside), err=True)
+            raise SystemExit(1)
         return
-    if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--write"):
-        raise SystemExit("usage: bench_report.py REPORT.json "
-                         "[--write README.md | --against RUN1.json]")
-    text = render(json.loads(Path(argv[0]).read_text()))
-    if len(argv) == 1:
-        sys.stdout.write(text)
+    text = render(_load(report))
+    if readme is None:
+        click.echo(text, nl=False)
         return
-    readme = Path(argv[2])
     content = readme.read_text()
     if START not in content or END not in content:
-        raise SystemExit(f"{readme} has no {START} ... {END} section")
+        raise click.ClickException(f"{readme} has no {START} ... {END} section: add the two "
+                                   "markers where the table goes")
     head, rest = content.split(START, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{START}\n{text}{END}{tail}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -31,3 +31,22 @@ def test_a_ratio_outside_fifteen_percent_or_missing_from_one_run_is_named() -> N
     _, outside = _module().stability(_report("2026-12-07T17:19:01", a=1.0, b=2.0),
                                      _report("2026-12-07T17:31:02", a=1.16, c=3.0))
     assert outside == ["capture: a: 1.16", "capture: b: only in run 1", "capture: c: only in run 2"]
+
+
+def test_a_file_that_is_not_a_report_is_one_line_and_exit_1(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    bad = tmp_path / "notes.json"
+    bad.write_text("[1, 2]")
+    good = tmp_path / "run.json"
+    good.write_text('{"date": "2026-12-07T17:19:01", "machine": {}, "areas": []}')
+    main = _module().main
+    result = CliRunner().invoke(main, [str(good), "--against", str(bad)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {bad} is not a bench report (no machine/areas); give the JSON that "
+        "`python -m bench --json PATH` wrote"]
+    missing = CliRunner().invoke(main, [str(tmp_path / "none.json")])
+    assert missing.exit_code == 1 and "is not a bench report" in missing.output
+    both = CliRunner().invoke(main, [str(good), "--against", str(good), "--write", str(good)])
+    assert both.exit_code == 2 and "do not go together" in both.output
