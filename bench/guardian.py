@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import BenchContext, Figure, Runs, alternate, backend_cpu_ns, bracketed, timed
+from bench.common import BenchContext, Figure, alternate, timed
 from devstack.sample import SampleSize, load_sample
 from guard.install import install
 
@@ -31,10 +31,8 @@ def _add_rows(conn: psycopg.Connection[tuple[object, ...]], rows: int) -> None:
     conn.execute("VACUUM ANALYZE core_relationships")
 
 
-def _bulk_once(dsn: str, rows: int, statement: str) -> tuple[float, float]:
-    """Seconds of one opted-in bulk statement over fresh BENCH_LINK rows, and the CPU
-    seconds its server backend spent on it (what the guard's triggers cost, without the
-    waits for the disk and for the other processes of the host)."""
+def _bulk_once(dsn: str, rows: int, statement: str) -> float:
+    """Seconds of one opted-in bulk statement over fresh BENCH_LINK rows."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         with conn.transaction():
             conn.execute("SET LOCAL hera_guard.allow_mass_change = 'bench cleanup'")
@@ -52,10 +50,7 @@ def _bulk_once(dsn: str, rows: int, statement: str) -> tuple[float, float]:
                 conn.execute("SET LOCAL hera_guard.allow_mass_change = 'bench bulk'")
                 conn.execute(statement.encode())
 
-        pid = conn.info.backend_pid
-        cpu0 = backend_cpu_ns(pid)
-        took = timed(run)
-        return took, (backend_cpu_ns(pid) - cpu0) / 1e9
+        return timed(run)
 
 
 def _database(ctx: BenchContext, name: str, guarded: bool) -> str:
@@ -76,34 +71,21 @@ def guardian_overhead(ctx: BenchContext, rows: int, repeats: int) -> list[Figure
               "WHERE relationship_type = 'BENCH_LINK'")
     figs = []
     for what, statement in (("bulk DELETE", delete), ("bulk deactivating UPDATE", update)):
-        cpu: dict[bool, list[float]] = {False: [], True: []}
         with ctx.step(f"guardian: {what}, {repeats} pairs", 2 * repeats + 1) as done:
-            def without(_i: int, st: str = statement, cpu: dict[bool, list[float]] = cpu
-                        ) -> float:
-                took, cpu_s = _bulk_once(plain, rows, st)
-                cpu[False].append(cpu_s)
-                return took
+            def without(_i: int, st: str = statement) -> float:
+                return _bulk_once(plain, rows, st)
 
-            def with_guard(_i: int, st: str = statement,
-                           cpu: dict[bool, list[float]] = cpu) -> float:
-                took, cpu_s = _bulk_once(guarded, rows, st)
-                cpu[True].append(cpu_s)
-                return took
+            def with_guard(_i: int, st: str = statement) -> float:
+                return _bulk_once(guarded, rows, st)
 
             runs = alternate(repeats, without, with_guard, step=done)
-        how = (f"{rows} rows with the opt-in, after a checkpoint, median ratio of {repeats} "
-               "bracketed runs")
         figs.append(runs.ratios.figure(
             f"guardian overhead, {what}", "x", f"<= {TARGET_RATIO:g}x",
             lambda r: r <= TARGET_RATIO,
-            f"{how}: {runs.ceiling.text('{:.3f}')} s without the guard, "
+            f"{rows} rows with the opt-in, after a checkpoint, median ratio of {repeats} "
+            "bracketed runs: "
+            f"{runs.ceiling.text('{:.3f}')} s without the guard, "
             f"{runs.product.text('{:.3f}')} s with it"))
-        cpu_runs = (Runs(tuple(cpu[False])), Runs(tuple(cpu[True])))
-        figs.append(bracketed(cpu[False], cpu[True]).figure(
-            f"guardian CPU overhead, {what} (server backend)", "x", "informational", None,
-            f"{how}, the backend's CPU time (the guard's own cost, without waits): "
-            f"{cpu_runs[0].text('{:.3f}')} s without the guard, "
-            f"{cpu_runs[1].text('{:.3f}')} s with it"))
     return figs
 
 
