@@ -30,7 +30,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from bench.common import BenchContext, Figure, Runs, ratio_runs, timed
+from bench.common import BenchContext, Figure, Pairs, Runs, alternate, timed
 from capture.event import parse_lsn
 
 if TYPE_CHECKING:
@@ -297,8 +297,7 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
         row = pg.execute("SELECT count(*) FROM core_relationships").fetchone()
         return int(str(row[0])) if row else 0
 
-    wipe()
-    applied: list[int] = []
+    applied: list[int] = []  # every run starts from the full table and wipes it
     marks: list[tuple[float, str]] = []
 
     def mark(msg: str) -> None:
@@ -321,25 +320,32 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
             "(SELECT 1 FROM core_relationships c WHERE c.id = b.id)").format(
                 sql.Identifier(backup)))
 
-    # Alternating pairs, the ratio per pair: the machine is shared, a single pair is noise.
-    ours_runs, floor_runs = [], []
-    for rep in range(3):
-        if rep:
-            wipe()
-        marks.clear()
-        ours_runs.append(timed(ours))
-        assert count() == total and applied[-1] == deleted, (count(), applied)
-        if rep == 0:
-            phases = _phases(marks)
+    # Bracketed runs (floor, replay, floor, …, floor), each replay run against the geometric
+    # mean of the floor runs around it: the machine is shared, a single pair is noise.
+    phases = ""
+
+    def floor_run(_i: int) -> float:
         wipe()
-        floor_runs.append(timed(floor))
+        took = timed(floor)
         assert count() == total
-    # The median of the per-pair ratios (each replay run against the floor run right after
-    # it), and the median times: a pair shares the machine's speed of its minute.
-    restore_ratio = ratio_runs(ours_runs, floor_runs)
-    our_s, insert_s = statistics.median(ours_runs), statistics.median(floor_runs)
-    copy_s = _server_copy(pg, backup, ctx.cluster.datadir / "bench-restore-rows.copy", wipe,
-                          lambda: count() == total)
+        return took
+
+    def ours_run(i: int) -> float:
+        nonlocal phases
+        wipe()
+        marks.clear()
+        took = timed(ours)
+        assert count() == total and applied[-1] == deleted, (count(), applied)
+        if i == 0:
+            phases = _phases(marks)
+        return took
+
+    pairs = alternate(3, floor_run, ours_run)
+    restore_ratio = pairs.ratios
+    ours_runs, floor_runs = list(pairs.product.values), list(pairs.ceiling.values)
+    our_s, insert_s = pairs.product.median, pairs.ceiling.median
+    copy = _server_copy(pg, backup, ctx.cluster.datadir / "bench-restore-rows.copy", wipe,
+                        lambda: count() == total, floor_run)
     wipe()
     plan_s = timed(lambda: pg.execute(
         "SELECT * FROM plan_restore_relationships_from_backup(%s)", (backup,)).fetchall())
@@ -359,11 +365,13 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
             "exactly those rows", "x", "<= 2.5x (1.3x out of reach on 2 cores)",
             lambda r: r <= 2.5,
             _floor_detail(deleted, our_s, ours_runs, insert_s, floor_runs, plan_s, load)),
-        Figure("replay: PostgreSQL's own share: COPY of the same rows' text from a server "
-               "file / the floor", copy_s / insert_s, "x", "informational", None,
-               f"COPY core_relationships FROM a file the server wrote (COPY TO) of exactly "
-               f"those rows: {copy_s:.2f} s, median of 3; no client, no archive, no plan: "
-               f"the part of any exact text restore that no client can make faster"),
+        copy.ratios.figure(
+            "replay: PostgreSQL's own share: COPY of the same rows' text from a server "
+            "file / the floor", "x", "informational", None,
+            f"COPY core_relationships FROM a file the server wrote (COPY TO) of exactly "
+            f"those rows: {copy.product.text()} s, median ratio of 3 runs bracketed by floor "
+            f"runs ({copy.ceiling.text()} s); no client, no archive, no plan: the part of "
+            "any exact text restore that no client can make faster"),
         Figure("replay: the same restore from the archive on S3", s3_s, "s", "figure on S3",
                None, f"the same archive written to SeaweedFS (local S3 server, plain http), "
                f"read by replay with the location's storage options; median of 3; "
@@ -372,24 +380,30 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
 
 
 def _server_copy(pg: psycopg.Connection[tuple[object, ...]], backup: str, path: Path,
-                 wipe: Callable[[], None], restored: Callable[[], bool]) -> float:
-    """Seconds PostgreSQL alone takes to COPY the deleted rows' text in from a server-side
-    file (median of 3): the floor of the apply step of a restore that sends PostgreSQL text."""
+                 wipe: Callable[[], None], restored: Callable[[], bool],
+                 floor_run: Callable[[int], float]) -> Pairs:
+    """COPY of the deleted rows' text in from a server-side file, bracketed by floor runs
+    (floor, COPY, floor, …): the floor of the apply step of a restore that sends PostgreSQL
+    text, as a share of the floor itself."""
     missing = sql.SQL("SELECT b.* FROM {} b WHERE NOT EXISTS (SELECT 1 FROM "
                       "core_relationships c WHERE c.id = b.id)").format(sql.Identifier(backup))
     wipe()
     pg.execute(sql.SQL("COPY ({}) TO {}").format(missing, sql.Literal(str(path))))
-    runs = []
+    # back to the full table every run starts from (and the file read once before timing)
+    pg.execute(sql.SQL("COPY core_relationships FROM {}").format(sql.Literal(str(path))))
+    assert restored()
+
+    def copy_run(_i: int) -> float:
+        wipe()
+        took = timed(lambda: pg.execute(sql.SQL("COPY core_relationships FROM {}")
+                                        .format(sql.Literal(str(path)))))
+        assert restored()
+        return took
+
     try:
-        for rep in range(3):
-            if rep:
-                wipe()
-            runs.append(timed(lambda: pg.execute(sql.SQL("COPY core_relationships FROM {}")
-                                                 .format(sql.Literal(str(path))))))
-            assert restored()
+        return alternate(3, floor_run, copy_run)
     finally:
         path.unlink(missing_ok=True)
-    return statistics.median(runs)
 
 
 def _phases(marks: list[tuple[float, str]]) -> str:
@@ -425,7 +439,8 @@ def _floor_detail(deleted: int, our_s: float, ours_runs: list[float], insert_s: 
         return ", ".join(f"{x:.2f}" for x in xs)
 
     floor = "INSERT ... SELECT of just the missing rows from the backup"
-    return (f"same {deleted} rows, median of 3 alternating pairs: replay {our_s:.2f} s "
+    return (f"same {deleted} rows, median ratio of 3 runs bracketed by floor runs: replay "
+            f"{our_s:.2f} s "
             f"(runs {runs(ours_runs)}), the floor ({floor}, same indexes and guardian) "
             f"{insert_s:.2f} s (runs {runs(floor_runs)}); the plan's "
             f"restore_relationships_from_backup {plan_s:.2f} s; load average {load:.1f}")
