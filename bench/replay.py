@@ -65,6 +65,8 @@ _ROW = """to_json({{
     'version': ({v} + 1)::VARCHAR}})::VARCHAR"""
 
 
+_RESTORES = 5  # restore runs, each ~3.5 s: 3 moved 1.31x between two runs
+
 def _changes_sql(rows: int, changes: tuple[int, int], per_txn: int, steady: bool,
                  snapshot: tuple[int, int] = (0, 0)) -> str:
     """One chunk of the archive's changes as one query: snapshot rows ``snapshot`` [lo, hi),
@@ -340,7 +342,7 @@ def restore_speed(ctx: BenchContext) -> list[Figure]:
             phases = _phases(marks)
         return took
 
-    pairs = alternate(3, floor_run, ours_run)
+    pairs = alternate(_RESTORES, floor_run, ours_run)
     restore_ratio = pairs.ratios
     ours_runs, floor_runs = list(pairs.product.values), list(pairs.ceiling.values)
     our_s, insert_s = pairs.product.median, pairs.ceiling.median
@@ -439,7 +441,8 @@ def _floor_detail(deleted: int, our_s: float, ours_runs: list[float], insert_s: 
         return ", ".join(f"{x:.2f}" for x in xs)
 
     floor = "INSERT ... SELECT of just the missing rows from the backup"
-    return (f"same {deleted} rows, median ratio of 3 runs bracketed by floor runs: replay "
+    return (f"same {deleted} rows, median ratio of {len(ours_runs)} runs bracketed by floor runs: "
+            f"replay "
             f"{our_s:.2f} s "
             f"(runs {runs(ours_runs)}), the floor ({floor}, same indexes and guardian) "
             f"{insert_s:.2f} s (runs {runs(floor_runs)}); the plan's "
