@@ -67,6 +67,7 @@ _ROW = """to_json({{
 
 _RESTORES = 5  # restore runs, each ~3.5 s: 3 moved 1.31x between two runs
 
+
 def _changes_sql(rows: int, changes: tuple[int, int], per_txn: int, steady: bool,
                  snapshot: tuple[int, int] = (0, 0)) -> str:
     """One chunk of the archive's changes as one query: snapshot rows ``snapshot`` [lo, hi),
