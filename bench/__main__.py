@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 import bench
-from bench.common import BenchContext, Figure, format_number
+from bench.common import BenchContext, Figure, format_number, release_frozen
 
 # Modules of bench/ that are libraries, not benchmarks.
 _NOT_AREAS = {"common", "compare", "__main__"}
@@ -67,7 +67,7 @@ def run_area(area: str, ctx: BenchContext) -> AreaResult | None:
         ctx.notes.append(f"{area}: {traceback.format_exc()}")
         return AreaResult(area, time.perf_counter() - t0, [], detail)
     finally:
-        _release_clients()
+        release_frozen()  # while the broker still runs
         _drop_slots(ctx)
     return AreaResult(area, time.perf_counter() - t0, figures)
 
@@ -84,16 +84,6 @@ def _drop_slots(ctx: BenchContext) -> None:
                          "WHERE NOT active")
     except psycopg.Error as exc:  # the next area then says what it lacks, in its own row
         ctx.notes.append(f"dropping the slots left: {exc}")
-
-
-def _release_clients() -> None:
-    """Destroy what an area left for the collector while the broker still runs: capture's
-    GC tuning freezes the heap, so Kafka clients held in reference cycles would otherwise
-    live on and log refused connections to a broker stopped at the end of the run."""
-    import gc
-
-    gc.unfreeze()
-    gc.collect()
 
 
 def _read(path: str) -> str:

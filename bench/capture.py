@@ -14,7 +14,6 @@ of a plugin decodes the same WAL with the same options.
 
 from __future__ import annotations
 
-import gc
 import os
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import BenchContext, Figure, Runs, bracket, ratio_runs, repeat
+from bench.common import BenchContext, Figure, Runs, bracket, ratio_runs, release_frozen, repeat
 from capture.decoding import make_decoder
 from capture.decoding.catalog import SideCatalog
 from capture.decoding.choice import wal2json_exact
@@ -96,15 +95,7 @@ def _prime(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
         raise RuntimeError("capture did not start")
     stop.set()
     t.join(60)
-    _release()
-
-
-def _release() -> None:
-    """Free what a capture run left, between runs: its GC tuning froze the heap, so what it
-    left in reference cycles would otherwise live on in this process through every later run
-    (clients, buffers) and weigh on the runs timed after it."""
-    gc.unfreeze()
-    gc.collect()
+    release_frozen()
 
 
 def _timed_capture(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend: str,
@@ -128,7 +119,7 @@ def _timed_capture(ctx: BenchContext, dsn: str, slot: str, prefix: str, backend:
     finally:
         stop.set()
         t.join(120)
-        _release()
+        release_frozen()
 
 
 def _recv_options(dsn: str, plugin: str, slot: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ alternating, the figure the median of the per-pair ratios TLS / plaintext."""
 
 from __future__ import annotations
 
-import gc
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ import psycopg
 
 from bench.archive import _events, _kafka_ingest
 from bench.capture import TXN_ROWS, _lsn, _prime, _timed_capture
-from bench.common import BenchContext, Figure, alternate
+from bench.common import BenchContext, Figure, alternate, release_frozen
 from consumers.archive.archiver import tune_gc
 from consumers.kafka_source import Backend
 from devstack.pki import TestCA
@@ -64,8 +63,7 @@ def run(ctx: BenchContext) -> list[Figure]:
             cap = alternate(k, lambda i: capture(i, "plain"), lambda i: capture(i, "tls"),
                             step=done)
         # the runs' clients go before the TLS endpoint does (capture's GC tuning froze them)
-        gc.unfreeze()
-        gc.collect()
+        release_frozen()
     how = (f"{n} events, {BACKEND} client, the test broker directly vs behind stunnel4 "
            "(TLS 1.3); median ratio of bracketed runs (plaintext, TLS, plaintext …)")
     return [

@@ -7,13 +7,9 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
-
 from capture.kafka_admin import ensure_topics
 from capture.publish import ConfluentProducer
 from devstack.broker import Broker
-
-pytest.importorskip("confluent_kafka")
 
 
 def _threads() -> int:
