@@ -1,14 +1,15 @@
 """What the author (sql/10_author.sql) costs, as ratios from alternating runs (DESIGN.md);
-without the author first in even pairs, with it first in odd ones, every run right after a
-checkpoint:
+every run right after a checkpoint:
 
 - per statement: single-row INSERT, UPDATE and DELETE on core_relationships, each its own
-  transaction (the worst case: one author message per statement), with the trigger enabled
-  and disabled in turn; the ratio per pair, median and min-max over the pairs (target
+  transaction (the worst case: one author message per statement), with the trigger disabled
+  and enabled in turn, bracketed (without, with, …, without), every run from the same table
+  (``_reset``); the ratio per pair, median and min-max over the pairs (target
   <= 1.10), twice: the wall time (pgbench, one client, a custom script per statement) and the
   server backend's CPU time per statement (/proc/<pid>/schedstat, ns; what the trigger itself
   costs, much less disturbed by the other processes of a loaded host);
-- capture throughput: the same workload of 100-row transactions captured with and without
+- capture throughput (without the author first in even pairs, with it first in odd ones): the
+  same workload of 100-row transactions captured with and without
   the author (events then carry it in their transaction block), commit -> broker ack ->
   confirmed; throughput with / without, median and min-max (target >= 0.95), and the same
   as changes per CPU second of capture's process (steadier on a loaded host).
@@ -19,12 +20,13 @@ from __future__ import annotations
 import re
 import statistics
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import psycopg
 
 from bench.capture import _lsn, _prime, _timed_capture
-from bench.common import BenchContext, Figure, backend_cpu_ns
+from bench.common import BenchContext, Figure, alternate, backend_cpu_ns
 from guard.install import SQL_DIR
 
 _AUTHOR_SQL = SQL_DIR / "10_author.sql"
@@ -120,55 +122,75 @@ def _ratio_figure(name: str, ratios: list[float], target: str, met: bool, detail
                   f"{max(ratios):.3f}; {detail}")
 
 
+def _reset(dsn: str, seeds: int) -> None:
+    """Every per-statement run starts from the same table: the earlier runs' inserted rows
+    gone, every seed row there, no dead rows. Else the runs drift: pgbench's DELETE draws
+    random seeds, and 18 runs of ~30k deletes over 246k seeds left it deleting nothing in
+    most statements of the last runs (its ratio moved 1.65 -> 1.30 between two runs)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE core_relationships DISABLE TRIGGER hera_guard_author")
+        conn.execute("DELETE FROM core_relationships WHERE relationship_type = 'BENCH'")
+        conn.execute(
+            "INSERT INTO core_relationships (organization_id, from_entity_id, to_entity_id, "
+            "relationship_type) SELECT '00000000-0000-0000-0000-0000000000aa', 'seed-' || g, "
+            "'x', 'SEED' FROM generate_series(1, %s) g WHERE NOT EXISTS (SELECT 1 FROM "
+            "core_relationships r WHERE r.from_entity_id = 'seed-' || g "
+            "AND r.relationship_type = 'SEED')", (seeds,))
+        conn.execute("VACUUM core_relationships")
+
+
 def per_statement(ctx: BenchContext) -> list[Figure]:
-    seeds = 100_000 if ctx.quick else 300_000  # UPDATE/DELETE runs take distinct seed rows
-    # short runs, many pairs: on a shared machine the median of many pairs is steadier
+    seeds = 100_000 if ctx.quick else 300_000
+    # short runs, many bracketed pairs (without, with, without, …, without): on a shared
+    # machine the median of many pairs is steadier
     seconds = 1 if ctx.quick else 3
     pairs = 5 if ctx.quick else 9
+    n = 1_000 if ctx.quick else 5_000
     dsn = _database(ctx, "bench_author_stmt", seeds)
     figs = []
-    n = 1_000 if ctx.quick else 3_000
-    used = 0
-    # (op, statements per transaction): one per transaction is the worst case; in a
-    # transaction of 10 only the first statement builds the message
-    for op, per_txn in [*((op, 1) for op in _SCRIPTS), ("UPDATE", 10)]:
-        ratios, with_ns = [], []
-        for p in range(pairs):
-            ns = {}
-            for on in _order(p):
+    ops = [*((op, 1) for op in _SCRIPTS), ("UPDATE", 10)]
+    with ctx.step(f"author: {pairs} bracketed pairs per statement, {len(ops)} with backend "
+                  f"CPU, {len(_SCRIPTS)} with pgbench", (2 * pairs + 1) * (len(ops)
+                                                                      + len(_SCRIPTS))) as done:
+        # (op, statements per transaction): one per transaction is the worst case; in a
+        # transaction of 10 only the first statement builds the message
+        for op, per_txn in ops:
+            def cpu(on: bool, i: int, op: str = op, per_txn: int = per_txn) -> float:
+                _reset(dsn, seeds)
                 _author(dsn, on)
                 if op == "INSERT":
-                    keys = [f"cpu-{op}-{p}-{on}-{i}" for i in range(n)]
-                else:  # seed rows not touched before: every statement changes one row
-                    keys = [f"seed-{seeds - used - i}" for i in range(n)]
-                    used += n
-                ns[on] = _backend_cpu(dsn, op, keys, per_txn)
-            ratios.append(ns[True] / ns[False])
-            with_ns.append(ns[True])
-        ratio = statistics.median(ratios)
-        shape = "one per transaction" if per_txn == 1 else f"{per_txn} per transaction"
-        figs.append(_ratio_figure(
-            f"author CPU per single-row {op}, {shape} (server backend)", ratios,
-            "<= 1.10x the CPU without", ratio <= 1.10,
-            f"{n} statements per run, {shape}; "
-            f"{statistics.median(with_ns) / 1000:.0f} µs backend CPU per statement with it"))
-    for op, text in _SCRIPTS.items():
-        script = ctx.workdir / f"author_{op.lower()}.sql"
-        script.write_text(text.format(seeds=seeds))
-        ratios, with_tps = [], []
-        for p in range(pairs):
-            tps = {}
-            for on in _order(p):
+                    keys = [f"cpu-{op}-{i}-{on}-{k}" for k in range(n)]
+                else:  # seed rows, each changed once in the run
+                    keys = [f"seed-{seeds - k}" for k in range(n)]
+                return _backend_cpu(dsn, op, keys, per_txn)
+
+            runs = alternate(pairs, partial(cpu, False), partial(cpu, True), step=done)
+            shape = "one per transaction" if per_txn == 1 else f"{per_txn} per transaction"
+            figs.append(runs.ratios.figure(
+                f"author CPU per single-row {op}, {shape} (server backend)", "x",
+                "<= 1.10x the CPU without", lambda v: v <= 1.10,
+                f"median of {pairs} bracketed pairs (without, with, …, without); {n} "
+                f"statements per run, {shape}; {runs.product.median / 1000:.0f} µs backend CPU "
+                f"per statement with it, {runs.ceiling.median / 1000:.0f} µs without"))
+        for op, text in _SCRIPTS.items():
+            script = ctx.workdir / f"author_{op.lower()}.sql"
+            script.write_text(text.format(seeds=seeds))
+
+            def tps(on: bool, _i: int, script: Path = script) -> float:
+                _reset(dsn, seeds)
                 _author(dsn, on)
-                tps[on] = _pgbench(ctx, dsn, script, seconds)
-            ratios.append(tps[False] / tps[True])  # time per statement, with / without
-            with_tps.append(tps[True])
-        ratio = statistics.median(ratios)
-        figs.append(_ratio_figure(
-            f"author cost per single-row {op}", ratios, "<= 1.10x the time without",
-            ratio <= 1.10,
-            f"pgbench 1 client, {seconds} s per run, one statement per transaction; "
-            f"{statistics.median(with_tps):,.0f} statements/s with the author"))
+                return _pgbench(ctx, dsn, script, seconds)
+
+            runs = alternate(pairs, partial(tps, False), partial(tps, True),
+                             ratio=lambda c, p: c / p,  # time per statement, with / without
+                             step=done)
+            figs.append(runs.ratios.figure(
+                f"author cost per single-row {op}", "x", "<= 1.10x the time without",
+                lambda v: v <= 1.10,
+                f"median of {pairs} bracketed pairs (without, with, …, without); pgbench 1 "
+                f"client, {seconds} s per run, one statement per transaction; "
+                f"{runs.product.median:,.0f} statements/s with the author, "
+                f"{runs.ceiling.median:,.0f} without"))
     return figs
 
 

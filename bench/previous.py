@@ -2,6 +2,8 @@
 ``make bench`` run: its own ``bench/archive.py`` and ``bench/replay.py``, run from a git
 worktree of its commit on this machine right after ours, so the Delta table's figures stand
 side by side with the format it replaced instead of next to figures recorded on another day.
+Its view dedup overhead is taken again by ``bench/previous_views.py`` on its own code, from
+bracketed scans as ours is: its bench's one scan of each did not hold between two runs.
 
 It needs the repository's history (a clone, not an sdist); without it the area fails with
 one line, as any other broken area does.
@@ -16,11 +18,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import BenchContext, Figure
+from bench.archive import _SCANS
+from bench.common import BenchContext, Figure, Runs, bracketed
 
 # main just before the Delta Lake archive was merged (c30f2f1^1): manifest + segments.
 PREVIOUS_RELEASE = "ba1bca5ce86458ff1df358c7e3836e902f12d5c5"
 _AREAS = ("archive", "replay")
+_VIEW_FIGURE = "archive view dedup overhead"
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -51,9 +55,33 @@ def run(ctx: BenchContext) -> list[Figure]:
             if not report.exists():
                 raise RuntimeError(f"the previous release's bench wrote no report (rc "
                                    f"{out.returncode}): {out.stderr.strip()[-500:]}")
-            return _figures(json.loads(report.read_text()))
+            views = _views(tree, 50_000 if ctx.quick else 300_000)
+            return [f for f in _figures(json.loads(report.read_text()))
+                    if not f.name.endswith(_VIEW_FIGURE)] + [views]
         finally:
             _git(repo, "worktree", "remove", "--force", str(tree))
+
+
+def _views(tree: Path, events: int) -> Figure:
+    """The previous release's view overhead from bracketed scans (bench/previous_views.py, run
+    on that release's own code), in place of its bench's one scan of each."""
+    script = (Path(__file__).parent / "previous_views.py").read_text()
+    out = subprocess.run([sys.executable, "-c", script, str(events), str(_SCANS)], cwd=tree,
+                         capture_output=True, text=True, check=False,
+                         env={**os.environ, "PYTHONPATH": str(tree)}, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"the previous release's view scans failed (rc {out.returncode}): "
+                           f"{out.stderr.strip()[-500:]}")
+    got = json.loads(out.stdout)
+    ratios = bracketed(got["raw_ms"], got["view_ms"])
+    raw, view = Runs(tuple(got["raw_ms"])), Runs(tuple(got["view_ms"]))
+    return ratios.figure(
+        f"previous release (manifest + segments): {_VIEW_FIGURE}", "x",
+        "for comparison (informational)", None,
+        f"commit {PREVIOUS_RELEASE[:7]}, its own archive and views in this run, scanned as "
+        f"bench/archive.py scans ours: {got['rows']} rows, median ratio of {_SCANS} bracketed "
+        f"pairs: raw segments {raw.text('{:.0f}')} ms, deduplicated view "
+        f"{view.text('{:.0f}')} ms")
 
 
 def _figures(report: dict[str, object]) -> list[Figure]:
