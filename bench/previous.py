@@ -2,7 +2,7 @@
 ``make bench`` run: its own ``bench/archive.py`` and ``bench/replay.py``, run from a git
 worktree of its commit on this machine right after ours, so the Delta table's figures stand
 side by side with the format it replaced instead of next to figures recorded on another day.
-Its view dedup overhead is taken again by ``bench/previous_views.py`` on its own code, from
+Its view dedup overhead is taken again by ``bench/_previous_views.py`` on its own code, from
 bracketed scans as ours is: its bench's one scan of each did not hold between two runs.
 
 It needs the repository's history (a clone, not an sdist); without it the area fails with
@@ -63,9 +63,9 @@ def run(ctx: BenchContext) -> list[Figure]:
 
 
 def _views(tree: Path, events: int) -> Figure:
-    """The previous release's view overhead from bracketed scans (bench/previous_views.py, run
+    """The previous release's view overhead from bracketed scans (bench/_previous_views.py, run
     on that release's own code), in place of its bench's one scan of each."""
-    script = (Path(__file__).parent / "previous_views.py").read_text()
+    script = (Path(__file__).parent / "_previous_views.py").read_text()
     out = subprocess.run([sys.executable, "-c", script, str(events), str(_SCANS)], cwd=tree,
                          capture_output=True, text=True, check=False,
                          env={**os.environ, "PYTHONPATH": str(tree)}, timeout=600)

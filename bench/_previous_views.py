@@ -6,7 +6,7 @@ text with ``python -c`` in the previous release's worktree, so ``bench.archive``
 ``consumers.archive`` below are that release's own modules (its archive built by its own
 ingest); it prints the scans' times as JSON and ``bench/previous.py`` brackets them with our
 ``bench.common.bracketed``. Self-contained: that release's ``bench.common`` has no
-``alternate``.
+``alternate``. Its name starts with ``_``: it is not a bench area.
 """
 
 import json
@@ -43,4 +43,5 @@ def main(events: int, scans: int) -> None:
         json.dump({"rows": rows, "raw_ms": raw, "view_ms": view}, sys.stdout)
 
 
-main(int(sys.argv[1]), int(sys.argv[2]))
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))
