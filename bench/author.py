@@ -3,7 +3,7 @@ every run right after a checkpoint:
 
 - per statement: single-row INSERT, UPDATE and DELETE on core_relationships, each its own
   transaction (the worst case: one author message per statement), with the trigger disabled
-  and enabled in turn, bracketed (without, with, …, without), every run from the same table
+  and enabled in turn, bracketed (without, with, …, without), from the same table
   (``_reset``); the ratio per pair, median and min-max over the pairs (target
   <= 1.10), twice: the wall time (pgbench, one client, a custom script per statement) and the
   server backend's CPU time per statement (/proc/<pid>/schedstat, ns; what the trigger itself
@@ -123,7 +123,8 @@ def _ratio_figure(name: str, ratios: list[float], target: str, met: bool, detail
 
 
 def _reset(dsn: str, seeds: int) -> None:
-    """Every per-statement run starts from the same table: the earlier runs' inserted rows
+    """Every pgbench run (and every series of CPU runs) starts from the same table: the
+    earlier runs' inserted rows
     gone, every seed row there, no dead rows. Else the runs drift: pgbench's DELETE draws
     random seeds, and 18 runs of ~30k deletes over 246k seeds left it deleting nothing in
     most statements of the last runs (its ratio moved 1.65 -> 1.30 between two runs)."""
@@ -141,35 +142,41 @@ def _reset(dsn: str, seeds: int) -> None:
 
 def per_statement(ctx: BenchContext) -> list[Figure]:
     seeds = 100_000 if ctx.quick else 300_000
-    # short runs, many bracketed pairs (without, with, without, …, without): on a shared
-    # machine the median of many pairs is steadier
+    # Many short bracketed pairs (without, with, …, without): on a shared host a single
+    # run's CPU time moves with every hiccup, so the median of many pairs is steadier. The
+    # CPU runs are 1,000 statements (~0.05 s of backend CPU): 20 pairs of them, each run on
+    # seed rows no earlier run touched. The pgbench runs are 3 s, 9 pairs, each from _reset.
     seconds = 1 if ctx.quick else 3
     pairs = 5 if ctx.quick else 9
-    n = 1_000 if ctx.quick else 5_000
+    cpu_pairs = 5 if ctx.quick else 20
+    n = 1_000
     dsn = _database(ctx, "bench_author_stmt", seeds)
     figs = []
     ops = [*((op, 1) for op in _SCRIPTS), ("UPDATE", 10)]
-    with ctx.step(f"author: {pairs} bracketed pairs per statement, {len(ops)} with backend "
-                  f"CPU, {len(_SCRIPTS)} with pgbench", (2 * pairs + 1) * (len(ops)
-                                                                      + len(_SCRIPTS))) as done:
+    used = [0]
+    with ctx.step(f"author: {cpu_pairs} bracketed pairs per statement with backend CPU "
+                  f"({len(ops)}), {pairs} with pgbench ({len(_SCRIPTS)})",
+                  (2 * cpu_pairs + 1) * len(ops) + (2 * pairs + 1) * len(_SCRIPTS)) as done:
         # (op, statements per transaction): one per transaction is the worst case; in a
         # transaction of 10 only the first statement builds the message
         for op, per_txn in ops:
             def cpu(on: bool, i: int, op: str = op, per_txn: int = per_txn) -> float:
-                _reset(dsn, seeds)
                 _author(dsn, on)
                 if op == "INSERT":
                     keys = [f"cpu-{op}-{i}-{on}-{k}" for k in range(n)]
-                else:  # seed rows, each changed once in the run
-                    keys = [f"seed-{seeds - k}" for k in range(n)]
+                else:  # seed rows no earlier run touched: every statement changes one row
+                    keys = [f"seed-{seeds - used[0] - k}" for k in range(n)]
+                    used[0] += n
                 return _backend_cpu(dsn, op, keys, per_txn)
 
-            runs = alternate(pairs, partial(cpu, False), partial(cpu, True), step=done)
+            _reset(dsn, seeds)
+            used[0] = 0
+            runs = alternate(cpu_pairs, partial(cpu, False), partial(cpu, True), step=done)
             shape = "one per transaction" if per_txn == 1 else f"{per_txn} per transaction"
             figs.append(runs.ratios.figure(
                 f"author CPU per single-row {op}, {shape} (server backend)", "x",
                 "<= 1.10x the CPU without", lambda v: v <= 1.10,
-                f"median of {pairs} bracketed pairs (without, with, …, without); {n} "
+                f"median of {cpu_pairs} bracketed pairs (without, with, …, without); {n} "
                 f"statements per run, {shape}; {runs.product.median / 1000:.0f} µs backend CPU "
                 f"per statement with it, {runs.ceiling.median / 1000:.0f} µs without"))
         for op, text in _SCRIPTS.items():

@@ -141,6 +141,6 @@ def restore_speed(ctx: BenchContext, rows: int, pairs: int) -> list[Figure]:
 
 def run(ctx: BenchContext) -> list[Figure]:
     rows = 10_000 if ctx.quick else 100_000
-    repeats = ctx.pairs if ctx.quick else 7
+    repeats = ctx.pairs if ctx.quick else 11
     return [*guardian_overhead(ctx, rows, repeats),
             *restore_speed(ctx, rows, ctx.pairs if ctx.quick else 5)]
