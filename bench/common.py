@@ -116,7 +116,14 @@ def alternate(pairs: int, ceiling: Callable[[int], float], product: Callable[[in
         ps.append(product(i))
         if step is not None:
             step()
-    return Pairs(Runs(tuple(cs)), Runs(tuple(ps)), bracketed(cs, ps, ratio))
+    return paired(cs, ps, ratio)
+
+
+def paired(ceiling: Sequence[float], product: Sequence[float],
+           ratio: Callable[[float, float], float] = lambda c, p: p / c) -> Pairs:
+    """The ``Pairs`` of runs taken in ``alternate``'s order elsewhere (another process, a
+    loop of the area's own): ``ceiling`` one longer than ``product``."""
+    return Pairs(Runs(tuple(ceiling)), Runs(tuple(product)), bracketed(ceiling, product, ratio))
 
 
 def bracketed(ceiling: Sequence[float], product: Sequence[float],

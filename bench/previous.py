@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from bench.archive import _SCANS
-from bench.common import BenchContext, Figure, Runs, bracketed
+from bench.common import BenchContext, Figure, paired
 from bench.replay import _RESTORES
 
 # main just before the Delta Lake archive was merged (c30f2f1^1): manifest + segments.
@@ -76,15 +76,14 @@ def _views(tree: Path, events: int) -> Figure:
     """The previous release's view overhead from bracketed scans (bench/_previous_views.py, run
     on that release's own code), in place of its bench's one scan of each."""
     got = _script(tree, "_previous_views.py", str(events), str(_SCANS))
-    ratios = bracketed(got["raw_ms"], got["view_ms"])
-    raw, view = Runs(tuple(got["raw_ms"])), Runs(tuple(got["view_ms"]))
-    return ratios.figure(
+    scans = paired(got["raw_ms"], got["view_ms"])
+    return scans.ratios.figure(
         f"previous release (manifest + segments): {_VIEW_FIGURE}", "x",
         "for comparison (informational)", None,
         f"commit {PREVIOUS_RELEASE[:7]}, its own archive and views in this run, scanned as "
         f"bench/archive.py scans ours: {got['rows']} rows, median ratio of {_SCANS} bracketed "
-        f"pairs: raw segments {raw.text('{:.0f}')} ms, deduplicated view "
-        f"{view.text('{:.0f}')} ms")
+        f"pairs: raw segments {scans.ceiling.text('{:.0f}')} ms, deduplicated view "
+        f"{scans.product.text('{:.0f}')} ms")
 
 
 def _script(tree: Path, name: str, *args: str) -> dict[str, Any]:
@@ -108,15 +107,14 @@ def _restore(ctx: BenchContext, tree: Path, total: int) -> Figure:
         conn.execute("CREATE DATABASE bench_previous_restore")
     got = _script(tree, "_previous_restore.py", ctx.cluster.dsn("bench_previous_restore"),
                   str(total), str(_RESTORES))
-    ratios = bracketed(got["floor_s"], got["restore_s"])
-    floor, ours = Runs(tuple(got["floor_s"])), Runs(tuple(got["restore_s"]))
-    return ratios.figure(
+    runs = paired(got["floor_s"], got["restore_s"])
+    return runs.ratios.figure(
         f"previous release (manifest + segments): {_RESTORE_FIGURE}", "x",
         "for comparison (<= 2.5x)", None,
         f"commit {PREVIOUS_RELEASE[:7]}, its own restore in this run, timed as "
         f"bench/replay.py times ours: same {got['deleted']} rows, median ratio of {_RESTORES} "
-        f"bracketed runs: replay {ours.text()} s, the floor (a bare INSERT … SELECT of just "
-        f"the missing backup rows, same indexes and guardian) {floor.text()} s")
+        f"bracketed runs: replay {runs.product.text()} s, the floor (a bare INSERT … SELECT of "
+        f"just the missing backup rows, same indexes and guardian) {runs.ceiling.text()} s")
 
 
 def _figures(report: dict[str, object]) -> list[Figure]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from bench.common import BenchContext, Figure, Runs, bracketed
+from bench.common import BenchContext, Figure, Runs, paired
 from capture.gc_tuning import tune_gc
 from capture.options import capture_options
 from capture.reread import request_reread
@@ -151,9 +151,8 @@ def run(ctx: BenchContext) -> list[Figure]:
         for i in range(count + 1):
             runs.append(_pair(ctx, dsn, rows, chunk, i, done, reread=i < count))
     pairs = runs[:-1]
-    snap = Runs(tuple(p.snapshot_rate for p in runs))
-    reread = Runs(tuple(p.reread_rate for p in pairs))
-    ratio = bracketed(snap.values, reread.values)
+    rates = paired([p.snapshot_rate for p in runs], [p.reread_rate for p in pairs])
+    snap, reread, ratio = rates.ceiling, rates.product, rates.ratios
     p99 = Runs(tuple(p.p99_ms for p in pairs))
     growth = Runs(tuple(p.rss_growth_mb for p in pairs))
     largest = max(p.largest_chunk for p in pairs)
